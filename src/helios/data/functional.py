@@ -1,0 +1,293 @@
+"""Image helpers built on Pillow and NumPy: loading, tensor conversion, colour spaces."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import PIL.Image
+import torch
+
+_BGR_TO_Y = np.array([24.966, 128.553, 65.481])
+# BT.601 with rows in B, G, R order; columns give Y, Cb, Cr.
+_BGR_TO_YCBCR = np.array(
+    [
+        [24.966, 112.0, -18.214],
+        [128.553, -74.203, -93.786],
+        [65.481, -37.797, 112.0],
+    ]
+)
+_YCBCR_BIAS = np.array([16.0, 128.0, 128.0])
+
+
+def load_image(path: str | os.PathLike[str], as_rgb: bool = True) -> npt.NDArray[Any]:
+    """Load an image into an array, keeping its bit depth and channels.
+
+    * Grayscale images give a 2-D array (``uint8``; 16-bit images stay ``uint16``;
+      32-bit float images stay ``float32``).
+    * Colour images give ``HxWx3``, images with alpha ``HxWx4`` (a palette or grayscale
+      image with transparency becomes RGBA).
+
+    Args:
+        path: the image file.
+        as_rgb: channels in RGB(A) order; ``False`` gives BGR(A), the order OpenCV uses
+            (and :py:func:`bgr2ycbcr` / :py:func:`to_y_channel` expect).
+
+    Returns:
+        The image.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        PIL.UnidentifiedImageError: if the file is not an image Pillow can read.
+    """
+    with PIL.Image.open(path) as file:
+        image: PIL.Image.Image = file
+        mode = image.mode
+        if mode == "1":
+            image = image.convert("L")
+        elif mode in ("P", "PA", "LA"):
+            has_alpha = mode != "P" or "transparency" in image.info
+            image = image.convert("RGBA" if has_alpha else "RGB")
+        elif mode not in ("L", "RGB", "RGBA", "I", "F") and not mode.startswith("I;16"):
+            image = image.convert("RGB")
+        array = np.asarray(image)
+        # PNG has no 32-bit integer gray, so an "I" PNG is a 16-bit one.
+        if mode == "I" and file.format == "PNG":
+            array = array.astype(np.uint16)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.ndim == 3 and not as_rgb:
+        order = [2, 1, 0] if array.shape[2] == 3 else [2, 1, 0, 3]
+        array = array[:, :, order]
+    return np.ascontiguousarray(array)
+
+
+def load_image_pil(
+    path: str | os.PathLike[str], out_fmt: str = "", as_numpy: bool = True
+) -> npt.NDArray[Any] | PIL.Image.Image:
+    """Load an image with Pillow, converted to a given mode.
+
+    Args:
+        path: the image file.
+        out_fmt: the Pillow mode to convert to (``""`` means ``"RGB"``).
+        as_numpy: return an array instead of the PIL image.
+
+    Returns:
+        The converted image, as an array or a PIL image.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        PIL.UnidentifiedImageError: if the file is not an image Pillow can read.
+        ValueError: if ``out_fmt`` is not a mode Pillow can convert to.
+    """
+    with PIL.Image.open(path) as image:
+        converted = image.convert(out_fmt if out_fmt else "RGB")
+    return np.array(converted) if as_numpy else converted
+
+
+def tensor_to_numpy(
+    x: torch.Tensor,
+    squeeze: bool = True,
+    clamp: tuple[float, float] | None = (0, 1),
+    transpose: bool = True,
+    dtype: torch.dtype | None = torch.float,
+    as_uint8: bool = True,
+) -> npt.NDArray[Any]:
+    """Convert a tensor to an array (the tensor itself is left untouched).
+
+    The steps are: squeeze, clamp, convert to ``dtype``, move to the CPU, transpose
+    (``CHW`` to ``HWC``, ``NCHW`` to ``NHWC``) and map to ``uint8`` (``round(x * 255)``,
+    clipped to ``[0, 255]``). The result never shares memory with ``x``.
+
+    Args:
+        x: the tensor.
+        squeeze: remove dimensions of size 1.
+        clamp: ``(min, max)`` to clamp to, or ``None``.
+        transpose: move the channel axis last for 3-D and 4-D results.
+        dtype: the dtype to convert to before the NumPy conversion, or ``None``.
+        as_uint8: return ``uint8`` values scaled from ``[0, 1]``.
+
+    Returns:
+        The array.
+    """
+    out = x.detach()
+    if squeeze:
+        out = out.squeeze()
+    if clamp is not None:
+        out = out.clamp(clamp[0], clamp[1])
+    out = out.to(device="cpu", dtype=dtype, copy=True)
+    array = out.numpy()
+    if transpose:
+        if array.ndim == 3:
+            array = array.transpose(1, 2, 0)
+        elif array.ndim == 4:
+            array = array.transpose(0, 2, 3, 1)
+    if as_uint8:
+        array = np.clip((array * 255.0).round(), 0, 255).astype(np.uint8)
+    return array
+
+
+def _import_pyplot() -> Any:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError(
+            'error: showing tensors needs matplotlib: pip install "helios-blaze[examples]"'
+        ) from e
+    return plt
+
+
+def show_tensor(tens: torch.Tensor, title: str = "debug window") -> None:
+    """Show an image tensor in a matplotlib window (blocks until it is closed).
+
+    Args:
+        tens: a ``CHW`` (or ``1xCHW``) tensor with values in ``[0, 1]``.
+        title: the title of the window.
+
+    Raises:
+        ImportError: if matplotlib is not installed.
+    """
+    plt = _import_pyplot()
+    image = tensor_to_numpy(tens)
+    figure, axes = plt.subplots()
+    axes.imshow(image, cmap="gray" if image.ndim == 2 else None)
+    axes.set_title(title)
+    axes.axis("off")
+    plt.show()
+    plt.close(figure)
+
+
+def show_tensors(tens: torch.Tensor) -> None:
+    """Show a ``CHW`` tensor, or each image of an ``NCHW`` batch in turn.
+
+    Args:
+        tens: the tensor.
+
+    Raises:
+        ImportError: if matplotlib is not installed.
+    """
+    if tens.ndim == 3:
+        show_tensor(tens)
+        return
+    for b in range(tens.shape[0]):
+        show_tensor(tens[b], title=f"tensor[{b}]")
+
+
+def convert_to_hwc(img: npt.NDArray[Any], input_order: str = "HWC") -> npt.NDArray[Any]:
+    """Return an image in ``HWC`` order.
+
+    A 2-D image becomes ``HxWx1`` whatever ``input_order`` says.
+
+    Args:
+        img: the image.
+        input_order: ``"HWC"`` or ``"CHW"``.
+
+    Returns:
+        The image in ``HWC`` order (a view when possible).
+
+    Raises:
+        ValueError: if ``input_order`` is not ``"HWC"``/``"CHW"`` or ``img`` is not 2-D or
+            3-D.
+    """
+    if input_order not in ("HWC", "CHW"):
+        raise ValueError(
+            f"error: expected input_order to be 'HWC' or 'CHW', but received '{input_order}'"
+        )
+    if img.ndim == 2:
+        return img[:, :, None]
+    if img.ndim != 3:
+        raise ValueError(
+            f"error: expected img to be a 2-D or 3-D array, but received shape {img.shape}"
+        )
+    return img.transpose(1, 2, 0) if input_order == "CHW" else img
+
+
+def _check_three_channels(img: npt.NDArray[Any]) -> None:
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(
+            f"error: expected img to be an HxWx3 array, but received shape {img.shape}"
+        )
+
+
+def bgr2ycbcr(img: npt.NDArray[Any], only_y: bool = False) -> npt.NDArray[Any]:
+    """Convert a BGR image to YCbCr (ITU-R BT.601, as MATLAB's ``rgb2ycbcr``).
+
+    ``uint8`` input is taken in ``[0, 255]`` and the result is rounded; floating input is
+    taken in ``[0, 1]`` and the result is in ``[0, 1]``. The result has the input dtype and
+    the input is not modified.
+
+    Args:
+        img: an ``HxWx3`` BGR image.
+        only_y: return only the Y channel (``HxW``).
+
+    Returns:
+        The YCbCr image (``HxWx3``) or its Y channel.
+
+    Raises:
+        ValueError: if ``img`` is not ``HxWx3``.
+    """
+    _check_three_channels(img)
+    in_dtype = img.dtype
+    values = img.astype(np.float64)
+    if in_dtype != np.uint8:
+        values *= 255.0
+    if only_y:
+        out = values @ _BGR_TO_Y / 255.0 + 16.0
+    else:
+        out = values @ _BGR_TO_YCBCR / 255.0 + _YCBCR_BIAS
+    out = out.round() if in_dtype == np.uint8 else out / 255.0
+    return out.astype(in_dtype)
+
+
+def to_y_channel(img: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Return the Y channel of a BGR image in ``[0, 255]`` as ``float32`` (``HxWx1``).
+
+    Images that are not ``HxWx3`` are returned as ``float32`` with the same values.
+
+    Args:
+        img: the image, with values in ``[0, 255]``.
+
+    Returns:
+        The Y channel.
+    """
+    if img.ndim == 3 and img.shape[2] == 3:
+        y = bgr2ycbcr(img.astype(np.float32) / 255.0, only_y=True)
+        return y[..., None] * 255.0
+    return img.astype(np.float32)
+
+
+def rgb2ycbcr_torch(img: torch.Tensor, only_y: bool = False) -> torch.Tensor:
+    """Convert an RGB batch to YCbCr (ITU-R BT.601, as MATLAB's ``rgb2ycbcr``).
+
+    Args:
+        img: an ``Nx3xHxW`` tensor in ``[0, 1]``.
+        only_y: return only the Y channel (``Nx1xHxW``).
+
+    Returns:
+        The YCbCr batch in ``[0, 1]``.
+
+    Raises:
+        ValueError: if ``img`` is not ``Nx3xHxW``.
+    """
+    if img.ndim != 4 or img.shape[1] != 3:
+        raise ValueError(
+            f"error: expected img to be an Nx3xHxW tensor, but received shape {tuple(img.shape)}"
+        )
+    channels_last = img.permute(0, 2, 3, 1)
+    if only_y:
+        weight = torch.tensor([[65.481], [128.553], [24.966]], dtype=img.dtype)
+        out = channels_last @ weight.to(img.device) + 16.0
+    else:
+        weight = torch.tensor(
+            [
+                [65.481, -37.797, 112.0],
+                [128.553, -74.203, -93.786],
+                [24.966, 112.0, -18.214],
+            ],
+            dtype=img.dtype,
+        )
+        bias = torch.tensor([16.0, 128.0, 128.0], dtype=img.dtype)
+        out = channels_last @ weight.to(img.device) + bias.to(img.device)
+    return out.permute(0, 3, 1, 2) / 255.0
