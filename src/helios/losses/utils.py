@@ -1,0 +1,55 @@
+"""The loss registry and its factory function."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from helios.core.utils import Registry
+
+LOSS_REGISTRY = Registry("loss")
+"""Registry of loss functions, pre-filled with the loss classes of ``torch.nn``."""
+
+for _loss in (
+    nn.L1Loss,
+    nn.MSELoss,
+    nn.CrossEntropyLoss,
+    nn.CTCLoss,
+    nn.NLLLoss,
+    nn.PoissonNLLLoss,
+    nn.GaussianNLLLoss,
+    nn.KLDivLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+    nn.MarginRankingLoss,
+    nn.HingeEmbeddingLoss,
+    nn.MultiLabelMarginLoss,
+    nn.HuberLoss,
+    nn.SmoothL1Loss,
+    nn.SoftMarginLoss,
+    nn.MultiLabelSoftMarginLoss,
+    nn.CosineEmbeddingLoss,
+    nn.MultiMarginLoss,
+    nn.TripletMarginLoss,
+    nn.TripletMarginWithDistanceLoss,
+):
+    LOSS_REGISTRY.register(_loss)
+del _loss
+
+
+def create_loss(type_name: str, *args: Any, **kwargs: Any) -> nn.Module:
+    """Create a loss function from its registered name.
+
+    Args:
+        type_name: the name of the loss in :py:data:`LOSS_REGISTRY`.
+        *args: positional arguments for the loss constructor.
+        **kwargs: keyword arguments for the loss constructor.
+
+    Returns:
+        The new loss function.
+
+    Raises:
+        KeyError: if no loss is registered under ``type_name``.
+    """
+    return LOSS_REGISTRY.get(type_name)(*args, **kwargs)

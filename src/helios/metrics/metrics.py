@@ -1,0 +1,212 @@
+"""Metric modules and the metrics registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from helios.core.utils import Registry
+
+from . import functional as F  # noqa: N812
+
+METRICS_REGISTRY = Registry("metrics")
+"""Registry of metrics, pre-filled with the metric modules of this module."""
+
+
+def create_metric(type_name: str, *args: Any, **kwargs: Any) -> nn.Module:
+    """Create a metric from its registered name.
+
+    Args:
+        type_name: the name of the metric in :py:data:`METRICS_REGISTRY`.
+        *args: positional arguments for the metric constructor.
+        **kwargs: keyword arguments for the metric constructor.
+
+    Returns:
+        The new metric.
+
+    Raises:
+        KeyError: if no metric is registered under ``type_name``.
+    """
+    return METRICS_REGISTRY.get(type_name)(*args, **kwargs)
+
+
+def _input_type_error(a: object, b: object) -> TypeError:
+    return TypeError(
+        "error: expected two torch.Tensor or two numpy.ndarray inputs, got "
+        f"{type(a).__name__} and {type(b).__name__}"
+    )
+
+
+class _ImageMetric(nn.Module):
+    def __init__(
+        self, crop_border: int, input_order: str = "HWC", test_y_channel: bool = False
+    ) -> None:
+        super().__init__()
+        F._check_crop_border(crop_border)
+        F._check_input_order(input_order)
+        self._crop_border = crop_border
+        self._input_order = input_order
+        self._test_y_channel = test_y_channel
+
+    def extra_repr(self) -> str:
+        return (
+            f"crop_border={self._crop_border}, input_order={self._input_order!r}, "
+            f"test_y_channel={self._test_y_channel}"
+        )
+
+
+@METRICS_REGISTRY.register
+class CalculatePSNR(_ImageMetric):
+    """PSNR (peak signal-to-noise ratio) of two images or two batches of images.
+
+    Two tensors use :py:func:`~helios.metrics.functional.calculate_psnr_torch` (``(N, C,
+    H, W)`` in ``[0, 1]``, ``input_order`` ignored); two ndarrays use
+    :py:func:`~helios.metrics.functional.calculate_psnr` (one image in ``[0, 255]``).
+
+    Args:
+        crop_border: number of pixels cropped from each edge before the computation.
+        input_order: ``"HWC"`` or ``"CHW"``, the layout of ndarray inputs.
+        test_y_channel: compute the metric on the Y channel of YCbCr (colour ndarrays are
+            taken as BGR, colour tensors as RGB).
+
+    Raises:
+        ValueError: if ``crop_border`` is negative or ``input_order`` is unknown.
+    """
+
+    def forward(self, img: npt.NDArray | torch.Tensor, img2: npt.NDArray | torch.Tensor) -> float:
+        """Compute the PSNR.
+
+        Args:
+            img: the image(s).
+            img2: the other image(s), same type and shape.
+
+        Returns:
+            The PSNR in dB (batch mean for tensors).
+
+        Raises:
+            TypeError: if the inputs are not both tensors or both ndarrays.
+        """
+        if isinstance(img, torch.Tensor) and isinstance(img2, torch.Tensor):
+            return F.calculate_psnr_torch(img, img2, self._crop_border, self._test_y_channel)
+        if isinstance(img, np.ndarray) and isinstance(img2, np.ndarray):
+            return F.calculate_psnr(
+                img, img2, self._crop_border, self._input_order, self._test_y_channel
+            )
+        raise _input_type_error(img, img2)
+
+
+@METRICS_REGISTRY.register
+class CalculateSSIM(_ImageMetric):
+    """SSIM (structural similarity) of two images or two batches of images.
+
+    Two tensors use :py:func:`~helios.metrics.functional.calculate_ssim_torch` (``(N, C,
+    H, W)`` in ``[0, 1]``, ``input_order`` ignored); two ndarrays use
+    :py:func:`~helios.metrics.functional.calculate_ssim` (one image in ``[0, 255]``).
+
+    Args:
+        crop_border: number of pixels cropped from each edge before the computation.
+        input_order: ``"HWC"`` or ``"CHW"``, the layout of ndarray inputs.
+        test_y_channel: compute the metric on the Y channel of YCbCr (colour ndarrays are
+            taken as BGR, colour tensors as RGB).
+
+    Raises:
+        ValueError: if ``crop_border`` is negative or ``input_order`` is unknown.
+    """
+
+    def forward(self, img: npt.NDArray | torch.Tensor, img2: npt.NDArray | torch.Tensor) -> float:
+        """Compute the SSIM.
+
+        Args:
+            img: the image(s).
+            img2: the other image(s), same type and shape.
+
+        Returns:
+            The SSIM (batch mean for tensors).
+
+        Raises:
+            TypeError: if the inputs are not both tensors or both ndarrays.
+        """
+        if isinstance(img, torch.Tensor) and isinstance(img2, torch.Tensor):
+            return F.calculate_ssim_torch(img, img2, self._crop_border, self._test_y_channel)
+        if isinstance(img, np.ndarray) and isinstance(img2, np.ndarray):
+            return F.calculate_ssim(
+                img, img2, self._crop_border, self._input_order, self._test_y_channel
+            )
+        raise _input_type_error(img, img2)
+
+
+@METRICS_REGISTRY.register
+class CalculateMAP(nn.Module):
+    """Mean average precision of multi-label predictions.
+
+    See :py:func:`~helios.metrics.functional.calculate_mAP`. Tensors are copied to the CPU
+    and converted to ndarrays.
+    """
+
+    def forward(
+        self, targs: npt.NDArray | torch.Tensor, preds: npt.NDArray | torch.Tensor
+    ) -> float:
+        """Compute the mAP.
+
+        Args:
+            targs: ``(N, K)`` targets, 1 for positives.
+            preds: ``(N, K)`` prediction scores.
+
+        Returns:
+            The mAP, in ``[0, 100]``.
+
+        Raises:
+            TypeError: if the inputs are not both tensors or both ndarrays.
+        """
+        if isinstance(targs, torch.Tensor) and isinstance(preds, torch.Tensor):
+            return F.calculate_mAP(targs.detach().cpu().numpy(), preds.detach().cpu().numpy())
+        if isinstance(targs, np.ndarray) and isinstance(preds, np.ndarray):
+            return F.calculate_mAP(targs, preds)
+        raise _input_type_error(targs, preds)
+
+
+@METRICS_REGISTRY.register
+class CalculateMAE(nn.Module):
+    """Mean absolute error, divided by a scale.
+
+    Two tensors use :py:func:`~helios.metrics.functional.calculate_mae_torch`; two ndarrays
+    use :py:func:`~helios.metrics.functional.calculate_mae`.
+
+    Args:
+        scale: the value the mean is divided by (e.g. the data range).
+
+    Raises:
+        ValueError: if ``scale`` is not positive.
+    """
+
+    def __init__(self, scale: float = 1) -> None:
+        super().__init__()
+        F._check_scale(scale)
+        self._scale = scale
+
+    def forward(self, pred: npt.NDArray | torch.Tensor, gt: npt.NDArray | torch.Tensor) -> float:
+        """Compute the MAE.
+
+        Args:
+            pred: the prediction.
+            gt: the ground truth, same type and shape.
+
+        Returns:
+            The scaled MAE.
+
+        Raises:
+            TypeError: if the inputs are not both tensors or both ndarrays.
+        """
+        if isinstance(pred, torch.Tensor) and isinstance(gt, torch.Tensor):
+            return F.calculate_mae_torch(pred, gt, self._scale)
+        if isinstance(pred, np.ndarray) and isinstance(gt, np.ndarray):
+            return F.calculate_mae(pred, gt, self._scale)
+        raise _input_type_error(pred, gt)
+
+    def extra_repr(self) -> str:
+        """Return the scale for the module's ``repr``."""
+        return f"scale={self._scale}"

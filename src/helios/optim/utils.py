@@ -1,0 +1,46 @@
+"""The optimizer registry and its factory function."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import optim
+
+from helios.core.utils import Registry
+
+OPTIMIZER_REGISTRY = Registry("optimizer")
+"""Registry of optimizers, pre-filled with every optimizer class ``torch.optim`` exports."""
+
+
+def _torch_optimizers() -> list[type[optim.Optimizer]]:
+    # Discovered rather than listed so that new torch releases (e.g. Adafactor, Muon) are
+    # picked up without a code change.
+    found: list[type[optim.Optimizer]] = []
+    for name in optim.__all__:
+        obj = getattr(optim, name, None)
+        if inspect.isclass(obj) and issubclass(obj, optim.Optimizer) and obj is not optim.Optimizer:
+            found.append(obj)
+    return found
+
+
+for _optimizer in _torch_optimizers():
+    OPTIMIZER_REGISTRY.register(_optimizer)
+del _optimizer
+
+
+def create_optimizer(type_name: str, *args: Any, **kwargs: Any) -> optim.Optimizer:
+    """Create an optimizer from its registered name.
+
+    Args:
+        type_name: the name of the optimizer in :py:data:`OPTIMIZER_REGISTRY`.
+        *args: positional arguments for the optimizer (usually the parameters first).
+        **kwargs: keyword arguments for the optimizer.
+
+    Returns:
+        The new optimizer.
+
+    Raises:
+        KeyError: if no optimizer is registered under ``type_name``.
+    """
+    return OPTIMIZER_REGISTRY.get(type_name)(*args, **kwargs)
