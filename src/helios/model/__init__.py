@@ -1,0 +1,6 @@
+"""Models: the training code of a network, organised as hooks the trainer calls."""
+
+from .model import Model
+from .utils import MODEL_REGISTRY, create_model, find_pretrained_file
+
+__all__ = ["MODEL_REGISTRY", "Model", "create_model", "find_pretrained_file"]

@@ -1,0 +1,452 @@
+"""The :py:class:`Model` base class: the training code of a network, split into hooks."""
+
+# The hooks are optional overrides, so most of them are deliberately empty.
+# ruff: noqa: B027
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from helios.core.distributed import all_reduce_mean
+from helios.core.utils import get_from_optional
+
+if TYPE_CHECKING:
+    from helios.trainer import Trainer, TrainingState
+
+
+class Model(abc.ABC):
+    """Base class that holds the code needed to train, validate and test networks.
+
+    The :py:class:`~helios.trainer.Trainer` owns the loops; a model fills in what happens at
+    each point of them by overriding hooks. The same trainer can then drive any number of
+    networks without duplicating the loop code. Every hook has a sensible default, so only
+    :py:meth:`setup` has to be written.
+
+    The model keeps four tables that the default hooks manage:
+
+    * ``_loss_items``: the losses of the current batch, filled by :py:meth:`train_step`.
+      Cleared by :py:meth:`on_training_batch_start`.
+    * ``_running_losses``: per-key sums of the losses since the last validation cycle, kept
+      as detached 0-dim tensors (see :py:meth:`on_training_batch_end`). Cleared by
+      :py:meth:`on_validation_end`.
+    * ``_val_scores``: validation values. Cleared by :py:meth:`on_validation_start`.
+    * ``_test_scores``: testing values. Cleared by :py:meth:`on_testing_start`.
+
+    A fifth table, :py:attr:`metrics`, holds the final metrics of the model. Nothing in the
+    base class touches it: the model fills it and plug-ins (such as
+    :py:class:`~helios.plugins.optuna.OptunaPlugin`) read it.
+
+    Example:
+        A plain PyTorch training loop body maps onto a model like this:
+
+        .. code-block:: python
+
+            import helios.model as hlm
+            import helios.trainer as hlt
+
+            class MyModel(hlm.Model):
+                def setup(self, fast_init: bool = False) -> None:
+                    self._net = Net().to(self.device)
+                    self._optimizer = torch.optim.SGD(self._net.parameters(), lr=0.01)
+                    self._criterion = torch.nn.CrossEntropyLoss()
+
+                def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
+                    inputs, labels = (x.to(self.device) for x in batch)
+                    self._optimizer.zero_grad()
+                    loss = self._criterion(self._net(inputs), labels)
+                    loss.backward()
+                    self._optimizer.step()
+                    self._loss_items["loss"] = loss
+
+    Args:
+        save_name: the name that identifies the model in the names of checkpoints and
+            saved networks.
+    """
+
+    def __init__(self, save_name: str) -> None:
+        self._save_name = save_name
+        self._trainer: Trainer | None = None
+
+        self._is_distributed = False
+        self._map_loc: str | dict[str, str] = ""
+        self._device: torch.device | None = None
+        self._rank = 0
+
+        self._loss_items: dict[str, torch.Tensor] = {}
+        self._running_losses: dict[str, torch.Tensor | float] = {}
+        self._val_scores: dict[str, Any] = {}
+        self._test_scores: dict[str, Any] = {}
+        self._metrics: dict[str, Any] = {}
+
+    @property
+    def save_name(self) -> str:
+        """The name used for the checkpoints and the saved networks of the model."""
+        return self._save_name
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether the model is trained in a distributed (multi-process) run."""
+        return self._is_distributed
+
+    @is_distributed.setter
+    def is_distributed(self, val: bool) -> None:
+        self._is_distributed = val
+
+    @property
+    def map_loc(self) -> str | dict[str, str]:
+        """Where the weights of loaded checkpoints or pre-trained files are mapped to."""
+        return self._map_loc
+
+    @map_loc.setter
+    def map_loc(self, loc: str | dict[str, str]) -> None:
+        self._map_loc = loc
+
+    @property
+    def device(self) -> torch.device:
+        """The device the tensors of the model live on (set by the trainer).
+
+        Raises:
+            AssertionError: if the trainer has not set the device yet.
+        """
+        return get_from_optional(self._device)
+
+    @device.setter
+    def device(self, dev: torch.device) -> None:
+        self._device = dev
+
+    @property
+    def rank(self) -> int:
+        """The local rank (device id) the model runs on; 0 when not distributed."""
+        return self._rank
+
+    @rank.setter
+    def rank(self, r: int) -> None:
+        self._rank = r
+
+    @property
+    def trainer(self) -> Trainer:
+        """The trainer that drives the model.
+
+        Raises:
+            RuntimeError: if it is read before the trainer has set it.
+        """
+        if self._trainer is None:
+            raise RuntimeError(
+                f"error: the trainer has not been set on model '{self._save_name}'; "
+                "the Trainer sets it when fit/test starts"
+            )
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, t: Trainer) -> None:
+        self._trainer = t
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The table of final metrics of the model.
+
+        This is the model's own, mutable table: write the metrics into it (for example
+        ``self.metrics["accuracy"] = acc`` in :py:meth:`on_validation_end`) and plug-ins
+        read them from it. A subclass may also override the property to compute the table
+        on demand.
+        """
+        return self._metrics
+
+    @abc.abstractmethod
+    def setup(self, fast_init: bool = False) -> None:
+        """Create everything the model needs to train.
+
+        Build the networks, optimizers, schedulers, losses, etc. here. The trainer calls
+        this once the device, rank and trainer have been set and after any distributed
+        processes have been started, so :py:attr:`device` is valid.
+
+        Args:
+            fast_init: if true, only build the network(s) and skip any training state
+                (optimizers, schedulers, ...). The trainer passes true for testing.
+        """
+
+    def load_for_testing(self) -> None:
+        """Load the network(s) used for testing.
+
+        The trainer calls this from :py:meth:`~helios.trainer.Trainer.test` when it cannot
+        find a checkpoint to load. Override it to load the network(s) from somewhere else,
+        such as a pre-trained file.
+        """
+
+    def load_state_dict(self, state_dict: dict[str, Any], fast_init: bool = False) -> None:
+        """Restore the model from a state dictionary.
+
+        The trainer calls this with the model's entry of a checkpoint. Tensors in it have
+        already been mapped to the right device.
+
+        Args:
+            state_dict: the state returned by :py:meth:`state_dict` when the checkpoint was
+                saved.
+            fast_init: if true, restore only the network(s), not the training state.
+        """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the state of the model to store in checkpoints.
+
+        Returns:
+            Everything needed to resume training (networks, optimizers, ...). Empty by
+            default.
+        """
+        return {}
+
+    def trained_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Return the state of the fully trained model.
+
+        Unlike :py:meth:`state_dict`, this should hold only what is needed to re-create the
+        network(s) for inference, plus any extra data of your choice. The trainer never
+        calls it; it is meant for your own export code.
+
+        Args:
+            *args: positional arguments of your choice.
+            **kwargs: keyword arguments of your choice.
+
+        Returns:
+            The state without any training data. Empty by default.
+        """
+        return {}
+
+    def append_metadata_to_chkpt_name(self, chkpt_name: str) -> str:
+        """Add extra information to the name of a checkpoint file.
+
+        Use it to put loss values, validation metrics or anything else in the file name.
+        The epoch and iteration numbers and the extension are added by the trainer.
+
+        Args:
+            chkpt_name: the checkpoint name, without extension.
+
+        Returns:
+            The name with any extra information. Unchanged by default.
+        """
+        return chkpt_name
+
+    def append_to_banner(self, banner: str) -> str:
+        """Add extra information to the banner printed when a run starts.
+
+        The banner is only shown when the trainer's ``print_banner`` is true.
+
+        Args:
+            banner: the banner built by the trainer.
+
+        Returns:
+            The banner with any extra information. Unchanged by default.
+        """
+        return banner
+
+    def train(self) -> None:
+        """Switch the network(s) to training mode."""
+
+    def eval(self) -> None:
+        """Switch the network(s) to evaluation mode."""
+
+    def on_training_start(self) -> None:
+        """Run once when training starts, before the first epoch.
+
+        Use it to log the network architecture, the hyper-parameters, etc.
+        """
+
+    def on_training_epoch_start(self, current_epoch: int) -> None:
+        """Run at the top of every training epoch.
+
+        Args:
+            current_epoch: the number of the epoch that is starting.
+        """
+
+    def on_training_batch_start(self, state: TrainingState) -> None:
+        """Run before :py:meth:`train_step` for every batch.
+
+        By default it clears the loss table ``_loss_items``; call ``super()`` when
+        overriding it to keep that.
+
+        Args:
+            state: the current training state.
+        """
+        self._loss_items.clear()
+
+    def train_step(self, batch: Any, state: TrainingState) -> None:
+        """Perform one training step on a batch.
+
+        Run the forward and backward passes here (and step the optimizers and schedulers),
+        then store the losses in ``self._loss_items`` so that
+        :py:meth:`on_training_batch_end` can average and accumulate them.
+
+        Warning:
+            The batch is not moved to any device before this call (unless a plug-in such as
+            :py:class:`~helios.plugins.CUDAPlugin` does it); move it yourself with
+            :py:attr:`device`.
+
+        Args:
+            batch: the batch returned by the training dataloader.
+            state: the current training state.
+        """
+
+    def on_training_batch_end(self, state: TrainingState, should_log: bool = False) -> None:
+        """Run after :py:meth:`train_step` for every batch.
+
+        By default it does two things with the losses in ``self._loss_items``:
+
+        1. In a distributed run, each loss is replaced by its average across all ranks,
+           computed on a detached copy. Run any backward pass before calling ``super()``.
+        2. Each loss is added to ``self._running_losses[key]``. The running sums are
+           detached 0-dim tensors on the device of the loss, so no host-device
+           synchronisation happens here. Format them directly (``f"{v:.3f}"``) or call
+           ``.item()`` only when a log line is actually written.
+
+        The trainer counts the batches summed since the last validation in
+        ``state.running_iter``, so ``self._running_losses[key] / state.running_iter`` is the
+        running mean.
+
+        Args:
+            state: the current training state.
+            should_log: true when the print frequency of the trainer says a log line is due.
+        """
+        if self._is_distributed:
+            for key, loss in self._loss_items.items():
+                if isinstance(loss, torch.Tensor):
+                    value = loss.detach().clone()
+                    if not (value.is_floating_point() or value.is_complex()):
+                        value = value.float()
+                    self._loss_items[key] = all_reduce_mean(value)
+
+        for key, loss in self._loss_items.items():
+            if loss is None:
+                continue
+            value = loss.detach() if isinstance(loss, torch.Tensor) else torch.as_tensor(loss)
+            previous = self._running_losses.get(key)
+            # clone() so that the running sum never aliases a tensor the user owns.
+            self._running_losses[key] = value.clone() if previous is None else previous + value
+
+    def on_training_epoch_end(self, current_epoch: int) -> None:
+        """Run at the bottom of every training epoch.
+
+        Args:
+            current_epoch: the number of the epoch that has just ended.
+        """
+
+    def on_training_end(self) -> None:
+        """Run once when training ends.
+
+        Use it for work that happens only at the end, such as updating weight-averaged
+        networks or logging the final hyper-parameters and metrics.
+        """
+
+    def on_validation_start(self, validation_cycle: int) -> None:
+        """Run when a validation cycle starts.
+
+        By default it clears the validation table ``_val_scores``; call ``super()`` when
+        overriding it to keep that.
+
+        Args:
+            validation_cycle: the number of the validation cycle, counted from 0.
+        """
+        self._val_scores.clear()
+
+    def on_validation_batch_start(self, step: int) -> None:
+        """Run before :py:meth:`valid_step` for every validation batch.
+
+        Args:
+            step: the index of the batch in the validation cycle.
+        """
+
+    def valid_step(self, batch: Any, step: int) -> None:
+        """Perform one validation step on a batch.
+
+        Compute whatever the validation metric(s) need and store it in
+        ``self._val_scores``. Gradients are disabled by the trainer.
+
+        Args:
+            batch: the batch returned by the validation dataloader.
+            step: the index of the batch in the validation cycle.
+        """
+
+    def on_validation_batch_end(self, step: int) -> None:
+        """Run after :py:meth:`valid_step` for every validation batch.
+
+        Args:
+            step: the index of the batch in the validation cycle.
+        """
+
+    def on_validation_end(self, validation_cycle: int) -> None:
+        """Run when a validation cycle ends.
+
+        Compute and log the final validation metrics here. By default it clears the
+        running losses ``_running_losses``, which restart with the next batch; call
+        ``super()`` after you have read them.
+
+        Args:
+            validation_cycle: the number of the validation cycle, counted from 0.
+        """
+        self._running_losses.clear()
+
+    def have_metrics_improved(self) -> bool:
+        """Tell whether the last validation cycle improved on the previous ones.
+
+        The trainer calls this right after each validation cycle; when early stopping is
+        enabled, a false answer increases the count of cycles without improvement.
+
+        Returns:
+            True if the metrics improved. True by default.
+        """
+        return True
+
+    def should_training_stop(self) -> bool:
+        """Tell whether training should stop now.
+
+        Use it to stop when a metric crosses a threshold, a loss becomes invalid, etc. The
+        trainer asks (after asking the plug-ins):
+
+        * after each full training step (:py:meth:`on_training_batch_start`,
+          :py:meth:`train_step` and :py:meth:`on_training_batch_end`),
+        * after each validation cycle, once all validation hooks have run,
+        * after each epoch when training by epoch, after :py:meth:`on_training_epoch_end`.
+
+        Returns:
+            True to stop training. False by default.
+        """
+        return False
+
+    def on_testing_start(self) -> None:
+        """Run when testing starts.
+
+        By default it clears the testing table ``_test_scores``; call ``super()`` when
+        overriding it to keep that.
+        """
+        self._test_scores.clear()
+
+    def on_testing_batch_start(self, step: int) -> None:
+        """Run before :py:meth:`test_step` for every testing batch.
+
+        Args:
+            step: the index of the batch.
+        """
+
+    def test_step(self, batch: Any, step: int) -> None:
+        """Perform one testing step on a batch.
+
+        Compute whatever the testing metric(s) need and store it in
+        ``self._test_scores``. Gradients are disabled by the trainer.
+
+        Args:
+            batch: the batch returned by the testing dataloader.
+            step: the index of the batch.
+        """
+
+    def on_testing_batch_end(self, step: int) -> None:
+        """Run after :py:meth:`test_step` for every testing batch.
+
+        Args:
+            step: the index of the batch.
+        """
+
+    def on_testing_end(self) -> None:
+        """Run when testing ends.
+
+        Compute and log the final testing metrics here.
+        """
