@@ -1,0 +1,257 @@
+"""Checks of the Trainer's constructor arguments.
+
+Every check raises as soon as the Trainer is built, naming the argument, the value received
+and what is allowed, so a typo never costs a run.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any
+
+import torch
+
+from .state import TrainingUnit
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} (type {type(value).__name__})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_train_unit(train_unit: Any) -> TrainingUnit:
+    """Return the unit given as an enum or as ``"epoch"``/``"iteration"``.
+
+    Args:
+        train_unit: the value given to the Trainer.
+
+    Returns:
+        The unit.
+
+    Raises:
+        ValueError: for an unknown name.
+        TypeError: for any other type.
+    """
+    if isinstance(train_unit, TrainingUnit):
+        return train_unit
+    if isinstance(train_unit, str):
+        try:
+            return TrainingUnit.from_str(train_unit)
+        except ValueError:
+            raise ValueError(
+                f"error: invalid train_unit={train_unit!r}. Expected one of 'epoch', "
+                "'iteration' or a TrainingUnit"
+            ) from None
+    raise TypeError(
+        f"error: train_unit must be a TrainingUnit or one of 'epoch', 'iteration', "
+        f"but received {_describe(train_unit)}"
+    )
+
+
+def check_total_steps(total_steps: Any) -> int | float:
+    """Return ``total_steps`` as a non-negative int, or ``math.inf``.
+
+    Args:
+        total_steps: the value given to the Trainer.
+
+    Returns:
+        The number of steps.
+
+    Raises:
+        ValueError: for a negative, NaN or fractional value.
+        TypeError: for a non-numeric value.
+    """
+    if _is_int(total_steps):
+        if total_steps < 0:
+            raise ValueError(
+                f"error: total_steps must be >= 0 or math.inf, but received {total_steps}"
+            )
+        return int(total_steps)
+    if isinstance(total_steps, float):
+        if total_steps == math.inf:
+            return math.inf
+        if math.isnan(total_steps) or total_steps < 0 or not total_steps.is_integer():
+            raise ValueError(
+                "error: total_steps must be a non-negative whole number or math.inf, but "
+                f"received {total_steps}"
+            )
+        return int(total_steps)
+    raise TypeError(
+        f"error: total_steps must be an int or math.inf, but received {_describe(total_steps)}"
+    )
+
+
+def check_positive_int(name: str, value: Any, optional: bool = True) -> int | None:
+    """Check a frequency-like argument: ``None`` (when optional) or an int >= 1.
+
+    Args:
+        name: the argument's name, for the message.
+        value: the value given.
+        optional: whether ``None`` is allowed.
+
+    Returns:
+        The value.
+
+    Raises:
+        ValueError: for a value below 1.
+        TypeError: for a non-int value.
+    """
+    if value is None and optional:
+        return None
+    if not _is_int(value):
+        allowed = "None or an int >= 1" if optional else "an int >= 1"
+        raise TypeError(f"error: {name} must be {allowed}, but received {_describe(value)}")
+    if value < 1:
+        allowed = "None or an int >= 1" if optional else "an int >= 1"
+        raise ValueError(f"error: {name} must be {allowed}, but received {value}")
+    return int(value)
+
+
+def check_random_seed(random_seed: Any) -> int | None:
+    """Check that the seed is ``None`` or a non-negative int.
+
+    Args:
+        random_seed: the value given.
+
+    Returns:
+        The seed.
+
+    Raises:
+        ValueError: for a negative seed.
+        TypeError: for a non-int seed.
+    """
+    if random_seed is None:
+        return None
+    if not _is_int(random_seed):
+        raise TypeError(
+            f"error: random_seed must be None or an int >= 0, but received {_describe(random_seed)}"
+        )
+    if random_seed < 0:
+        raise ValueError(f"error: random_seed must be an int >= 0, but received {random_seed}")
+    return int(random_seed)
+
+
+def check_path(name: str, value: Any) -> pathlib.Path | None:
+    """Check that a path argument is ``None``, a str or a Path that is not a file.
+
+    Args:
+        name: the argument's name.
+        value: the value given.
+
+    Returns:
+        The path, or ``None``.
+
+    Raises:
+        TypeError: for another type.
+        ValueError: if the path exists and is not a directory.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str | pathlib.Path):
+        raise TypeError(
+            f"error: {name} must be a pathlib.Path (or str), but received {_describe(value)}"
+        )
+    path = pathlib.Path(value)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"error: {name} must be a directory, but {path} is a file")
+    return path
+
+
+def check_gpus(gpus: Any, use_cpu: bool | None) -> list[int]:
+    """Check the requested GPU ids against ``use_cpu`` and the machine.
+
+    Args:
+        gpus: the ids given (or ``None``).
+        use_cpu: the ``use_cpu`` flag given.
+
+    Returns:
+        The ids, possibly empty (meaning: every visible GPU when CUDA is used).
+
+    Raises:
+        TypeError: if ``gpus`` is not a list of ints.
+        ValueError: for conflicting flags, duplicates or ids the machine does not have.
+        RuntimeError: if CUDA is requested but not available.
+    """
+    if gpus is None:
+        ids: list[int] = []
+    elif isinstance(gpus, list | tuple) and all(_is_int(g) for g in gpus):
+        ids = list(gpus)
+    else:
+        raise TypeError(
+            f"error: gpus must be None or a list of ints, but received {_describe(gpus)}"
+        )
+
+    if use_cpu is not None and not isinstance(use_cpu, bool):
+        raise TypeError(f"error: use_cpu must be None or a bool, but received {_describe(use_cpu)}")
+    if use_cpu and ids:
+        raise ValueError(
+            f"error: cannot request CPU and GPU training at once: use_cpu=True, gpus={ids}"
+        )
+    wants_cuda = use_cpu is False or bool(ids)
+    if wants_cuda and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"error: CUDA was requested (use_cpu={use_cpu}, gpus={gpus}) but CUDA is not "
+            "available on this machine. Pass use_cpu=True to train on the CPU"
+        )
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"error: gpus contains duplicate ids: {ids}")
+    if ids:
+        count = torch.cuda.device_count()
+        invalid = [g for g in ids if g < 0 or g >= count]
+        if invalid:
+            raise ValueError(
+                f"error: gpus={ids} contains ids {invalid} that are not valid: this machine "
+                f"has {count} GPU(s), ids 0..{count - 1}"
+            )
+    return ids
+
+
+def check_flags(
+    enable_deterministic: bool,
+    enable_cudnn_benchmark: bool,
+    enable_tensorboard: bool,
+    run_path: pathlib.Path | None,
+    enable_file_logging: bool,
+    log_path: pathlib.Path | None,
+    chkpt_frequency: int | None,
+    chkpt_root: pathlib.Path | None,
+    src_root: pathlib.Path | None,
+) -> None:
+    """Check the combinations of flags and the paths they need.
+
+    Args:
+        enable_deterministic: the flag given.
+        enable_cudnn_benchmark: the flag given.
+        enable_tensorboard: the flag given.
+        run_path: the TensorBoard folder.
+        enable_file_logging: the flag given.
+        log_path: the log folder.
+        chkpt_frequency: the checkpoint frequency.
+        chkpt_root: the checkpoint folder.
+        src_root: the source root for registries.
+
+    Raises:
+        ValueError: for a contradictory or incomplete combination.
+    """
+    if enable_deterministic and enable_cudnn_benchmark:
+        raise ValueError(
+            "error: enable_deterministic=True and enable_cudnn_benchmark=True are mutually "
+            "exclusive: cuDNN benchmarking picks algorithms non-deterministically"
+        )
+    if enable_tensorboard and run_path is None:
+        raise ValueError(
+            "error: enable_tensorboard=True needs run_path, the folder for TensorBoard runs"
+        )
+    if enable_file_logging and log_path is None:
+        raise ValueError("error: enable_file_logging=True needs log_path, the folder for log files")
+    if chkpt_frequency is not None and chkpt_root is None:
+        raise ValueError(
+            f"error: chkpt_frequency={chkpt_frequency} needs chkpt_root, the folder where "
+            "checkpoints are saved"
+        )
+    if src_root is not None and not src_root.is_dir():
+        raise ValueError(f"error: src_root must be an existing directory, but got {src_root}")

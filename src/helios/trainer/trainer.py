@@ -1,0 +1,612 @@
+"""The Trainer: checks its arguments, prepares the environment and runs fit/test."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import pathlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+import helios
+from helios.core import distributed as dist
+from helios.core import logging, rng
+from helios.core.utils import get_env_info_str, get_from_optional, update_all_registries
+
+from . import arguments, checkpoints, launch
+from .loops import Hooks, Loops
+from .state import TrainingState, TrainingUnit
+
+if TYPE_CHECKING:
+    import torch.multiprocessing as mp
+
+    from helios.data import DataModule
+    from helios.model import Model
+    from helios.plugins import Plugin
+
+
+class _Mode(enum.Enum):
+    TRAIN = "fit"
+    TEST = "test"
+
+
+class Trainer:
+    """Runs training, validation and testing of a Model on a DataModule.
+
+    The Trainer sets up the environment (seeds, determinism, devices, logging, distributed
+    processes), runs the loops (see :py:mod:`helios.trainer.loops` for the exact call order),
+    saves checkpoints atomically and resumes exactly from the newest one.
+
+    Args:
+        run_name: name of the run, used for log files and TensorBoard runs.
+        train_unit: unit of ``total_steps`` and of the frequencies: ``TrainingUnit.EPOCH``
+            (or ``"epoch"``) or ``TrainingUnit.ITERATION`` (``"iteration"``).
+        total_steps: number of epochs or iterations to train for; ``math.inf`` trains until
+            early stopping or ``should_training_stop``.
+        valid_frequency: validate every this many units (``None``: never).
+        chkpt_frequency: save a checkpoint every this many units (``None``: never); needs
+            ``chkpt_root``.
+        print_frequency: set ``should_log`` every this many iterations (``None``: never).
+        accumulation_steps: batches per iteration with gradient accumulation (ITERATION unit).
+        enable_cudnn_benchmark: enable cuDNN benchmarking.
+        enable_deterministic: use PyTorch's deterministic algorithms.
+        early_stop_cycles: stop after this many validation cycles without improvement.
+        use_cpu: train on the CPU; ``None`` picks the CPU when CUDA is unavailable.
+        gpus: ids of the GPUs to use; several start one process per GPU.
+        random_seed: seed for every RNG (defaults to :py:func:`helios.core.rng.get_default_seed`).
+        enable_tensorboard: write a TensorBoard run into ``run_path``.
+        enable_file_logging: write a log file into ``log_path``.
+        enable_progress_bar: show progress bars.
+        chkpt_root: folder for checkpoints (a sub-folder per model ``save_name``).
+        log_path: folder for log files (used only with ``enable_file_logging``).
+        run_path: folder for TensorBoard runs (used only with ``enable_tensorboard``).
+        src_root: root package whose registries are imported in every process.
+        import_prefix: dotted prefix for importing ``src_root``.
+        print_banner: print the banner with environment information at start.
+
+    Raises:
+        ValueError: for an invalid value or combination of arguments.
+        TypeError: for an argument of the wrong type.
+        RuntimeError: if CUDA is requested but unavailable.
+    """
+
+    def __init__(
+        self,
+        run_name: str = "",
+        train_unit: TrainingUnit | str = TrainingUnit.EPOCH,
+        total_steps: int | float = 0,
+        valid_frequency: int | None = None,
+        chkpt_frequency: int | None = None,
+        print_frequency: int | None = None,
+        accumulation_steps: int = 1,
+        enable_cudnn_benchmark: bool = False,
+        enable_deterministic: bool = False,
+        early_stop_cycles: int | None = None,
+        use_cpu: bool | None = None,
+        gpus: list[int] | None = None,
+        random_seed: int | None = None,
+        enable_tensorboard: bool = False,
+        enable_file_logging: bool = False,
+        enable_progress_bar: bool = False,
+        chkpt_root: pathlib.Path | None = None,
+        log_path: pathlib.Path | None = None,
+        run_path: pathlib.Path | None = None,
+        src_root: pathlib.Path | None = None,
+        import_prefix: str = "",
+        print_banner: bool = True,
+    ) -> None:
+        if not isinstance(run_name, str):
+            raise TypeError(f"error: run_name must be a str, but received {run_name!r}")
+        self._run_name = run_name
+        self._train_unit = arguments.check_train_unit(train_unit)
+        self._total_steps = arguments.check_total_steps(total_steps)
+        self._valid_frequency = arguments.check_positive_int("valid_frequency", valid_frequency)
+        self._chkpt_frequency = arguments.check_positive_int("chkpt_frequency", chkpt_frequency)
+        self._print_frequency = arguments.check_positive_int("print_frequency", print_frequency)
+        self._accumulation_steps = get_from_optional(
+            arguments.check_positive_int("accumulation_steps", accumulation_steps, False)
+        )
+        self._early_stop_cycles = arguments.check_positive_int(
+            "early_stop_cycles", early_stop_cycles
+        )
+        self._random_seed = arguments.check_random_seed(random_seed)
+        if self._random_seed is None:
+            self._random_seed = rng.get_default_seed()
+        self._chkpt_root = arguments.check_path("chkpt_root", chkpt_root)
+        self._log_path = arguments.check_path("log_path", log_path)
+        self._run_path = arguments.check_path("run_path", run_path)
+        self._src_root = arguments.check_path("src_root", src_root)
+        arguments.check_flags(
+            enable_deterministic,
+            enable_cudnn_benchmark,
+            enable_tensorboard,
+            self._run_path,
+            enable_file_logging,
+            self._log_path,
+            self._chkpt_frequency,
+            self._chkpt_root,
+            self._src_root,
+        )
+        self._enable_cudnn_benchmark = enable_cudnn_benchmark
+        self._enable_deterministic = enable_deterministic
+        self._enable_tensorboard = enable_tensorboard
+        self._enable_file_logging = enable_file_logging
+        self._enable_progress_bar = enable_progress_bar
+        self._import_prefix = import_prefix
+        self._print_banner = print_banner
+
+        gpu_ids = arguments.check_gpus(gpus, use_cpu)
+        self._use_cpu = use_cpu if use_cpu is not None else not torch.cuda.is_available()
+        self._is_torchrun = dist.is_using_torchrun()
+        if self._use_cpu:
+            self._gpu_ids: list[int] = []
+            self._device = torch.device("cpu")
+            self._map_loc: str | dict[str, str] = {"cuda:0": "cpu"}
+        else:
+            self._gpu_ids = gpu_ids or list(range(torch.cuda.device_count()))
+            self._device = torch.device("cuda", self._gpu_ids[0])
+            self._map_loc = {"cuda:0": str(self._device)}
+        if self._is_torchrun:
+            self._is_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        else:
+            self._is_distributed = len(self._gpu_ids) > 1
+
+        self._model: Model | None = None
+        self._datamodule: DataModule | None = None
+        self._local_rank = 0
+        self._rank = 0
+        self._train_exceptions: list[type[Exception]] = []
+        self._test_exceptions: list[type[Exception]] = []
+        self._plugins: dict[str, Plugin] = {}
+        self._queue: mp.Queue | None = None
+        self._chkpt_dir: pathlib.Path | None = None
+
+    # -- properties -----------------------------------------------------------------------
+
+    @property
+    def model(self) -> Model:
+        """The model of the current run."""
+        return get_from_optional(self._model)
+
+    @model.setter
+    def model(self, model: Model) -> None:
+        self._model = model
+
+    @property
+    def datamodule(self) -> DataModule:
+        """The datamodule of the current run."""
+        return get_from_optional(self._datamodule)
+
+    @datamodule.setter
+    def datamodule(self, datamodule: DataModule) -> None:
+        self._datamodule = datamodule
+
+    @property
+    def local_rank(self) -> int:
+        """The rank of this process on its node (its GPU index into ``gpu_ids``)."""
+        return self._local_rank
+
+    @local_rank.setter
+    def local_rank(self, rank: int) -> None:
+        self._local_rank = rank
+        if not self._use_cpu:
+            self._device = torch.device("cuda", self._gpu_ids[rank % len(self._gpu_ids)])
+            self._map_loc = {f"cuda:{i}": str(self._device) for i in self._gpu_ids}
+            self._map_loc.setdefault("cuda:0", str(self._device))
+
+    @property
+    def rank(self) -> int:
+        """The global rank of this process."""
+        return self._rank
+
+    @rank.setter
+    def rank(self, rank: int) -> None:
+        self._rank = rank
+
+    @property
+    def gpu_ids(self) -> list[int]:
+        """The ids of the GPUs used for training (empty on the CPU)."""
+        return self._gpu_ids
+
+    @property
+    def train_exceptions(self) -> list[type[Exception]]:
+        """Exception types that ``fit`` re-raises instead of logging and returning False."""
+        return self._train_exceptions
+
+    @train_exceptions.setter
+    def train_exceptions(self, exceptions: list[type[Exception]]) -> None:
+        self._train_exceptions = exceptions
+
+    @property
+    def test_exceptions(self) -> list[type[Exception]]:
+        """Exception types that ``test`` re-raises instead of logging and returning False."""
+        return self._test_exceptions
+
+    @test_exceptions.setter
+    def test_exceptions(self, exceptions: list[type[Exception]]) -> None:
+        self._test_exceptions = exceptions
+
+    @property
+    def plugins(self) -> dict[str, Plugin]:
+        """The registered plug-ins, keyed by their id."""
+        return self._plugins
+
+    @plugins.setter
+    def plugins(self, plugins: dict[str, Plugin]) -> None:
+        self._plugins = plugins
+
+    @property
+    def queue(self) -> mp.Queue | None:
+        """Queue for results from spawned ranks (``None`` in one process or under torchrun)."""
+        return self._queue
+
+    @queue.setter
+    def queue(self, queue: mp.Queue | None) -> None:
+        self._queue = queue
+
+    @property
+    def train_unit(self) -> TrainingUnit:
+        """The training unit."""
+        return self._train_unit
+
+    @property
+    def total_steps(self) -> int | float:
+        """The number of epochs or iterations to train for."""
+        return self._total_steps
+
+    @property
+    def valid_frequency(self) -> int | None:
+        """Validation frequency, in training units."""
+        return self._valid_frequency
+
+    @property
+    def chkpt_frequency(self) -> int | None:
+        """Checkpoint frequency, in training units."""
+        return self._chkpt_frequency
+
+    @property
+    def print_frequency(self) -> int | None:
+        """Logging frequency, in iterations."""
+        return self._print_frequency
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Batches per iteration."""
+        return self._accumulation_steps
+
+    @property
+    def early_stop_cycles(self) -> int | None:
+        """Validation cycles without improvement after which training stops."""
+        return self._early_stop_cycles
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether the run uses several processes."""
+        return self._is_distributed
+
+    @property
+    def uses_cpu(self) -> bool:
+        """Whether the run is on the CPU."""
+        return self._use_cpu
+
+    @property
+    def device(self) -> torch.device:
+        """The device of this process."""
+        return self._device
+
+    @property
+    def shows_progress(self) -> bool:
+        """Whether this process shows progress bars (rank 0, when enabled)."""
+        return self._enable_progress_bar and self._rank == 0
+
+    @property
+    def root_logger(self) -> logging.RootLogger:
+        """The root logger of the current run."""
+        return logging.get_root_logger()
+
+    # -- fit and test ---------------------------------------------------------------------
+
+    def fit(self, model: Model, datamodule: DataModule) -> bool:
+        """Train (and validate) the model, resuming from the newest checkpoint if any.
+
+        Args:
+            model: the model to train.
+            datamodule: the data.
+
+        Returns:
+            True if training completed; False if an exception not listed in
+            ``train_exceptions`` was raised (its full traceback is logged).
+
+        Raises:
+            TypeError: if ``model`` or ``datamodule`` has the wrong type.
+        """
+        return self._launch(model, datamodule, _Mode.TRAIN)
+
+    def test(self, model: Model, datamodule: DataModule) -> bool:
+        """Test the model from the newest checkpoint (or ``Model.load_for_testing``).
+
+        Args:
+            model: the model to test.
+            datamodule: the data.
+
+        Returns:
+            True if testing completed; False if an exception not listed in
+            ``test_exceptions`` was raised (its full traceback is logged).
+
+        Raises:
+            TypeError: if ``model`` or ``datamodule`` has the wrong type.
+        """
+        return self._launch(model, datamodule, _Mode.TEST)
+
+    def _launch(self, model: Model, datamodule: DataModule, mode: _Mode) -> bool:
+        from helios.data import DataModule
+        from helios.model import Model
+
+        if not isinstance(model, Model):
+            raise TypeError(
+                f"error: {mode.value}() expects a helios.model.Model as model, but received "
+                f"{type(model).__name__}"
+            )
+        if not isinstance(datamodule, DataModule):
+            raise TypeError(
+                f"error: {mode.value}() expects a helios.data.DataModule as datamodule, but "
+                f"received {type(datamodule).__name__}"
+            )
+        listed = self._train_exceptions if mode == _Mode.TRAIN else self._test_exceptions
+        try:
+            datamodule.prepare_data()
+            if launch.use_spawn(self):
+                launch.spawn(
+                    self, _spawned_worker, (self, model, datamodule, mode), len(self._gpu_ids)
+                )
+                return True
+            self.model, self.datamodule = model, datamodule
+            return launch.run_under_torchrun(self, lambda: self._run_in_process(mode))
+        except Exception as error:
+            if isinstance(error, tuple(listed)):
+                raise
+            _log_uncaught(error)
+            return False
+
+    def _run_in_process(self, mode: _Mode) -> bool:
+        """Run the whole fit/test body in this process; handle exceptions and loggers."""
+        listed = self._train_exceptions if mode == _Mode.TRAIN else self._test_exceptions
+        try:
+            self._configure_environment()
+            if mode == _Mode.TRAIN:
+                self._train()
+            else:
+                self._test()
+        except Exception as error:
+            if isinstance(error, tuple(listed)):
+                raise
+            _log_uncaught(error)
+            return False
+        finally:
+            logging.close_default_loggers()
+        return True
+
+    def _configure_environment(self) -> None:
+        checkpoints.register_trainer_types_for_safe_load()
+        rng.seed_rngs(self._random_seed)
+        torch.use_deterministic_algorithms(self._enable_deterministic)
+        if not self._use_cpu:
+            if self._enable_deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = self._enable_cudnn_benchmark
+            torch.backends.cudnn.deterministic = self._enable_deterministic
+            torch.cuda.set_device(self._device)
+        logging.create_default_loggers(self._enable_tensorboard)
+        if self._src_root is not None:
+            update_all_registries(self._src_root, recurse=True, import_prefix=self._import_prefix)
+
+    def _setup(self, fast_init: bool) -> None:
+        for plugin in self._plugins.values():
+            plugin.is_distributed = self._is_distributed
+            plugin.map_loc = self._map_loc
+            plugin.device = self._device
+            plugin.rank = self._local_rank
+            plugin.trainer = self
+            plugin.setup()
+        datamodule = self.datamodule
+        datamodule.is_distributed = self._is_distributed
+        datamodule.trainer = self
+        datamodule.setup()
+        model = self.model
+        model.map_loc = self._map_loc
+        model.is_distributed = self._is_distributed
+        model.device = self._device
+        model.rank = self._local_rank
+        model.trainer = self
+        model.setup(fast_init)
+        if self._chkpt_root is not None:
+            self._chkpt_dir = self._chkpt_root / model.save_name
+
+    def _collective_device(self) -> torch.device | None:
+        if not self._is_distributed:
+            return None
+        return torch.device("cpu") if self._use_cpu else self._device
+
+    def _train(self) -> None:
+        self._setup(fast_init=False)
+        if self._chkpt_dir is not None:
+            self._chkpt_dir.mkdir(parents=True, exist_ok=True)
+        found = checkpoints.load_newest_valid_checkpoint(self._chkpt_dir, self._map_loc)
+        state, resume_rng = TrainingState(), None
+        if found is not None:
+            path, saved = found
+            self._open_logs(saved)
+            self.model.load_state_dict(saved["model"], fast_init=False)
+            self._load_plugin_states(saved)
+            state = dataclasses.replace(saved["training_state"])
+            resume_rng = self._rank_entry(saved)["rng"]
+            message = f"Resuming training from checkpoint {path}"
+            self.root_logger.info(message)
+            self._print_header(log_banner=False)
+            dist.global_print(message + "\n")
+        else:
+            self._open_logs(None)
+            self._print_header(log_banner=True)
+
+        hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
+        hooks.call_plugins("on_training_start")
+        self.model.on_training_start()
+        Loops(self, hooks, resume_rng).run_training(state)
+        hooks.call_plugins("on_training_end")
+        self.model.on_training_end()
+        logging.flush_default_loggers()
+        dist.safe_barrier()
+
+    def _test(self) -> None:
+        self._setup(fast_init=True)
+        found = checkpoints.load_newest_valid_checkpoint(self._chkpt_dir, self._map_loc)
+        if found is not None:
+            path, saved = found
+            self._open_logs(saved)
+            self.model.load_state_dict(saved["model"], fast_init=True)
+            self._load_plugin_states(saved)
+            message = f"Testing using checkpoint {path}"
+        else:
+            self._open_logs(None)
+            self.model.load_for_testing()
+            message = "Testing from loaded model"
+        self.root_logger.info(get_env_info_str())
+        self.root_logger.info(message)
+        if self._print_banner:
+            dist.global_print(self.model.append_to_banner(get_env_info_str()))
+        dist.global_print(message + "\n")
+
+        test = self.datamodule.test_dataloader()
+        if test is None:
+            self.root_logger.warning(
+                "error: the datamodule has no test split; test() ran no batches"
+            )
+            return
+        hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
+        Loops(self, hooks).run_testing(test[0])
+        logging.flush_default_loggers()
+        dist.safe_barrier()
+
+    def _open_logs(self, saved: dict[str, Any] | None) -> None:
+        """Continue the log file and TensorBoard run of a checkpoint, or start new ones."""
+        log_file = saved.get("log_path") if saved and self._enable_file_logging else None
+        run_dir = saved.get("run_path") if saved and self._enable_tensorboard else None
+        if log_file is not None or run_dir is not None:
+            logging.restore_default_loggers(log_path=log_file, run_path=run_dir)
+        if (self._enable_file_logging and log_file is None) or (
+            self._enable_tensorboard and run_dir is None
+        ):
+            logging.setup_default_loggers(
+                self._run_name,
+                log_root=self._log_path if self._enable_file_logging and not log_file else None,
+                runs_root=self._run_path if self._enable_tensorboard and not run_dir else None,
+            )
+
+    def _print_header(self, log_banner: bool) -> None:
+        banner = self.model.append_to_banner(get_env_info_str())
+        if self._print_banner:
+            dist.global_print(banner)
+            if log_banner:
+                self.root_logger.info(banner)
+
+    def _load_plugin_states(self, saved: dict[str, Any]) -> None:
+        for plug_id, plugin in self._plugins.items():
+            if plug_id in saved:
+                plugin.load_state_dict(saved[plug_id])
+
+    def _rank_entry(self, saved: dict[str, Any]) -> dict[str, Any]:
+        entries = saved.get("ranks")
+        if isinstance(entries, list) and self._rank < len(entries):
+            return entries[self._rank]  # type: ignore[no-any-return]
+        return {"rng": saved["rng"]}
+
+    def save_checkpoint(self, state: TrainingState) -> pathlib.Path | None:
+        """Save a checkpoint of the run at ``state`` (written by rank 0 only).
+
+        Every rank contributes its RNG state and sampler position; the file is written
+        atomically into ``chkpt_root/<save_name>``.
+
+        Args:
+            state: the training state to save.
+
+        Returns:
+            The path written (on rank 0), else ``None``.
+        """
+        entry = {
+            "rng": rng.get_rng_state_dict(),
+            "sampler": {"epoch": state.global_epoch - 1, "start_iter": state.dataset_iter},
+        }
+        entries = _gather_to_rank0(entry) if self._is_distributed else [entry]
+        if self._rank != 0 or self._chkpt_dir is None:
+            return None
+        model = self.model
+        contents: dict[str, Any] = {
+            "version": helios.__version__,
+            "training_state": dataclasses.replace(state),
+            "model": model.state_dict(),
+            "rng": entries[0]["rng"],
+            "ranks": entries,
+        }
+        if self._enable_file_logging:
+            contents["log_path"] = self.root_logger.log_file
+        writer = logging.get_tensorboard_writer()
+        if self._enable_tensorboard and writer is not None:
+            contents["run_path"] = writer.run_path
+        for plug_id, plugin in self._plugins.items():
+            contents[plug_id] = plugin.state_dict()
+        name = model.append_metadata_to_chkpt_name(
+            checkpoints.checkpoint_name(model.save_name, state)
+        )
+        path = self._chkpt_dir / f"{name}{checkpoints.CHECKPOINT_SUFFIX}"
+        checkpoints.save_atomically(contents, path)
+        self.root_logger.info(f"Saved checkpoint {path}")
+        return path
+
+
+def _gather_to_rank0(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    world_size = torch.distributed.get_world_size()
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, entry)
+    return gathered
+
+
+def _log_uncaught(error: BaseException) -> None:
+    if not logging.is_root_logger_active():
+        logging.create_default_loggers(enable_tensorboard=False)
+    logging.get_root_logger().error(f"error: uncaught exception\n{launch.format_exception(error)}")
+
+
+def _spawned_worker(
+    rank: int,
+    world_size: int,
+    port: int,
+    result_queue: Any,
+    error_queue: Any,
+    trainer: Trainer,
+    model: Model,
+    datamodule: DataModule,
+    mode: _Mode,
+) -> None:
+    """Body of one spawned rank: join the group, run, and report failures to the parent."""
+    dist.init_dist(
+        backend="gloo" if trainer.uses_cpu else "nccl",
+        rank=rank,
+        world_size=world_size,
+        master_port=port,
+    )
+    trainer.rank = rank
+    trainer.local_rank = rank
+    trainer.queue = result_queue
+    trainer.model, trainer.datamodule = model, datamodule
+    try:
+        succeeded = trainer._run_in_process(mode)
+    finally:
+        if dist.is_dist_active():
+            dist.shutdown_dist()
+    if not succeeded:
+        raise launch.DistributedRunError(f"rank {rank} failed; see its logged traceback")
+
+
+__all__ = ["Trainer"]
