@@ -299,3 +299,19 @@ def test_progress_bars_off_a_terminal_print_whole_lines(tmp_path, capsys) -> Non
     lines = [line for line in err.splitlines() if line.startswith("Training epochs")]
     assert 1 <= len(lines) <= 3
     assert "3/3" in lines[-1]
+
+
+class BannerModel(TinyModel):
+    def append_to_banner(self, banner: str) -> str:
+        return banner + "\nbanner addition from the model"
+
+
+def test_banner_is_printed_with_the_model_addition(tmp_path, capsys) -> None:
+    trainer = make_trainer(tmp_path, print_banner=True, enable_file_logging=True,
+                           log_path=tmp_path)  # fmt: skip
+    assert trainer.fit(BannerModel(), TinyData())
+    out = capsys.readouterr().out
+    assert "Environment info" in out and "banner addition from the model" in out
+    assert "banner addition from the model" in next(tmp_path.glob("*.log")).read_text()
+    assert make_trainer(tmp_path, print_banner=False).fit(BannerModel(), TinyData())
+    assert "Environment info" not in capsys.readouterr().out
