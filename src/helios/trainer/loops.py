@@ -402,61 +402,68 @@ class Loops:
             if valid is None:
                 return
             self._valid_loader = valid[0]
-        loader = self._valid_loader
         hooks, model = self.hooks, self.model
-        process = hooks.process_validation_batch
-        batch_start, batch_end = hooks.on_validation_batch_start, hooks.on_validation_batch_end
-        bar = progress.make_bar(
-            self._show_progress, _safe_len(loader), "Validation", "it", leave=False
-        )
         with core_cuda.DisableCuDNNBenchmarkContext():
             model.eval()
             hooks.call_plugins("on_validation_start", validation_cycle=cycle)
             model.on_validation_start(cycle)
-            with torch.no_grad():
-                for step, batch in enumerate(loader):
-                    if process is not None:
-                        batch = process(batch=batch, step=step)
-                    if batch_start is not None:
-                        batch_start(step)
-                    model.valid_step(batch, step)
-                    if batch_end is not None:
-                        batch_end(step)
-                    if bar is not None:
-                        bar.update()
+            _run_evaluation_batches(
+                self._valid_loader,
+                self._show_progress,
+                "Validation",
+                hooks.process_validation_batch,
+                hooks.on_validation_batch_start,
+                model.valid_step,
+                hooks.on_validation_batch_end,
+            )
             model.train()
             hooks.call_plugins("on_validation_end", validation_cycle=cycle)
             model.on_validation_end(cycle)
-        if bar is not None:
-            bar.close()
 
     def run_testing(self, loader: Iterable[Any]) -> None:
         """Run the testing loop over a loader."""
         hooks, model = self.hooks, self.model
-        process = hooks.process_testing_batch
-        batch_start, batch_end = hooks.on_testing_batch_start, hooks.on_testing_batch_end
         hooks.call_plugins("on_testing_start")
         model.on_testing_start()
-        bar = progress.make_bar(
-            self._show_progress, _safe_len(loader), "Testing", "it", leave=False
-        )
         with core_cuda.DisableCuDNNBenchmarkContext():
             model.eval()
-            with torch.no_grad():
-                for step, batch in enumerate(loader):
-                    if process is not None:
-                        batch = process(batch=batch, step=step)
-                    if batch_start is not None:
-                        batch_start(step)
-                    model.test_step(batch, step)
-                    if batch_end is not None:
-                        batch_end(step)
-                    if bar is not None:
-                        bar.update()
+            _run_evaluation_batches(
+                loader,
+                self._show_progress,
+                "Testing",
+                hooks.process_testing_batch,
+                hooks.on_testing_batch_start,
+                model.test_step,
+                hooks.on_testing_batch_end,
+            )
             hooks.call_plugins("on_testing_end")
             model.on_testing_end()
-        if bar is not None:
-            bar.close()
+
+
+def _run_evaluation_batches(
+    loader: Iterable[Any],
+    show_progress: bool,
+    label: str,
+    process: Callable[..., Any] | None,
+    batch_start: Callable[[int], None] | None,
+    step_fn: Callable[[Any, int], None],
+    batch_end: Callable[[int], None] | None,
+) -> None:
+    """Feed every batch of a validation or testing loader through its hooks, without grad."""
+    bar = progress.make_bar(show_progress, _safe_len(loader), label, "it", leave=False)
+    with torch.no_grad():
+        for step, batch in enumerate(loader):
+            if process is not None:
+                batch = process(batch=batch, step=step)
+            if batch_start is not None:
+                batch_start(step)
+            step_fn(batch, step)
+            if batch_end is not None:
+                batch_end(step)
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
 
 
 def _safe_len(loader: Any) -> int | None:
