@@ -166,13 +166,15 @@ class Hooks:
             getattr(plugin, name)(*args, **kwargs)
 
     def should_stop(self) -> bool:
-        """Ask the plug-ins, then the model, whether to stop (agreed across ranks)."""
-        local = False
-        for check in self._stop_checks:
-            if check():
-                local = True
-                break
-        return agree_any(local, self.collective_device)
+        """Ask the plug-ins, then the model, whether to stop (agreed across ranks).
+
+        In one process the first "stop" ends the questioning. When distributed every check
+        runs on every rank, because a check may itself be a collective (a broadcast).
+        """
+        if self.collective_device is None:
+            return any(check() for check in self._stop_checks)
+        answers = [check() for check in self._stop_checks]
+        return agree_any(any(answers), self.collective_device)
 
 
 def agree_any(flag: bool, device: torch.device | None) -> bool:

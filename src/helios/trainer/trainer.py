@@ -14,6 +14,7 @@ import helios
 from helios.core import distributed as dist
 from helios.core import logging, rng
 from helios.core.utils import get_env_info_str, get_from_optional, update_all_registries
+from helios.plugins.plugin import validate_plugins
 
 from . import arguments, checkpoints, launch
 from .loops import Hooks, Loops
@@ -354,6 +355,7 @@ class Trainer:
                 f"error: {mode.value}() expects a helios.data.DataModule as datamodule, but "
                 f"received {type(datamodule).__name__}"
             )
+        validate_plugins(self._plugins)
         listed = self._train_exceptions if mode == _Mode.TRAIN else self._test_exceptions
         try:
             datamodule.prepare_data()

@@ -315,3 +315,13 @@ def test_banner_is_printed_with_the_model_addition(tmp_path, capsys) -> None:
     assert "banner addition from the model" in next(tmp_path.glob("*.log")).read_text()
     assert make_trainer(tmp_path, print_banner=False).fit(BannerModel(), TinyData())
     assert "Environment info" not in capsys.readouterr().out
+
+
+def test_plugin_table_filled_by_hand_is_checked_before_starting(tmp_path) -> None:
+    trainer = make_trainer(tmp_path)
+    first, second = CountingPlugin(), CountingPlugin()
+    trainer.plugins = {"a": first, "b": second}
+    data = TinyData()
+    with pytest.raises(ValueError, match="training_batch"):
+        trainer.fit(TinyModel(), data)
+    assert not data.prepared
