@@ -1,8 +1,5 @@
 """The :py:class:`Model` base class: the training code of a network, split into hooks."""
 
-# The hooks are optional overrides, so most of them are deliberately empty.
-# ruff: noqa: B027
-
 from __future__ import annotations
 
 import abc
@@ -11,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from helios.core.distributed import all_reduce_mean
-from helios.core.utils import get_from_optional
+from helios.core.placement import RunPlacement
 
 if TYPE_CHECKING:
-    from helios.trainer import Trainer, TrainingState
+    from helios.trainer import TrainingState
 
 
-class Model(abc.ABC):
+class Model(RunPlacement, abc.ABC):
     """Base class that holds the code needed to train, validate and test networks.
 
     The :py:class:`~helios.trainer.Trainer` owns the loops; a model fills in what happens at
@@ -67,13 +64,8 @@ class Model(abc.ABC):
     """
 
     def __init__(self, save_name: str) -> None:
+        super().__init__(f"model '{save_name}'")
         self._save_name = save_name
-        self._trainer: Trainer | None = None
-
-        self._is_distributed = False
-        self._map_loc: str | dict[str, str] = ""
-        self._device: torch.device | None = None
-        self._rank = 0
 
         self._loss_items: dict[str, torch.Tensor] = {}
         self._running_losses: dict[str, torch.Tensor | float] = {}
@@ -85,64 +77,6 @@ class Model(abc.ABC):
     def save_name(self) -> str:
         """The name used for the checkpoints and the saved networks of the model."""
         return self._save_name
-
-    @property
-    def is_distributed(self) -> bool:
-        """Whether the model is trained in a distributed (multi-process) run."""
-        return self._is_distributed
-
-    @is_distributed.setter
-    def is_distributed(self, val: bool) -> None:
-        self._is_distributed = val
-
-    @property
-    def map_loc(self) -> str | dict[str, str]:
-        """Where the weights of loaded checkpoints or pre-trained files are mapped to."""
-        return self._map_loc
-
-    @map_loc.setter
-    def map_loc(self, loc: str | dict[str, str]) -> None:
-        self._map_loc = loc
-
-    @property
-    def device(self) -> torch.device:
-        """The device the tensors of the model live on (set by the trainer).
-
-        Raises:
-            AssertionError: if the trainer has not set the device yet.
-        """
-        return get_from_optional(self._device)
-
-    @device.setter
-    def device(self, dev: torch.device) -> None:
-        self._device = dev
-
-    @property
-    def rank(self) -> int:
-        """The local rank (device id) the model runs on; 0 when not distributed."""
-        return self._rank
-
-    @rank.setter
-    def rank(self, r: int) -> None:
-        self._rank = r
-
-    @property
-    def trainer(self) -> Trainer:
-        """The trainer that drives the model.
-
-        Raises:
-            RuntimeError: if it is read before the trainer has set it.
-        """
-        if self._trainer is None:
-            raise RuntimeError(
-                f"error: the trainer has not been set on model '{self._save_name}'; "
-                "the Trainer sets it when fit/test starts"
-            )
-        return self._trainer
-
-    @trainer.setter
-    def trainer(self, t: Trainer) -> None:
-        self._trainer = t
 
     @property
     def metrics(self) -> dict[str, Any]:

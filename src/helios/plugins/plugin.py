@@ -1,8 +1,5 @@
 """The plug-in interface, the plug-in registry and the built-in :py:class:`CUDAPlugin`."""
 
-# The hooks are optional overrides, so most of them are deliberately empty.
-# ruff: noqa: B027
-
 from __future__ import annotations
 
 import abc
@@ -13,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from helios.core import cuda
-from helios.core.utils import Registry, convert_to_list, get_from_optional
+from helios.core.placement import RunPlacement
+from helios.core.utils import Registry, convert_to_list
 
 if TYPE_CHECKING:
     from helios.model import Model
@@ -112,7 +110,7 @@ def _clash_message(flag: str, plug_id: str, other_id: str) -> str:
     )
 
 
-class Plugin(abc.ABC):
+class Plugin(RunPlacement, abc.ABC):
     """Base class of plug-ins, which change the behaviour of the trainer's loops.
 
     Plug-ins have the same hooks as :py:class:`~helios.model.model.Model` (minus the
@@ -149,12 +147,8 @@ class Plugin(abc.ABC):
     """
 
     def __init__(self, plug_id: str) -> None:
-        self._trainer: Trainer | None = None
+        super().__init__(f"plug-in '{plug_id}'")
         self._plug_id = plug_id
-        self._is_distributed = False
-        self._map_loc: str | dict[str, str] = ""
-        self._device: torch.device | None = None
-        self._rank = 0
         self._overrides = UniquePluginOverrides()
 
     @property
@@ -166,64 +160,6 @@ class Plugin(abc.ABC):
     def unique_overrides(self) -> UniquePluginOverrides:
         """The unique hooks this plug-in overrides; set its flags in the constructor."""
         return self._overrides
-
-    @property
-    def is_distributed(self) -> bool:
-        """Whether the run is distributed (multi-process)."""
-        return self._is_distributed
-
-    @is_distributed.setter
-    def is_distributed(self, val: bool) -> None:
-        self._is_distributed = val
-
-    @property
-    def map_loc(self) -> str | dict[str, str]:
-        """Where the weights of loaded checkpoints are mapped to."""
-        return self._map_loc
-
-    @map_loc.setter
-    def map_loc(self, loc: str | dict[str, str]) -> None:
-        self._map_loc = loc
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the current process (set by the trainer).
-
-        Raises:
-            AssertionError: if the trainer has not set the device yet.
-        """
-        return get_from_optional(self._device)
-
-    @device.setter
-    def device(self, dev: torch.device) -> None:
-        self._device = dev
-
-    @property
-    def rank(self) -> int:
-        """The local rank (device id) of the current process; 0 when not distributed."""
-        return self._rank
-
-    @rank.setter
-    def rank(self, r: int) -> None:
-        self._rank = r
-
-    @property
-    def trainer(self) -> Trainer:
-        """The trainer that runs the plug-in.
-
-        Raises:
-            RuntimeError: if it is read before the trainer has set it.
-        """
-        if self._trainer is None:
-            raise RuntimeError(
-                f"error: the trainer has not been set on plug-in '{self._plug_id}'; "
-                "the Trainer sets it when fit/test starts"
-            )
-        return self._trainer
-
-    @trainer.setter
-    def trainer(self, t: Trainer) -> None:
-        self._trainer = t
 
     def configure_trainer(self, trainer: Trainer) -> None:
         """Configure the trainer before training or testing starts.

@@ -1,0 +1,89 @@
+"""Where a Model or Plugin runs: the state the Trainer sets on both before a run."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .utils import get_from_optional
+
+if TYPE_CHECKING:
+    from helios.trainer import Trainer
+
+
+class RunPlacement:
+    """The trainer, device, rank and distribution flags shared by models and plug-ins.
+
+    The :py:class:`~helios.trainer.Trainer` sets every property when ``fit``/``test`` starts,
+    before calling ``setup``.
+
+    Args:
+        owner: how the object is named in error messages, e.g. ``"model 'classifier'"``.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self._owner = owner
+        self._trainer: Trainer | None = None
+        self._is_distributed = False
+        self._map_loc: str | dict[str, str] = ""
+        self._device: torch.device | None = None
+        self._rank = 0
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether the run is distributed (several processes)."""
+        return self._is_distributed
+
+    @is_distributed.setter
+    def is_distributed(self, val: bool) -> None:
+        self._is_distributed = val
+
+    @property
+    def map_loc(self) -> str | dict[str, str]:
+        """Where the weights of loaded checkpoints or pre-trained files are mapped to."""
+        return self._map_loc
+
+    @map_loc.setter
+    def map_loc(self, loc: str | dict[str, str]) -> None:
+        self._map_loc = loc
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the current process (set by the trainer).
+
+        Raises:
+            AssertionError: if the trainer has not set the device yet.
+        """
+        return get_from_optional(self._device)
+
+    @device.setter
+    def device(self, dev: torch.device) -> None:
+        self._device = dev
+
+    @property
+    def rank(self) -> int:
+        """The local rank (device index) of the current process; 0 when not distributed."""
+        return self._rank
+
+    @rank.setter
+    def rank(self, r: int) -> None:
+        self._rank = r
+
+    @property
+    def trainer(self) -> Trainer:
+        """The trainer of the current run.
+
+        Raises:
+            RuntimeError: if it is read before the trainer has set it.
+        """
+        if self._trainer is None:
+            raise RuntimeError(
+                f"error: the trainer has not been set on {self._owner}; the Trainer sets it "
+                "when fit/test starts"
+            )
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, t: Trainer) -> None:
+        self._trainer = t
