@@ -1,0 +1,34 @@
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "pyblaze_classifier.py"
+
+
+@pytest.mark.timeout(120)
+def test_tutorial_example_runs_and_saves_the_plots(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLE),
+            "--output",
+            str(tmp_path / "out"),
+            "--epochs",
+            "2",
+            "--num-workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=True,
+    )
+    assert re.search(r"Epoch 2/2:\n  \[Elapsed \d:\d\d:\d\d\] train_loss: ", result.stdout)
+    assert re.search(r"Our model achieves an accuracy of \d+\.\d\d%\.", result.stdout)
+    for name in ("loss.png", "validation.png"):
+        assert (tmp_path / "out" / name).read_bytes().startswith(b"\x89PNG")
