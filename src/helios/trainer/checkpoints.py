@@ -7,6 +7,7 @@ import pathlib
 import re
 import tempfile
 import warnings
+import zipfile
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from helios.core.utils import safe_torch_load
 from .state import TrainingState
 
 CHECKPOINT_SUFFIX = ".pth"
+TEMPORARY_SUFFIX = ".tmp"
 REQUIRED_KEYS = ("version", "training_state", "model", "rng")
 _NAME_PATTERN = re.compile(r"epoch_(\d+)_iter_(\d+)")
 
@@ -113,8 +115,11 @@ def save_atomically(state_dict: dict[str, Any], path: pathlib.Path) -> None:
         path: the final path.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
+    )
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as file:
             torch.save(state_dict, file)
             file.flush()
@@ -124,6 +129,24 @@ def save_atomically(state_dict: dict[str, Any], path: pathlib.Path) -> None:
         pathlib.Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_temporary_files(root: pathlib.Path | None) -> None:
+    """Delete the temporary files that saves interrupted by a crash left in a folder.
+
+    Args:
+        root: the checkpoint folder.
+    """
+    if root is None or not root.is_dir():
+        return
+    for path in root.glob(f".*{CHECKPOINT_SUFFIX}.*{TEMPORARY_SUFFIX}"):
+        path.unlink(missing_ok=True)
 
 
 def _fsync_directory(folder: pathlib.Path) -> None:
@@ -183,7 +206,7 @@ def load_newest_valid_checkpoint(
     """Load the newest readable checkpoint of a folder.
 
     A newest checkpoint that is truncated or unreadable is reported with a warning naming the
-    file, and the previous one is tried. Unregistered types in a checkpoint
+    file, and the previous one is tried. Unregistered types in a readable checkpoint
     (``pickle.UnpicklingError``) are not corruption and are raised.
 
     Args:
@@ -195,6 +218,8 @@ def load_newest_valid_checkpoint(
     """
     for path in list_checkpoints(root):
         try:
+            if not zipfile.is_zipfile(path):
+                raise ValueError("not a torch.save archive (truncated or overwritten)")
             state_dict = safe_torch_load(path, map_location=map_location)
             validate_checkpoint(state_dict, path)
         except _CORRUPTION_ERRORS as error:
