@@ -1,0 +1,566 @@
+"""Hyper-parameter tuning with Optuna: :py:class:`OptunaPlugin` and study/sampler resume.
+
+This module needs the optional Optuna dependency (``pip install "helios-blaze[tune]"``)
+and is not imported by :py:mod:`helios.plugins`; import it explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+import re
+import sqlite3
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+try:
+    import optuna
+    from optuna.trial import TrialState
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "error: helios.plugins.optuna requires Optuna, which is not installed. Install it "
+        'with: pip install "helios-blaze[tune]"'
+    ) from exc
+
+from helios.core import distributed as dist
+
+from .plugin import PLUGIN_REGISTRY, Plugin
+
+if TYPE_CHECKING:
+    from helios.model import Model
+    from helios.trainer import Trainer
+
+_PRUNED_KEY = "ddp_hl:pruned"
+_CYCLE_KEY = "ddp_hl:cycle"
+_ORIG_NUMBER_KEY = "hl:id"
+
+_SQLITE_PREFIX = "sqlite:///"
+_SAMPLER_FILE = re.compile(r"^sampler_trial-(\d+)\.pkl$")
+
+
+def _trial_identity(trial: optuna.trial.FrozenTrial | optuna.trial.BaseTrial) -> int:
+    """Return the number of the trial a (possibly re-enqueued) trial stands for."""
+    number: int = trial.user_attrs.get(_ORIG_NUMBER_KEY, trial.number)
+    return number
+
+
+def _sqlite_path(study_args: dict[str, Any]) -> pathlib.Path:
+    """Check the arguments given to :py:func:`resume_study` and return the database path."""
+    if not isinstance(study_args, dict):
+        raise TypeError(
+            f"error: expected 'study_args' to be a dict of arguments for "
+            f"optuna.create_study, got {type(study_args).__name__}"
+        )
+    if "storage" not in study_args:
+        raise ValueError(
+            "error: 'study_args' must contain the key 'storage' set to an SQLite URL such as "
+            "'sqlite:///study.db'"
+        )
+    storage = study_args["storage"]
+    if not isinstance(storage, str):
+        raise TypeError(
+            "error: expected study_args['storage'] to be an SQLite URL string such as "
+            f"'sqlite:///study.db', got {type(storage).__name__}"
+        )
+    path_str = storage.removeprefix(_SQLITE_PREFIX).split("?", 1)[0]
+    if not storage.startswith(_SQLITE_PREFIX) or path_str in ("", ":memory:"):
+        raise ValueError(
+            f"error: expected study_args['storage'] to be the URL of an SQLite file, "
+            f"starting with '{_SQLITE_PREFIX}', got {storage!r}"
+        )
+    if study_args.get("load_if_exists") is not True:
+        raise ValueError(
+            "error: study_args['load_if_exists'] must be True so the existing study is "
+            f"loaded, got {study_args.get('load_if_exists')!r}"
+        )
+    return pathlib.Path(path_str).resolve()
+
+
+def _check_failed_states(failed_states: Sequence[TrialState]) -> frozenset[TrialState]:
+    states = frozenset(failed_states)
+    for state in states:
+        if not isinstance(state, TrialState):
+            raise TypeError(
+                f"error: expected 'failed_states' to hold optuna TrialState values, got {state!r}"
+            )
+        if state not in (TrialState.FAIL, TrialState.RUNNING):
+            raise ValueError(
+                f"error: 'failed_states' may only hold TrialState.FAIL and "
+                f"TrialState.RUNNING, got {state}: finished trials are kept and waiting "
+                "trials run anyway"
+            )
+    return states
+
+
+def _backup_study(storage_path: pathlib.Path) -> pathlib.Path | None:
+    """Copy an SQLite study database to ``<stem>_bkp-<n><suffix>`` next to it.
+
+    ``n`` is one more than the highest existing backup number of that database, starting
+    at 0. The copy uses SQLite's backup API, so it is consistent even in WAL mode.
+
+    Args:
+        storage_path: the database file.
+
+    Returns:
+        The path of the backup, or None if the database does not exist.
+    """
+    if not storage_path.exists():
+        return None
+    stem = storage_path.stem
+    pattern = re.compile(rf"^{re.escape(stem)}_bkp-(\d+){re.escape(storage_path.suffix)}$")
+    numbers = [
+        int(match.group(1))
+        for path in storage_path.parent.iterdir()
+        if (match := pattern.match(path.name)) is not None
+    ]
+    next_number = max(numbers) + 1 if numbers else 0
+    backup_path = storage_path.with_name(f"{stem}_bkp-{next_number}{storage_path.suffix}")
+
+    source = sqlite3.connect(storage_path)
+    try:
+        target = sqlite3.connect(backup_path)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    return backup_path
+
+
+def resume_study(
+    study_args: dict[str, Any],
+    failed_states: Sequence[TrialState] = (TrialState.FAIL,),
+    backup_study: bool = True,
+) -> optuna.Study:
+    """Load a study stored in SQLite and queue its failed trials to run again.
+
+    The steps are:
+
+    1. Back up the database to ``<stem>_bkp-<n><suffix>`` (``n`` counts up from 0), unless
+       ``backup_study`` is false.
+    2. Load (or create) the study with ``optuna.create_study(**study_args)``. A study
+       without trials is returned as it is.
+    3. Every completed and pruned trial is kept as it is, including re-run trials (those
+       with the ``"hl:id"`` user attribute), with all their attributes.
+    4. Trials whose state is in ``failed_states`` are queued again with
+       :py:meth:`optuna.Study.enqueue_trial`: same parameters, and the user attribute
+       ``"hl:id"`` set to the number of the trial they stand for. A trial that was already
+       re-run to completion (or pruned), or that is already queued, is not queued again;
+       each failed trial is queued once. :py:meth:`OptunaPlugin.configure_model` names the
+       model after ``"hl:id"``, so the re-run trial resumes from the checkpoints of the
+       failed one.
+    5. Stale ``RUNNING`` trials listed in ``failed_states`` are marked as failed.
+
+    Unlike rebuilding the study, this keeps the trial numbers, so new trials never reuse
+    the number (and the checkpoint folder) of an earlier one, and the failed trials stay in
+    the history as failures.
+
+    Example:
+        .. code-block:: python
+
+            study = resume_study(
+                {
+                    "study_name": "tuning",
+                    "storage": "sqlite:///tuning.db",
+                    "load_if_exists": True,
+                    "sampler": restore_sampler(chkpt_root) or optuna.samplers.TPESampler(seed=1),
+                },
+                failed_states=(TrialState.FAIL, TrialState.RUNNING),
+            )
+
+    Args:
+        study_args: keyword arguments for :py:func:`optuna.create_study`. ``storage`` must be
+            an SQLite URL (``"sqlite:///<path>"``) and ``load_if_exists`` must be true.
+        failed_states: the trial states that count as failures. Add
+            ``TrialState.RUNNING`` when the study was killed, which leaves its last trial
+            running forever.
+        backup_study: back up the database before changing it.
+
+    Returns:
+        The study, with the failed trials queued.
+
+    Raises:
+        TypeError: if ``study_args`` is not a dict, its ``storage`` is not a string, or
+            ``failed_states`` holds something other than trial states.
+        ValueError: if ``storage`` is missing or is not an SQLite file URL,
+            ``load_if_exists`` is not true, or ``failed_states`` holds a state other than
+            ``FAIL`` and ``RUNNING``.
+    """
+    storage_path = _sqlite_path(study_args)
+    states = _check_failed_states(failed_states)
+    if backup_study:
+        _backup_study(storage_path)
+
+    study = optuna.create_study(**study_args)
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        return study
+
+    # Identities of trials that finished or that will still run.
+    settled: set[int] = set()
+    failed: dict[int, optuna.trial.FrozenTrial] = {}
+    for trial in trials:
+        identity = _trial_identity(trial)
+        if trial.state in states:
+            failed[identity] = trial
+        elif trial.state in (
+            TrialState.COMPLETE,
+            TrialState.PRUNED,
+            TrialState.WAITING,
+            TrialState.RUNNING,
+        ):
+            settled.add(identity)
+
+    storage = study._storage
+    for trial in trials:
+        if trial.state == TrialState.RUNNING and trial.state in states:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+    for identity in sorted(failed.keys() - settled):
+        trial = failed[identity]
+        params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+        study.enqueue_trial(params, user_attrs={_ORIG_NUMBER_KEY: identity})
+    return study
+
+
+def checkpoint_sampler(trial: optuna.Trial, chkpt_root: pathlib.Path) -> pathlib.Path:
+    """Save the sampler of the trial's study to ``chkpt_root/sampler_trial-<n>.pkl``.
+
+    Call it from the objective function, so :py:func:`restore_sampler` can give a resumed
+    study the sampler (and its random state) of the last trial. The file is pickled to a
+    temporary file in the same folder and then renamed, so a crash never leaves a partial
+    file. ``chkpt_root`` is created if needed.
+
+    Args:
+        trial: the current trial; ``n`` is its number.
+        chkpt_root: the folder of the sampler checkpoints.
+
+    Returns:
+        The path of the checkpoint.
+    """
+    chkpt_root.mkdir(parents=True, exist_ok=True)
+    path = chkpt_root / f"sampler_trial-{trial.number}.pkl"
+    fd, tmp_name = tempfile.mkstemp(dir=chkpt_root, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            pickle.dump(trial.study.sampler, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        pathlib.Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def restore_sampler(chkpt_root: pathlib.Path) -> optuna.samplers.BaseSampler | None:
+    """Load the sampler saved by the highest-numbered trial in ``chkpt_root``.
+
+    Only files named ``sampler_trial-<n>.pkl`` (as written by :py:func:`checkpoint_sampler`)
+    are considered. The files are unpickled: only restore checkpoints you trust.
+
+    Args:
+        chkpt_root: the folder of the sampler checkpoints.
+
+    Returns:
+        The sampler, or None if the folder holds no sampler checkpoint (or does not exist),
+        in which case build a fresh sampler.
+    """
+    if not chkpt_root.is_dir():
+        return None
+    numbered = [
+        (int(match.group(1)), path)
+        for path in chkpt_root.iterdir()
+        if (match := _SAMPLER_FILE.match(path.name)) is not None
+    ]
+    if not numbered:
+        return None
+    _, last = max(numbered)
+    with last.open("rb") as file:
+        sampler: optuna.samplers.BaseSampler = pickle.load(file)
+    return sampler
+
+
+@PLUGIN_REGISTRY.register
+class OptunaPlugin(Plugin):
+    """Connect a training run to an Optuna trial: report metrics, prune, resume.
+
+    The plug-in:
+
+    * registers :py:class:`optuna.TrialPruned` as an exception that
+      :py:meth:`~helios.trainer.Trainer.fit` re-raises (:py:meth:`configure_trainer`),
+    * appends ``_trial-<n>`` to the model's save name so an interrupted trial resumes from
+      its own checkpoints (:py:meth:`configure_model`),
+    * reports ``model.metrics[metric_name]`` to the trial (:py:meth:`report_metrics`, which
+      the model calls when its metrics are ready, e.g. in ``on_validation_end``),
+    * stops training when Optuna prunes the trial (:py:meth:`should_training_stop`).
+
+    When a pruned run is not distributed, the plug-in calls the model's
+    :py:meth:`~helios.model.model.Model.on_training_end` itself and then raises
+    :py:class:`optuna.TrialPruned` from :py:meth:`on_training_end`, so the model's hook runs
+    once and ``fit`` re-raises the exception. In a distributed run training simply stops;
+    call :py:meth:`check_pruned` after ``fit`` to raise it.
+
+    Example:
+        .. code-block:: python
+
+            def objective(trial: optuna.Trial) -> float:
+                model, datamodule, trainer = ...
+                plugin = OptunaPlugin(trial, "accuracy")
+                plugin.configure_trainer(trainer)
+                plugin.configure_model(model)
+                trainer.fit(model, datamodule)
+                plugin.check_pruned()
+                return model.metrics["accuracy"]
+
+    Args:
+        trial: the trial of the run.
+        metric_name: the key of :py:attr:`helios.model.model.Model.metrics` reported to the
+            trial.
+
+    Raises:
+        TypeError: if ``trial`` is not an Optuna trial or ``metric_name`` is not a string.
+    """
+
+    plugin_id = "optuna"
+
+    def __init__(self, trial: optuna.Trial, metric_name: str) -> None:
+        super().__init__(self.plugin_id)
+        if not isinstance(trial, optuna.trial.BaseTrial):
+            raise TypeError(
+                f"error: expected 'trial' to be an optuna Trial, got {type(trial).__name__}"
+            )
+        if not isinstance(metric_name, str) or not metric_name:
+            raise TypeError(
+                f"error: expected 'metric_name' to be a non-empty string, got {metric_name!r}"
+            )
+        self._trial = trial
+        self._metric_name = metric_name
+        self._last_cycle = 0
+        self._should_stop = False
+        self._needs_check = False
+
+        self.unique_overrides.should_training_stop = True
+
+    @property
+    def trial(self) -> optuna.Trial:
+        """The trial of the run."""
+        return self._trial
+
+    @trial.setter
+    def trial(self, t: optuna.Trial) -> None:
+        self._trial = t
+
+    @property
+    def metric_name(self) -> str:
+        """The key of the model's metrics reported to the trial."""
+        return self._metric_name
+
+    def _is_rank_zero(self) -> bool:
+        """Whether this process talks to the trial (always, when not distributed)."""
+        return not self.is_distributed or dist.get_global_rank() == 0
+
+    def configure_trainer(self, trainer: Trainer) -> None:
+        """Register the plug-in and make ``fit`` re-raise :py:class:`optuna.TrialPruned`.
+
+        Args:
+            trainer: the trainer.
+        """
+        self._register_in_trainer(trainer)
+        self._append_train_exceptions(optuna.TrialPruned, trainer)
+
+    def configure_model(self, model: Model) -> None:
+        """Append ``_trial-<n>`` to the model's save name.
+
+        ``n`` is the trial number, or, for a trial re-queued by :py:func:`resume_study`,
+        the number of the failed trial it replaces, so the new trial picks up that trial's
+        checkpoints. Calling this twice does not add the suffix twice.
+
+        Args:
+            model: the model.
+        """
+        suffix = f"_trial-{_trial_identity(self._trial)}"
+        if not model.save_name.endswith(suffix):
+            model._save_name += suffix
+
+    def suggest(self, type_name: str, name: str, **kwargs: Any) -> Any:
+        """Suggest a parameter value through ``trial.suggest_<type_name>``.
+
+        This lets the kind and range of each parameter come from a config file or the
+        command line. In a distributed run, every rank must call it in the same order: rank
+        0 asks the trial and the value is broadcast to the other ranks.
+
+        Example:
+            .. code-block:: python
+
+                lr = plugin.suggest("float", "lr", low=1e-4, high=1e-1, log=True)
+                width = plugin.suggest("categorical", "width", choices=[16, 32, 64])
+
+        Args:
+            type_name: ``"categorical"``, ``"float"`` or ``"int"``.
+            name: the name of the parameter.
+            **kwargs: the arguments of the matching ``suggest_*`` method of
+                :py:class:`optuna.Trial`.
+
+        Returns:
+            The suggested value.
+
+        Raises:
+            ValueError: if ``type_name`` is not one of the allowed names.
+        """
+        suggesters: dict[str, Callable[..., Any]] = {
+            "categorical": self._trial.suggest_categorical,
+            "float": self._trial.suggest_float,
+            "int": self._trial.suggest_int,
+        }
+        if type_name not in suggesters:
+            raise ValueError(
+                f"error: unknown suggestion type '{type_name}' for parameter '{name}'; "
+                f"expected one of {', '.join(repr(k) for k in sorted(suggesters))}"
+            )
+        if not self.is_distributed:
+            return suggesters[type_name](name, **kwargs)
+        value = suggesters[type_name](name, **kwargs) if self._is_rank_zero() else None
+        return dist.broadcast_object(value, src=0)
+
+    def setup(self) -> None:
+        """Check that a distributed run stores the study in a database.
+
+        In a distributed run the processes share the trial through the study's storage,
+        so it must be an :py:class:`optuna.storages.RDBStorage` (e.g. SQLite).
+
+        Raises:
+            ValueError: if the run is distributed and the storage is not database-backed.
+        """
+        if not self.is_distributed or not isinstance(self._trial, optuna.Trial):
+            return
+        storage = self._trial.study._storage
+        backend = getattr(storage, "_backend", storage)
+        if not isinstance(backend, optuna.storages.RDBStorage):
+            raise ValueError(
+                "error: distributed training with OptunaPlugin needs the study to be stored "
+                "in a database (e.g. storage='sqlite:///study.db'), got storage of type "
+                f"{type(backend).__name__}"
+            )
+
+    def on_training_start(self) -> None:
+        """Reset the pruning state, so the plug-in can be reused for another run."""
+        self._last_cycle = 0
+        self._should_stop = False
+        self._needs_check = False
+
+    def report_metrics(self, validation_cycle: int) -> None:
+        """Report the model's metric to the trial.
+
+        Call it from the model once its metrics are ready, typically at the end of
+        :py:meth:`~helios.model.model.Model.on_validation_end`; in a distributed run, call
+        it on every rank. Only rank 0 reports; make sure the metric is synchronised across
+        ranks. If ``metric_name`` is not in :py:attr:`~helios.model.model.Model.metrics`,
+        nothing is reported.
+
+        Args:
+            validation_cycle: the step the value is reported at.
+        """
+        # Set even without a value, so all ranks reach the pruning check together.
+        self._needs_check = True
+        metrics = self.trainer.model.metrics
+        if self._metric_name not in metrics:
+            return
+        if self._is_rank_zero():
+            self._trial.report(float(metrics[self._metric_name]), validation_cycle)
+        self._last_cycle = validation_cycle
+
+    def should_training_stop(self) -> bool:
+        """Tell whether Optuna pruned the trial.
+
+        The pruner is only asked after a :py:meth:`report_metrics` call, so the checks the
+        trainer makes between validation cycles cost nothing. In a distributed run rank 0
+        asks and broadcasts the answer; when pruned, it also records the user attributes
+        ``"ddp_hl:pruned"`` and ``"ddp_hl:cycle"`` that :py:meth:`check_pruned` reads.
+
+        Returns:
+            True if the trial was pruned.
+        """
+        if not self._needs_check:
+            return self._should_stop
+        self._needs_check = False
+
+        is_rank_zero = self._is_rank_zero()
+        flag = bool(self._trial.should_prune()) if is_rank_zero else False
+        if self.is_distributed:
+            flag = bool(dist.broadcast_object(flag, src=0))
+        if flag and not self._should_stop and is_rank_zero:
+            self._trial.set_user_attr(_PRUNED_KEY, True)
+            self._trial.set_user_attr(_CYCLE_KEY, self._last_cycle)
+        self._should_stop = flag
+        return flag
+
+    def on_training_end(self) -> None:
+        """Raise :py:class:`optuna.TrialPruned` if the (non-distributed) trial was pruned.
+
+        The model's :py:meth:`~helios.model.model.Model.on_training_end` is called first,
+        so whatever it logs at the end of training is logged for pruned trials too. The
+        trainer calls the plug-ins before the model, so the exception keeps the model's hook
+        from running a second time.
+
+        Raises:
+            optuna.TrialPruned: if the trial was pruned.
+        """
+        if self.is_distributed:
+            return
+        if self._needs_check:
+            self.should_training_stop()
+        if self._should_stop:
+            self.trainer.model.on_training_end()
+            raise optuna.TrialPruned(f"Pruned on validation cycle {self._last_cycle}")
+
+    def check_pruned(self) -> None:
+        """Raise :py:class:`optuna.TrialPruned` if a distributed run pruned the trial.
+
+        Call it after :py:meth:`~helios.trainer.Trainer.fit`. The trial is read again from
+        the study's storage, where the training processes recorded the decision.
+
+        Raises:
+            optuna.TrialPruned: if the trial was pruned.
+        """
+        if not isinstance(self._trial, optuna.Trial):
+            return
+        storage = self._trial.study._storage
+        backend = getattr(storage, "_backend", storage)
+        frozen = backend.get_trial(self._trial._trial_id)
+        attrs = frozen.user_attrs
+        if attrs.get(_PRUNED_KEY) and _CYCLE_KEY in attrs:
+            raise optuna.TrialPruned(f"Pruned on validation cycle {attrs[_CYCLE_KEY]}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the trial's parameters and number, stored in checkpoints.
+
+        Returns:
+            ``{"params": ..., "number": ...}``.
+        """
+        return {"params": dict(self._trial.params), "number": self._trial.number}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check that a checkpoint was written by a trial with the same parameters.
+
+        Parameters the current trial has not suggested yet are not compared.
+
+        Args:
+            state_dict: the state returned by :py:meth:`state_dict`.
+
+        Raises:
+            RuntimeError: if a parameter of the checkpoint differs from the trial's.
+        """
+        saved = state_dict.get("params", {})
+        current = self._trial.params
+        differing = sorted(k for k in saved.keys() & current.keys() if saved[k] != current[k])
+        if differing:
+            details = ", ".join(f"{k}: {saved[k]!r} != {current[k]!r}" for k in differing)
+            raise RuntimeError(
+                f"error: the checkpoint was written by trial {state_dict.get('number')} "
+                f"with different parameters than trial {self._trial.number} ({details}); "
+                "remove the stale checkpoint folder or give the model another save name"
+            )
