@@ -47,6 +47,7 @@ def init_dist(
     rank: int | None = None,
     world_size: int | None = None,
     master_port: int | None = None,
+    device: torch.device | None = None,
 ) -> None:
     """Initialise the default process group.
 
@@ -54,24 +55,27 @@ def init_dist(
     (as under ``torchrun``). With both, the process is one of ``world_size`` processes on
     this machine: ``LOCAL_RANK``/``RANK``, ``LOCAL_WORLD_SIZE``/``WORLD_SIZE`` and
     ``MASTER_ADDR=localhost`` are set, and ``MASTER_PORT`` is taken from ``master_port``,
-    else from the environment, else 12355. For ``"nccl"`` the group is bound to
-    ``cuda:<rank>``, which becomes the current CUDA device (under ``torchrun``,
-    ``cuda:<LOCAL_RANK>`` becomes the current device).
+    else from the environment, else 12355. For ``"nccl"`` the group is bound to ``device``,
+    which becomes the current CUDA device; it defaults to ``cuda:<rank>``, and to
+    ``cuda:<LOCAL_RANK>`` when initialising from the environment.
 
     Args:
         backend: the :py:mod:`torch.distributed` backend (``"nccl"`` or ``"gloo"``).
         rank: the rank of this process.
         world_size: the number of processes.
         master_port: the port of the rendezvous on ``localhost``.
+        device: the CUDA device of this process (``"nccl"`` only; ignored otherwise).
 
     Raises:
         ValueError: if only one of ``rank`` and ``world_size`` is given, if ``rank`` is
             not in ``[0, world_size)``, or if ``master_port`` is not a valid port.
     """
     if rank is None and world_size is None:
-        if backend == "nccl" and "LOCAL_RANK" in os.environ:
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group(backend)
+        env_device = None
+        if backend == "nccl":
+            env_device = device or torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(env_device)
+        dist.init_process_group(backend, device_id=env_device)
         return
     if rank is None or world_size is None:
         raise ValueError(
@@ -98,7 +102,7 @@ def init_dist(
 
     device_id = None
     if backend == "nccl":
-        device_id = torch.device("cuda", rank)
+        device_id = device or torch.device("cuda", rank)
         torch.cuda.set_device(device_id)
     dist.init_process_group(backend, rank=rank, world_size=world_size, device_id=device_id)
 

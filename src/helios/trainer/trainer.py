@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import os
 import pathlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -151,6 +152,13 @@ class Trainer:
             self._map_loc = {"cuda:0": str(self._device)}
         if self._is_torchrun:
             self._is_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+            local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            if not self._use_cpu and local_world_size > len(self._gpu_ids):
+                raise ValueError(
+                    f"error: torchrun started {local_world_size} processes on this node "
+                    f"(LOCAL_WORLD_SIZE) but gpus={self._gpu_ids} gives only "
+                    f"{len(self._gpu_ids)} GPU(s); each process needs its own GPU"
+                )
         else:
             self._is_distributed = len(self._gpu_ids) > 1
 
@@ -191,11 +199,16 @@ class Trainer:
 
     @local_rank.setter
     def local_rank(self, rank: int) -> None:
-        self._local_rank = rank
         if not self._use_cpu:
-            self._device = torch.device("cuda", self._gpu_ids[rank % len(self._gpu_ids)])
+            if not 0 <= rank < len(self._gpu_ids):
+                raise ValueError(
+                    f"error: local_rank={rank} has no GPU: gpus={self._gpu_ids} holds "
+                    f"{len(self._gpu_ids)} id(s)"
+                )
+            self._device = torch.device("cuda", self._gpu_ids[rank])
             self._map_loc = {f"cuda:{i}": str(self._device) for i in self._gpu_ids}
             self._map_loc.setdefault("cuda:0", str(self._device))
+        self._local_rank = rank
 
     @property
     def rank(self) -> int:
@@ -356,25 +369,36 @@ class Trainer:
                 f"received {type(datamodule).__name__}"
             )
         validate_plugins(self._plugins)
-        listed = self._train_exceptions if mode == _Mode.TRAIN else self._test_exceptions
+        listed = self._listed_exceptions(mode)
         try:
-            datamodule.prepare_data()
             if launch.use_spawn(self):
-                launch.spawn(
+                datamodule.prepare_data()
+                return launch.run_spawned(
                     self, _spawned_worker, (self, model, datamodule, mode), len(self._gpu_ids)
                 )
-                return True
             self.model, self.datamodule = model, datamodule
-            return launch.run_under_torchrun(self, lambda: self._run_in_process(mode))
+            return launch.run_in_process(
+                self, lambda: self._run_in_process(mode), datamodule.prepare_data
+            )
         except Exception as error:
-            if isinstance(error, tuple(listed)):
+            if isinstance(error, (*listed, launch.DistributedRunError)):
                 raise
             _log_uncaught(error)
             return False
 
-    def _run_in_process(self, mode: _Mode) -> bool:
-        """Run the whole fit/test body in this process; handle exceptions and loggers."""
-        listed = self._train_exceptions if mode == _Mode.TRAIN else self._test_exceptions
+    def _listed_exceptions(self, mode: _Mode) -> list[type[Exception]]:
+        return self._train_exceptions if mode == _Mode.TRAIN else self._test_exceptions
+
+    def _run_in_process(
+        self, mode: _Mode, report: Callable[[BaseException], None] | None = None
+    ) -> bool:
+        """Run the whole fit/test body in this process; handle exceptions and loggers.
+
+        An exception is passed to ``report`` if given (spawned ranks send it to the calling
+        process, which shows it), else an unlisted one is logged with its traceback. Listed
+        exceptions are re-raised, others make this return False.
+        """
+        listed = self._listed_exceptions(mode)
         try:
             self._configure_environment()
             if mode == _Mode.TRAIN:
@@ -382,9 +406,12 @@ class Trainer:
             else:
                 self._test()
         except Exception as error:
+            if report is not None:
+                report(error)
             if isinstance(error, tuple(listed)):
                 raise
-            _log_uncaught(error)
+            if report is None:
+                _log_uncaught(error)
             return False
         finally:
             logging.close_default_loggers()
@@ -393,7 +420,9 @@ class Trainer:
     def _configure_environment(self) -> None:
         checkpoints.register_trainer_types_for_safe_load()
         rng.seed_rngs(self._random_seed)
-        torch.use_deterministic_algorithms(self._enable_deterministic)
+        if torch.are_deterministic_algorithms_enabled() != self._enable_deterministic:
+            # Only on a change: the call costs seconds the first time in a process.
+            torch.use_deterministic_algorithms(self._enable_deterministic)
         if not self._use_cpu:
             if self._enable_deterministic:
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -433,8 +462,9 @@ class Trainer:
 
     def _train(self) -> None:
         self._setup(fast_init=False)
-        if self._chkpt_dir is not None:
+        if self._chkpt_dir is not None and self._rank == 0:
             self._chkpt_dir.mkdir(parents=True, exist_ok=True)
+            checkpoints.remove_temporary_files(self._chkpt_dir)
         found = checkpoints.load_newest_valid_checkpoint(self._chkpt_dir, self._map_loc)
         state, resume_rng = TrainingState(), None
         if found is not None:
@@ -575,9 +605,16 @@ def _gather_to_rank0(entry: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _log_uncaught(error: BaseException) -> None:
-    if not logging.is_root_logger_active():
+    """Log the traceback of an unlisted exception (naming the rank when distributed)."""
+    created = not logging.is_root_logger_active()
+    if created:
         logging.create_default_loggers(enable_tensorboard=False)
-    logging.get_root_logger().error(f"error: uncaught exception\n{launch.format_exception(error)}")
+    where = f" on rank {dist.get_global_rank()}" if dist.is_dist_active() else ""
+    logging.get_root_logger().error(
+        f"error: uncaught exception{where}\n{launch.format_exception(error)}"
+    )
+    if created:
+        logging.close_default_loggers()
 
 
 def _spawned_worker(
@@ -591,24 +628,37 @@ def _spawned_worker(
     datamodule: DataModule,
     mode: _Mode,
 ) -> None:
-    """Body of one spawned rank: join the group, run, and report failures to the parent."""
-    dist.init_dist(
-        backend="gloo" if trainer.uses_cpu else "nccl",
-        rank=rank,
-        world_size=world_size,
-        master_port=port,
-    )
-    trainer.rank = rank
-    trainer.local_rank = rank
-    trainer.queue = result_queue
-    trainer.model, trainer.datamodule = model, datamodule
+    """Body of one spawned rank: join the group, run, and report failures to the parent.
+
+    On a failure the rank reports it, destroys the group and exits with an error, which
+    makes the parent terminate the other ranks.
+    """
+    report = launch.ErrorReporter(rank, error_queue, trainer._listed_exceptions(mode))
+    succeeded = False
     try:
-        succeeded = trainer._run_in_process(mode)
+        trainer.local_rank = rank
+        dist.init_dist(
+            backend="gloo" if trainer.uses_cpu else "nccl",
+            rank=rank,
+            world_size=world_size,
+            master_port=port,
+            device=None if trainer.uses_cpu else trainer.device,
+        )
+        launch.release_group_at_exit()
+        trainer.rank = rank
+        trainer.queue = result_queue
+        trainer.model, trainer.datamodule = model, datamodule
+        succeeded = trainer._run_in_process(mode, report)
+    except BaseException as error:
+        report(error)
+        raise
     finally:
-        if dist.is_dist_active():
+        if succeeded:
             dist.shutdown_dist()
+        else:
+            launch.abandon_process_group()
     if not succeeded:
-        raise launch.DistributedRunError(f"rank {rank} failed; see its logged traceback")
+        raise launch.DistributedRunError(f"error: rank {rank} failed")
 
 
 __all__ = ["Trainer"]

@@ -1,0 +1,343 @@
+"""Distributed training under torchrun: 2 CPU processes on gloo.
+
+Every test starts ``dist_job.py`` (next to this file) through
+``python -m torch.distributed.run --nproc_per_node=2``. The reference job runs three fits in
+the same two processes (see the job's docstring); the other tests kill the whole job at
+random moments and resume it, or plant an exception on rank 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+import torch
+
+JOB_PATH = pathlib.Path(__file__).with_name("dist_job.py")
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+RANKS = (0, 1)
+BATCHES = 18  # per rank: 9 iterations of 2 batches
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("localhost", 0))
+        return int(sock.getsockname()[1])
+
+
+def _torchrun(workdir: pathlib.Path, scenario: str, *options: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        str(JOB_PATH),
+        str(workdir),
+        scenario,
+        *options,
+    ]
+
+
+def _run(workdir: pathlib.Path, scenario: str) -> subprocess.CompletedProcess[str]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        _torchrun(workdir, scenario),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def _records(
+    workdir: pathlib.Path, rank: int, fit: str, keep_pid: bool = False
+) -> list[dict[str, Any]]:
+    """Return the per-batch records of a rank (without the process id, unless asked)."""
+    path = workdir / f"batches{rank}_{fit}.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    if not keep_pid:
+        for record in records:
+            del record["pid"]
+    return records
+
+
+def _result(workdir: pathlib.Path, rank: int, fit: str) -> dict[str, Any]:
+    return json.loads((workdir / f"result{rank}_{fit}.json").read_text())  # type: ignore[no-any-return]
+
+
+def _weights(workdir: pathlib.Path, rank: int, fit: str) -> dict[str, torch.Tensor]:
+    return torch.load(workdir / f"final{rank}_{fit}.pt", weights_only=True)  # type: ignore[no-any-return]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"weights differ in {key}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _descendants(root: int) -> list[int]:
+    """Return the pids of every live descendant of ``root`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    workdir = tmp_path_factory.mktemp("reference")
+    proc = _run(workdir, "reference")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return workdir
+
+
+def test_both_ranks_finish_with_identical_weights(reference: pathlib.Path) -> None:
+    for fit in ("main", "early", "stop"):
+        _assert_same_weights(_weights(reference, 0, fit), _weights(reference, 1, fit))
+    assert [len(_records(reference, rank, "main")) for rank in RANKS] == [BATCHES, BATCHES]
+    # Training changed the weights: the ranks agree on something non-trivial.
+    torch.manual_seed(0)
+    initial = torch.nn.Linear(3, 8).weight
+    assert not torch.equal(_weights(reference, 0, "main")["0.weight"], initial)
+
+
+def test_model_plugin_and_trainer_see_the_distributed_run(reference: pathlib.Path) -> None:
+    for rank in RANKS:
+        result = _result(reference, rank, "main")
+        expected = {
+            "is_distributed": True,
+            "rank": rank,
+            "device": "cpu",
+            "map_loc": {"cuda:0": "cpu"},
+        }
+        assert result["model"] == expected
+        assert result["plugin"] == expected
+        assert result["trainer"] == {
+            "rank": rank,
+            "local_rank": rank,
+            "queue_is_none": True,
+            "is_distributed": True,
+        }
+
+
+def test_ranks_get_disjoint_shards_reshuffled_every_epoch(reference: pathlib.Path) -> None:
+    per_rank = {rank: _records(reference, rank, "main") for rank in RANKS}
+    orders = set()
+    for epoch in range(1, 7):
+        shards = [
+            [i for r in per_rank[rank] if r["epoch"] == epoch for i in r["ids"]] for rank in RANKS
+        ]
+        assert [len(shard) for shard in shards] == [10, 10]
+        assert sorted(shards[0] + shards[1]) == list(range(20))
+        orders.add(tuple(shards[0]))
+    assert len(orders) == 6
+
+
+def test_prepare_data_runs_on_local_rank_0_while_the_others_wait(reference: pathlib.Path) -> None:
+    # Once per fit or test, on rank 0; the data module's setup raises if it ran before
+    # prepare_data had finished.
+    lines = (reference / "prepared.jsonl").read_text().splitlines()
+    assert [json.loads(line)["rank"] for line in lines] == ["0"] * 4
+
+
+def test_losses_are_averaged_across_ranks(reference: pathlib.Path) -> None:
+    rank0, rank1 = (_records(reference, rank, "main") for rank in RANKS)
+    for a, b in zip(rank0, rank1, strict=True):
+        assert a["gi"] == b["gi"]
+        assert a["local_loss"] != b["local_loss"]
+        assert a["mean_loss"] == b["mean_loss"]
+        assert a["mean_loss"] == pytest.approx((a["local_loss"] + b["local_loss"]) / 2)
+
+
+def test_only_rank0_writes_logs_tensorboard_and_checkpoints(reference: pathlib.Path) -> None:
+    logs = list((reference / "logs").iterdir())
+    assert len(logs) == 1
+    text = logs[0].read_text()
+    assert text.count("Saved checkpoint") == 9
+    assert text.count("Starting epoch 1\n") == 1
+    runs = list((reference / "runs").iterdir())
+    assert runs == [reference / "runs" / logs[0].stem]
+    # One events file from fit, one from the test that continues the run; both by rank 0.
+    rank0_pid = _records(reference, 0, "main", keep_pid=True)[0]["pid"]
+    events = sorted(path.name for path in runs[0].glob("events.out.tfevents.*"))
+    assert len(events) == 2
+    assert all(name.rsplit(".", 2)[1] == str(rank0_pid) for name in events)
+
+    saves = [json.loads(line) for line in (reference / "saves.jsonl").read_text().splitlines()]
+    assert saves == [{"rank": 0}] * 9
+    checkpoints = sorted((reference / "chkpt" / "dist").glob("*.pth"))
+    assert len(checkpoints) == 9
+
+
+def test_checkpoints_hold_each_ranks_rng_and_sampler_position(reference: pathlib.Path) -> None:
+    import helios.trainer as hlt
+
+    hlt.register_trainer_types_for_safe_load()
+    path = reference / "chkpt" / "dist" / "dist_epoch_2_iter_2.pth"
+    saved = torch.load(path, weights_only=True)
+    ranks = saved["ranks"]
+    assert len(ranks) == 2
+    # Iteration 2 ends at the first batch of epoch 2.
+    assert [entry["sampler"] for entry in ranks] == [{"epoch": 1, "start_iter": 1}] * 2
+    # The ranks draw different amounts, so their streams differ.
+    assert not torch.equal(ranks[0]["rng"]["torch"], ranks[1]["rng"]["torch"])
+    assert torch.equal(saved["rng"]["torch"], ranks[0]["rng"]["torch"])
+
+
+def test_early_stop_on_one_ranks_metric_stops_both(reference: pathlib.Path) -> None:
+    # Rank 1's metric never improves: 2 cycles without improvement, i.e. after epoch 2.
+    for rank in RANKS:
+        assert _result(reference, rank, "early")["stopped_at"] == 6
+        assert [r["epoch"] for r in _records(reference, rank, "early")] == [1] * 3 + [2] * 3
+
+
+def test_should_training_stop_on_one_rank_stops_both_at_the_same_step(
+    reference: pathlib.Path,
+) -> None:
+    for rank in RANKS:
+        assert _result(reference, rank, "stop")["stopped_at"] == 5
+        assert [r["gi"] for r in _records(reference, rank, "stop")] == [1, 2, 3, 4, 5]
+
+
+def test_test_after_fit_shards_the_test_data_and_uses_the_checkpoint(
+    reference: pathlib.Path,
+) -> None:
+    per_rank = [
+        [json.loads(line) for line in (reference / f"tested{rank}.jsonl").read_text().splitlines()]
+        for rank in RANKS
+    ]
+    ids = [[i for record in records for i in record["ids"]] for records in per_rank]
+    assert [len(shard) for shard in ids] == [4, 4]
+    assert sorted(ids[0] + ids[1]) == list(range(8))
+    # The tested weights are the trained ones, not a fresh network.
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1)
+    )
+    net.load_state_dict(_weights(reference, 0, "main"))
+    net.eval()
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(1234))
+    for rank in RANKS:
+        for record in per_rank[rank]:
+            expected = net(x[record["ids"]]).sum().item()
+            assert record["output"] == pytest.approx(expected, rel=1e-6)
+
+
+def _launch(workdir: pathlib.Path, launches: list[subprocess.Popen[bytes]]) -> None:
+    output = open(workdir / f"launch_{len(launches)}.out", "wb")  # noqa: SIM115
+    with output:
+        launches.append(
+            subprocess.Popen(
+                _torchrun(workdir, "resume", "--step-sleep", "0.04"),
+                cwd=REPO_ROOT,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        )
+
+
+def _kill_job(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL torchrun and its workers (which run in sessions of their own) at once."""
+    pids = [proc.pid, *_descendants(proc.pid)]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _batches_done(workdir: pathlib.Path) -> int:
+    path = workdir / "batches0_main.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_sigkill_of_the_whole_job_then_rerun_is_bit_identical(
+    reference: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    rng = random.Random()
+    first = rng.randint(2, 8)
+    kill_after = [first, rng.randint(first + 3, 15)]
+    print(f"killing the job after {kill_after} batches of rank 0")
+    launches: list[subprocess.Popen[bytes]] = []
+    for target in kill_after:
+        _launch(tmp_path, launches)
+        deadline = time.monotonic() + 120
+        while _batches_done(tmp_path) < target and launches[-1].poll() is None:
+            assert time.monotonic() < deadline, "the job made no progress"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.05))
+        _kill_job(launches[-1])
+    _launch(tmp_path, launches)
+    assert launches[-1].wait(timeout=240) == 0, (tmp_path / "launch_2.out").read_text()
+
+    for rank in RANKS:
+        _assert_same_weights(_weights(tmp_path, rank, "main"), _weights(reference, rank, "main"))
+        # Every batch re-done after a kill repeats the original, and counted once the
+        # batches are those of the uninterrupted run.
+        by_iteration: dict[int, dict[str, Any]] = {}
+        for record in _records(tmp_path, rank, "main"):
+            earlier = by_iteration.setdefault(record["gi"], record)
+            assert earlier == record, f"rank {rank} re-did batch {record['gi']} differently"
+        assert [by_iteration[gi] for gi in sorted(by_iteration)] == _records(
+            reference, rank, "main"
+        )
+    # Each launch after a kill resumed from a checkpoint rather than starting over.
+    records = _records(tmp_path, 0, "main", keep_pid=True)
+    first_batches = [r["gi"] for i, r in enumerate(records) if r["pid"] != records[i - 1]["pid"]]
+    assert len(first_batches) == 3
+    assert first_batches[0] == 1 and first_batches[1] > 1 and first_batches[2] > first_batches[1]
+
+
+def test_exception_on_rank1_ends_the_job_quickly_with_its_traceback(
+    tmp_path: pathlib.Path,
+) -> None:
+    start = time.monotonic()
+    proc = _run(tmp_path, "crash")
+    elapsed = time.monotonic() - start
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert elapsed < 45, output
+    assert "error: uncaught exception on rank 1" in output
+    assert "RuntimeError: planted failure on rank 1 at iteration 3" in output
+    assert 'dist_job.py", line' in output
+    # After the failure the process group is gone; a new fit says so instead of hanging.
+    assert "second fit on rank 1 returned False" in output
+    assert "cannot be joined again; start a new torchrun job" in output
+    # Rank 1 failed inside batch 3: no rank finished that batch, none trained to the end,
+    # and none was left running.
+    assert [max(r["gi"] for r in _records(tmp_path, rank, "main")) for rank in RANKS] == [2, 2]
+    assert not list(tmp_path.glob("final*"))
+    pids = [int(p.name.rsplit("_", 1)[1]) for p in tmp_path.glob("started_main_*")]
+    assert len(pids) == 2
+    assert not any(_alive(pid) for pid in pids)
