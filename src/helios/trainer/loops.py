@@ -144,7 +144,8 @@ class Hooks:
         if overrides(model, Model, "should_training_stop"):
             checks.append(model.should_training_stop)
         self._stop_checks = tuple(checks)
-        self.has_stop_checks = bool(checks) or collective_device is not None
+        # Agreed once: when no rank has a check, no rank pays a collective per batch.
+        self.has_stop_checks = agree_any(bool(checks), collective_device)
 
         def optional(name: str) -> Callable[[int], None] | None:
             return getattr(model, name) if overrides(model, Model, name) else None
