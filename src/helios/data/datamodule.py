@@ -405,7 +405,11 @@ class DataModule(abc.ABC):
         return self._test_dataset.dataset if self._test_dataset is not None else None
 
     def prepare_data(self) -> None:  # noqa: B027 - optional hook
-        """Download or otherwise prepare the data (main process only, before spawning)."""
+        """Download or otherwise prepare the data, once per machine.
+
+        The trainer calls it in the calling process before spawning ranks; under
+        ``torchrun`` it runs on local rank 0 of each node while the other ranks wait.
+        """
 
     @abc.abstractmethod
     def setup(self) -> None:
