@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,19 @@ class _ImageMetric(nn.Module):
             f"test_y_channel={self._test_y_channel}"
         )
 
+    def _dispatch(
+        self,
+        img: npt.NDArray | torch.Tensor,
+        img2: npt.NDArray | torch.Tensor,
+        torch_fn: Callable[[torch.Tensor, torch.Tensor, int, bool], float],
+        numpy_fn: Callable[[npt.NDArray, npt.NDArray, int, str, bool], float],
+    ) -> float:
+        if isinstance(img, torch.Tensor) and isinstance(img2, torch.Tensor):
+            return torch_fn(img, img2, self._crop_border, self._test_y_channel)
+        if isinstance(img, np.ndarray) and isinstance(img2, np.ndarray):
+            return numpy_fn(img, img2, self._crop_border, self._input_order, self._test_y_channel)
+        raise _input_type_error(img, img2)
+
 
 @METRICS_REGISTRY.register
 class CalculatePSNR(_ImageMetric):
@@ -90,13 +104,7 @@ class CalculatePSNR(_ImageMetric):
         Raises:
             TypeError: if the inputs are not both tensors or both ndarrays.
         """
-        if isinstance(img, torch.Tensor) and isinstance(img2, torch.Tensor):
-            return F.calculate_psnr_torch(img, img2, self._crop_border, self._test_y_channel)
-        if isinstance(img, np.ndarray) and isinstance(img2, np.ndarray):
-            return F.calculate_psnr(
-                img, img2, self._crop_border, self._input_order, self._test_y_channel
-            )
-        raise _input_type_error(img, img2)
+        return self._dispatch(img, img2, F.calculate_psnr_torch, F.calculate_psnr)
 
 
 @METRICS_REGISTRY.register
@@ -130,13 +138,7 @@ class CalculateSSIM(_ImageMetric):
         Raises:
             TypeError: if the inputs are not both tensors or both ndarrays.
         """
-        if isinstance(img, torch.Tensor) and isinstance(img2, torch.Tensor):
-            return F.calculate_ssim_torch(img, img2, self._crop_border, self._test_y_channel)
-        if isinstance(img, np.ndarray) and isinstance(img2, np.ndarray):
-            return F.calculate_ssim(
-                img, img2, self._crop_border, self._input_order, self._test_y_channel
-            )
-        raise _input_type_error(img, img2)
+        return self._dispatch(img, img2, F.calculate_ssim_torch, F.calculate_ssim)
 
 
 @METRICS_REGISTRY.register
