@@ -335,7 +335,13 @@ class Trainer:
 
         Raises:
             TypeError: if ``model`` or ``datamodule`` has the wrong type.
+            ValueError: if ``total_steps`` is 0, which leaves nothing to train.
         """
+        if self._total_steps == 0:
+            raise ValueError(
+                "error: fit() with total_steps=0 has nothing to train; pass total_steps (the "
+                f"number of {self._train_unit.name.lower()}s) to the Trainer"
+            )
         return self._launch(model, datamodule, _Mode.TRAIN)
 
     def test(self, model: Model, datamodule: DataModule) -> bool:

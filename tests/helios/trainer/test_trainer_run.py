@@ -325,3 +325,12 @@ def test_plugin_table_filled_by_hand_is_checked_before_starting(tmp_path) -> Non
     with pytest.raises(ValueError, match="training_batch"):
         trainer.fit(TinyModel(), data)
     assert not data.prepared
+
+
+@pytest.mark.parametrize("unit", ["epoch", "iteration"])
+def test_fit_with_zero_total_steps_is_rejected_before_starting(tmp_path, unit) -> None:
+    trainer = make_trainer(tmp_path, total_steps=0, train_unit=unit)
+    data = TinyData()
+    with pytest.raises(ValueError, match=f"total_steps=0 has nothing to train.*{unit}s"):
+        trainer.fit(TinyModel(), data)
+    assert not data.prepared
