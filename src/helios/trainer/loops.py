@@ -30,7 +30,7 @@ EPOCH unit, for each epoch e = 1, 2, ... total_steps::
         if P/M.should_training_stop(): stop after this epoch
     M.on_training_epoch_end(e)
     if e % chkpt_frequency == 0: save checkpoint      # after on_training_epoch_end
-    if P/M.should_training_stop() or early_stop_count >= early_stop_cycles: stop
+    if early_stop_count >= early_stop_cycles or P/M.should_training_stop(): stop
 
 ITERATION unit (an iteration is ``accumulation_steps`` batches)::
 
