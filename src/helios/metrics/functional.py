@@ -17,6 +17,8 @@ All of them return Python floats.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +26,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from helios.data.functional import convert_to_hwc, rgb2ycbcr_torch, to_y_channel
+
+_Array = TypeVar("_Array", npt.NDArray, torch.Tensor)
 
 _SSIM_WINDOW_SIZE = 11
 _SSIM_SIGMA = 1.5
@@ -72,6 +76,20 @@ def _gaussian_kernel_1d() -> npt.NDArray[np.float64]:
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-(x**2) / (2 * _SSIM_SIGMA**2))
     return kernel / kernel.sum()
+
+
+def _ssim_map(img: _Array, img2: _Array, filter_valid: Callable[[_Array], _Array]) -> _Array:
+    """SSIM of every valid window, for images in [0, 255] (numpy arrays or tensors)."""
+    c1 = (_SSIM_K1 * 255) ** 2
+    c2 = (_SSIM_K2 * 255) ** 2
+    mu1, mu2 = filter_valid(img), filter_valid(img2)
+    mu1_sq, mu2_sq, mu1_mu2 = mu1**2, mu2**2, mu1 * mu2
+    sigma1_sq = filter_valid(img**2) - mu1_sq
+    sigma2_sq = filter_valid(img2**2) - mu2_sq
+    sigma12 = filter_valid(img * img2) - mu1_mu2
+    return ((2 * mu1_mu2 + c1) * (2 * sigma12 + c2)) / (
+        (mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2)
+    )
 
 
 def _float_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -183,19 +201,7 @@ def calculate_ssim(
         img, img2, crop_border, input_order, test_y_channel, _SSIM_WINDOW_SIZE
     )
     kernel = _gaussian_kernel_1d()
-    c1 = (_SSIM_K1 * 255) ** 2
-    c2 = (_SSIM_K2 * 255) ** 2
-
-    mu1 = _filter_valid_numpy(img, kernel)
-    mu2 = _filter_valid_numpy(img2, kernel)
-    mu1_sq, mu2_sq, mu1_mu2 = mu1**2, mu2**2, mu1 * mu2
-    sigma1_sq = _filter_valid_numpy(img**2, kernel) - mu1_sq
-    sigma2_sq = _filter_valid_numpy(img2**2, kernel) - mu2_sq
-    sigma12 = _filter_valid_numpy(img * img2, kernel) - mu1_mu2
-
-    ssim_map = ((2 * mu1_mu2 + c1) * (2 * sigma12 + c2)) / (
-        (mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2)
-    )
+    ssim_map = _ssim_map(img, img2, lambda x: _filter_valid_numpy(x, kernel))
     return float(ssim_map.mean())
 
 
@@ -371,19 +377,7 @@ def calculate_ssim_torch(
     img, img2 = _prepare_torch(img, img2, crop_border, test_y_channel, _SSIM_WINDOW_SIZE)
     img, img2 = img * 255.0, img2 * 255.0
     kernel = torch.from_numpy(_gaussian_kernel_1d()).to(device=img.device, dtype=img.dtype)
-    c1 = (_SSIM_K1 * 255) ** 2
-    c2 = (_SSIM_K2 * 255) ** 2
-
-    mu1 = _filter_valid_torch(img, kernel)
-    mu2 = _filter_valid_torch(img2, kernel)
-    mu1_sq, mu2_sq, mu1_mu2 = mu1**2, mu2**2, mu1 * mu2
-    sigma1_sq = _filter_valid_torch(img**2, kernel) - mu1_sq
-    sigma2_sq = _filter_valid_torch(img2**2, kernel) - mu2_sq
-    sigma12 = _filter_valid_torch(img * img2, kernel) - mu1_mu2
-
-    ssim_map = ((2 * mu1_mu2 + c1) * (2 * sigma12 + c2)) / (
-        (mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2)
-    )
+    ssim_map = _ssim_map(img, img2, lambda x: _filter_valid_torch(x, kernel))
     return float(ssim_map.mean(dim=[1, 2, 3]).mean().item())
 
 
