@@ -3,49 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import pathlib
 import pickle
 import random
 import re
 import stat
-import sys
 from collections.abc import Iterator
-from types import ModuleType
 from typing import Any
 
 import pytest
+import resume_job as job
 import torch
 
 import helios
 import helios.plugins as hlp
 import helios.trainer as hlt
-
-JOB_PATH = pathlib.Path(__file__).with_name("resume_job.py")
-
-
-def _load_job() -> ModuleType:
-    module = sys.modules.get("resume_job")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("resume_job", JOB_PATH)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["resume_job"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-job = _load_job()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _keep_deterministic_mode() -> Iterator[None]:
-    """The Trainer switches torch's deterministic mode on; switch it back afterwards."""
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    yield
-    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 @dataclasses.dataclass
