@@ -32,13 +32,13 @@ _FORMAT = "[%(asctime)s] [%(levelname)s]: %(message)s"
 _ACTIVE_LOGGERS: dict[str, RootLogger | TensorboardWriter] = {}
 
 
-class _StdoutHandler(_logging.StreamHandler):  # type: ignore[type-arg]
+class _StdoutHandler(_logging.StreamHandler):
     """Stream handler that writes to whatever ``sys.stdout`` is at emit time."""
 
     def __init__(self) -> None:
         super().__init__(sys.stdout)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> IO[str]:
         return sys.stdout
 

@@ -341,3 +341,21 @@ class ResumableDistributedSampler(_ResumableMixin, tud.DistributedSampler):
 
 ResumableSamplerType = ResumableSampler | ResumableDistributedSampler
 """Any sampler accepted by :py:func:`helios.data.create_dataloader`."""
+
+
+def place_sampler(sampler: object, epoch: int, start_iter: int = 0) -> None:
+    """Position a sampler at batch ``start_iter`` of epoch ``epoch`` for its next pass.
+
+    A resumable sampler is positioned through its own :py:meth:`load_state_dict`; a sampler
+    that only knows epochs (``torch``'s ``DistributedSampler``) gets :py:meth:`set_epoch`;
+    any other sampler is left alone.
+
+    Args:
+        sampler: the sampler of a training loader.
+        epoch: the epoch (counted from 0).
+        start_iter: the batches of that epoch already consumed.
+    """
+    if isinstance(sampler, _ResumableMixin):
+        sampler.load_state_dict({"epoch": epoch, "start_iter": start_iter})
+    elif callable(set_epoch := getattr(sampler, "set_epoch", None)):
+        set_epoch(epoch)
