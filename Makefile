@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo check test lint typecheck bench clean
+.PHONY: demo check test test-fast lint typecheck bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ check: test lint typecheck
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
+
+# The fast part of the suite, for iterating: leaves out the tests marked slow (subprocess
+# jobs, torchrun, examples, ONNX export).
+test-fast: $(VENV)/.dev
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check src tests examples benchmarks

@@ -163,6 +163,7 @@ def _worker(rank: int, out_dir: str, port: int) -> None:
     (out / f"result{rank}.json").write_text(json.dumps(results))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes(tmp_path: pathlib.Path) -> None:
     proc = subprocess.run(
         [sys.executable, __file__, str(tmp_path), str(_free_port())],

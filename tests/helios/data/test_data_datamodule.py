@@ -49,6 +49,7 @@ def batches(loader: tud.DataLoader) -> list[list[Any]]:
     return [[t.tolist() for t in batch] for batch in loader]
 
 
+@pytest.mark.slow
 def test_init_exports_and_no_heavy_imports() -> None:
     code = (
         "import sys, helios.data as hld\n"

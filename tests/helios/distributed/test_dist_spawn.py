@@ -19,6 +19,8 @@ import torch
 import helios.trainer as hlt
 from helios.trainer import launch
 
+pytestmark = pytest.mark.slow
+
 JOB_PATH = pathlib.Path(__file__).with_name("dist_job.py")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 TORCHRUN_ENV = {

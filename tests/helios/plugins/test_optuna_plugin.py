@@ -88,6 +88,7 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_optuna_import_without_optuna_names_the_extra() -> None:
     result = run_python(
         """
@@ -105,6 +106,7 @@ def test_optuna_import_without_optuna_names_the_extra() -> None:
     assert 'pip install "helios-blaze[tune]"' in result.stdout
 
 
+@pytest.mark.slow
 def test_optuna_not_imported_by_helios_plugins() -> None:
     result = run_python(
         """
@@ -479,6 +481,7 @@ def test_optuna_plugin_not_pruned(tmp_path: pathlib.Path) -> None:
     assert study.trials[0].user_attrs == {}
 
 
+@pytest.mark.slow
 def test_optuna_plugin_distributed_defers_to_check_pruned(tmp_path: pathlib.Path) -> None:
     study = make_study(tmp_path, pruner=AlwaysPrune())
     plugin, model, _ = make_plugin(study.ask(), {"accuracy": 0.1})
