@@ -35,20 +35,8 @@ SAMPLER_REGISTRY = Registry("sampler")
 
 
 def create_sampler(type_name: str, *args: Any, **kwargs: Any) -> ResumableSamplerType:
-    """Create a sampler from :py:data:`SAMPLER_REGISTRY`.
-
-    Args:
-        type_name: the registered name of the sampler.
-        *args: positional arguments for the sampler.
-        **kwargs: keyword arguments for the sampler.
-
-    Returns:
-        The new sampler.
-
-    Raises:
-        KeyError: if no sampler is registered under ``type_name``.
-    """
-    return SAMPLER_REGISTRY.get(type_name)(*args, **kwargs)
+    """Create a sampler registered in :py:data:`SAMPLER_REGISTRY`."""
+    return SAMPLER_REGISTRY.create(type_name, *args, **kwargs)
 
 
 def _check_non_negative_int(name: str, value: object) -> int:
