@@ -18,6 +18,7 @@ listed in ``Trainer._checkpoint_parts``). The rest, in the order a run uses it:
 * ``run_logs.py``: the run's log file and TensorBoard run, continued on resume.
 * ``loops.py``: the training loop core and the validation/testing loop.
 * ``checkpoints.py``: checkpoint parts, atomic saving, discovery and validated loading.
+* ``preemption.py``: stopping at the next batch boundary on SIGTERM, SIGUSR1 or SIGINT.
 * ``progress.py``: progress bars.
 * ``state.py``: :py:class:`TrainingUnit` and :py:class:`TrainingState`.
 """
@@ -27,10 +28,12 @@ from .checkpoints import (
     get_trainer_safe_types_for_load,
     register_trainer_types_for_safe_load,
 )
+from .preemption import Preempted
 from .state import TrainingState, TrainingUnit
 from .trainer import Trainer
 
 __all__ = [
+    "Preempted",
     "Trainer",
     "TrainingState",
     "TrainingUnit",

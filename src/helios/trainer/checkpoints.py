@@ -287,12 +287,25 @@ class RankState:
         self._state = state
         self._saved_rng: dict[str, Any] | None = None
         self._saved_sampler: dict[str, int] | None = None
+        self._held_rng: dict[str, Any] | None = None
+
+    def hold_rng(self) -> None:
+        """Keep the RNG states of this moment for the saves until :py:meth:`release_rng`.
+
+        A checkpoint written while a validation cycle is interrupted must record the RNGs
+        of the moment the cycle began, where the resumed run starts it again.
+        """
+        self._held_rng = rng.get_rng_state_dict()
+
+    def release_rng(self) -> None:
+        """Let saves record the current RNG states again."""
+        self._held_rng = None
 
     def state_dict(self) -> dict[str, Any]:
         """Return this rank's RNG states and sampler position."""
         state = self._state
         return {
-            "rng": rng.get_rng_state_dict(),
+            "rng": self._held_rng if self._held_rng is not None else rng.get_rng_state_dict(),
             "sampler": {"epoch": state.global_epoch - 1, "start_iter": state.dataset_iter},
         }
 

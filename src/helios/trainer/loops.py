@@ -94,10 +94,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from helios.core import cuda as core_cuda
+from helios.core import distributed as dist
 from helios.core import logging
 from helios.data.samplers import place_sampler
 
 from . import progress
+from .preemption import Preempted, Preemption, ValidationInterruptedError
 from .state import TrainingState, TrainingUnit
 
 if TYPE_CHECKING:
@@ -244,9 +246,10 @@ class TrainingLoop:
         options: the loop's settings.
         hooks: the resolved hooks of the run.
         datamodule: the data.
-        save: writes a checkpoint of the run at a training state.
-        resume: this rank's saved RNG states and sampler position, applied at the resume
-            point; ``None`` for a fresh run.
+        save: writes a checkpoint of the run at a training state (returns its path).
+        rank_state: this rank's RNG and sampler part; when it holds a loaded entry, that is
+            applied at the resume point.
+        preemption: the run's stop request by signal, polled at every batch boundary.
     """
 
     def __init__(
@@ -254,19 +257,24 @@ class TrainingLoop:
         options: LoopOptions,
         hooks: Hooks,
         datamodule: DataModule,
-        save: Callable[[TrainingState], object],
-        resume: RankState | None = None,
+        save: Callable[[TrainingState], Any],
+        rank_state: RankState | None = None,
+        preemption: Preemption | None = None,
     ) -> None:
         self.options = options
         self.hooks = hooks
         self.model = hooks.model
         self._datamodule = datamodule
         self._save = save
-        self._resume = resume
+        self._rank_state = rank_state
+        self._resume = rank_state if rank_state is not None and rank_state.is_pending else None
+        self._preemption = preemption or Preemption()
+        self._unit_end_pending = self._preemption.unit_end_pending
+        self._preemption.unit_end_pending = False
         self._epoch_unit = options.train_unit == TrainingUnit.EPOCH
         # The EPOCH unit counts every batch as an iteration.
         self._accumulation = 1 if self._epoch_unit else options.accumulation_steps
-        self._validation = EvaluationLoop(hooks, options.show_progress)
+        self._validation = EvaluationLoop(hooks, options.show_progress, self._preemption.poll)
         self._bar: Any = None
         self._epoch_start_time = 0.0
 
@@ -289,13 +297,37 @@ class TrainingLoop:
             "Training epochs" if self._epoch_unit else "Training iterations",
             "epoch" if self._epoch_unit else "it", initial=self._unit_index(state),
         )  # fmt: skip
-        # Inside an epoch (a mid-epoch checkpoint) the EPOCH unit still has that epoch to end.
-        while self._unit_index(state) < total or (self._epoch_unit and state.dataset_iter > 0):
-            self._start_epoch(state, sampler)
-            if self._train_epoch(state, loader):
-                break
-        if self._bar is not None:
-            self._bar.close()
+        try:
+            if self._end_interrupted_epoch(state):
+                return
+            # Inside an epoch (a mid-epoch checkpoint) the EPOCH unit still has it to end.
+            while self._unit_index(state) < total or (self._epoch_unit and state.dataset_iter):
+                self._start_epoch(state, sampler)
+                if self._train_epoch(state, loader):
+                    break
+        except ValidationInterruptedError:
+            self._stop_for_signal(state, unit_end_pending=True)
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+
+    def _stop_for_signal(self, state: TrainingState, unit_end_pending: bool = False) -> None:
+        """Save the run where a signal stopped it, then raise :py:class:`Preempted`."""
+        preemption = self._preemption
+        preemption.unit_end_pending = unit_end_pending
+        path = self._save(state)
+        dist.safe_barrier()
+        assert preemption.signal_number is not None
+        stopped = Preempted(preemption.signal_number, path)
+        where = f"epoch {state.global_epoch}, iteration {state.current_iteration}"
+        saved = f"checkpoint {path}" if path is not None else "no checkpoint (no chkpt_root)"
+        message = (
+            f"Training stopped by {stopped.signal_name} at {where}; {saved}. Exit code "
+            f"{stopped.code}: run the same command again to resume."
+        )
+        logging.get_root_logger().info(message)
+        dist.global_print(message)
+        raise stopped
 
     def _train_epoch(self, state: TrainingState, loader: Any) -> bool:
         """Train the batches of one epoch; return whether training must stop."""
@@ -308,9 +340,13 @@ class TrainingLoop:
             self.options.show_progress and self._epoch_unit, len(loader),
             f"Epoch {state.global_epoch}", "iter", initial=state.dataset_iter, leave=False,
         )  # fmt: skip
-        timer_sum, timer_count, last = 0.0, 0, time.perf_counter()
+        preemption = self._preemption
         stop = False
-        for batch in loader:
+        if self._unit_end_pending:  # a signal interrupted this unit's validation
+            self._unit_end_pending = False
+            stop = self._end_unit(state)
+        timer_sum, timer_count, last = 0.0, 0, time.perf_counter()
+        for batch in () if stop else loader:
             state.global_iteration += 1
             iteration_done = state.global_iteration % accumulation == 0
             if iteration_done:
@@ -338,6 +374,9 @@ class TrainingLoop:
             if units_end_in_epoch and iteration_done and self._end_unit(state):
                 stop = True
                 break
+            # Mid-iteration, gradients accumulated so far would be lost: stop between two.
+            if iteration_done and preemption.poll():
+                self._stop_for_signal(state)
         if bar is not None:
             bar.close()
         if state.global_iteration == batches_at_start and not resumed_inside_epoch:
@@ -360,7 +399,11 @@ class TrainingLoop:
         """
         options, index = self.options, self._unit_index(state)
         if _due(index, options.valid_frequency):
+            if self._rank_state is not None:
+                self._rank_state.hold_rng()
             self._validate_and_track(state)
+            if self._rank_state is not None:
+                self._rank_state.release_rng()
             stop = stop or self.hooks.stop_requested()
         if self._epoch_unit:
             self._end_epoch(state)
@@ -374,6 +417,17 @@ class TrainingLoop:
             or (self._epoch_unit and self.hooks.stop_requested())
             or index >= options.total_steps
         )
+
+    def _end_interrupted_epoch(self, state: TrainingState) -> bool:
+        """End the epoch whose validation a signal interrupted (EPOCH unit); return stop."""
+        if not (self._epoch_unit and self._unit_end_pending):
+            return False
+        self._unit_end_pending = False
+        if self._resume is not None:
+            self._resume.restore_rng()
+            self._resume = None
+        self._epoch_start_time = time.perf_counter()
+        return self._end_unit(state)
 
     def _start_epoch(self, state: TrainingState, sampler: Any) -> None:
         """Begin an epoch, or re-enter the one a checkpoint was saved in."""
@@ -421,16 +475,21 @@ class EvaluationLoop:
     Args:
         hooks: the resolved hooks of the run.
         show_progress: whether this process draws progress bars.
-        loader: the validation loader (``None``: validation does nothing).
+        stop_requested: polled after every validation batch; when it answers True the cycle
+            ends with :py:class:`ValidationInterruptedError`.
     """
 
     def __init__(
-        self, hooks: Hooks, show_progress: bool, loader: Iterable[Any] | None = None
+        self,
+        hooks: Hooks,
+        show_progress: bool,
+        stop_requested: Callable[[], bool] | None = None,
     ) -> None:
         self.hooks = hooks
         self.model = hooks.model
-        self.loader = loader
+        self.loader: Iterable[Any] | None = None
         self._show_progress = show_progress
+        self._stop_requested = stop_requested
 
     def validate(self, cycle: int) -> None:
         """Run one validation cycle (nothing happens without a validation loader)."""
@@ -448,6 +507,7 @@ class EvaluationLoop:
                 hooks.on_validation_batch_start,
                 model.valid_step,
                 hooks.on_validation_batch_end,
+                self._stop_requested,
             )
             model.train()
             hooks.call_plugins("on_validation_end", validation_cycle=cycle)
@@ -479,6 +539,7 @@ class EvaluationLoop:
         batch_start: Callable[[int], None] | None,
         step_fn: Callable[[Any, int], None],
         batch_end: Callable[[int], None] | None,
+        stop_requested: Callable[[], bool] | None = None,
     ) -> None:
         """Feed every batch of a loader through its hooks, without grad."""
         bar = progress.make_bar(self._show_progress, _safe_len(loader), label, "it", leave=False)
@@ -493,6 +554,10 @@ class EvaluationLoop:
                     batch_end(step)
                 if bar is not None:
                     bar.update()
+                if stop_requested is not None and stop_requested():
+                    if bar is not None:
+                        bar.close()
+                    raise ValidationInterruptedError
         if bar is not None:
             bar.close()
 

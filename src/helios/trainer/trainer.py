@@ -17,6 +17,7 @@ from helios.plugins.plugin import validate_plugins
 
 from . import arguments, checkpoints, launch
 from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop
+from .preemption import Preemption
 from .run_logs import RunLogs
 from .state import TrainingState, TrainingUnit
 
@@ -149,6 +150,7 @@ class Trainer:
         self._plugins: dict[str, Plugin] = {}
         self._queue: mp.Queue | None = None
         self._run_logs = RunLogs(run_name, None, None)
+        self._preemption = Preemption()
 
     def _place_devices(self, use_cpu: bool | None, gpus: list[int] | None) -> None:
         """Pick the device, the GPU ids and whether the run is distributed."""
@@ -494,6 +496,7 @@ class Trainer:
             "model": _ModelPart(self.model, fast_init),
             **self._plugins,
             "training_state": state,
+            "preemption": self._preemption,
         }
 
     def _run_checkpoint(self, state: TrainingState, fast_init: bool) -> checkpoints.RunCheckpoint:
@@ -513,6 +516,7 @@ class Trainer:
 
     def _train(self) -> None:
         self._setup(fast_init=False)
+        self._preemption = Preemption(self._collective_device())
         state = TrainingState()
         checkpoint = self._run_checkpoint(state, fast_init=False)
         checkpoint.prepare_folder()
@@ -527,11 +531,13 @@ class Trainer:
             self._print_header(log_banner=True)
 
         hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
-        hooks.call_plugins("on_training_start")
-        self.model.on_training_start()
-        resume = checkpoint.rank_state if checkpoint.rank_state.is_pending else None
-        loop = TrainingLoop(self._loop_options(), hooks, self.datamodule, checkpoint.save, resume)
-        loop.run(state)
+        with self._preemption.handling_signals():
+            hooks.call_plugins("on_training_start")
+            self.model.on_training_start()
+            TrainingLoop(
+                self._loop_options(), hooks, self.datamodule, checkpoint.save,
+                checkpoint.rank_state, self._preemption,
+            ).run(state)  # fmt: skip
         hooks.call_plugins("on_training_end")
         self.model.on_training_end()
         logging.flush_default_loggers()
