@@ -3,11 +3,12 @@
 SIGTERM (what schedulers and ``torchrun`` send first), SIGUSR1 (what SLURM sends ahead of
 the end of a job with ``--signal``) and SIGINT (Ctrl-C) during ``fit`` only record the
 request. The training loop polls it at every batch boundary that ends an iteration (with
-gradient accumulation, gradients accumulated mid-iteration are not part of a checkpoint), and
-between validation batches; there every rank agrees to stop, one checkpoint is written at that exact position,
-and ``fit`` raises :py:class:`Preempted`, whose exit code is ``128 + signal number`` (143
-for SIGTERM, 138 for SIGUSR1, 130 for SIGINT), the code a shell reports for a process
-killed by that signal. A second Ctrl-C aborts at once with ``KeyboardInterrupt``.
+gradient accumulation, gradients accumulated mid-iteration are not part of a checkpoint),
+and between validation batches; there every rank agrees to stop, one checkpoint is written
+at that exact position, and ``fit`` raises :py:class:`Preempted`, whose exit code is
+``128 + signal number`` (143 for SIGTERM, 138 for SIGUSR1, 130 for SIGINT), the code a shell
+reports for a process killed by that signal. A second Ctrl-C aborts at once with
+``KeyboardInterrupt``.
 
 Agreement across ranks costs one all-reduce of one integer every :py:data:`AGREE_EVERY`
 polls, so a rank that got the signal stops at most that many batches later, together with
