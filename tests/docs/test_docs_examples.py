@@ -56,11 +56,16 @@ def _left_out_params() -> list[object]:
 
 @pytest.fixture
 def _page_sandbox(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A fresh working directory; torch's global modes as they were before the page."""
+    """A fresh working directory; torch's global modes as they were before the page.
+
+    The pages' networks are tiny: one intra-op thread runs them fastest, and on a shared
+    machine spare threads only spin.
+    """
     monkeypatch.chdir(tmp_path)
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.set_num_threads(threads)
