@@ -10,6 +10,8 @@ anywhere else on the page, ``% test: slow`` marks the page:
 * ``% test: needs gpu`` - runs only where CUDA is available.
 * ``% test: needs 2 gpus`` - runs only where at least 2 CUDA devices are.
 * ``% test: needs torchvision`` - runs only where torchvision imports.
+* ``% test: write NAME`` - the block is a script: it is written to the file ``NAME`` in the
+  page's working directory (for a later block to run), not executed in the page.
 * ``% test: slow`` (anywhere) - the page's test is marked ``slow``.
 
 Any other ``% test:`` line is an error, so a typo cannot silently skip a block.
@@ -26,6 +28,7 @@ DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
 _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})\s*(?P<info>.*)$")
 _MARKER = re.compile(r"^%\s*test:\s*(?P<what>.*?)\s*$")
 _NEEDS = re.compile(r"^needs (?:(?P<count>\d+) gpus|(?P<what>gpu|torchvision))$")
+_WRITE = re.compile(r"^write (?P<name>[\w.-]+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +41,15 @@ class Block:
         code: the code.
         needs: what the block needs to run: ``"gpu"``, ``"2 gpus"``, ``"torchvision"``, or
             ``None`` when it runs anywhere.
+        write_to: the file name the block is written to, for a script that a later block
+            runs; ``None`` for a block that runs in the page.
     """
 
     page: str
     line: int
     code: str
     needs: str | None = None
+    write_to: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +89,7 @@ def parse_page(text: str, name: str) -> Page:
     blocks: list[Block] = []
     slow = False
     pending: str | None = None
+    write_to: str | None = None
     containers: list[str] = []  # open fences of directives that hold other blocks ({note})
     index = 0
     while index < len(lines):
@@ -99,10 +106,13 @@ def parse_page(text: str, name: str) -> Page:
                 slow = True
             elif _NEEDS.match(what):
                 pending = what.removeprefix("needs ")
+            elif written := _WRITE.match(what):
+                write_to = written.group("name")
             else:
                 raise ValueError(
                     f"{name}:{index + 1}: unknown marker {line!r}; expected '% test: slow', "
-                    "'% test: needs gpu', '% test: needs N gpus' or '% test: needs torchvision'"
+                    "'% test: needs gpu', '% test: needs N gpus', '% test: needs torchvision' "
+                    "or '% test: write FILE'"
                 )
             index += 1
             continue
@@ -128,17 +138,17 @@ def parse_page(text: str, name: str) -> Page:
                 while skip < len(body) and body[skip].startswith(":"):
                     skip += 1
                 code = "\n".join(body[skip:]) + "\n"
-                blocks.append(Block(name, start + skip + 1, code, pending))
-            elif pending is not None:
+                blocks.append(Block(name, start + skip + 1, code, pending, write_to))
+            elif pending is not None or write_to is not None:
                 raise ValueError(
-                    f"{name}:{index + 1}: '% test: needs {pending}' marks a block that is not "
+                    f"{name}:{index + 1}: a '% test:' marker is on a block that is not "
                     "Python; only Python blocks are run"
                 )
-            pending = None
+            pending = write_to = None
             index = end + 1
             continue
         if line.strip():
-            pending = None  # a marker applies only to the block right after it
+            pending = write_to = None  # a marker applies only to the block right after it
         index += 1
     return Page(name, tuple(blocks), slow)
 

@@ -79,6 +79,9 @@ def test_page_blocks_run_in_order(page: blocks.Page) -> None:
     for block in page.blocks:
         if _missing(block.needs):
             continue
+        if block.write_to is not None:
+            pathlib.Path(block.write_to).write_text(block.code)
+            continue
         # Blank lines in front keep the page's line numbers in tracebacks.
         code = compile("\n" * (block.line - 1) + block.code, docs_path, "exec")
         exec(code, namespace)
@@ -105,19 +108,22 @@ def test_markers_are_parsed_and_a_typo_is_an_error() -> None:
         "```python\ny = x.cuda()\n```\n\n"
         "```bash\necho not python\n```\n\n"
         "````{note}\n```python\nz = 2\n```\n````\n\n"
-        "```{code-block} python\n:caption: options are not code\nw = 3\n```\n"
+        "```{code-block} python\n:caption: options are not code\nw = 3\n```\n\n"
+        "% test: write job.py\n"
+        "```python\nprint('a script')\n```\n"
     )
     page = blocks.parse_page(text, "t.md")
     assert page.slow
-    assert [(b.line, b.code, b.needs) for b in page.blocks] == [
-        (4, "x = 1\n", None),
-        (9, "y = x.cuda()\n", "gpu"),
-        (18, "z = 2\n", None),
-        (24, "w = 3\n", None),
+    assert [(b.line, b.code, b.needs, b.write_to) for b in page.blocks] == [
+        (4, "x = 1\n", None, None),
+        (9, "y = x.cuda()\n", "gpu", None),
+        (18, "z = 2\n", None, None),
+        (24, "w = 3\n", None, None),
+        (29, "print('a script')\n", None, "job.py"),
     ]
     with pytest.raises(ValueError, match=r"t\.md:1: unknown marker '% test: need gpu'"):
         blocks.parse_page("% test: need gpu\n```python\nx\n```\n", "t.md")
-    with pytest.raises(ValueError, match="is not Python"):
+    with pytest.raises(ValueError, match="not Python"):
         blocks.parse_page("% test: needs gpu\n```bash\nnvidia-smi\n```\n", "t.md")
     with pytest.raises(ValueError, match="never closed"):
         blocks.parse_page("```python\nx = 1\n", "t.md")
