@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import helios.trainer as hlt
+from helios.core import Registry
 
 
 def _missing(needs: str | None) -> str | None:
@@ -54,9 +55,23 @@ def _left_out_params() -> list[object]:
     ]
 
 
+def _registries() -> list[Registry]:
+    import helios.data as hld
+    import helios.losses as hll
+    import helios.metrics as hlme
+    import helios.model as hlm
+    import helios.nn as hln
+    import helios.optim as hlo
+    import helios.plugins as hlp
+    import helios.scheduler as hls
+
+    modules = (hld, hll, hlme, hlm, hln, hlo, hlp, hls)
+    return [v for m in modules for v in vars(m).values() if isinstance(v, Registry)]
+
+
 @pytest.fixture
 def _page_sandbox(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A fresh working directory; torch's global modes as they were before the page.
+    """A fresh working directory; torch's modes and the registries as they were before.
 
     The pages' networks are tiny: one intra-op thread runs them fastest, and on a shared
     machine spare threads only spin.
@@ -66,7 +81,12 @@ def _page_sandbox(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> It
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    # Pages register their own networks and models: take them out again afterwards.
+    registries = {registry: dict(registry._obj_map) for registry in _registries()}
     yield
+    for registry, entries in registries.items():
+        registry._obj_map.clear()
+        registry._obj_map.update(entries)
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.set_num_threads(threads)
 
