@@ -198,9 +198,6 @@ def _write_api_pages(out: pathlib.Path) -> list[str]:
     return list(pages)
 
 
-_write_api_pages(DOCS / "api" / "generated")
-
-
 _CLASS_NAMES: dict[str, str] = {}
 
 
@@ -283,6 +280,7 @@ def _resolve_missing(app, env, node, contnode):  # type: ignore[no-untyped-def]
 
 
 def setup(app):  # type: ignore[no-untyped-def]
-    """Register the reference resolver."""
+    """Generate the API pages before the sources are read; register the reference resolver."""
+    app.connect("builder-inited", lambda app: _write_api_pages(DOCS / "api" / "generated"))
     app.connect("missing-reference", _resolve_missing)
     return {"parallel_read_safe": True}

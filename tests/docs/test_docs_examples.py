@@ -12,6 +12,7 @@ import importlib.util
 import inspect
 import pathlib
 import re
+import types
 from collections.abc import Iterator
 
 import docs_blocks as blocks
@@ -165,3 +166,36 @@ def test_trainer_docstring_explains_every_argument() -> None:
     documented = set(re.findall(r"^    (\w+):", args_section, flags=re.MULTILINE))
     parameters = set(inspect.signature(hlt.Trainer).parameters)
     assert parameters == documented
+
+
+def _docs_conf() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("docs_conf", blocks.DOCS / "conf.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_reference_has_a_page_per_public_module_and_documents_each_object_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    conf = _docs_conf()
+    modules = conf._write_api_pages(tmp_path)
+    assert {"helios.trainer", "helios.trainer.loops", "pyblaze.nn", "pyblaze.nn.engines"} <= set(
+        modules
+    )
+    assert not any(part.startswith("_") for name in modules for part in name.split("."))
+    assert sorted(p.stem for p in tmp_path.glob("*.rst")) == sorted(modules)
+
+    def members(name: str) -> list[str]:
+        text = (tmp_path / f"{name}.rst").read_text()
+        match = re.search(r":members: (.*)", text)
+        return match.group(1).split(", ") if match else []
+
+    # Trainer at the path users import it from, not again where it is defined.
+    assert "Trainer" in members("helios.trainer")
+    assert "Trainer" not in members("helios.trainer.trainer")
+    # Registries on the page of the module that assigns them; private bases with their
+    # public methods on their module's page.
+    assert "PLUGIN_REGISTRY" in members("helios.plugins.plugin")
+    assert "_ResumableMixin" in members("helios.data.samplers")
