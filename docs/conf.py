@@ -261,7 +261,8 @@ def _resolve_missing(app, env, node, contnode):  # type: ignore[no-untyped-def]
     ``helios.model.model.Model.setup``); the reference documents them at their public path
     (``helios.trainer.Trainer``), with the defining path as a canonical alias of the class.
     A target resolves to the object in the current class (along its bases) or module, or
-    else to the one documented object whose name ends with it.
+    else to the one documented object whose name ends with it. A private name that is not
+    documented (``TrainingLoop._end_unit``) is shown as code without a link.
     """
     if node.get("refdomain") != "py":
         return None
@@ -273,6 +274,8 @@ def _resolve_missing(app, env, node, contnode):  # type: ignore[no-untyped-def]
         context_class = f"{module}.{context_class}"
     name = _lookup(target, domain.objects, context_class, module)
     if name is None:
+        if target.rpartition(".")[2].startswith("_"):
+            return contnode  # a private helper named for implementers: shown, not linked
         return None
     return domain.resolve_xref(
         env, node["refdoc"], app.builder, node["reftype"], name, node, contnode
