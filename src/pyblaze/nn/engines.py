@@ -328,7 +328,9 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             raise TypeError(
                 f"an engine needs a torch.nn.Module, but received {type(model).__name__}"
             )
+        #: The module the engine trains and runs.
         self.model = model
+        #: The device of the current ``train``/``evaluate``/``predict`` call (None outside).
         self.device: torch.device | None = None
         self._in_train = False
 

@@ -13,7 +13,7 @@ _REDRAW_INTERVAL_S = 0.1
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """Format metrics as ``name: value`` pairs, sorted by name and joined by ``, ``.
+    """Format metrics as ``name: value`` pairs, sorted by name and separated by commas.
 
     Numbers use ``{:.5f}``. A key of the form ``name__<format>`` (e.g. ``acc__{:.1%}``)
     shows as ``name`` with its value in that format.
