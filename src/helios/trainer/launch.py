@@ -20,12 +20,15 @@ this module decides where that body runs and how results and errors come back.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import dataclasses
 import gc
 import os
 import pathlib
 import pickle
+import signal
 import socket
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -119,12 +122,31 @@ def _join_torchrun_group(trainer: Trainer) -> None:
             "run, or by a call to destroy_process_group) and cannot be joined again; start a "
             "new torchrun job"
         )
+    end_with_parent()
     dist.init_dist(
         backend="gloo" if trainer.uses_cpu else "nccl",
         device=None if trainer.uses_cpu else trainer.device,
     )
     _joined_torchrun_group = True
     release_group_at_exit()
+
+
+def end_with_parent() -> None:
+    """Have Linux send this process SIGTERM when its parent, ``torchrun``'s agent, dies.
+
+    Without it, workers whose agent was killed train on as orphans and then hang at exit.
+    With it they stop as on any SIGTERM: inside ``fit`` they save a checkpoint at the next
+    iteration boundary and exit (see :py:mod:`helios.trainer.preemption`). Elsewhere this
+    does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the agent died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_in_process(
@@ -332,6 +354,7 @@ __all__ = [
     "ErrorReport",
     "ErrorReporter",
     "abandon_process_group",
+    "end_with_parent",
     "find_free_port",
     "format_exception",
     "release_group_at_exit",

@@ -405,10 +405,12 @@ class TrainingLoop:
             if self._rank_state is not None:
                 self._rank_state.release_rng()
             stop = stop or self.hooks.stop_requested()
+            self._preemption.agree_soon()
         if self._epoch_unit:
             self._end_epoch(state)
         if _due(index, options.chkpt_frequency):
             self._save(state)
+            self._preemption.agree_soon()
         if self._bar is not None:
             self._bar.update()
         return (

@@ -11,9 +11,10 @@ reports for a process killed by that signal. A second Ctrl-C aborts at once with
 ``KeyboardInterrupt``.
 
 Agreement across ranks costs one all-reduce of one integer every :py:data:`AGREE_EVERY`
-polls, so a rank that got the signal stops at most that many batches later, together with
-the others; the work done until then is in the checkpoint. In one process the poll is an
-attribute test.
+polls, and one more after every iteration or epoch that validated or saved a checkpoint
+(points where the ranks synchronise anyway). A rank that got the signal therefore stops at
+most that many iterations later, together with the others; the work done until then is in
+the checkpoint. In one process the poll is an attribute test.
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ class Preemption:
             return False
         self._polls_to_agreement = AGREE_EVERY
         return self._agree()
+
+    def agree_soon(self) -> None:
+        """Make the next poll agree across ranks (after a save or a validation)."""
+        self._polls_to_agreement = 1
 
     def _agree(self) -> bool:
         flag = torch.tensor([self.signal_number or 0], device=self._collective_device)
