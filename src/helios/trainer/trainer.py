@@ -15,6 +15,7 @@ import helios
 from helios.core import distributed as dist
 from helios.core import logging, rng
 from helios.core.utils import get_env_info_str, get_from_optional, update_all_registries
+from helios.model.model import register_model_types_for_safe_load
 from helios.plugins.plugin import validate_plugins
 
 from . import arguments, checkpoints, launch
@@ -67,6 +68,7 @@ class Trainer:
         src_root: root package whose registries are imported in every process.
         import_prefix: dotted prefix for importing ``src_root``.
         print_banner: print the banner with environment information at start.
+        capture_warnings: route Python warnings into the run's log while it runs.
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -98,6 +100,7 @@ class Trainer:
         src_root: pathlib.Path | None = None,
         import_prefix: str = "",
         print_banner: bool = True,
+        capture_warnings: bool = False,
     ) -> None:
         if not isinstance(run_name, str):
             raise TypeError(f"error: run_name must be a str, but received {run_name!r}")
@@ -138,6 +141,7 @@ class Trainer:
         self._enable_progress_bar = enable_progress_bar
         self._import_prefix = import_prefix
         self._print_banner = print_banner
+        self._capture_warnings = bool(capture_warnings)
 
         gpu_ids = arguments.check_gpus(gpus, use_cpu)
         self._use_cpu = use_cpu if use_cpu is not None else not torch.cuda.is_available()
@@ -435,7 +439,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = self._enable_cudnn_benchmark
             torch.backends.cudnn.deterministic = self._enable_deterministic
             torch.cuda.set_device(self._device)
-        logging.create_default_loggers(self._enable_tensorboard)
+        logging.create_default_loggers(self._enable_tensorboard, self._capture_warnings)
         if self._src_root is not None:
             update_all_registries(self._src_root, recurse=True, import_prefix=self._import_prefix)
 
@@ -471,6 +475,7 @@ class Trainer:
         if self._chkpt_dir is not None and self._rank == 0:
             self._chkpt_dir.mkdir(parents=True, exist_ok=True)
             checkpoints.remove_temporary_files(self._chkpt_dir)
+        register_model_types_for_safe_load(self.model)
         found = checkpoints.load_newest_valid_checkpoint(self._chkpt_dir, self._map_loc)
         state, resume_rng = TrainingState(), None
         if found is not None:
@@ -499,6 +504,7 @@ class Trainer:
 
     def _test(self) -> None:
         self._setup(fast_init=True)
+        register_model_types_for_safe_load(self.model)
         found = checkpoints.load_newest_valid_checkpoint(self._chkpt_dir, self._map_loc)
         if found is not None:
             path, saved = found
