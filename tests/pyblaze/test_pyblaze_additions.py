@@ -456,3 +456,12 @@ def test_roc_auc_and_average_precision_match_scikit_learn() -> None:
     assert X.average_precision(scores, labels).item() == pytest.approx(
         metrics.average_precision_score(labels.numpy(), scores.numpy())
     )
+
+
+def test_progress_bar_frac() -> None:
+    from pyblaze.utils import ProgressBar
+
+    assert ProgressBar.frac(10, 3, verbose=False).total == 4
+    assert ProgressBar.frac(9, 3).total == 3
+    with pytest.raises(ValueError, match="denom must be greater than 0, got 0"):
+        ProgressBar.frac(9, 0)
