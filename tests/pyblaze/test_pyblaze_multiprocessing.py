@@ -71,7 +71,7 @@ def test_without_worker_init_and_more_workers_than_items() -> None:
     assert Vectorizer(abs, num_workers=4).process([-1, 2, -3]) == [1, 2, 3]
     assert Vectorizer(abs, num_workers=2).process([]) == []
     assert Vectorizer(abs, num_workers=2).process(iter([])) == []
-    assert Vectorizer(abs).num_workers == os.cpu_count()
+    assert Vectorizer(abs).num_workers == len(os.sched_getaffinity(0))
 
 
 def _fail_on_three(item: int) -> int:
@@ -163,9 +163,9 @@ def test_parallel_predict_runs_on_worker_processes_in_order() -> None:
     assert out.shape == (50, 4)
     torch.testing.assert_close(out[:, :2], model.fc(x).detach())
     workers = set(out[:, 2].tolist())
-    assert len(workers) == min(2, os.cpu_count() or 1) and os.getpid() not in workers
+    assert len(workers) == min(2, len(os.sched_getaffinity(0))) and os.getpid() not in workers
     # Each worker runs torch with its share of the cores.
-    assert set(out[:, 3].tolist()) == {max(1, (os.cpu_count() or 1) // len(workers))}
+    assert set(out[:, 3].tolist()) == {max(1, len(os.sched_getaffinity(0)) // len(workers))}
     assert recorder.calls == [
         ("before", 13, os.getpid()),
         *[("batch", (None,), os.getpid())] * 13,
@@ -196,7 +196,7 @@ def test_parallel_predict_reports_worker_errors() -> None:
 
 
 def test_parallel_devices() -> None:
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     assert parallel_devices(False, True) == [torch.device("cpu")] * cores
     assert parallel_devices(False, False) is None
     if not torch.cuda.is_available():

@@ -2,9 +2,9 @@
 
 PyBlaze 1.1.6 made predictions in worker processes when the device setting allowed it:
 
-* on the CPU (``gpu=False``, or ``gpu="auto"`` without CUDA): one worker per CPU core
-  (never more workers than batches), each running PyTorch with
-  ``cpu_count // workers`` threads;
+* on the CPU (``gpu=False``, or ``gpu="auto"`` without CUDA): one worker per CPU core this
+  process may use (never more workers than batches), each running PyTorch with
+  ``cores // workers`` threads;
 * on several GPUs (a list of more than one id, or ``"auto"`` with several GPUs): one worker
   per GPU, each with its own copy of the model on its GPU.
 
@@ -18,13 +18,13 @@ zero as falsy and started a worker process for it).
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from pyblaze.utils.stdmp import available_cores
 from pyblaze.utils.torch import to_device
 
 from .vectorizer import Vectorizer
@@ -47,7 +47,7 @@ def parallel_devices(gpu: Any, parallel: bool) -> list[torch.device] | None:
         return None
     cuda_count = torch.cuda.device_count()
     if gpu is False or (isinstance(gpu, str) and gpu == "auto" and cuda_count == 0):
-        return [torch.device("cpu")] * (os.cpu_count() or 1)
+        return [torch.device("cpu")] * available_cores()
     if isinstance(gpu, str) and gpu == "auto" and cuda_count > 1:
         return [torch.device("cuda", i) for i in range(cuda_count)]
     if isinstance(gpu, list | tuple) and len(gpu) > 1:
@@ -140,7 +140,7 @@ def predict_batches(
     num_batches = _batch_count(data, iterations)
     if devices[0].type == "cpu":
         devices = devices[: max(1, min(len(devices), num_batches))]
-    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    threads = max(1, available_cores() // len(devices))
     listed = [engine] + [c for c in callbacks or [] if isinstance(c, PredictionCallback)]
     model = engine.model.module if isinstance(engine.model, nn.DataParallel) else engine.model
 

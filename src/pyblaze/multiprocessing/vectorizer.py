@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing as _std_mp
-import os
 import queue as _queue
 import traceback
 from collections.abc import Callable, Iterable
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from pyblaze.utils.stdmp import terminate
+from pyblaze.utils.stdmp import available_cores, terminate
 
 _POLL_SECONDS = 0.2
 
@@ -83,8 +82,9 @@ class Vectorizer:
         worker_init: called as ``worker_init(rank, **kwargs)`` once in each worker (rank
             ``0 .. num_workers - 1``); ``None`` adds no arguments.
         callback_func: called without arguments in this process after each finished item.
-        num_workers: the number of processes; ``-1`` means one per CPU core
-            (:py:func:`os.cpu_count`), ``0`` runs everything in this process (rank 0).
+        num_workers: the number of processes; ``-1`` means one per CPU core this process
+            may use (:py:func:`pyblaze.utils.stdmp.available_cores`), ``0`` runs everything
+            in this process (rank 0).
         **kwargs: keyword arguments of ``worker_init``.
 
     Raises:
@@ -115,7 +115,7 @@ class Vectorizer:
                 f"error: num_workers must be -1 (one per CPU core) or an int >= 0, got "
                 f"{num_workers!r}"
             )
-        self.num_workers = (os.cpu_count() or 1) if num_workers == -1 else num_workers
+        self.num_workers = available_cores() if num_workers == -1 else num_workers
         self.worker_func = worker_func
         self.worker_init = worker_init
         self.callback_func = callback_func

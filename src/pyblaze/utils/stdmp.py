@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
+
+
+def available_cores() -> int:
+    """Return the number of CPU cores this process may run on (its affinity, if known).
+
+    Returns:
+        At least 1.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        return os.cpu_count() or 1
 
 
 def terminate(*processes: Any, force: bool = True) -> None:
@@ -28,4 +41,4 @@ def terminate(*processes: Any, force: bool = True) -> None:
             process.join()
 
 
-__all__ = ["terminate"]
+__all__ = ["available_cores", "terminate"]
