@@ -207,3 +207,28 @@ def test_parallel_devices() -> None:
     assert parallel_devices(0, True) is None
     assert parallel_devices([0], True) is None
     assert parallel_devices(True, True) is None
+
+
+@pytest.mark.slow
+def test_spawned_workers_when_fork_is_not_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CUDA initialised, workers are spawned: everything they need is pickled."""
+    import multiprocessing as std_mp
+
+    from pyblaze.multiprocessing import vectorizer
+
+    spawned: list[str] = []
+
+    def spawn_context() -> Any:
+        spawned.append("spawn")
+        return torch.multiprocessing.get_context("spawn")
+
+    monkeypatch.setattr(vectorizer, "_default_context", spawn_context)
+    assert Vectorizer(abs, num_workers=2).process([-3, 4, -5]) == [3, 4, 5]
+
+    torch.manual_seed(0)
+    engine = xnn.SupervisedEngine(nn.Sequential(nn.Linear(3, 4), nn.Tanh()))
+    x = torch.randn(20, 3)
+    out = engine.predict(TensorDataset(x).loader(batch_size=6), gpu=False)
+    torch.testing.assert_close(out, engine.model(x).detach())
+    assert spawned == ["spawn", "spawn"]
+    assert "fork" in std_mp.get_all_start_methods()
