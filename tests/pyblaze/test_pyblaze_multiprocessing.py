@@ -232,3 +232,16 @@ def test_spawned_workers_when_fork_is_not_safe(monkeypatch: pytest.MonkeyPatch) 
     torch.testing.assert_close(out, engine.model(x).detach())
     assert spawned == ["spawn", "spawn"]
     assert "fork" in std_mp.get_all_start_methods()
+
+
+def _docstring_init(rank: int, scale: int) -> int:
+    return rank * scale
+
+
+def _docstring_work(x: int, offset: int, worker_value: int) -> int:
+    return x * x + offset + worker_value
+
+
+def test_the_docstring_example() -> None:
+    vectorizer = Vectorizer(_docstring_work, _docstring_init, num_workers=2, scale=100)
+    assert vectorizer.process([0, 1, 2, 3], 1) == [1, 2, 105, 110]

@@ -69,13 +69,13 @@ class Vectorizer:
         .. code-block:: python
 
             def init(rank, scale):
-                return scale * (rank + 1)
+                return rank * scale  # appended to every worker_func call of this worker
 
-            def square_plus(x, offset, worker_value):
-                return x * x + offset
+            def work(x, offset, worker_value):
+                return x * x + offset + worker_value
 
-            Vectorizer(square_plus, init, num_workers=2, scale=10).process(range(5), 1)
-            # [1, 2, 5, 10, 17]
+            Vectorizer(work, init, num_workers=2, scale=100).process([0, 1, 2, 3], 1)
+            # [1, 2, 105, 110]: items 0-1 ran on worker 0, items 2-3 on worker 1
 
     Args:
         worker_func: called as ``worker_func(item, *args, *init_values)`` in a worker.
@@ -86,6 +86,10 @@ class Vectorizer:
             may use (:py:func:`pyblaze.utils.stdmp.available_cores`), ``0`` runs everything
             in this process (rank 0).
         **kwargs: keyword arguments of ``worker_init``.
+
+    Attributes:
+        context: a :py:mod:`torch.multiprocessing` context to start the workers with
+            instead of the default described above (``None``).
 
     Raises:
         TypeError: if ``worker_func`` (or a given ``worker_init``/``callback_func``) is not

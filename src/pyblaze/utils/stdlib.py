@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -24,4 +24,4 @@ def flatten(nested: Iterable[Iterable[T]]) -> list[T]:
     return [element for inner in nested for element in inner]
 
 
-__all__: list[Any] = ["cached_property", "flatten"]
+__all__ = ["cached_property", "flatten"]
