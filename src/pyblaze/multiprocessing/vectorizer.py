@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as _std_mp
 import queue as _queue
+import sys
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,13 +37,13 @@ class WorkerError(RuntimeError):
 
 
 def _default_context() -> Any:
-    """Fork where available and safe (fast start, nothing pickled); spawn otherwise.
+    """Fork on Linux when safe (fast start, nothing pickled); spawn otherwise.
 
     CUDA cannot be used in a forked child once the parent initialised it, so spawn is used
-    then.
+    then; on macOS forking is unsafe with system frameworks (and not the default).
     """
     methods = _std_mp.get_all_start_methods()
-    if "fork" in methods and not torch.cuda.is_initialized():
+    if sys.platform.startswith("linux") and "fork" in methods and not torch.cuda.is_initialized():
         return mp.get_context("fork")
     return mp.get_context("spawn")
 
@@ -61,9 +62,9 @@ class Vectorizer:
     contiguous share per worker; other iterables are streamed to the workers through a
     queue, keeping at most two items per worker in flight.
 
-    Workers are started with ``fork`` where the platform has it and CUDA is not initialised
-    in this process (nothing is pickled then except items and results), else with
-    ``spawn`` (``worker_func``, ``worker_init`` and ``kwargs`` must then be picklable).
+    Workers are started with ``fork`` on Linux when CUDA is not initialised in this process
+    (nothing is pickled then except items and results), else with ``spawn``
+    (``worker_func``, ``worker_init`` and ``kwargs`` must then be picklable).
 
     Example:
         .. code-block:: python
