@@ -188,6 +188,22 @@ def get_global_rank() -> int:
     return get_dist_info().rank
 
 
+def get_world_size() -> int:
+    """Return the number of processes in the run (1 when not distributed).
+
+    Added in Helios 1.3.0.
+    """
+    return get_dist_info().world_size
+
+
+def get_local_world_size() -> int:
+    """Return the number of processes on this node (1 when not distributed).
+
+    Added in Helios 1.3.0.
+    """
+    return get_dist_info().local_world_size
+
+
 def _require_dist() -> None:
     if not is_dist_active():
         raise RuntimeError("error: default process group has not been initialized")

@@ -30,6 +30,24 @@ _LOGGER_NAME = "helios"
 _FORMAT = "[%(asctime)s] [%(levelname)s]: %(message)s"
 
 _ACTIVE_LOGGERS: dict[str, RootLogger | TensorboardWriter] = {}
+_WARNINGS_LOGGER_NAME = "py.warnings"
+
+
+class _ForwardHandler(_logging.Handler):
+    """Pass records to another logger, subject to that logger's level (rank gating)."""
+
+    def __init__(self, target: _logging.Logger) -> None:
+        super().__init__()
+        self._target = target
+
+    def emit(self, record: _logging.LogRecord) -> None:
+        if self._target.isEnabledFor(record.levelno):
+            self._target.handle(record)
+
+
+def _is_capturing_warnings() -> bool:
+    """Whether :py:func:`logging.captureWarnings` is currently on."""
+    return getattr(_logging, "_warnings_showwarning", None) is not None
 
 
 class _StdoutHandler(_logging.StreamHandler):
@@ -55,9 +73,18 @@ class RootLogger:
     INFO and above also go to a file. Only global rank 0 logs INFO and warnings; other ranks
     only log errors. :py:meth:`close` removes the handlers again, so consecutive runs in one
     process never share files or print twice.
+
+    With ``capture_warnings`` (added in Helios 1.3.0), Python warnings
+    (:py:func:`warnings.warn`) are routed into this logger, so they reach the run's log
+    file, through :py:func:`logging.captureWarnings`, until :py:meth:`close`. They are then
+    no longer printed by the :py:mod:`warnings` module itself; the console still shows them
+    through this logger's stdout handler (on rank 0).
+
+    Args:
+        capture_warnings: route Python warnings into this logger while it is open.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capture_warnings: bool = False) -> None:
         self._rank = dist.get_global_rank()
         self._logger = _logging.getLogger(_LOGGER_NAME)
         self._logger.propagate = False
@@ -70,6 +97,31 @@ class RootLogger:
         stream_handler = _StdoutHandler()
         stream_handler.setLevel(_logging.WARNING)
         self._add_handler(stream_handler)
+
+        self._warnings_handler: _ForwardHandler | None = None
+        self._started_capture = False
+        if capture_warnings:
+            self._start_capturing_warnings()
+
+    def _start_capturing_warnings(self) -> None:
+        self._started_capture = not _is_capturing_warnings()
+        if self._started_capture:
+            _logging.captureWarnings(True)
+        self._warnings_handler = _ForwardHandler(self._logger)
+        _logging.getLogger(_WARNINGS_LOGGER_NAME).addHandler(self._warnings_handler)
+
+    def _stop_capturing_warnings(self) -> None:
+        if self._warnings_handler is not None:
+            _logging.getLogger(_WARNINGS_LOGGER_NAME).removeHandler(self._warnings_handler)
+            self._warnings_handler = None
+        if self._started_capture:
+            _logging.captureWarnings(False)
+            self._started_capture = False
+
+    @property
+    def captures_warnings(self) -> bool:
+        """Whether Python warnings are being routed into this logger."""
+        return self._warnings_handler is not None
 
     def _add_handler(self, handler: _logging.Handler) -> None:
         handler.setFormatter(self._formatter)
@@ -156,7 +208,8 @@ class RootLogger:
             handler.flush()
 
     def close(self) -> None:
-        """Flush, close and remove every handler this logger added."""
+        """Flush, close and remove every handler this logger added; stop capturing warnings."""
+        self._stop_capturing_warnings()
         for handler in list(self._handlers):
             self._remove_handler(handler)
         self._file_handler = None
@@ -412,16 +465,23 @@ def get_default_log_name(run_name: str) -> str:
     return run_name + "_" + datetime.now().strftime("%b%d_%H-%M-%S")
 
 
-def create_default_loggers(enable_tensorboard: bool = True) -> None:
+def create_default_loggers(enable_tensorboard: bool = True, capture_warnings: bool = False) -> None:
     """Create the root logger and, if enabled, the TensorBoard writer (if absent).
 
     Call it after the processes of a distributed run are started, so each knows its rank.
 
     Args:
         enable_tensorboard: also create the TensorBoard writer.
+        capture_warnings: route Python warnings into the root logger until
+            :py:func:`close_default_loggers` (added in Helios 1.3.0; see
+            :py:class:`RootLogger`). If the root logger already exists, it starts capturing.
     """
     if "root" not in _ACTIVE_LOGGERS:
-        _ACTIVE_LOGGERS["root"] = RootLogger()
+        _ACTIVE_LOGGERS["root"] = RootLogger(capture_warnings=capture_warnings)
+    elif capture_warnings:
+        root = get_root_logger()
+        if not root.captures_warnings:
+            root._start_capturing_warnings()
     if enable_tensorboard and "tensorboard" not in _ACTIVE_LOGGERS:
         _ACTIVE_LOGGERS["tensorboard"] = TensorboardWriter()
 

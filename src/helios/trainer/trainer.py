@@ -13,6 +13,7 @@ import torch
 from helios.core import distributed as dist
 from helios.core import logging, rng
 from helios.core.utils import get_env_info_str, get_from_optional, update_all_registries
+from helios.model.model import register_model_types_for_safe_load
 from helios.plugins.plugin import validate_plugins
 
 from . import arguments, checkpoints, launch
@@ -67,6 +68,7 @@ class Trainer:
         src_root: root package whose registries are imported in every process.
         import_prefix: dotted prefix for importing ``src_root``.
         print_banner: print the banner with environment information at start.
+        capture_warnings: route Python warnings into the run's log while it runs.
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -98,6 +100,7 @@ class Trainer:
         src_root: pathlib.Path | None = None,
         import_prefix: str = "",
         print_banner: bool = True,
+        capture_warnings: bool = False,
     ) -> None:
         if not isinstance(run_name, str):
             raise TypeError(f"error: run_name must be a str, but received {run_name!r}")
@@ -138,6 +141,7 @@ class Trainer:
         self._enable_progress_bar = enable_progress_bar
         self._import_prefix = import_prefix
         self._print_banner = print_banner
+        self._capture_warnings = bool(capture_warnings)
 
         self._place_devices(use_cpu, gpus)
 
@@ -441,7 +445,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = self._enable_cudnn_benchmark
             torch.backends.cudnn.deterministic = self._enable_deterministic
             torch.cuda.set_device(self._device)
-        logging.create_default_loggers(self._enable_tensorboard)
+        logging.create_default_loggers(self._enable_tensorboard, self._capture_warnings)
         if self._src_root is not None:
             update_all_registries(self._src_root, recurse=True, import_prefix=self._import_prefix)
 
@@ -520,6 +524,7 @@ class Trainer:
         state = TrainingState()
         checkpoint = self._run_checkpoint(state, fast_init=False)
         checkpoint.prepare_folder()
+        register_model_types_for_safe_load(self.model)
         path = checkpoint.resume()
         self._run_logs.open_new()
         if path is not None:
@@ -545,6 +550,7 @@ class Trainer:
 
     def _test(self) -> None:
         self._setup(fast_init=True)
+        register_model_types_for_safe_load(self.model)
         path = self._run_checkpoint(TrainingState(), fast_init=True).resume()
         self._run_logs.open_new()
         if path is not None:

@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader
 
+from pyblaze.multiprocessing.prediction import predict_batches
 from pyblaze.nn.callbacks.base import PredictionCallback, TrainingCallback
 from pyblaze.nn.history import Evaluation, History
 
@@ -561,8 +562,10 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             iterations: use only this many batches (needed for data without a length).
             callbacks: prediction callbacks (training callbacks in the list are ignored).
             gpu: the device (the first GPU of a list is used).
-            parallel: accepted for compatibility with PyBlaze 1.1.6, where it ran
-                predictions in worker processes; here they always run in this process.
+            parallel: on the CPU (``gpu=False``, or ``"auto"`` without CUDA) or several
+                GPUs, predict in worker processes, as PyBlaze 1.1.6 did (see
+                :py:mod:`pyblaze.multiprocessing.prediction`); ``False`` predicts in this
+                process.
             **kwargs: arguments of :py:meth:`predict_batch`.
 
         Returns:
@@ -575,9 +578,12 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         """
         if gpu is None:
             raise TypeError("predict needs a device: gpu must not be None")
-        outputs = self._run_batches(
-            data, iterations, callbacks, gpu, lambda batch: self.predict_batch(batch, **kwargs)
-        )
+        outputs = predict_batches(
+            self, data, iterations, callbacks, gpu, parallel, kwargs,
+            sequential=lambda: self._run_batches(
+                data, iterations, callbacks, gpu, lambda batch: self.predict_batch(batch, **kwargs)
+            ),
+        )  # fmt: skip
         return self.collate_predictions(outputs)
 
     def _run_batches(

@@ -97,6 +97,28 @@ class ProgressBar:
         self._last_draw = 0.0
         self._drawn = False
 
+    @classmethod
+    def frac(
+        cls, num: int, denom: int, file: TextIO | None = None, verbose: bool = True
+    ) -> ProgressBar:
+        """Create a bar of ``ceil(num / denom)`` steps, e.g. batches from a sample count.
+
+        Args:
+            num: the number of items.
+            denom: the number of items per step (> 0).
+            file: see :py:class:`ProgressBar`.
+            verbose: see :py:class:`ProgressBar`.
+
+        Returns:
+            The bar.
+
+        Raises:
+            ValueError: if ``denom`` is not positive.
+        """
+        if denom <= 0:
+            raise ValueError(f"error: denom must be greater than 0, got {denom!r}")
+        return cls(-(-num // denom), file=file, verbose=verbose)
+
     @property
     def stream(self) -> TextIO:
         """The stream the bar writes to."""
