@@ -82,6 +82,12 @@ _EXTERNAL = (
     "argparse",
     "random",
     "print",
+    "warnings",
+    "pickle",
+    "signal",
+    "socket",
+    "subprocess",
+    "hashlib",
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"({'|'.join(_EXTERNAL)})(\..*)?"),
