@@ -277,17 +277,42 @@ class RankState:
 
     Restoring is deferred: :py:meth:`load_state_dict` keeps the saved states and the loop
     applies them at the exact point where the uninterrupted run was when it saved
-    (:py:meth:`restore_rng`, :py:meth:`saved_sampler_position`).
+    (:py:meth:`restore_rng`, :py:meth:`resume_position`).
+
+    The sampler position holds the world size and the number of samples of the epoch's
+    global order consumed by all ranks together, so a run resumed on another number of
+    processes continues the epoch where it stopped (no sample seen twice or skipped). Its
+    ranks keep their own RNG states where the checkpoint has them; the others are seeded
+    from (seed, iteration, rank) and the log says which.
 
     Args:
         state: the training state whose position is saved.
+        rank: the global rank of this process.
+        world_size: the number of processes of the run.
+        seed: the run's random seed (for RNG states that must be re-derived).
     """
 
-    def __init__(self, state: TrainingState) -> None:
+    def __init__(
+        self, state: TrainingState, rank: int = 0, world_size: int = 1, seed: int = 0
+    ) -> None:
         self._state = state
+        self._rank = rank
+        self._world_size = world_size
+        self._seed = seed
+        self._loaded = False
         self._saved_rng: dict[str, Any] | None = None
         self._saved_sampler: dict[str, int] | None = None
         self._held_rng: dict[str, Any] | None = None
+        self._sampler: Any = None
+        self._pass_base = (0, 0)
+
+    def track_sampler(self, sampler: Any) -> None:
+        """Follow the training sampler (its batch size gives the global position)."""
+        self._sampler = sampler
+
+    def start_pass(self, consumed: int = 0, dataset_iter: int = 0) -> None:
+        """Note where the sampler's pass over the current epoch began."""
+        self._pass_base = (consumed, dataset_iter)
 
     def hold_rng(self) -> None:
         """Keep the RNG states of this moment for the saves until :py:meth:`release_rng`.
@@ -304,37 +329,95 @@ class RankState:
     def state_dict(self) -> dict[str, Any]:
         """Return this rank's RNG states and sampler position."""
         state = self._state
+        position = {
+            "epoch": state.global_epoch - 1,
+            "start_iter": state.dataset_iter,
+            "world_size": self._world_size,
+        }
+        batch_size = getattr(self._sampler, "batch_size", None)
+        if isinstance(batch_size, int):
+            consumed, first_iter = self._pass_base
+            batches = state.dataset_iter - first_iter
+            position["consumed"] = consumed + batches * batch_size * self._world_size
         return {
             "rng": self._held_rng if self._held_rng is not None else rng.get_rng_state_dict(),
-            "sampler": {"epoch": state.global_epoch - 1, "start_iter": state.dataset_iter},
+            "sampler": position,
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Keep a saved entry to apply at the resume point."""
-        self._saved_rng = state_dict["rng"]
+        """Keep a saved entry to apply at the resume point (``rng`` may be ``None``)."""
+        self._loaded = True
+        self._saved_rng = state_dict.get("rng")
         self._saved_sampler = state_dict.get("sampler")
 
     @property
     def is_pending(self) -> bool:
-        """Whether a loaded RNG state still waits to be applied."""
-        return self._saved_rng is not None
+        """Whether a loaded entry still waits to be applied."""
+        return self._loaded
 
     def restore_rng(self) -> None:
-        """Restore the saved RNG states (once)."""
+        """Restore the saved RNG states, or seed them afresh where none were saved (once)."""
+        if not self._loaded:
+            return
+        self._loaded = False
         if self._saved_rng is not None:
             rng.load_rng_state_dict(self._saved_rng)
             self._saved_rng = None
+            return
+        from helios.data.datamodule import sample_seed
 
-    def saved_sampler_position(self) -> dict[str, int] | None:
-        """Return the sampler position saved by this rank, if any."""
-        return self._saved_sampler
+        iteration = self._state.global_iteration
+        rng.seed_rngs(sample_seed(self._seed, iteration, f"rank{self._rank}"))
+
+    def resume_position(self, default: dict[str, int]) -> dict[str, int]:
+        """Return where the sampler continues the epoch the checkpoint was saved in.
+
+        Args:
+            default: the position from the training state (same world size).
+
+        Raises:
+            RuntimeError: if the world size changed and the checkpoint has no global
+                position.
+        """
+        saved = self._saved_sampler
+        if not saved:
+            return default
+        if saved.get("world_size", self._world_size) == self._world_size:
+            return {"epoch": saved["epoch"], "start_iter": saved["start_iter"]}
+        if "consumed" not in saved:
+            raise RuntimeError(
+                f"error: the checkpoint was written by {saved['world_size']} processes and "
+                f"this run has {self._world_size}, but it holds no global position in the "
+                "epoch; resume it with the same number of processes"
+            )
+        self._pass_base = (saved["consumed"], self._state.dataset_iter)
+        return {"epoch": saved["epoch"], "start_iter": 0, "global_start": saved["consumed"]}
 
 
-def _rank_entry(saved: Mapping[str, Any], rank: int) -> Mapping[str, Any]:
+def _rank_entry(saved: Mapping[str, Any], rank: int, world_size: int) -> Mapping[str, Any]:
+    """Return the entry a rank resumes from; say so when the world size changed."""
     entries = saved.get("ranks")
-    if isinstance(entries, list) and rank < len(entries):
+    if not isinstance(entries, list) or not entries:  # written before per-rank entries
+        entries = [{"rng": saved["rng"]}]
+    if len(entries) != world_size and rank == 0:
+        rederived = list(range(len(entries), world_size))
+        message = (
+            f"the checkpoint was written by {len(entries)} process(es) and this run has "
+            f"{world_size}: every rank continues the epoch from the global position saved "
+            "in it; "
+            + (
+                f"ranks {rederived} have no saved RNG states and are seeded from (seed, "
+                "iteration, rank)"
+                if rederived
+                else f"the RNG states of ranks {world_size}..{len(entries) - 1} are dropped"
+            )
+        )
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        if logging.is_root_logger_active():
+            logging.get_root_logger().warning(message)
+    if rank < len(entries):
         return entries[rank]
-    return {"rng": saved["rng"]}
+    return {"rng": None, "sampler": entries[0].get("sampler")}
 
 
 def _gather_to_rank0(entry: Any) -> list[Any]:
@@ -426,5 +509,6 @@ class RunCheckpoint:
                 part.load_state_dict({k: saved.get(k) for k in part.checkpoint_keys})
             elif key in saved:
                 part.load_state_dict(saved[key])
-        self.rank_state.load_state_dict(_rank_entry(saved, self._rank))
+        world_size = torch.distributed.get_world_size() if self._is_distributed else 1
+        self.rank_state.load_state_dict(_rank_entry(saved, self._rank, world_size))
         return path

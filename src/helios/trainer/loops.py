@@ -290,6 +290,8 @@ class TrainingLoop:
                 "None. Set self._train_dataset in DataModule.setup()"
             )
         loader, sampler = train
+        if self._rank_state is not None:
+            self._rank_state.track_sampler(sampler)
         self.model.train()
         total = self.options.total_steps
         self._bar = progress.make_bar(
@@ -439,13 +441,15 @@ class TrainingLoop:
             state.global_epoch += 1
             if resume is not None:
                 resume.restore_rng()
+            if self._rank_state is not None:
+                self._rank_state.start_pass()
         logging.get_root_logger().info(f"Starting epoch {state.global_epoch}")
         self._epoch_start_time = time.perf_counter()
         self.model.on_training_epoch_start(state.global_epoch)
         position = {"epoch": state.global_epoch - 1, "start_iter": state.dataset_iter}
         if resuming_inside_epoch and resume is not None:
             resume.restore_rng()
-            position = resume.saved_sampler_position() or position
+            position = resume.resume_position(position)
         place_sampler(sampler, **position)
 
     def _end_epoch(self, state: TrainingState) -> None:

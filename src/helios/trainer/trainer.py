@@ -509,7 +509,12 @@ class Trainer:
         return checkpoints.RunCheckpoint(
             folder,
             self._checkpoint_parts(state, fast_init),
-            checkpoints.RankState(state),
+            checkpoints.RankState(
+                state,
+                rank=self._rank,
+                world_size=torch.distributed.get_world_size() if self._is_distributed else 1,
+                seed=get_from_optional(self._random_seed),
+            ),
             name=lambda at: model.append_metadata_to_chkpt_name(
                 checkpoints.checkpoint_name(model.save_name, at)
             ),

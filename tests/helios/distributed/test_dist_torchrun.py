@@ -210,7 +210,8 @@ def test_checkpoints_hold_each_ranks_rng_and_sampler_position(reference: pathlib
     ranks = saved["ranks"]
     assert len(ranks) == 2
     # Iteration 2 ends at the first batch of epoch 2.
-    assert [entry["sampler"] for entry in ranks] == [{"epoch": 1, "start_iter": 1}] * 2
+    position = {"epoch": 1, "start_iter": 1, "world_size": 2, "consumed": 8}
+    assert [entry["sampler"] for entry in ranks] == [position] * 2
     # The ranks draw different amounts, so their streams differ.
     assert not torch.equal(ranks[0]["rng"]["torch"], ranks[1]["rng"]["torch"])
     assert torch.equal(saved["rng"]["torch"], ranks[0]["rng"]["torch"])
@@ -429,3 +430,55 @@ def test_max_restarts_brings_back_a_killed_rank_and_ends_bit_identical(
     assert "Resuming training from checkpoint" in text
     assert "Connection refused" not in text
     _assert_finished_like(reference, tmp_path)
+
+
+def _ids_by_launch(workdir: pathlib.Path, epoch: int, ranks: int) -> dict[int, list[int]]:
+    """The sample ids trained in ``epoch``, per process id, over ``ranks`` record files."""
+    found: dict[int, list[int]] = {}
+    for rank in range(ranks):
+        for record in _records(workdir, rank, "main", keep_pid=True):
+            if record["epoch"] == epoch:
+                found.setdefault(record["pid"], []).extend(record["ids"])
+    return found
+
+
+@pytest.mark.parametrize("new_world_size", [1, 3])
+def test_a_checkpoint_resumes_on_another_number_of_processes(
+    new_world_size: int, tmp_path: pathlib.Path
+) -> None:
+    launches: list[subprocess.Popen[bytes]] = []
+    _launch(tmp_path, launches)
+    _wait_for_batches(tmp_path, 4, launches[0])
+    launches[0].send_signal(signal.SIGTERM)
+    launches[0].wait(timeout=120)
+    import helios.trainer as hlt
+
+    hlt.register_trainer_types_for_safe_load()
+    newest = hlt.find_last_checkpoint(tmp_path / "chkpt" / "dist")
+    assert newest is not None
+    saved = torch.load(newest, weights_only=True)
+    epoch, position = saved["training_state"].global_epoch, saved["ranks"][0]["sampler"]
+    assert position["world_size"] == 2 and 0 < position["consumed"] < 20, position
+    first_launch = _ids_by_launch(tmp_path, epoch, 2)
+    before = [i for ids in first_launch.values() for i in ids]
+
+    command = _torchrun(tmp_path, "resume")
+    command[3] = f"--nproc_per_node={new_world_size}"
+    resumed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output
+    assert f"written by 2 process(es) and this run has {new_world_size}" in output
+    if new_world_size == 3:
+        assert "ranks [2] have no saved RNG states" in output
+    after = [
+        i
+        for pid, ids in _ids_by_launch(tmp_path, epoch, new_world_size).items()
+        if pid not in first_launch
+        for i in ids
+    ]
+    # The rest of the epoch, sharded among the new processes: nothing seen twice or skipped
+    # (a distributed sampler pads the rest to a multiple of the world size).
+    assert set(before).isdisjoint(after)
+    assert set(before) | set(after) == set(range(20))
+    rest = 20 - position["consumed"]
+    assert len(after) == -(-rest // new_world_size) * new_world_size

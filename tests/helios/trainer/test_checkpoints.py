@@ -243,7 +243,8 @@ def test_checkpoint_names_and_contents_with_logging_and_plugins(tmp_path: pathli
     assert contents["counter"] == {"starts": 1}
     (rank0,) = contents["ranks"]
     assert set(rank0) == {"rng", "sampler"}
-    assert rank0["sampler"] == {"epoch": 0, "start_iter": 2}
+    # The position: epoch and batch of this rank, and the global one (world size, samples).
+    assert rank0["sampler"] == {"epoch": 0, "start_iter": 2, "world_size": 1, "consumed": 8}
     assert torch.equal(rank0["rng"]["torch"], contents["rng"]["torch"])
     assert rank0["rng"]["rand"] == contents["rng"]["rand"]
 
@@ -282,7 +283,12 @@ def test_checkpoint_names_and_contents_without_logging(
         assert set(contents) == {"version", "training_state", "model", "rng", "ranks"}
         state = contents["training_state"]
         start_iter = 0 if unit == "epoch" else state.dataset_iter
-        assert contents["ranks"][0]["sampler"] == {"epoch": epoch_index, "start_iter": start_iter}
+        assert contents["ranks"][0]["sampler"] == {
+            "epoch": epoch_index,
+            "start_iter": start_iter,
+            "world_size": 1,
+            "consumed": start_iter * job.BATCH_SIZE,
+        }
 
 
 def test_checkpoint_files_get_the_usual_permissions(tmp_path: pathlib.Path) -> None:
