@@ -15,6 +15,8 @@ HEAVY = [
     "torchvision",
     "sklearn",
     "skimage",
+    "mlflow",
+    "wandb",
 ]
 
 
@@ -23,6 +25,7 @@ HEAVY = [
     [
         ["helios.core", "helios.data", "helios.model", "helios.optim"],
         ["helios.trainer", "helios.plugins", "helios.losses", "helios.metrics", "helios.nn"],
+        ["helios.loggers"],
     ],
 )
 def test_import_does_not_load_heavy_dependencies(packages: list[str]) -> None:
