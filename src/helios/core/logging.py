@@ -32,7 +32,57 @@ _FORMAT = "[%(asctime)s] [%(levelname)s]: %(message)s"
 _ACTIVE_LOGGERS: dict[str, RootLogger | TensorboardWriter] = {}
 
 
-class _StdoutHandler(_logging.StreamHandler):  # type: ignore[type-arg]
+class _SafeHandlerMixin:
+    """Makes a handler's failures to write harmless: they are reported once, then ignored.
+
+    The standard handlers print a "--- Logging error ---" traceback for every record they
+    cannot write (a full disk, a closed stream), and their ``flush``/``close`` raise, which
+    would make a complete training run fail at its end. A safe handler reports the first
+    failure on stderr in one line, ignores the following ones (it keeps trying, so logging
+    resumes if space frees up) and never raises.
+    """
+
+    _failed = False
+
+    def _report_failure(self, error: BaseException | None) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        target = getattr(self, "baseFilename", None) or "stdout"
+        reason = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+        try:
+            sys.stderr.write(
+                f"helios warning: cannot write the log to {target} ({reason}); training "
+                "goes on, and further log errors are not shown\n"
+            )
+            sys.stderr.flush()
+        except Exception:  # stderr itself is broken: nothing left to tell.
+            pass
+
+    def handleError(self, record: _logging.LogRecord) -> None:  # noqa: N802
+        """Report the first failure to write a record; ignore the others."""
+        self._report_failure(sys.exc_info()[1])
+
+    def flush(self) -> None:
+        """Flush, reporting (once) instead of raising a failure."""
+        try:
+            super().flush()  # type: ignore[misc]
+        except (OSError, ValueError) as error:
+            self._report_failure(error)
+
+    def close(self) -> None:
+        """Close, reporting (once) instead of raising a failure."""
+        try:
+            super().close()  # type: ignore[misc]
+        except (OSError, ValueError) as error:
+            self._report_failure(error)
+
+
+class _SafeFileHandler(_SafeHandlerMixin, _logging.FileHandler):
+    """File handler whose write failures are reported once and never raised."""
+
+
+class _StdoutHandler(_SafeHandlerMixin, _logging.StreamHandler):  # type: ignore[type-arg]
     """Stream handler that writes to whatever ``sys.stdout`` is at emit time."""
 
     def __init__(self) -> None:
@@ -64,7 +114,7 @@ class RootLogger:
         self._logger.setLevel(_logging.INFO if self._rank == 0 else _logging.ERROR)
         self._formatter = _logging.Formatter(_FORMAT)
         self._handlers: list[_logging.Handler] = []
-        self._file_handler: _logging.FileHandler | None = None
+        self._file_handler: _SafeFileHandler | None = None
         self._log_file: pathlib.Path | None = None
 
         stream_handler = _StdoutHandler()
@@ -97,7 +147,7 @@ class RootLogger:
             self._remove_handler(self._file_handler)
             self._file_handler = None
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = _logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        handler = _SafeFileHandler(log_file, mode="a", encoding="utf-8")
         handler.setLevel(_logging.INFO)
         self._add_handler(handler)
         self._file_handler = handler
@@ -149,6 +199,18 @@ class RootLogger:
             **kwargs: keyword arguments for :py:meth:`logging.Logger.exception`.
         """
         self._logger.exception(msg, **kwargs)
+
+    def log_to_file(self, level: int, msg: str) -> None:
+        """Write a message to the log file only (not to stdout), if there is a file.
+
+        Args:
+            level: the level (``logging.ERROR``, ...).
+            msg: the message.
+        """
+        if self._file_handler is None or not self._logger.isEnabledFor(level):
+            return
+        record = self._logger.makeRecord(self._logger.name, level, "(helios)", 0, msg, (), None)
+        self._file_handler.handle(record)
 
     def flush(self) -> None:
         """Flush every handler."""
