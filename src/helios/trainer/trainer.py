@@ -635,7 +635,7 @@ def _spawned_worker(
     On a failure the rank reports it, destroys the group and exits with an error, which
     makes the parent terminate the other ranks.
     """
-    report = launch.ErrorReporter(rank, error_queue, trainer._listed_exceptions(mode))
+    report = launch.ErrorReporter(rank, error_queue, trainer._listed_exceptions(mode), mode.value)
     succeeded = False
     try:
         trainer.local_rank = rank
