@@ -9,10 +9,12 @@ ranks only report errors). The module keeps one active instance of each, created
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging as _logging
 import pathlib
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
@@ -30,6 +32,15 @@ _LOGGER_NAME = "helios"
 _FORMAT = "[%(asctime)s] [%(levelname)s]: %(message)s"
 
 _ACTIVE_LOGGERS: dict[str, RootLogger | TensorboardWriter] = {}
+
+
+def _report_to_stderr(line: str) -> None:
+    """Write one line to stderr, ignoring a broken stderr (nothing is left to tell then)."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
 
 
 class _SafeHandlerMixin:
@@ -50,14 +61,10 @@ class _SafeHandlerMixin:
         self._failed = True
         target = getattr(self, "baseFilename", None) or "stdout"
         reason = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
-        try:
-            sys.stderr.write(
-                f"helios warning: cannot write the log to {target} ({reason}); training "
-                "goes on, and further log errors are not shown\n"
-            )
-            sys.stderr.flush()
-        except Exception:  # stderr itself is broken: nothing left to tell.
-            pass
+        _report_to_stderr(
+            f"helios warning: cannot write the log to {target} ({reason}); training goes on, "
+            "and further log errors are not shown"
+        )
 
     def handleError(self, record: _logging.LogRecord) -> None:  # noqa: N802
         """Report the first failure to write a record; ignore the others."""
@@ -228,13 +235,27 @@ class TensorboardWriter:
     """Wrapper around :py:class:`torch.utils.tensorboard.SummaryWriter`.
 
     Only global rank 0 creates a writer (in :py:meth:`setup`); before that, and on other
-    ranks, every method is a no-op.
+    ranks, every method is a no-op. When the event file cannot be written (a full disk),
+    TensorBoard's writer thread dies and every later call would raise; instead the first
+    failure is reported once on stderr and the writer is dropped, so training goes on.
     """
 
     def __init__(self) -> None:
         self._rank = dist.get_global_rank()
         self._writer: SummaryWriter | None = None
         self._run_path: pathlib.Path | None = None
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a failure to write the event file into one report and a dropped writer."""
+        try:
+            yield
+        except OSError as error:
+            self._writer = None
+            _report_to_stderr(
+                f"helios warning: cannot write the TensorBoard run to {self._run_path} "
+                f"({type(error).__name__}: {error}); training goes on without TensorBoard"
+            )
 
     def setup(self, run_path: pathlib.Path) -> None:
         """Create the summary writer for a run folder (global rank 0 only).
@@ -254,7 +275,8 @@ class TensorboardWriter:
                 'error: TensorBoard logging needs tensorboard: pip install "tensorboard"'
             ) from exc
         if self._writer is not None:
-            self._writer.close()
+            with self._writing():
+                self._writer.close()
         self._run_path = pathlib.Path(run_path)
         self._writer = SummaryWriter(log_dir=str(run_path), flush_secs=20)
 
@@ -277,7 +299,8 @@ class TensorboardWriter:
             global_step: the step.
         """
         if self._writer is not None:
-            self._writer.add_scalar(tag, scalar_value, global_step, new_style=True)
+            with self._writing():
+                self._writer.add_scalar(tag, scalar_value, global_step, new_style=True)
 
     def add_scalars(
         self,
@@ -293,7 +316,8 @@ class TensorboardWriter:
             global_step: the step.
         """
         if self._writer is not None:
-            self._writer.add_scalars(main_tag, tag_scalar_dict, global_step)
+            with self._writing():
+                self._writer.add_scalars(main_tag, tag_scalar_dict, global_step)
 
     def add_image(
         self,
@@ -311,7 +335,8 @@ class TensorboardWriter:
             dataformats: the layout of ``img_tensor``.
         """
         if self._writer is not None:
-            self._writer.add_image(tag, img_tensor, global_step, dataformats=dataformats)
+            with self._writing():
+                self._writer.add_image(tag, img_tensor, global_step, dataformats=dataformats)
 
     def add_images(
         self,
@@ -329,7 +354,8 @@ class TensorboardWriter:
             dataformats: the layout of ``img_tensor``.
         """
         if self._writer is not None:
-            self._writer.add_images(tag, img_tensor, global_step, dataformats=dataformats)
+            with self._writing():
+                self._writer.add_images(tag, img_tensor, global_step, dataformats=dataformats)
 
     def add_figure(
         self,
@@ -347,7 +373,8 @@ class TensorboardWriter:
             close: close the figure(s) afterwards.
         """
         if self._writer is not None:
-            self._writer.add_figure(tag, figure, global_step, close=close)
+            with self._writing():
+                self._writer.add_figure(tag, figure, global_step, close=close)
 
     def add_text(self, tag: str, text_string: str, global_step: int | None = None) -> None:
         """Add text.
@@ -358,7 +385,8 @@ class TensorboardWriter:
             global_step: the step.
         """
         if self._writer is not None:
-            self._writer.add_text(tag, text_string, global_step)
+            with self._writing():
+                self._writer.add_text(tag, text_string, global_step)
 
     def add_graph(
         self,
@@ -399,7 +427,8 @@ class TensorboardWriter:
         if self._writer is None:
             return
         cpu_model = copy.deepcopy(model).cpu()
-        self._writer.add_graph(cpu_model, inputs, verbose, use_strict_trace)
+        with self._writing():
+            self._writer.add_graph(cpu_model, inputs, verbose, use_strict_trace)
 
     def add_pr_curve(
         self,
@@ -419,9 +448,10 @@ class TensorboardWriter:
             num_thresholds: the number of thresholds of the curve.
         """
         if self._writer is not None:
-            self._writer.add_pr_curve(
-                tag, labels, predictions, global_step, num_thresholds=num_thresholds
-            )
+            with self._writing():
+                self._writer.add_pr_curve(
+                    tag, labels, predictions, global_step, num_thresholds=num_thresholds
+                )
 
     def add_hparams(
         self,
@@ -442,24 +472,27 @@ class TensorboardWriter:
             global_step: the step.
         """
         if self._writer is not None:
-            self._writer.add_hparams(
-                hparam_dict,
-                metric_dict,
-                hparam_domain_discrete,
-                run_name="." if run_name is None else run_name,
-                global_step=global_step,
-            )
+            with self._writing():
+                self._writer.add_hparams(
+                    hparam_dict,
+                    metric_dict,
+                    hparam_domain_discrete,
+                    run_name="." if run_name is None else run_name,
+                    global_step=global_step,
+                )
 
     def flush(self) -> None:
         """Write pending events to disk."""
         if self._writer is not None:
-            self._writer.flush()
+            with self._writing():
+                self._writer.flush()
 
     def close(self) -> None:
         """Flush and close the writer."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            with self._writing():
+                self._writer.close()
+        self._writer = None
 
 
 def get_default_log_name(run_name: str) -> str:

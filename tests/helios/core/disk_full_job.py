@@ -3,9 +3,9 @@
 ``python disk_full_job.py ROOT FSIZE``: limits every file this process writes to ``FSIZE``
 bytes (RLIMIT_FSIZE, with SIGXFSZ ignored, so writes past it fail with EFBIG like writes to
 a full disk), then trains a tiny model for 4 epochs with file logging, TensorBoard and a
-checkpoint per epoch; the model logs a long line per iteration, so the log file reaches the
-limit early while each checkpoint stays below it. Prints ``FIT <result>`` and exits 0 if
-``fit`` returned True.
+checkpoint per epoch; the model logs a long line and TensorBoard events per iteration, so
+the log file and the event file reach the limit early while each checkpoint stays below
+it. Prints ``FIT <result>`` and exits 0 if ``fit`` returned True.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ class Tiny(hlm.Model):
         loss.backward()
         self.optimizer.step()
         logging.get_root_logger().info(f"iteration {state.global_iteration} " + "x" * 200)
+        writer = logging.get_tensorboard_writer()
+        assert writer is not None
+        writer.add_scalar("loss", loss, state.global_iteration)
+        writer.add_text("note", "y" * 100, state.global_iteration)
 
 
 def main() -> None:

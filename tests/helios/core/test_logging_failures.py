@@ -71,9 +71,12 @@ def test_fit_with_a_full_disk_for_the_log_completes_and_checkpoints(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "FIT True" in result.stdout
     assert result.stderr.count(WARNING) == 1, result.stderr
+    assert result.stderr.count("helios warning: cannot write the TensorBoard run to") == 1
     assert "File too large" in result.stderr
     assert "Logging error" not in result.stderr + result.stdout
     (log_file,) = (tmp_path / "logs").iterdir()
     assert log_file.stat().st_size == limit  # the log did fill up
+    (events,) = (tmp_path / "runs").glob("*/events.out.tfevents.*")
+    assert events.stat().st_size == limit
     checkpoints = sorted(p.name for p in (tmp_path / "chkpt" / "tiny").iterdir())
     assert checkpoints == [f"tiny_epoch_{e}_iter_{64 * e}.pth" for e in range(1, 5)]
