@@ -15,14 +15,20 @@ so that a resumed training run continues the *same* logged run:
 
 Only global rank 0 logs; on other ranks every method does nothing (and ``state_dict``
 returns the state it was given, if any).
+
+Logging never fails training: bad arguments raise, and so does opening the run (a missing
+extra, an unreachable tracking server), but a backend's failure to write (a full disk, a
+lost connection) is reported once on stderr and ignored.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import numbers
 import operator
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -89,6 +95,7 @@ class ExperimentLogger(abc.ABC):
         self._resume_step: int | None = None
         self._opened = False
         self._closed = False
+        self._write_failed = False
 
     # -- public interface --------------------------------------------------------------------
 
@@ -126,10 +133,12 @@ class ExperimentLogger(abc.ABC):
             if not isinstance(name, str) or not name:
                 raise TypeError(f"error: metric names must be non-empty strings, got {name!r}")
             values[name] = _to_float(name, value)
+        self._check_metrics(values)
         if not self._is_active() or not values:
             return
         self._ensure_open()
-        self._write_metrics(values, step)
+        with self._writing():
+            self._write_metrics(values, step)
         self._last_step = step if self._last_step is None else max(self._last_step, step)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -151,7 +160,8 @@ class ExperimentLogger(abc.ABC):
         if not self._is_active() or not params:
             return
         self._ensure_open()
-        self._write_params(dict(params))
+        with self._writing():
+            self._write_params(dict(params))
 
     def resume_from(self, step: int) -> None:
         """Reopen the run saved by :py:meth:`load_state_dict`, dropping points after ``step``.
@@ -180,13 +190,16 @@ class ExperimentLogger(abc.ABC):
     def flush(self) -> None:
         """Write what is buffered to the backend."""
         if self._opened and not self._closed:
-            self._flush()
+            with self._writing():
+                self._flush()
 
     def close(self) -> None:
         """Flush and end the logged run (it can be resumed later from a saved state)."""
         if self._opened and not self._closed:
-            self._flush()
-            self._close()
+            with self._writing():
+                self._flush()
+            with self._writing():
+                self._close()
         self._closed = True
 
     def state_dict(self) -> dict[str, Any]:
@@ -251,6 +264,25 @@ class ExperimentLogger(abc.ABC):
         """The state given to :py:meth:`load_state_dict`, if any."""
         return self._loaded
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Report the first failure of the backend to write on stderr, and ignore them all."""
+        try:
+            yield
+        except Exception as error:
+            if self._write_failed:
+                return
+            self._write_failed = True
+            try:
+                sys.stderr.write(
+                    f"helios warning: the {self.backend} logger ({type(self).__name__}) failed "
+                    f"to write ({type(error).__name__}: {error}); training goes on, and further "
+                    "failures of this logger are not shown\n"
+                )
+                sys.stderr.flush()
+            except Exception:
+                pass
+
     def _is_active(self) -> bool:
         return dist.get_global_rank() == 0
 
@@ -282,6 +314,9 @@ class ExperimentLogger(abc.ABC):
         When resuming, every point with a step greater than ``resume_step`` (which may be -1:
         drop everything) must be dropped. Must set ``self._run_id``.
         """
+
+    def _check_metrics(self, metrics: dict[str, float]) -> None:  # noqa: B027 - optional hook
+        """Raise for metrics the backend cannot take (before anything is written)."""
 
     @abc.abstractmethod
     def _write_metrics(self, metrics: dict[str, float], step: int) -> None:

@@ -87,6 +87,12 @@ class CSVLogger(ExperimentLogger):
 
     def _open(self, resume_step: int | None) -> None:
         saved = self.saved_state
+        target = pathlib.Path(saved["path"]) if resume_step is not None and saved else self._path
+        if target.exists() and not target.is_file():
+            raise ValueError(
+                f"error: CSVLogger writes a regular file (rewritten on resume), but {target} is "
+                "not one"
+            )
         if resume_step is not None and saved is not None:
             self._path = pathlib.Path(saved["path"])
             if self._path.exists():
@@ -104,12 +110,14 @@ class CSVLogger(ExperimentLogger):
         self._run_id = self._path.stem
         self._reopen()
 
-    def _write_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def _check_metrics(self, metrics: dict[str, float]) -> None:
         if STEP_COLUMN in metrics:
             raise ValueError(
                 f"error: {STEP_COLUMN!r} is the step column of the CSV file and cannot be a "
                 "metric name"
             )
+
+    def _write_metrics(self, metrics: dict[str, float], step: int) -> None:
         new = [name for name in metrics if name not in self._columns]
         if new:
             self._add_columns(new)
@@ -187,12 +195,14 @@ class CSVLogger(ExperimentLogger):
 
     def _add_columns(self, names: list[str]) -> None:
         self._close()
-        header, rows = self._read()
-        self._columns.extend(names)
-        width = len(self._columns)
-        padded = [row + [""] * (width + 1 - len(row)) for row in rows]
-        self._rewrite([STEP_COLUMN, *self._columns], padded if header else [])
-        self._reopen()
+        try:
+            header, rows = self._read()
+            columns = [*self._columns, *names]
+            padded = [row + [""] * (len(columns) + 1 - len(row)) for row in rows]
+            self._rewrite([STEP_COLUMN, *columns], padded if header else [])
+            self._columns = columns
+        finally:
+            self._reopen()
 
     def _reopen(self) -> None:
         self._file = open(self._path, "a", encoding="utf-8", newline="")  # noqa: SIM115

@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import textwrap
 from typing import Any
 
 import pytest
@@ -285,6 +286,43 @@ def test_resume_before_anything_was_logged_drops_everything(tmp_path: pathlib.Pa
     resumed.log_metrics({"loss": 1.0}, step=0)
     resumed.close()
     assert read_csv(tmp_path / "run.csv") == {"loss": [(0, 1.0)]}
+
+
+@pytest.mark.slow
+def test_a_logger_that_cannot_write_warns_once_and_goes_on(tmp_path: pathlib.Path) -> None:
+    # Files of the child process cannot grow past 600 bytes (like a full disk).
+    code = textwrap.dedent(
+        f"""
+        import json, resource, signal
+        from helios.loggers import CSVLogger
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600))
+        logger = CSVLogger({str(tmp_path / "run.csv")!r})
+        for step in range(100):
+            logger.log_metrics({{"loss": step / 3, f"m{{step % 7}}": 1.0}}, step=step)
+        state = logger.state_dict()
+        logger.close()
+        print(json.dumps(state))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(SRC)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["last_step"] == 99
+    warning = "helios warning: the csv logger (CSVLogger) failed to write"
+    assert result.stderr.count(warning) == 1, result.stderr
+    assert "File too large" in result.stderr
+    assert (tmp_path / "run.csv").stat().st_size <= 600
+
+
+def test_csv_logger_refuses_a_special_file() -> None:
+    with pytest.raises(ValueError, match=r"writes a regular file .* /dev/null is not one"):
+        CSVLogger("/dev/null").log_metrics({"loss": 1.0}, step=0)
 
 
 # -- bad input ----------------------------------------------------------------------------------
