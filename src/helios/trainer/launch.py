@@ -23,6 +23,7 @@ import atexit
 import ctypes
 import dataclasses
 import gc
+import logging as _std_logging
 import os
 import pathlib
 import pickle
@@ -38,6 +39,8 @@ import torch.multiprocessing as mp
 
 from helios.core import distributed as dist
 from helios.core import logging
+
+from . import failures
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -209,6 +212,7 @@ class ErrorReport:
         listed: whether the exception's type is in the trainer's list for the current mode.
         log_path: the log file of the run, if file logging was enabled.
         pickled_error: the pickled exception, if it could be pickled.
+        summary: the one-line summary naming the hook (see :py:mod:`helios.trainer.failures`).
     """
 
     rank: int
@@ -216,6 +220,7 @@ class ErrorReport:
     listed: bool = False
     log_path: pathlib.Path | None = None
     pickled_error: bytes | None = None
+    summary: str | None = None
 
     def error(self) -> BaseException | None:
         """Return the exception, or ``None`` if it cannot be re-created in this process."""
@@ -235,12 +240,20 @@ class ErrorReporter:
         rank: the rank of this process.
         error_queue: the queue read by :py:func:`run_spawned`.
         listed: the exception types that the Trainer re-raises for the current mode.
+        action: what runs (``"fit"`` or ``"test"``), for the summary line.
     """
 
-    def __init__(self, rank: int, error_queue: Any, listed: Sequence[type[Exception]]) -> None:
+    def __init__(
+        self,
+        rank: int,
+        error_queue: Any,
+        listed: Sequence[type[Exception]],
+        action: str = "fit",
+    ) -> None:
         self._rank = rank
         self._queue = error_queue
         self._listed = tuple(listed)
+        self._action = action
         self._sent = False
 
     def __call__(self, error: BaseException) -> None:
@@ -254,6 +267,7 @@ class ErrorReporter:
             traceback=format_exception(error)[-_MAX_REPORT_BYTES // 2 :],
             listed=isinstance(error, self._listed),
             log_path=root.log_file if root is not None else None,
+            summary=failures.failure_summary(error, self._action, self._rank),
         )
         try:
             pickled = pickle.dumps(error)
@@ -272,15 +286,21 @@ def _read_first_report(error_queue: Any) -> ErrorReport | None:
 
 
 def _log_failure(report: ErrorReport) -> None:
-    """Show a rank's traceback in this process, and append it to the run's log file."""
+    """Show a rank's traceback and summary on stderr, and append them to the run's log file."""
+    summary = report.summary or f"error: rank {report.rank} failed"
+    text = f"{report.traceback.rstrip(chr(10))}\n{summary}\n"
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    if report.log_path is None:
+        return
     created = not logging.is_root_logger_active()
     if created:
         logging.create_default_loggers(enable_tensorboard=False)
-        if report.log_path is not None:
-            logging.restore_default_loggers(log_path=report.log_path)
-    logging.get_root_logger().error(
-        f"error: uncaught exception on rank {report.rank}\n{report.traceback}"
-    )
+        logging.restore_default_loggers(log_path=report.log_path)
+    logging.get_root_logger().log_to_file(_std_logging.ERROR, text.rstrip("\n"))
     if created:
         logging.close_default_loggers()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging as _std_logging
 import os
 import pathlib
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from helios.core.utils import get_env_info_str, get_from_optional, update_all_re
 from helios.model.model import register_model_types_for_safe_load
 from helios.plugins.plugin import validate_plugins
 
-from . import arguments, checkpoints, launch
+from . import arguments, checkpoints, failures, launch
 from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop
 from .preemption import Preemption
 from .run_logs import RunLogs
@@ -399,7 +400,7 @@ class Trainer:
         except Exception as error:
             if isinstance(error, (*listed, launch.DistributedRunError)):
                 raise
-            _log_uncaught(error)
+            _log_uncaught(error, mode)
             return False
 
     def _listed_exceptions(self, mode: _Mode) -> list[type[Exception]]:
@@ -427,7 +428,7 @@ class Trainer:
             if isinstance(error, tuple(listed)):
                 raise
             if report is None:
-                _log_uncaught(error)
+                _log_uncaught(error, mode)
             return False
         finally:
             logging.close_default_loggers()
@@ -602,17 +603,12 @@ class _ModelPart:
         self._model.load_state_dict(state_dict, fast_init=self._fast_init)
 
 
-def _log_uncaught(error: BaseException) -> None:
-    """Log the traceback of an unlisted exception (naming the rank when distributed)."""
-    created = not logging.is_root_logger_active()
-    if created:
-        logging.create_default_loggers(enable_tensorboard=False)
-    where = f" on rank {dist.get_global_rank()}" if dist.is_dist_active() else ""
-    logging.get_root_logger().error(
-        f"error: uncaught exception{where}\n{launch.format_exception(error)}"
-    )
-    if created:
-        logging.close_default_loggers()
+def _log_uncaught(error: BaseException, mode: _Mode) -> None:
+    """Show an unlisted exception on stderr (traceback and summary) and in the log file."""
+    rank = dist.get_global_rank() if dist.is_dist_active() else None
+    text = failures.report_failure(error, mode.value, rank)
+    if logging.is_root_logger_active():
+        logging.get_root_logger().log_to_file(_std_logging.ERROR, text.rstrip("\n"))
 
 
 def _spawned_worker(
@@ -631,7 +627,7 @@ def _spawned_worker(
     On a failure the rank reports it, destroys the group and exits with an error, which
     makes the parent terminate the other ranks.
     """
-    report = launch.ErrorReporter(rank, error_queue, trainer._listed_exceptions(mode))
+    report = launch.ErrorReporter(rank, error_queue, trainer._listed_exceptions(mode), mode.value)
     succeeded = False
     try:
         trainer.local_rank = rank
