@@ -256,3 +256,33 @@ def check_flags(
         )
     if src_root is not None and not src_root.is_dir():
         raise ValueError(f"error: src_root must be an existing directory, but got {src_root}")
+
+
+def check_loggers(loggers: object) -> list[Any]:
+    """Check the ``loggers`` argument: a sequence of experiment loggers.
+
+    Args:
+        loggers: the value given (``None``: no loggers).
+
+    Returns:
+        The loggers as a list.
+
+    Raises:
+        TypeError: if it is not a sequence of :py:class:`helios.loggers.ExperimentLogger`.
+    """
+    if loggers is None:
+        return []
+    from helios.loggers.base import ExperimentLogger
+
+    if isinstance(loggers, ExperimentLogger) or not isinstance(loggers, list | tuple):
+        raise TypeError(
+            "error: loggers must be a list of helios.loggers loggers (CSVLogger, MLflowLogger, "
+            f"WandbLogger), but received {loggers!r}"
+        )
+    for index, logger in enumerate(loggers):
+        if not isinstance(logger, ExperimentLogger):
+            raise TypeError(
+                f"error: loggers[{index}] must be a helios.loggers.ExperimentLogger, but "
+                f"received {type(logger).__name__}"
+            )
+    return list(loggers)

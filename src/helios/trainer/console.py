@@ -1,8 +1,6 @@
 """What a run shows on the console: the validation summary line and the bar's running means.
 
-Pure formatting functions plus :py:class:`RunningMeans`, which accumulates the model's
-``_loss_items`` on their device (no host-device synchronisation per batch) and reads the
-means once, when the progress bar refreshes.
+Pure formatting functions; :py:mod:`helios.trainer.reporting` decides when they are used.
 """
 
 from __future__ import annotations
@@ -113,81 +111,7 @@ def format_progress_line(prefix: str, means: Mapping[str, Any]) -> str:
     return f"{prefix}, {items}" if items else prefix
 
 
-class RunningMeans:
-    """Running means of the loss items, summed where they live and read on demand.
-
-    :py:meth:`update` adds each value, detached, to a sum on the value's device (an
-    asynchronous operation: no host-device synchronisation); :py:meth:`means` reads every
-    mean with a single transfer. Plain numbers are summed on the CPU. A name that appears in
-    a later batch has its own count.
-    """
-
-    def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._sums)
-
-    def update(self, items: Mapping[str, Any]) -> None:
-        """Add one batch's loss items.
-
-        Args:
-            items: the values by name: one-element tensors or real numbers.
-
-        Raises:
-            TypeError: if a value is neither.
-            ValueError: if a tensor has more than one element.
-        """
-        for name, value in items.items():
-            if isinstance(value, torch.Tensor):
-                if value.numel() != 1:
-                    raise ValueError(
-                        f"error: loss item {name!r} must be a scalar, got a tensor of shape "
-                        f"{tuple(value.shape)}"
-                    )
-                tensor = value.detach().reshape(()).to(torch.float64)
-            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-                tensor = torch.tensor(float(value), dtype=torch.float64)
-            else:
-                raise TypeError(
-                    f"error: loss item {name!r} must be a number or a one-element tensor, got "
-                    f"{type(value).__name__}"
-                )
-            total = self._sums.get(name)
-            if total is not None and total.device == tensor.device:
-                self._sums[name] = total + tensor
-            elif total is not None:
-                self._sums[name] = total + tensor.to(total.device)
-            else:
-                self._sums[name] = tensor.clone()
-            self._counts[name] = self._counts.get(name, 0) + 1
-
-    def means(self) -> dict[str, float]:
-        """Return the mean of each item since the last reset (one transfer per device).
-
-        Returns:
-            The means by name, in the order the names first appeared.
-        """
-        if not self._sums:
-            return {}
-        by_device: dict[torch.device, list[str]] = {}
-        for name, total in self._sums.items():
-            by_device.setdefault(total.device, []).append(name)
-        values: dict[str, float] = {}
-        for names in by_device.values():
-            stacked = torch.stack([self._sums[n] for n in names]).tolist()
-            values.update(zip(names, stacked))
-        return {name: values[name] / self._counts[name] for name in self._sums}
-
-    def reset(self) -> None:
-        """Forget every sum (at the start of an epoch, say)."""
-        self._sums.clear()
-        self._counts.clear()
-
-
 __all__ = [
-    "RunningMeans",
     "format_bar_postfix",
     "format_items",
     "format_progress_line",

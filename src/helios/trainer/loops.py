@@ -100,6 +100,7 @@ from helios.data.samplers import place_sampler
 
 from . import progress
 from .preemption import Preempted, Preemption, ValidationInterruptedError
+from .reporting import RunReport
 from .state import TrainingState, TrainingUnit
 
 if TYPE_CHECKING:
@@ -250,6 +251,7 @@ class TrainingLoop:
         rank_state: this rank's RNG and sampler part; when it holds a loaded entry, that is
             applied at the resume point.
         preemption: the run's stop request by signal, polled at every batch boundary.
+        report: what the run shows on the console and sends to the experiment loggers.
     """
 
     def __init__(
@@ -260,8 +262,10 @@ class TrainingLoop:
         save: Callable[[TrainingState], Any],
         rank_state: RankState | None = None,
         preemption: Preemption | None = None,
+        report: RunReport | None = None,
     ) -> None:
         self.options = options
+        self._report = report or RunReport(hooks.model, [], show=False)
         self.hooks = hooks
         self.model = hooks.model
         self._datamodule = datamodule
@@ -277,6 +281,7 @@ class TrainingLoop:
         self._validation = EvaluationLoop(hooks, options.show_progress, self._preemption.poll)
         self._bar: Any = None
         self._epoch_start_time = 0.0
+        self._end_line = "finished"
 
     def _unit_index(self, state: TrainingState) -> int:
         return state.global_epoch if self._epoch_unit else state.current_iteration
@@ -299,6 +304,7 @@ class TrainingLoop:
             "Training epochs" if self._epoch_unit else "Training iterations",
             "epoch" if self._epoch_unit else "it", initial=self._unit_index(state),
         )  # fmt: skip
+        self._end_line = "finished"
         try:
             if self._end_interrupted_epoch(state):
                 return
@@ -312,6 +318,9 @@ class TrainingLoop:
         finally:
             if self._bar is not None:
                 self._bar.close()
+        self._report.unit_ending(state)
+        where = f"epoch {state.global_epoch}, iteration {state.current_iteration}"
+        self._report.say(f"Training {self._end_line} at {where}")
 
     def _stop_for_signal(self, state: TrainingState, unit_end_pending: bool = False) -> None:
         """Save the run where a signal stopped it, then raise :py:class:`Preempted`."""
@@ -368,10 +377,14 @@ class TrainingLoop:
             )
             model.on_training_batch_end(state, should_log=should_log)
             state.dataset_iter += 1
+            if should_log:
+                self._report.log_losses(state)
             if bar is not None:
                 bar.update()
+                self._report.refresh_bar(bar, state, now)
             if hooks.has_stop_checks and hooks.stop_requested():
                 stop = True
+                self._end_line = "stopped by should_training_stop"
                 break
             if units_end_in_epoch and iteration_done and self._end_unit(state):
                 stop = True
@@ -400,6 +413,7 @@ class TrainingLoop:
             stop: whether a stop was already requested during the unit (EPOCH unit).
         """
         options, index = self.options, self._unit_index(state)
+        self._report.unit_ending(state)
         if _due(index, options.valid_frequency):
             if self._rank_state is not None:
                 self._rank_state.hold_rng()
@@ -415,12 +429,16 @@ class TrainingLoop:
             self._preemption.agree_soon()
         if self._bar is not None:
             self._bar.update()
-        return (
-            stop
-            or self._early_stop_reached(state)
-            or (self._epoch_unit and self.hooks.stop_requested())
-            or index >= options.total_steps
-        )
+            self._report.refresh_bar(self._bar, state, time.perf_counter())
+        if stop or (self._epoch_unit and self.hooks.stop_requested()):
+            self._end_line = "stopped by should_training_stop"
+        elif self._early_stop_reached(state):
+            self._end_line = (
+                f"stopped early: no improvement in {options.early_stop_cycles} validations"
+            )
+        elif index < options.total_steps:
+            return False
+        return True
 
     def _end_interrupted_epoch(self, state: TrainingState) -> bool:
         """End the epoch whose validation a signal interrupted (EPOCH unit); return stop."""
@@ -456,6 +474,7 @@ class TrainingLoop:
         self.model.on_training_epoch_end(state.global_epoch)
         elapsed = time.perf_counter() - self._epoch_start_time
         logging.get_root_logger().info(f"Epoch {state.global_epoch} completed in {elapsed:.2f}s")
+        self._report.epoch_ended(state, elapsed)
 
     def _early_stop_reached(self, state: TrainingState) -> bool:
         cycles = self.options.early_stop_cycles
@@ -466,7 +485,9 @@ class TrainingLoop:
         if self._validation.loader is None:
             valid = self._datamodule.valid_dataloader()
             self._validation.loader = valid[0] if valid is not None else None
+        loss_means = self._report.loss_means(state)  # on_validation_end clears the sums
         self._validation.validate(state.validation_cycles)
+        self._report.validated(state, loss_means)
         state.validation_cycles += 1
         state.running_iter = 0
         improved = self.model.have_metrics_improved()

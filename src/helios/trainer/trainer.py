@@ -6,7 +6,7 @@ import enum
 import logging as _std_logging
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +20,7 @@ from helios.plugins.plugin import validate_plugins
 from . import arguments, checkpoints, failures, launch
 from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop
 from .preemption import Preemption
+from .reporting import LoggerStates, RunReport
 from .run_logs import RunLogs
 from .state import TrainingState, TrainingUnit
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     import torch.multiprocessing as mp
 
     from helios.data import DataModule
+    from helios.loggers import ExperimentLogger
     from helios.model import Model
     from helios.plugins import Plugin
 
@@ -70,6 +72,10 @@ class Trainer:
         import_prefix: dotted prefix for importing ``src_root``.
         print_banner: print the banner with environment information at start.
         capture_warnings: route Python warnings into the run's log while it runs.
+        loggers: experiment loggers (:py:mod:`helios.loggers`: CSV, MLflow, W&B) that get
+            the running losses, the model's ``metrics`` after each validation, the learning
+            rates and the epoch times; their state is part of every checkpoint, so a resumed
+            run continues the same logged runs.
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -102,6 +108,7 @@ class Trainer:
         import_prefix: str = "",
         print_banner: bool = True,
         capture_warnings: bool = False,
+        loggers: Sequence[ExperimentLogger] | None = None,
     ) -> None:
         if not isinstance(run_name, str):
             raise TypeError(f"error: run_name must be a str, but received {run_name!r}")
@@ -143,6 +150,7 @@ class Trainer:
         self._import_prefix = import_prefix
         self._print_banner = print_banner
         self._capture_warnings = bool(capture_warnings)
+        self._loggers = arguments.check_loggers(loggers)
 
         self._place_devices(use_cpu, gpus)
 
@@ -156,6 +164,7 @@ class Trainer:
         self._queue: mp.Queue | None = None
         self._run_logs = RunLogs(run_name, None, None)
         self._preemption = Preemption()
+        self._logger_states = LoggerStates([], TrainingState())
 
     def _place_devices(self, use_cpu: bool | None, gpus: list[int] | None) -> None:
         """Pick the device, the GPU ids and whether the run is distributed."""
@@ -431,6 +440,7 @@ class Trainer:
                 _log_uncaught(error, mode)
             return False
         finally:
+            self._logger_states.flush_and_close()
             logging.close_default_loggers()
         return True
 
@@ -502,6 +512,7 @@ class Trainer:
             **self._plugins,
             "training_state": state,
             "preemption": self._preemption,
+            "loggers": self._logger_states,
         }
 
     def _run_checkpoint(self, state: TrainingState, fast_init: bool) -> checkpoints.RunCheckpoint:
@@ -528,6 +539,7 @@ class Trainer:
         self._setup(fast_init=False)
         self._preemption = Preemption(self._collective_device())
         state = TrainingState()
+        self._logger_states = LoggerStates(self._loggers, state)
         checkpoint = self._run_checkpoint(state, fast_init=False)
         checkpoint.prepare_folder()
         register_model_types_for_safe_load(self.model)
@@ -541,13 +553,20 @@ class Trainer:
         else:
             self._print_header(log_banner=True)
 
+        self._logger_states.resume_from_checkpoint_step()
         hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
+        report = RunReport(
+            self.model,
+            self._loggers,
+            show=self._rank == 0,
+            defer_epoch_times=self._train_unit == TrainingUnit.ITERATION,
+        )
         with self._preemption.handling_signals():
             hooks.call_plugins("on_training_start")
             self.model.on_training_start()
             TrainingLoop(
                 self._loop_options(), hooks, self.datamodule, checkpoint.save,
-                checkpoint.rank_state, self._preemption,
+                checkpoint.rank_state, self._preemption, report,
             ).run(state)  # fmt: skip
         hooks.call_plugins("on_training_end")
         self.model.on_training_end()

@@ -18,7 +18,8 @@ mid-save. ``--hang-in-save N`` makes the N-th save of this process write half th
 create ``<workdir>/in_save_<pid>`` and hang, so a test can kill it mid-save on purpose.
 
 ``--valid-sleep`` sleeps inside each validation step, and ``--chkpt-frequency`` replaces the
-default of one checkpoint per unit.
+default of one checkpoint per unit. ``--loggers csv,mlflow`` logs every iteration to a CSV
+file and an MLflow SQLite store in the workdir.
 
 ``--go FILE`` waits (after the imports, before anything else) until ``FILE`` exists, so a
 test can start the next job while the current one runs and hide the start-up time.
@@ -225,6 +226,19 @@ def make_trainer(
     return hlt.Trainer(**arguments)
 
 
+def make_loggers(workdir: pathlib.Path, names: str) -> list[Any]:
+    """Build the experiment loggers named in ``names`` (``csv``, ``mlflow``), in workdir."""
+    from helios.loggers import CSVLogger, MLflowLogger
+
+    loggers: list[Any] = []
+    for name in filter(None, names.split(",")):
+        if name == "csv":
+            loggers.append(CSVLogger(workdir / "metrics.csv"))
+        else:
+            loggers.append(MLflowLogger(save_dir=workdir / "mlflow", run_name="resume"))
+    return loggers
+
+
 def checkpoint_dir(workdir: pathlib.Path) -> pathlib.Path:
     """Return the folder that holds the job's checkpoints."""
     return workdir / "chkpt" / SAVE_NAME
@@ -268,6 +282,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--go", type=pathlib.Path, default=None)
     parser.add_argument("--valid-sleep", type=float, default=0.0)
     parser.add_argument("--chkpt-frequency", type=int, default=1)
+    parser.add_argument("--loggers", default="", help="comma list of csv, mlflow")
     args = parser.parse_args(argv)
 
     if args.go is not None:
@@ -296,6 +311,8 @@ def main(argv: list[str]) -> int:
         args.total_steps,
         args.accumulation,
         chkpt_frequency=args.chkpt_frequency,
+        loggers=make_loggers(args.workdir, args.loggers),
+        print_frequency=1 if args.loggers else None,
     )
     if not trainer.fit(model, ResumeDataModule()):
         return 1

@@ -1,0 +1,199 @@
+"""What a training run reports: console lines, the bar's running losses, and logger metrics.
+
+The running losses are the model's own sums (``Model._running_losses``, kept on the device
+of the losses) divided by ``state.running_iter``; they are read, which synchronises with the
+device, only when something shows or logs them: at most once per
+:py:data:`BAR_REFRESH_SECONDS` for the progress bar, on the batches whose ``should_log`` is
+set (``print_frequency``), and at each validation. Every metric goes to every experiment
+logger (:py:mod:`helios.loggers`) at the step ``state.current_iteration``:
+
+* ``train/<loss item>``: the running mean of each loss item,
+* ``valid/<name>``: each number in the model's ``metrics`` table after a validation,
+* ``lr/<optimizer>[/<group>]``: the learning rate of each optimizer found on the model,
+* ``epoch_time``: the seconds of each epoch. In the ITERATION unit an epoch can end after
+  the checkpoint of its last iteration; its time then goes out with the next iteration (or
+  at the end of training), so that no point is logged after a checkpoint at that
+  checkpoint's step, which a resumed run would log a second time.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from helios.core import distributed as dist
+from helios.core import logging
+
+from . import console
+
+if TYPE_CHECKING:
+    from helios.loggers import ExperimentLogger
+    from helios.model import Model
+
+    from .state import TrainingState
+
+BAR_REFRESH_SECONDS = 1.0
+"""Least time between two reads of the running losses for the progress bar."""
+
+
+def find_optimizers(model: object) -> dict[str, torch.optim.Optimizer]:
+    """Return the optimizers held as attributes of a model, by attribute name."""
+    return {
+        name.lstrip("_"): value
+        for name, value in vars(model).items()
+        if isinstance(value, torch.optim.Optimizer)
+    }
+
+
+class RunReport:
+    """Reports one training run to the console (rank 0) and to the experiment loggers.
+
+    Args:
+        model: the model, whose running losses and ``metrics`` are reported.
+        loggers: the experiment loggers of the run.
+        show: whether this process prints (rank 0).
+        defer_epoch_times: log epoch times with the next iteration (ITERATION unit).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        loggers: Sequence[ExperimentLogger],
+        show: bool,
+        defer_epoch_times: bool = False,
+    ) -> None:
+        self._model = model
+        self._loggers = list(loggers) if show else []
+        self._show = show
+        self._defer_epoch_times = defer_epoch_times
+        self._pending: dict[str, float] = {}
+        self._last_bar_refresh = 0.0
+        self._optimizers = find_optimizers(model)
+
+    def loss_means(self, state: TrainingState) -> dict[str, float]:
+        """Read the running mean of every loss item since the last validation."""
+        if not state.running_iter:
+            return {}
+        sums = self._model._running_losses
+        return {key: float(value) / state.running_iter for key, value in sums.items()}
+
+    def refresh_bar(self, bar: Any, state: TrainingState, now: float) -> None:
+        """Show the running losses on a progress bar, at most once a second."""
+        if bar is None or now - self._last_bar_refresh < BAR_REFRESH_SECONDS:
+            return
+        self._last_bar_refresh = now
+        bar.set_postfix(console.format_bar_postfix(self.loss_means(state)), refresh=False)
+
+    def log_losses(self, state: TrainingState) -> None:
+        """Send the running losses and learning rates to the loggers (``should_log``)."""
+        if self._loggers:
+            self._log(self._train_metrics(self.loss_means(state)), state)
+
+    def validated(self, state: TrainingState, loss_means: Mapping[str, float]) -> None:
+        """Print the line of a validation that just ended and log its metrics.
+
+        Args:
+            state: the training state (the validation is not yet counted in it).
+            loss_means: the running losses read before the validation began.
+        """
+        metrics = self._model.metrics
+        line = console.format_validation_summary(
+            metrics,
+            loss_means,
+            cycle=state.validation_cycles + 1,
+            epoch=state.global_epoch,
+            iteration=state.current_iteration,
+        )
+        logging.get_root_logger().info(line)
+        if self._show:
+            dist.global_print(line)
+        if self._loggers:
+            numbers_only = {
+                f"valid/{name}": value for name, value in metrics.items() if _is_number(value)
+            }
+            self._log({**numbers_only, **self._train_metrics(loss_means)}, state)
+
+    def epoch_ended(self, state: TrainingState, seconds: float) -> None:
+        """Log how long an epoch took (deferred to the next iteration in that unit)."""
+        if not self._loggers:
+            return
+        if self._defer_epoch_times:
+            self._pending["epoch_time"] = seconds
+        else:
+            self._log({"epoch_time": seconds}, state)
+
+    def unit_ending(self, state: TrainingState) -> None:
+        """Log what was deferred, before the end of a unit saves a checkpoint."""
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            self._log(pending, state)
+
+    def say(self, line: str) -> None:
+        """Print one line about the run (rank 0) and log it."""
+        logging.get_root_logger().info(line)
+        if self._show:
+            dist.global_print(line)
+
+    def _train_metrics(self, loss_means: Mapping[str, float]) -> dict[str, float]:
+        metrics = {f"train/{name}": value for name, value in loss_means.items()}
+        for name, optimizer in self._optimizers.items():
+            groups = optimizer.param_groups
+            for index, group in enumerate(groups):
+                key = f"lr/{name}" if len(groups) == 1 else f"lr/{name}/{index}"
+                metrics[key] = float(group["lr"])
+        return metrics
+
+    def _log(self, metrics: Mapping[str, float], state: TrainingState) -> None:
+        if not metrics:
+            return
+        for logger in self._loggers:
+            logger.log_metrics(metrics, step=state.current_iteration)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class LoggerStates:
+    """The experiment loggers' part of a checkpoint: one state per logger, in order.
+
+    On resume each logger is told to drop what it logged after the checkpoint's step.
+
+    Args:
+        loggers: the run's loggers.
+        state: the training state (its ``current_iteration`` is the step of a checkpoint).
+    """
+
+    def __init__(self, loggers: Sequence[ExperimentLogger], state: TrainingState) -> None:
+        self._loggers = list(loggers)
+        self._state = state
+
+    def state_dict(self) -> list[dict[str, Any]] | None:
+        """Return every logger's state (``None`` without loggers)."""
+        if not self._loggers:
+            return None
+        return [logger.state_dict() for logger in self._loggers]
+
+    def load_state_dict(self, state_dict: list[dict[str, Any]]) -> None:
+        """Continue each logger's run from the checkpoint's step."""
+        for logger, saved in zip(self._loggers, state_dict, strict=False):
+            logger.load_state_dict(saved)
+
+    def resume_from_checkpoint_step(self) -> None:
+        """Drop the points logged after the checkpoint the run resumed from."""
+        for logger in self._loggers:
+            if logger.saved_state is not None:
+                logger.resume_from(self._state.current_iteration)
+
+    def flush_and_close(self) -> None:
+        """Flush and close every logger."""
+        for logger in self._loggers:
+            logger.close()
+
+
+__all__ = ["BAR_REFRESH_SECONDS", "LoggerStates", "RunReport", "find_optimizers"]
