@@ -14,6 +14,7 @@ import torch
 import helios
 from helios.core import distributed as dist
 from helios.core import logging, rng
+from helios.core.precision import Precision
 from helios.core.utils import get_env_info_str, get_from_optional, update_all_registries
 from helios.plugins.plugin import validate_plugins
 
@@ -67,6 +68,11 @@ class Trainer:
         src_root: root package whose registries are imported in every process.
         import_prefix: dotted prefix for importing ``src_root``.
         print_banner: print the banner with environment information at start.
+        precision: ``"32"``, ``"bf16-mixed"`` or ``"fp16-mixed"`` (see
+            :py:mod:`helios.core.precision`); used by the Model's :py:meth:`autocast`,
+            :py:meth:`backward`, :py:meth:`clip_gradients` and :py:meth:`optimizer_step`.
+        enable_compile: compile the model's networks with ``torch.compile`` after
+            ``Model.setup`` (see :py:meth:`~helios.model.Model.compile_networks`).
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -98,6 +104,8 @@ class Trainer:
         src_root: pathlib.Path | None = None,
         import_prefix: str = "",
         print_banner: bool = True,
+        precision: str = "32",
+        enable_compile: bool = False,
     ) -> None:
         if not isinstance(run_name, str):
             raise TypeError(f"error: run_name must be a str, but received {run_name!r}")
@@ -141,6 +149,9 @@ class Trainer:
 
         gpu_ids = arguments.check_gpus(gpus, use_cpu)
         self._use_cpu = use_cpu if use_cpu is not None else not torch.cuda.is_available()
+        self._precision_name = arguments.check_precision(precision, not self._use_cpu)
+        self._enable_compile = arguments.check_bool("enable_compile", enable_compile)
+        self._precision = Precision()
         self._is_torchrun = dist.is_using_torchrun()
         if self._use_cpu:
             self._gpu_ids: list[int] = []
@@ -316,6 +327,11 @@ class Trainer:
         return self._enable_progress_bar and self._rank == 0
 
     @property
+    def precision(self) -> Precision:
+        """The precision of the current run (autocast settings and gradient scaler)."""
+        return self._precision
+
+    @property
     def root_logger(self) -> logging.RootLogger:
         """The root logger of the current run."""
         return logging.get_root_logger()
@@ -451,6 +467,7 @@ class Trainer:
         datamodule.is_distributed = self._is_distributed
         datamodule.trainer = self
         datamodule.setup()
+        self._precision = Precision(self._precision_name, self._device)
         model = self.model
         model.map_loc = self._map_loc
         model.is_distributed = self._is_distributed
@@ -458,6 +475,8 @@ class Trainer:
         model.rank = self._local_rank
         model.trainer = self
         model.setup(fast_init)
+        if self._enable_compile:
+            model.compile_networks()
         if self._chkpt_root is not None:
             self._chkpt_dir = self._chkpt_root / model.save_name
 
@@ -477,6 +496,8 @@ class Trainer:
             path, saved = found
             self._open_logs(saved)
             self.model.load_state_dict(saved["model"], fast_init=False)
+            if "precision" in saved:
+                self._precision.load_state_dict(saved["precision"])
             self._load_plugin_states(saved)
             state = dataclasses.replace(saved["training_state"])
             resume_rng = self._rank_entry(saved)["rng"]
@@ -584,6 +605,7 @@ class Trainer:
             "version": helios.__version__,
             "training_state": dataclasses.replace(state),
             "model": model.state_dict(),
+            "precision": self._precision.state_dict(),
             "rng": entries[0]["rng"],
             "ranks": entries,
         }
