@@ -5,6 +5,7 @@ Run as a script it trains until done, then writes the final weights to
 
     python resume_job.py WORKDIR UNIT TOTAL_STEPS ACCUMULATION
         [--step-sleep S] [--save-sleep S] [--hang-in-save N] [--go FILE]
+        [--precision NAME]
 
 Every batch appends one JSON line to ``<workdir>/batches.jsonl`` (a single ``os.write`` on an
 ``O_APPEND`` file, so a SIGKILL never leaves half a line): the process id, the global
@@ -19,6 +20,11 @@ create ``<workdir>/in_save_<pid>`` and hang, so a test can kill it mid-save on p
 
 ``--go FILE`` waits (after the imports, before anything else) until ``FILE`` exists, so a
 test can start the next job while the current one runs and hide the start-up time.
+
+``--precision`` trains at that precision (the step uses the Model's precision helpers). At
+``"fp16-mixed"`` the scaler grows its scale after every 2 good steps, so the scale goes up
+and down (from 65536, float16 gradients overflow and steps are skipped), and the records
+hold the scale of each batch.
 
 The test modules import this file for its model and data module, so it has no side effects
 at import time.
@@ -114,6 +120,9 @@ class ResumeModel(hlm.Model):
         self.net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 1))
         self.net.to(self.device)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.05, momentum=0.9)
+        scaler = self.trainer.precision.scaler
+        if scaler is not None:
+            scaler.set_growth_interval(2)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -154,9 +163,12 @@ class ResumeModel(hlm.Model):
         np_default_draw = float(rng.get_default_numpy_rng().generator.random())
         noise = 0.1 * torch.randn_like(y)
         target = y + 0.1 * (np_legacy_draw + np_default_draw) + noise
-        output = self.net(x) * (1.0 + 0.1 * py_draw)
-        loss = nn.functional.mse_loss(output, target)
-        (loss / self.accumulation).backward()
+        with self.autocast():
+            output = self.net(x) * (1.0 + 0.1 * py_draw)
+            loss = nn.functional.mse_loss(output, target)
+        scaler = self.trainer.precision.scaler
+        scale = None if scaler is None else scaler.get_scale()
+        self.backward(loss / self.accumulation)
         record = {
             "pid": os.getpid(),
             "gi": state.global_iteration,
@@ -164,6 +176,8 @@ class ResumeModel(hlm.Model):
             "ids": ids.tolist(),
             "draws": [py_draw, np_legacy_draw, np_default_draw, float(loss.item())],
         }
+        if scale is not None:
+            record["scale"] = scale
         self.records.append(record)
         if self.record_path is not None:
             _append_line(self.record_path, json.dumps(record))
@@ -172,7 +186,7 @@ class ResumeModel(hlm.Model):
         if self.step_sleep:
             time.sleep(self.step_sleep)
         if state.global_iteration % self.accumulation == 0:
-            self.optimizer.step()
+            self.optimizer_step(self.optimizer)
             self.optimizer.zero_grad()
         self._loss_items["loss"] = loss.detach()
 
@@ -255,6 +269,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--save-sleep", type=float, default=0.0)
     parser.add_argument("--hang-in-save", type=int, default=None)
     parser.add_argument("--go", type=pathlib.Path, default=None)
+    parser.add_argument("--precision", default="32")
     args = parser.parse_args(argv)
 
     if args.go is not None:
@@ -276,7 +291,9 @@ def main(argv: list[str]) -> int:
         step_sleep=args.step_sleep,
         workdir=args.workdir,
     )
-    trainer = make_trainer(args.workdir, args.unit, args.total_steps, args.accumulation)
+    trainer = make_trainer(
+        args.workdir, args.unit, args.total_steps, args.accumulation, precision=args.precision
+    )
     if not trainer.fit(model, ResumeDataModule()):
         return 1
     _REAL_TORCH_SAVE(model.net.state_dict(), args.workdir / "final.pt")
