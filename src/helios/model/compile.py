@@ -48,9 +48,36 @@ def compile_in_place(owner: Any, names: Sequence[str], compile_kwargs: dict[str,
         if isinstance(module, OptimizedModule):
             make_keys_compile_agnostic(module)
         elif getattr(module, "_compiled_call_impl", None) is None:
-            module.compile(**compile_kwargs)
+            compile_module(module, **compile_kwargs)
             compiled.append(name)
     return compiled
+
+
+def compile_module(module: nn.Module, **compile_kwargs: Any) -> None:
+    """Compile ``module``'s calls in place, as :py:meth:`torch.nn.Module.compile` does.
+
+    The module keeps its class, parameters, attributes and ``state_dict`` keys; a copy
+    (``copy.deepcopy``, pickling) drops the compiled call, as with ``Module.compile``.
+
+    ``Module.compile`` hands ``torch.compile`` the module's own ``_call_impl``. When the
+    module's ``forward`` also lives inside torch (``nn.Sequential``, ``nn.Linear``, ...),
+    Dynamo skips both frames (they are in its skip list) and the module silently runs
+    eagerly (pytorch/pytorch#150915). Compiling a function defined here that calls
+    ``_call_impl`` gives Dynamo a frame it traces, for every kind of module.
+
+    Forward hooks registered after this call are not picked up by the compiled code
+    (Dynamo does not guard on hooks); register them first.
+
+    Args:
+        module: the module to compile.
+        **compile_kwargs: passed to ``torch.compile``.
+    """
+    import torch
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return module._call_impl(*args, **kwargs)
+
+    module._compiled_call_impl = torch.compile(call, **compile_kwargs)
 
 
 def make_keys_compile_agnostic(module: nn.Module) -> None:

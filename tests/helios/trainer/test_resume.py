@@ -20,6 +20,7 @@ needs the scaler's state from the checkpoint; the records then hold each batch's
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -117,7 +118,7 @@ def test_fp16_references_skip_steps_and_change_their_scale_both_ways(
     config: str, references: dict[str, Reference]
 ) -> None:
     scales = [batch["scale"] for batch in references[f"{config}/fp16-mixed"].batches]
-    changes = [after / before for before, after in zip(scales, scales[1:]) if after != before]
+    changes = [after / before for before, after in itertools.pairwise(scales) if after != before]
     # Halved after a skipped step (float16 overflow), doubled after 2 good ones: a resume
     # that lost the scaler's state would not repeat this sequence.
     assert 0.5 in changes and 2.0 in changes, scales
