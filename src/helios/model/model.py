@@ -79,7 +79,7 @@ class Model(RunPlacement, abc.ABC):
 
     # -- precision, clipping and compile helpers ---------------------------------------
 
-    def _precision(self) -> Precision:
+    def _run_precision(self) -> Precision:
         trainer = self._trainer
         return _FULL_PRECISION if trainer is None else trainer.precision
 
@@ -92,7 +92,7 @@ class Model(RunPlacement, abc.ABC):
         Returns:
             The context manager.
         """
-        return self._precision().autocast()
+        return self._run_precision().autocast()
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
         """Back-propagate ``loss``, scaled by the run's gradient scaler when it has one.
@@ -116,7 +116,7 @@ class Model(RunPlacement, abc.ABC):
             loss: the loss (a scalar tensor).
             **kwargs: passed to :py:meth:`torch.Tensor.backward`.
         """
-        self._precision().backward(loss, **kwargs)
+        self._run_precision().backward(loss, **kwargs)
 
     def clip_gradients(
         self,
@@ -144,7 +144,7 @@ class Model(RunPlacement, abc.ABC):
         Raises:
             ValueError: if neither limit is given or a limit is not positive.
         """
-        return self._precision().clip_gradients(optimizer, max_norm, max_value, norm_type)
+        return self._run_precision().clip_gradients(optimizer, max_norm, max_value, norm_type)
 
     def optimizer_step(self, *optimizers: torch.optim.Optimizer) -> None:
         """Step the optimizers at the run's precision.
@@ -158,7 +158,7 @@ class Model(RunPlacement, abc.ABC):
         Args:
             *optimizers: the optimizers to step.
         """
-        self._precision().step(*optimizers)
+        self._run_precision().step(*optimizers)
 
     def compile_networks(self, *names: str, **compile_kwargs: Any) -> list[str]:
         """Compile the model's networks in place with ``torch.compile``.
