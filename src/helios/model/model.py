@@ -163,13 +163,14 @@ class Model(RunPlacement, abc.ABC):
     def compile_networks(self, *names: str, **compile_kwargs: Any) -> list[str]:
         """Compile the model's networks in place with ``torch.compile``.
 
-        Each network is compiled with :py:meth:`torch.nn.Module.compile`, which keeps the
-        module, its parameters (so the optimizers) and its ``state_dict`` keys: checkpoints
-        are the same with and without compile and load into either. A network that is
-        already compiled is left alone; one wrapped by ``torch.compile`` is given
-        ``state_dict`` hooks that drop (and on load accept) the wrapper's ``_orig_mod.``
-        prefix. Call it at the end of :py:meth:`setup`, or let the trainer call it
-        (``enable_compile=True``).
+        Each network is compiled in place, as :py:meth:`torch.nn.Module.compile` does (see
+        :py:func:`helios.model.compile.compile_module`): it keeps the module, its parameters
+        (so the optimizers) and its ``state_dict`` keys, so checkpoints are the same with
+        and without compile and load into either. A network that is already compiled is
+        left alone; one wrapped by ``torch.compile`` is given ``state_dict`` hooks that drop
+        (and on load accept) the wrapper's ``_orig_mod.`` prefix. Call it at the end of
+        :py:meth:`setup` (after any forward hooks are registered), or let the trainer call
+        it (``enable_compile=True``).
 
         Args:
             *names: attribute names of the networks to compile; none compiles every
