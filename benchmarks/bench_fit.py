@@ -369,7 +369,8 @@ def _count_instructions(
         "--instr-atstart=no",
         f"--callgrind-out-file={out_file}",
         sys.executable,
-        __file__,
+        # Another benchmark may count its own worker with this machinery (bench_precision).
+        getattr(args, "worker_script", __file__),
         "--worker",
         "callgrind",
         "--side",

@@ -1,6 +1,6 @@
-"""Core building blocks: registries, loggers, RNG state, CUDA and distributed helpers."""
+"""Core building blocks: registries, loggers, RNG state, precision, CUDA and distributed helpers."""
 
-from helios.core import cuda, distributed, logging, rng
+from helios.core import cuda, distributed, logging, precision, rng
 from helios.core.utils import (
     AverageTimer,
     ChdirContext,
@@ -22,6 +22,7 @@ __all__ = [
     "get_env_info_str",
     "get_from_optional",
     "logging",
+    "precision",
     "rng",
     "safe_torch_load",
     "update_all_registries",

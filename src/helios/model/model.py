@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from helios.core.distributed import all_reduce_mean
 from helios.core.placement import RunPlacement
+from helios.core.precision import Precision
+
+from .compile import compile_in_place
 
 if TYPE_CHECKING:
     from helios.trainer import TrainingState
@@ -72,6 +76,114 @@ class Model(RunPlacement, abc.ABC):
         self._val_scores: dict[str, Any] = {}
         self._test_scores: dict[str, Any] = {}
         self._metrics: dict[str, Any] = {}
+
+    # -- precision, clipping and compile helpers ---------------------------------------
+
+    def _run_precision(self) -> Precision:
+        trainer = self._trainer
+        return _FULL_PRECISION if trainer is None else trainer.precision
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Return the context to run the forward pass and the loss in.
+
+        ``torch.autocast`` in the run's dtype for ``"bf16-mixed"``/``"fp16-mixed"``; a no-op
+        at ``"32"`` and when no trainer is set. See the example in :py:meth:`backward`.
+
+        Returns:
+            The context manager.
+        """
+        return self._run_precision().autocast()
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        """Back-propagate ``loss``, scaled by the run's gradient scaler when it has one.
+
+        With these helpers one step runs unchanged at every precision:
+
+        .. code-block:: python
+
+            def train_step(self, batch, state):
+                inputs, labels = (x.to(self.device) for x in batch)
+                with self.autocast():
+                    loss = self._criterion(self._net(inputs), labels)
+                self.backward(loss / self.trainer.accumulation_steps)
+                if state.global_iteration % self.trainer.accumulation_steps == 0:
+                    self.clip_gradients(self._optimizer, max_norm=1.0)  # optional
+                    self.optimizer_step(self._optimizer)
+                    self._optimizer.zero_grad()
+                self._loss_items["loss"] = loss
+
+        Args:
+            loss: the loss (a scalar tensor).
+            **kwargs: passed to :py:meth:`torch.Tensor.backward`.
+        """
+        self._run_precision().backward(loss, **kwargs)
+
+    def clip_gradients(
+        self,
+        optimizer: torch.optim.Optimizer,
+        max_norm: float | None = None,
+        max_value: float | None = None,
+        norm_type: float = 2.0,
+    ) -> torch.Tensor | None:
+        """Clip the gradients of ``optimizer``'s parameters by norm and/or by value.
+
+        The gradients are unscaled first when the run scales its loss (once per optimizer
+        step however often this is called), so the limits apply to the true gradients.
+        Call it after the last backward pass of the step, right before
+        :py:meth:`optimizer_step`.
+
+        Args:
+            optimizer: the optimizer whose parameters are clipped.
+            max_norm: the largest total norm of the gradients.
+            max_value: the largest absolute value of any gradient element.
+            norm_type: the type of the norm (``math.inf`` for the max norm).
+
+        Returns:
+            The total norm before clipping (``None`` when only ``max_value`` is given).
+
+        Raises:
+            ValueError: if neither limit is given or a limit is not positive.
+        """
+        return self._run_precision().clip_gradients(optimizer, max_norm, max_value, norm_type)
+
+    def optimizer_step(self, *optimizers: torch.optim.Optimizer) -> None:
+        """Step the optimizers at the run's precision.
+
+        ``optimizer.step()`` for each at ``"32"`` and ``"bf16-mixed"``. At ``"fp16-mixed"``
+        the gradients are unscaled (unless :py:meth:`clip_gradients` did it), a step whose
+        gradients hold inf or NaN is skipped, and the scale is updated once after all the
+        optimizers. Pass every optimizer of the iteration in one call. Zeroing the gradients
+        stays with the step.
+
+        Args:
+            *optimizers: the optimizers to step.
+        """
+        self._run_precision().step(*optimizers)
+
+    def compile_networks(self, *names: str, **compile_kwargs: Any) -> list[str]:
+        """Compile the model's networks in place with ``torch.compile``.
+
+        Each network is compiled in place, as :py:meth:`torch.nn.Module.compile` does (see
+        :py:func:`helios.model.compile.compile_module`): it keeps the module, its parameters
+        (so the optimizers) and its ``state_dict`` keys, so checkpoints are the same with
+        and without compile and load into either. A network that is already compiled is
+        left alone; one wrapped by ``torch.compile`` is given ``state_dict`` hooks that drop
+        (and on load accept) the wrapper's ``_orig_mod.`` prefix. Call it at the end of
+        :py:meth:`setup` (after any forward hooks are registered), or let the trainer call
+        it (``enable_compile=True``).
+
+        Args:
+            *names: attribute names of the networks to compile; none compiles every
+                ``nn.Module`` attribute of the model that has parameters.
+            **compile_kwargs: passed to ``torch.compile`` (``mode``, ``dynamic``, ...).
+
+        Returns:
+            The names of the networks compiled by this call.
+
+        Raises:
+            ValueError: if a name is not an ``nn.Module`` attribute of the model.
+        """
+        return compile_in_place(self, names, compile_kwargs)
 
     @property
     def save_name(self) -> str:
@@ -419,3 +531,6 @@ def register_model_types_for_safe_load(model: Model) -> None:
         )
     if types:
         torch.serialization.add_safe_globals(list(types))
+
+
+_FULL_PRECISION = Precision("32")

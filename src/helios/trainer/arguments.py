@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from helios.core.precision import PRECISIONS
+
 from .state import TrainingUnit
 
 
@@ -286,3 +288,50 @@ def check_loggers(loggers: object) -> list[Any]:
                 f"received {type(logger).__name__}"
             )
     return list(loggers)
+
+
+def check_precision(precision: Any, uses_cuda: bool) -> str:
+    """Check the precision name (see :py:mod:`helios.core.precision`).
+
+    Args:
+        precision: the value given.
+        uses_cuda: whether the run trains on CUDA devices.
+
+    Returns:
+        The name.
+
+    Raises:
+        TypeError: for a non-str value.
+        ValueError: for an unknown name, or ``"bf16-mixed"`` on a GPU without bfloat16.
+    """
+    allowed = ", ".join(repr(p) for p in PRECISIONS)
+    if not isinstance(precision, str):
+        raise TypeError(
+            f"error: precision must be one of {allowed}, but received {_describe(precision)}"
+        )
+    if precision not in PRECISIONS:
+        raise ValueError(f"error: invalid precision={precision!r}. Expected one of {allowed}")
+    if precision == "bf16-mixed" and uses_cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            "error: precision='bf16-mixed' needs a GPU with bfloat16 support, which this "
+            "one lacks; use precision='fp16-mixed'"
+        )
+    return precision
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Check that a flag is a bool.
+
+    Args:
+        name: the argument's name.
+        value: the value given.
+
+    Returns:
+        The flag.
+
+    Raises:
+        TypeError: for a non-bool value.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"error: {name} must be a bool, but received {_describe(value)}")
+    return value

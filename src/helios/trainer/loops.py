@@ -395,10 +395,7 @@ class TrainingLoop:
         if bar is not None:
             bar.close()
         if state.global_iteration == batches_at_start and not resumed_inside_epoch:
-            raise RuntimeError(
-                "error: the training dataloader produced no batches; with drop_last=True the "
-                "dataset must hold at least one full batch"
-            )
+            raise _no_batches_error()
         state.dataset_iter = 0
         if self._epoch_unit:
             return self._end_unit(state, stop)
@@ -587,6 +584,13 @@ class EvaluationLoop:
                     raise ValidationInterruptedError
         if bar is not None:
             bar.close()
+
+
+def _no_batches_error() -> RuntimeError:
+    return RuntimeError(
+        "error: the training dataloader produced no batches; with drop_last=True the dataset "
+        "must hold at least one full batch"
+    )
 
 
 def _safe_len(loader: Any) -> int | None:

@@ -13,6 +13,7 @@ import torch
 
 from helios.core import distributed as dist
 from helios.core import logging, rng
+from helios.core.precision import Precision
 from helios.core.utils import get_env_info_str, get_from_optional, update_all_registries
 from helios.model.model import register_model_types_for_safe_load
 from helios.plugins.plugin import validate_plugins
@@ -76,6 +77,11 @@ class Trainer:
             the running losses, the model's ``metrics`` after each validation, the learning
             rates and the epoch times; their state is part of every checkpoint, so a resumed
             run continues the same logged runs.
+        precision: ``"32"``, ``"bf16-mixed"`` or ``"fp16-mixed"`` (see
+            :py:mod:`helios.core.precision`); used by the Model's :py:meth:`autocast`,
+            :py:meth:`backward`, :py:meth:`clip_gradients` and :py:meth:`optimizer_step`.
+        enable_compile: compile the model's networks with ``torch.compile`` after
+            ``Model.setup`` (see :py:meth:`~helios.model.Model.compile_networks`).
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -109,6 +115,8 @@ class Trainer:
         print_banner: bool = True,
         capture_warnings: bool = False,
         loggers: Sequence[ExperimentLogger] | None = None,
+        precision: str = "32",
+        enable_compile: bool = False,
     ) -> None:
         if not isinstance(run_name, str):
             raise TypeError(f"error: run_name must be a str, but received {run_name!r}")
@@ -153,6 +161,9 @@ class Trainer:
         self._loggers = arguments.check_loggers(loggers)
 
         self._place_devices(use_cpu, gpus)
+        self._precision_name = arguments.check_precision(precision, not self._use_cpu)
+        self._enable_compile = arguments.check_bool("enable_compile", enable_compile)
+        self._precision = Precision()
 
         self._model: Model | None = None
         self._datamodule: DataModule | None = None
@@ -336,6 +347,11 @@ class Trainer:
         return self._enable_progress_bar and self._rank == 0
 
     @property
+    def precision(self) -> Precision:
+        """The precision of the current run (autocast settings and gradient scaler)."""
+        return self._precision
+
+    @property
     def root_logger(self) -> logging.RootLogger:
         """The root logger of the current run."""
         return logging.get_root_logger()
@@ -472,6 +488,7 @@ class Trainer:
         datamodule.is_distributed = self._is_distributed
         datamodule.trainer = self
         datamodule.setup()
+        self._precision = Precision(self._precision_name, self._device)
         model = self.model
         model.map_loc = self._map_loc
         model.is_distributed = self._is_distributed
@@ -484,6 +501,8 @@ class Trainer:
             log_root=self._log_path if self._enable_file_logging else None,
             runs_root=self._run_path if self._enable_tensorboard else None,
         )
+        if self._enable_compile:
+            model.compile_networks()
 
     def _collective_device(self) -> torch.device | None:
         if not self._is_distributed:
@@ -509,6 +528,7 @@ class Trainer:
         return {
             "logs": self._run_logs,
             "model": _ModelPart(self.model, fast_init),
+            "precision": self._precision,
             **self._plugins,
             "training_state": state,
             "preemption": self._preemption,

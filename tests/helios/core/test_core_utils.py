@@ -213,7 +213,7 @@ def test_core_exports() -> None:
         "safe_torch_load",
         "update_all_registries",
     ]
-    modules = ["cuda", "distributed", "logging", "rng"]
+    modules = ["cuda", "distributed", "logging", "precision", "rng"]
     assert sorted(hlc.__all__) == sorted(functions + modules)
     for name in functions:
         assert getattr(hlc, name) is getattr(utils, name)

@@ -5,6 +5,7 @@ Run as a script it trains until done, then writes the final weights to
 
     python resume_job.py WORKDIR UNIT TOTAL_STEPS ACCUMULATION
         [--step-sleep S] [--save-sleep S] [--hang-in-save N] [--go FILE]
+        [--precision NAME]
 
 Every batch appends one JSON line to ``<workdir>/batches.jsonl`` (a single ``os.write`` on an
 ``O_APPEND`` file, so a SIGKILL never leaves half a line): the process id, the global
@@ -23,6 +24,11 @@ file and an MLflow SQLite store in the workdir.
 
 ``--go FILE`` waits (after the imports, before anything else) until ``FILE`` exists, so a
 test can start the next job while the current one runs and hide the start-up time.
+
+``--precision`` trains at that precision (the step uses the Model's precision helpers). At
+``"fp16-mixed"`` the scaler grows its scale after every 2 good steps, so the scale goes up
+and down (from 65536, float16 gradients overflow and steps are skipped), and the records
+hold the scale of each batch.
 
 The test modules import this file for its model and data module, so it has no side effects
 at import time.
@@ -122,6 +128,9 @@ class ResumeModel(hlm.Model):
         self.net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 1))
         self.net.to(self.device)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.05, momentum=0.9)
+        scaler = self.trainer.precision.scaler
+        if scaler is not None:
+            scaler.set_growth_interval(2)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -166,9 +175,12 @@ class ResumeModel(hlm.Model):
         np_default_draw = float(rng.get_default_numpy_rng().generator.random())
         noise = 0.1 * torch.randn_like(y)
         target = y + 0.1 * (np_legacy_draw + np_default_draw) + noise
-        output = self.net(x) * (1.0 + 0.1 * py_draw)
-        loss = nn.functional.mse_loss(output, target)
-        (loss / self.accumulation).backward()
+        with self.autocast():
+            output = self.net(x) * (1.0 + 0.1 * py_draw)
+            loss = nn.functional.mse_loss(output, target)
+        scaler = self.trainer.precision.scaler
+        scale = None if scaler is None else scaler.get_scale()
+        self.backward(loss / self.accumulation)
         record = {
             "pid": os.getpid(),
             "gi": state.global_iteration,
@@ -176,6 +188,8 @@ class ResumeModel(hlm.Model):
             "ids": ids.tolist(),
             "draws": [py_draw, np_legacy_draw, np_default_draw, float(loss.item())],
         }
+        if scale is not None:
+            record["scale"] = scale
         self.records.append(record)
         if self.record_path is not None:
             _append_line(self.record_path, json.dumps(record))
@@ -184,7 +198,7 @@ class ResumeModel(hlm.Model):
         if self.step_sleep:
             time.sleep(self.step_sleep)
         if state.global_iteration % self.accumulation == 0:
-            self.optimizer.step()
+            self.optimizer_step(self.optimizer)
             self.optimizer.zero_grad()
         self._loss_items["loss"] = loss.detach()
 
@@ -283,6 +297,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--valid-sleep", type=float, default=0.0)
     parser.add_argument("--chkpt-frequency", type=int, default=1)
     parser.add_argument("--loggers", default="", help="comma list of csv, mlflow")
+    parser.add_argument("--precision", default="32")
     args = parser.parse_args(argv)
 
     if args.go is not None:
@@ -313,6 +328,7 @@ def main(argv: list[str]) -> int:
         chkpt_frequency=args.chkpt_frequency,
         loggers=make_loggers(args.workdir, args.loggers),
         print_frequency=1 if args.loggers else None,
+        precision=args.precision,
     )
     if not trainer.fit(model, ResumeDataModule()):
         return 1

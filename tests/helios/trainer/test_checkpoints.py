@@ -218,12 +218,14 @@ def test_checkpoint_names_and_contents_with_logging_and_plugins(tmp_path: pathli
         "version",
         "training_state",
         "model",
+        "precision",
         "rng",
         "log_path",
         "run_path",
         "counter",
         "ranks",
     }
+    assert contents["precision"] == {"name": "32", "scaler": {}}
     assert contents["version"] == helios.__version__
     state = contents["training_state"]
     assert isinstance(state, hlt.TrainingState)
@@ -280,7 +282,7 @@ def test_checkpoint_names_and_contents_without_logging(
     assert sorted(p.name for p in folder.iterdir()) == sorted(expected)
     for name, epoch_index in expected.items():
         contents = _load(folder / name)
-        assert set(contents) == {"version", "training_state", "model", "rng", "ranks"}
+        assert set(contents) == {"version", "training_state", "model", "precision", "rng", "ranks"}
         state = contents["training_state"]
         start_iter = 0 if unit == "epoch" else state.dataset_iter
         assert contents["ranks"][0]["sampler"] == {

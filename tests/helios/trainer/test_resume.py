@@ -10,11 +10,17 @@ uninterrupted sequence, and every restart must begin with the batch after its ne
 checkpoint. The jobs are started together and wait for a go file, so their (slow) imports
 overlap. The in-process tests raise an exception inside a chosen step instead, which
 reaches every position cheaply.
+
+A case is a configuration (``"iteration"`` or ``"epoch"``), optionally followed by a
+precision: ``"iteration/fp16-mixed"`` trains with float16 autocast and a gradient scaler
+whose scale goes up and down (steps are skipped on overflow), so its exact resume also
+needs the scaler's state from the checkpoint; the records then hold each batch's scale.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -41,6 +47,7 @@ CONFIGS = {
     "iteration": ("iteration", 9, 2),
     "epoch": ("epoch", 6, 1),
 }
+CASES = [*CONFIGS, *(f"{config}/fp16-mixed" for config in CONFIGS)]
 STEP_SLEEP = 0.025
 SAVE_SLEEP = 0.01
 
@@ -55,28 +62,38 @@ def _without_pid(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key != "pid"}
 
 
+def _split(case: str) -> tuple[str, str]:
+    """Return the configuration and the precision of a case."""
+    config, _, precision = case.partition("/")
+    return config, precision or "32"
+
+
 def _run_in_process(
     workdir: pathlib.Path,
-    config: str,
+    case: str,
     crash_at: int | None = None,
     total: int | None = None,
     **trainer_args: Any,
 ) -> tuple[bool, Any, Any]:
+    config, precision = _split(case)
     unit, total_steps, accumulation = CONFIGS[config]
     model = job.ResumeModel(accumulation=accumulation, crash_at=crash_at)
     datamodule = job.ResumeDataModule()
-    trainer = job.make_trainer(workdir, unit, total or total_steps, accumulation, **trainer_args)
+    trainer = job.make_trainer(
+        workdir, unit, total or total_steps, accumulation, precision=precision, **trainer_args
+    )
     return trainer.fit(model, datamodule), model, datamodule
 
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Reference]:
     found = {}
-    for config in CONFIGS:
-        ok, model, _ = _run_in_process(tmp_path_factory.mktemp(f"reference-{config}"), config)
+    for case in CASES:
+        workdir = tmp_path_factory.mktemp(f"reference-{case.replace('/', '-')}")
+        ok, model, _ = _run_in_process(workdir, case)
         assert ok
         weights = {key: value.clone() for key, value in model.net.state_dict().items()}
-        found[config] = Reference(weights, [_without_pid(r) for r in model.records])
+        found[case] = Reference(weights, [_without_pid(r) for r in model.records])
     return found
 
 
@@ -94,6 +111,18 @@ def test_reference_runs_cover_epoch_ends_and_partial_batches(
         # Shuffled: the epochs do not all share one order.
         orders = {tuple(i for b in batches[3 * e : 3 * e + 3] for i in b["ids"]) for e in range(6)}
         assert len(orders) == 6
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_fp16_references_skip_steps_and_change_their_scale_both_ways(
+    config: str, references: dict[str, Reference]
+) -> None:
+    scales = [batch["scale"] for batch in references[f"{config}/fp16-mixed"].batches]
+    changes = [after / before for before, after in itertools.pairwise(scales) if after != before]
+    # Halved after a skipped step (float16 overflow), doubled after 2 good ones: a resume
+    # that lost the scaler's state would not repeat this sequence.
+    assert 0.5 in changes and 2.0 in changes, scales
+    assert references[f"{config}/fp16-mixed"].weights.keys() == references[config].weights.keys()
 
 
 def _assert_weights_equal(weights: dict[str, torch.Tensor], reference: Reference) -> None:
@@ -115,7 +144,7 @@ def _assert_same_batches(records: list[dict[str, Any]], reference: Reference) ->
 
 
 @pytest.mark.parametrize(
-    ("config", "crash_at"),
+    ("case", "crash_at"),
     [
         ("iteration", 1),  # before the first checkpoint
         ("iteration", 3),  # last batch of epoch 1, inside iteration 2
@@ -127,19 +156,24 @@ def _assert_same_batches(records: list[dict[str, Any]], reference: Reference) ->
         ("epoch", 4),  # first batch after the first epoch checkpoint
         ("epoch", 9),
         ("epoch", 17),
+        ("iteration/fp16-mixed", 6),
+        ("iteration/fp16-mixed", 13),
+        ("epoch/fp16-mixed", 8),
+        ("epoch/fp16-mixed", 14),
     ],
 )
 def test_crash_inside_a_step_then_resume_is_exact(
-    config: str, crash_at: int, references: dict[str, Reference], tmp_path: pathlib.Path
+    case: str, crash_at: int, references: dict[str, Reference], tmp_path: pathlib.Path
 ) -> None:
-    crashed, first, _ = _run_in_process(tmp_path, config, crash_at=crash_at)
+    config, _ = _split(case)
+    crashed, first, _ = _run_in_process(tmp_path, case, crash_at=crash_at)
     assert crashed is False
     assert first.records[-1]["gi"] == crash_at
 
-    resumed, second, datamodule = _run_in_process(tmp_path, config)
+    resumed, second, datamodule = _run_in_process(tmp_path, case)
     assert resumed is True
-    _assert_weights_equal(second.net.state_dict(), references[config])
-    _assert_same_batches(first.records + second.records, references[config])
+    _assert_weights_equal(second.net.state_dict(), references[case])
+    _assert_same_batches(first.records + second.records, references[case])
 
     # The resumed run re-does the batches after the last checkpoint, not the whole epoch:
     # it starts at the saved position and reads only the samples of the batches it trains.
@@ -270,17 +304,18 @@ def _saved_batches(workdir: pathlib.Path) -> int:
 
 
 def _finish_in_process(
-    workdir: pathlib.Path, config: str, reference: Reference, capsys: pytest.CaptureFixture[str]
+    workdir: pathlib.Path, case: str, reference: Reference, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str]:
     """Complete the killed run in this process and check it against the reference.
 
     Returns:
         The first global iteration the completing run trained, and what it printed.
     """
-    _, total_steps, accumulation = CONFIGS[config]
+    config, precision = _split(case)
+    unit, total_steps, accumulation = CONFIGS[config]
     model = job.ResumeModel(accumulation=accumulation, record_path=workdir / "batches.jsonl")
     capsys.readouterr()
-    trainer = job.make_trainer(workdir, CONFIGS[config][0], total_steps, accumulation)
+    trainer = job.make_trainer(workdir, unit, total_steps, accumulation, precision=precision)
     assert trainer.fit(model, job.ResumeDataModule())
     _assert_weights_equal(model.net.state_dict(), reference)
     _assert_same_batches(_records(workdir), reference)
@@ -288,9 +323,11 @@ def _finish_in_process(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize(
+    "case", [*CONFIGS, pytest.param("iteration/fp16-mixed", marks=pytest.mark.slow)]
+)
 def test_sigkill_at_random_moments_then_resume_is_exact(
-    config: str,
+    case: str,
     references: dict[str, Reference],
     tmp_path: pathlib.Path,
     start_jobs: Callable[[str, list[list[str]]], list[Job]],
@@ -300,6 +337,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(
     # then a random fraction of a step (25 ms of sleep) plus a save (10 ms), so they land
     # mid-step, mid-save or between the two. The middle one comes at most 50 ms after the
     # job is told to go: while it builds the trainer, loads the checkpoint or trains.
+    config, precision = _split(case)
     draw = random.Random(f"kills-{config}")
     kills = [
         (draw.randint(4, 5), draw.uniform(0.0, 0.04)),
@@ -307,6 +345,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(
         (draw.randint(2, 5), draw.uniform(0.0, 0.04)),
     ]
     slow = ["--step-sleep", str(STEP_SLEEP), "--save-sleep", str(SAVE_SLEEP)]
+    slow += ["--precision", precision]
     starts = []
     for job_, (batches, delay) in zip(start_jobs(config, [slow] * len(kills)), kills, strict=True):
         resume_from = _saved_batches(tmp_path)
@@ -329,7 +368,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(
     resume_from = _saved_batches(tmp_path)
     assert resume_from > 0
     newest = hlt.find_last_checkpoint(job.checkpoint_dir(tmp_path))
-    first, printed = _finish_in_process(tmp_path, config, references[config], capsys)
+    first, printed = _finish_in_process(tmp_path, case, references[case], capsys)
     assert f"Resuming training from checkpoint {newest}" in printed
     # Every run started with the batch after its newest checkpoint.
     starts.append((first, resume_from + 1))
