@@ -17,6 +17,7 @@ fit::
 
     P.setup(); datamodule.setup(); M.setup(fast_init=False)
     load the newest readable checkpoint (M.load_state_dict, P.load_state_dict, state)
+    if the run already ended (a stop, or total_steps reached): log it and return
     P.on_training_start(); M.on_training_start()
     M.train()
     run_epochs (EPOCH unit) or run_iterations (ITERATION unit)
@@ -38,6 +39,11 @@ EPOCH unit, for each epoch e = 1, 2, ... total_steps::
     M.on_training_epoch_end(e)
     if e % chkpt_frequency == 0: save checkpoint      # after on_training_epoch_end
     if early_stop_count >= early_stop_cycles or P/M.should_training_stop(): stop
+
+A stop (early stopping or ``should_training_stop``, not ``total_steps``) writes one more
+checkpoint at the stop that records it (see :py:mod:`helios.trainer.run_end`), so running
+the finished ``fit`` again trains nothing and calls neither ``on_training_start`` nor
+``on_training_end``.
 
 ITERATION unit (an iteration is ``accumulation_steps`` batches)::
 
@@ -100,6 +106,7 @@ from helios.data.samplers import place_sampler
 
 from . import progress
 from .preemption import Preempted, Preemption, ValidationInterruptedError
+from .run_end import EARLY_STOPPING, STOP_REQUESTED, TOTAL_STEPS, RunEnd
 from .state import TrainingState, TrainingUnit
 
 if TYPE_CHECKING:
@@ -250,6 +257,12 @@ class TrainingLoop:
         rank_state: this rank's RNG and sampler part; when it holds a loaded entry, that is
             applied at the resume point.
         preemption: the run's stop request by signal, polled at every batch boundary.
+        run_end: records a stop (early stopping, ``should_training_stop``) for the
+            checkpoint that the loop then writes at the stop.
+
+    Attributes:
+        ended_by: why the loop ended (``run_end.EARLY_STOPPING``, ``STOP_REQUESTED`` or
+            ``TOTAL_STEPS``), or ``None`` before it ends or when a signal stopped it.
     """
 
     def __init__(
@@ -260,8 +273,11 @@ class TrainingLoop:
         save: Callable[[TrainingState], Any],
         rank_state: RankState | None = None,
         preemption: Preemption | None = None,
+        run_end: RunEnd | None = None,
     ) -> None:
         self.options = options
+        self.ended_by: str | None = None
+        self._run_end = run_end
         self.hooks = hooks
         self.model = hooks.model
         self._datamodule = datamodule
@@ -370,6 +386,8 @@ class TrainingLoop:
                 bar.update()
             if hooks.has_stop_checks and hooks.stop_requested():
                 stop = True
+                if units_end_in_epoch:  # the EPOCH unit ends its epoch first
+                    self._end_run(state, STOP_REQUESTED)
                 break
             if units_end_in_epoch and iteration_done and self._end_unit(state):
                 stop = True
@@ -411,12 +429,31 @@ class TrainingLoop:
             self._save(state)
         if self._bar is not None:
             self._bar.update()
-        return (
-            stop
-            or self._early_stop_reached(state)
-            or (self._epoch_unit and self.hooks.stop_requested())
-            or index >= options.total_steps
-        )
+        if stop:
+            reason = STOP_REQUESTED
+        elif self._early_stop_reached(state):
+            reason = EARLY_STOPPING
+        elif self._epoch_unit and self.hooks.stop_requested():
+            reason = STOP_REQUESTED
+        elif index >= options.total_steps:
+            reason = TOTAL_STEPS
+        else:
+            return False
+        self._end_run(state, reason)
+        return True
+
+    def _end_run(self, state: TrainingState, reason: str) -> None:
+        """Note why training ends; a stop is recorded in one checkpoint written here.
+
+        The checkpoint is written even where a periodic one was just written (it replaces
+        it), so that the stop is in the newest checkpoint and a rerun trains nothing.
+        """
+        self.ended_by = reason
+        if reason == TOTAL_STEPS:
+            return
+        if self._run_end is not None:
+            self._run_end.record(reason, state)
+        self._save(state)
 
     def _end_interrupted_epoch(self, state: TrainingState) -> bool:
         """End the epoch whose validation a signal interrupted (EPOCH unit); return stop."""

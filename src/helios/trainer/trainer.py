@@ -16,8 +16,10 @@ from helios.core.utils import get_env_info_str, get_from_optional, update_all_re
 from helios.plugins.plugin import validate_plugins
 
 from . import arguments, checkpoints, launch
-from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop
+from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop, agree_any
 from .preemption import Preemption
+from .run_end import RunEnd, finished_message
+from .run_folder import CheckpointFolderError, RunFolderLock
 from .run_logs import RunLogs
 from .state import TrainingState, TrainingUnit
 
@@ -151,6 +153,7 @@ class Trainer:
         self._queue: mp.Queue | None = None
         self._run_logs = RunLogs(run_name, None, None)
         self._preemption = Preemption()
+        self._run_end = RunEnd()
 
     def _place_devices(self, use_cpu: bool | None, gpus: list[int] | None) -> None:
         """Pick the device, the GPU ids and whether the run is distributed."""
@@ -497,6 +500,7 @@ class Trainer:
             **self._plugins,
             "training_state": state,
             "preemption": self._preemption,
+            "run_end": self._run_end,
         }
 
     def _run_checkpoint(self, state: TrainingState, fast_init: bool) -> checkpoints.RunCheckpoint:
@@ -515,8 +519,40 @@ class Trainer:
         )
 
     def _train(self) -> None:
+        lock = self._claim_checkpoint_folder()
+        try:
+            self._train_in_folder()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _claim_checkpoint_folder(self) -> RunFolderLock | None:
+        """Make rank 0 the only writer of the checkpoint folder, before anything trains.
+
+        Every rank learns whether rank 0 got it, so no rank trains alone.
+        """
+        if self._chkpt_root is None:
+            return None
+        lock = None
+        error: CheckpointFolderError | None = None
+        if self._rank == 0:
+            lock = RunFolderLock(self._chkpt_root / self.model.save_name)
+            try:
+                lock.acquire()
+            except CheckpointFolderError as refused:
+                error = refused
+        if agree_any(error is not None, self._collective_device()):
+            if lock is not None:
+                lock.release()
+            raise error or CheckpointFolderError(
+                "error: rank 0 could not claim the checkpoint folder (its log names the reason)"
+            )
+        return lock
+
+    def _train_in_folder(self) -> None:
         self._setup(fast_init=False)
         self._preemption = Preemption(self._collective_device())
+        self._run_end = RunEnd()
         state = TrainingState()
         checkpoint = self._run_checkpoint(state, fast_init=False)
         checkpoint.prepare_folder()
@@ -529,6 +565,16 @@ class Trainer:
             dist.global_print(message + "\n")
         else:
             self._print_header(log_banner=True)
+        finished = finished_message(
+            self._run_end, state, self._train_unit, self._total_steps,
+            self._preemption.unit_end_pending,
+        )  # fmt: skip
+        if finished is not None:
+            self.root_logger.info(finished)
+            dist.global_print(finished)
+            logging.flush_default_loggers()
+            dist.safe_barrier()
+            return
 
         hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
         with self._preemption.handling_signals():
@@ -536,7 +582,7 @@ class Trainer:
             self.model.on_training_start()
             TrainingLoop(
                 self._loop_options(), hooks, self.datamodule, checkpoint.save,
-                checkpoint.rank_state, self._preemption,
+                checkpoint.rank_state, self._preemption, self._run_end,
             ).run(state)  # fmt: skip
         hooks.call_plugins("on_training_end")
         self.model.on_training_end()
