@@ -557,7 +557,12 @@ class Trainer:
         checkpoint = self._run_checkpoint(state, fast_init=False)
         checkpoint.prepare_folder()
         path = checkpoint.resume()
-        self._run_logs.open_new()
+        finished = finished_message(
+            self._run_end, state, self._train_unit, self._total_steps,
+            self._preemption.unit_end_pending,
+        )  # fmt: skip
+        # Training again from the checkpoint: what was logged after it is logged again.
+        self._run_logs.open(purge=finished is None)
         if path is not None:
             message = f"Resuming training from checkpoint {path}"
             self.root_logger.info(message)
@@ -565,10 +570,6 @@ class Trainer:
             dist.global_print(message + "\n")
         else:
             self._print_header(log_banner=True)
-        finished = finished_message(
-            self._run_end, state, self._train_unit, self._total_steps,
-            self._preemption.unit_end_pending,
-        )  # fmt: skip
         if finished is not None:
             self.root_logger.info(finished)
             dist.global_print(finished)
