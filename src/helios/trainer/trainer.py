@@ -43,6 +43,13 @@ class Trainer:
     processes), runs the loops (see :py:mod:`helios.trainer.loops` for the exact call order),
     saves checkpoints atomically and resumes exactly from the newest one.
 
+    While ``fit`` runs it owns its checkpoint folder (a second run on it refuses to start,
+    naming the holder; see :py:mod:`helios.trainer.run_folder`), and a folder that cannot be
+    written fails ``fit`` before anything trains. A run that ended (early stopping,
+    ``should_training_stop``, or ``total_steps`` reached) trains nothing when run again; a
+    larger ``total_steps`` continues a run that reached its ``total_steps`` (see
+    :py:mod:`helios.trainer.run_end`).
+
     Args:
         run_name: name of the run, used for log files and TensorBoard runs.
         train_unit: unit of ``total_steps`` and of the frequencies: ``TrainingUnit.EPOCH``
