@@ -12,6 +12,7 @@ from helios.core.distributed import all_reduce_mean
 from helios.core.placement import RunPlacement
 from helios.core.precision import Precision
 
+from . import default_state
 from .compile import compile_in_place
 
 if TYPE_CHECKING:
@@ -228,20 +229,49 @@ class Model(RunPlacement, abc.ABC):
         The trainer calls this with the model's entry of a checkpoint. Tensors in it have
         already been mapped to the right device.
 
+        By default it restores what the default :py:meth:`state_dict` saved into the
+        networks, optimizers, LR schedulers and gradient scalers found on the model (only the
+        networks when ``fast_init`` is true). A subclass that overrides :py:meth:`state_dict`
+        but not this method gets nothing restored (and a warning saying so).
+
         Args:
             state_dict: the state returned by :py:meth:`state_dict` when the checkpoint was
                 saved.
             fast_init: if true, restore only the network(s), not the training state.
+
+        Raises:
+            KeyError: if the saved entries and the model's attributes do not match.
         """
+        if type(self).state_dict is not Model.state_dict:
+            default_state.warn(
+                f"model '{self.save_name}' ({type(self).__name__}) overrides state_dict() "
+                "but not load_state_dict(): nothing of the checkpoint was restored into it"
+            )
+            return
+        default_state.restore(self, state_dict, fast_init)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the state of the model to store in checkpoints.
 
+        By default it holds the ``state_dict()`` of every network (``torch.nn.Module``),
+        optimizer, LR scheduler and gradient scaler among the model's attributes, keyed by
+        attribute name (see :py:mod:`helios.model.default_state`; wrappers such as DDP or
+        ``torch.compile`` are saved by the module they wrap). Other state (tensors, NumPy
+        arrays, random generators, ...) is not saved: the first call names it, or says that
+        nothing was found, in a warning (root logger and ``warnings``). Override this method
+        and :py:meth:`load_state_dict` to save it; ``super().state_dict()`` keeps the
+        default entries.
+
         Returns:
-            Everything needed to resume training (networks, optimizers, ...). Empty by
-            default.
+            Everything needed to resume training (networks, optimizers, ...).
         """
-        return {}
+        saved, unsaved = default_state.find_state(self)
+        if type(self).state_dict is Model.state_dict and not getattr(
+            self, "_default_state_reported", False
+        ):
+            self._default_state_reported = True
+            default_state.report_unsaved(self, saved, unsaved)
+        return default_state.gather(saved)
 
     def types_for_safe_load(self) -> list[type]:
         """Return the extra types a checkpoint of this model contains.

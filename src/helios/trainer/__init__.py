@@ -19,6 +19,10 @@ listed in ``Trainer._checkpoint_parts``). The rest, in the order a run uses it:
 * ``loops.py``: the training loop core and the validation/testing loop.
 * ``checkpoints.py``: checkpoint parts, atomic saving, discovery and validated loading.
 * ``preemption.py``: stopping at the next batch boundary on SIGTERM, SIGUSR1 or SIGINT.
+* ``run_end.py``: how a run ended (a stop is kept in the checkpoint); finished runs stay
+  finished.
+* ``run_folder.py``: one run per checkpoint folder (a lock naming its holder) and a
+  writable folder checked before training.
 * ``progress.py``: progress bars.
 * ``state.py``: :py:class:`TrainingUnit` and :py:class:`TrainingState`.
 """

@@ -505,10 +505,40 @@ class RunCheckpoint:
             return None
         path, saved = found
         for key, part in self.parts.items():
-            if isinstance(part, FlatCheckpointPart):
-                part.load_state_dict({k: saved.get(k) for k in part.checkpoint_keys})
-            elif key in saved:
-                part.load_state_dict(saved[key])
+            restore_part(path, key, part, saved)
         world_size = torch.distributed.get_world_size() if self._is_distributed else 1
         self.rank_state.load_state_dict(_rank_entry(saved, self._rank, world_size))
         return path
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint that does not fit the run (a part's ``load_state_dict`` failed)."""
+
+
+def restore_part(
+    path: pathlib.Path, key: str, part: CheckpointPart, saved: Mapping[str, Any]
+) -> None:
+    """Hand one part its entry of a loaded checkpoint (nothing if the file lacks it).
+
+    Args:
+        path: the checkpoint file, for the message.
+        key: the part's key.
+        part: the part.
+        saved: the loaded checkpoint.
+
+    Raises:
+        CheckpointMismatchError: if the part refuses its entry (a changed architecture, say),
+            naming the file and the part and saying how to start fresh.
+    """
+    try:
+        if isinstance(part, FlatCheckpointPart):
+            part.load_state_dict({k: saved.get(k) for k in part.checkpoint_keys})
+        elif key in saved:
+            part.load_state_dict(saved[key])
+    except Exception as error:
+        raise CheckpointMismatchError(
+            f"error: the checkpoint {path} does not fit this run: restoring its '{key}' "
+            f"entry failed ({type(error).__name__}: {error}). If the {key} changed on "
+            f"purpose (a new architecture, say), start fresh: move or delete "
+            f"{path.parent}, or give the model a new save_name"
+        ) from error

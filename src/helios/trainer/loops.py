@@ -17,6 +17,7 @@ fit::
 
     P.setup(); datamodule.setup(); M.setup(fast_init=False)
     load the newest readable checkpoint (M.load_state_dict, P.load_state_dict, state)
+    if the run already ended (a stop, or total_steps reached): log it and return
     P.on_training_start(); M.on_training_start()
     M.train()
     run_epochs (EPOCH unit) or run_iterations (ITERATION unit)
@@ -38,6 +39,11 @@ EPOCH unit, for each epoch e = 1, 2, ... total_steps::
     M.on_training_epoch_end(e)
     if e % chkpt_frequency == 0: save checkpoint      # after on_training_epoch_end
     if early_stop_count >= early_stop_cycles or P/M.should_training_stop(): stop
+
+A stop (early stopping or ``should_training_stop``, not ``total_steps``) writes one more
+checkpoint at the stop that records it (see :py:mod:`helios.trainer.run_end`), so running
+the finished ``fit`` again trains nothing and calls neither ``on_training_start`` nor
+``on_training_end``.
 
 ITERATION unit (an iteration is ``accumulation_steps`` batches)::
 
@@ -101,6 +107,7 @@ from helios.data.samplers import place_sampler
 from . import progress
 from .preemption import Preempted, Preemption, ValidationInterruptedError
 from .reporting import RunReport
+from .run_end import EARLY_STOPPING, STOP_REQUESTED, TOTAL_STEPS, RunEnd
 from .state import TrainingState, TrainingUnit
 
 if TYPE_CHECKING:
@@ -252,6 +259,12 @@ class TrainingLoop:
             applied at the resume point.
         preemption: the run's stop request by signal, polled at every batch boundary.
         report: what the run shows on the console and sends to the experiment loggers.
+        run_end: records a stop (early stopping, ``should_training_stop``) for the
+            checkpoint that the loop then writes at the stop.
+
+    Attributes:
+        ended_by: why the loop ended (``run_end.EARLY_STOPPING``, ``STOP_REQUESTED`` or
+            ``TOTAL_STEPS``), or ``None`` before it ends or when a signal stopped it.
     """
 
     def __init__(
@@ -263,8 +276,11 @@ class TrainingLoop:
         rank_state: RankState | None = None,
         preemption: Preemption | None = None,
         report: RunReport | None = None,
+        run_end: RunEnd | None = None,
     ) -> None:
         self.options = options
+        self.ended_by: str | None = None
+        self._run_end = run_end
         self._report = report or RunReport(hooks.model, [], show=False)
         self.hooks = hooks
         self.model = hooks.model
@@ -281,7 +297,6 @@ class TrainingLoop:
         self._validation = EvaluationLoop(hooks, options.show_progress, self._preemption.poll)
         self._bar: Any = None
         self._epoch_start_time = 0.0
-        self._end_line = "finished"
 
     def _unit_index(self, state: TrainingState) -> int:
         return state.global_epoch if self._epoch_unit else state.current_iteration
@@ -304,7 +319,6 @@ class TrainingLoop:
             "Training epochs" if self._epoch_unit else "Training iterations",
             "epoch" if self._epoch_unit else "it", initial=self._unit_index(state),
         )  # fmt: skip
-        self._end_line = "finished"
         try:
             if self._end_interrupted_epoch(state):
                 return
@@ -319,8 +333,17 @@ class TrainingLoop:
             if self._bar is not None:
                 self._bar.close()
         self._report.unit_ending(state)
-        where = f"epoch {state.global_epoch}, iteration {state.current_iteration}"
-        self._report.say(f"Training {self._end_line} at {where}")
+        self._report.say(self._end_line(state))
+
+    def _end_line(self, state: TrainingState) -> str:
+        """Say in one line why and where training ended."""
+        why = {
+            EARLY_STOPPING: (
+                f"stopped early: no improvement in {self.options.early_stop_cycles} validations"
+            ),
+            STOP_REQUESTED: "stopped by should_training_stop",
+        }.get(self.ended_by or TOTAL_STEPS, "finished")
+        return f"Training {why} at epoch {state.global_epoch}, iteration {state.current_iteration}"
 
     def _stop_for_signal(self, state: TrainingState, unit_end_pending: bool = False) -> None:
         """Save the run where a signal stopped it, then raise :py:class:`Preempted`."""
@@ -384,7 +407,8 @@ class TrainingLoop:
                 self._report.refresh_bar(bar, state, now)
             if hooks.has_stop_checks and hooks.stop_requested():
                 stop = True
-                self._end_line = "stopped by should_training_stop"
+                if units_end_in_epoch:  # the EPOCH unit ends its epoch first
+                    self._end_run(state, STOP_REQUESTED)
                 break
             if units_end_in_epoch and iteration_done and self._end_unit(state):
                 stop = True
@@ -427,15 +451,31 @@ class TrainingLoop:
         if self._bar is not None:
             self._bar.update()
             self._report.refresh_bar(self._bar, state, time.perf_counter())
-        if stop or (self._epoch_unit and self.hooks.stop_requested()):
-            self._end_line = "stopped by should_training_stop"
+        if stop:
+            reason = STOP_REQUESTED
         elif self._early_stop_reached(state):
-            self._end_line = (
-                f"stopped early: no improvement in {options.early_stop_cycles} validations"
-            )
-        elif index < options.total_steps:
+            reason = EARLY_STOPPING
+        elif self._epoch_unit and self.hooks.stop_requested():
+            reason = STOP_REQUESTED
+        elif index >= options.total_steps:
+            reason = TOTAL_STEPS
+        else:
             return False
+        self._end_run(state, reason)
         return True
+
+    def _end_run(self, state: TrainingState, reason: str) -> None:
+        """Note why training ends; a stop is recorded in one checkpoint written here.
+
+        The checkpoint is written even where a periodic one was just written (it replaces
+        it), so that the stop is in the newest checkpoint and a rerun trains nothing.
+        """
+        self.ended_by = reason
+        if reason == TOTAL_STEPS:
+            return
+        if self._run_end is not None:
+            self._run_end.record(reason, state)
+        self._save(state)
 
     def _end_interrupted_epoch(self, state: TrainingState) -> bool:
         """End the epoch whose validation a signal interrupted (EPOCH unit); return stop."""

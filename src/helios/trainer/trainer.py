@@ -19,9 +19,11 @@ from helios.model.model import register_model_types_for_safe_load
 from helios.plugins.plugin import validate_plugins
 
 from . import arguments, checkpoints, failures, launch
-from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop
+from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop, agree_any
 from .preemption import Preemption
 from .reporting import LoggerStates, RunReport
+from .run_end import RunEnd, finished_message
+from .run_folder import CheckpointFolderError, RunFolderLock
 from .run_logs import RunLogs
 from .state import TrainingState, TrainingUnit
 
@@ -45,6 +47,13 @@ class Trainer:
     The Trainer sets up the environment (seeds, determinism, devices, logging, distributed
     processes), runs the loops (see :py:mod:`helios.trainer.loops` for the exact call order),
     saves checkpoints atomically and resumes exactly from the newest one.
+
+    While ``fit`` runs it owns its checkpoint folder (a second run on it refuses to start,
+    naming the holder; see :py:mod:`helios.trainer.run_folder`), and a folder that cannot be
+    written fails ``fit`` before anything trains. A run that ended (early stopping,
+    ``should_training_stop``, or ``total_steps`` reached) trains nothing when run again; a
+    larger ``total_steps`` continues a run that reached its ``total_steps`` (see
+    :py:mod:`helios.trainer.run_end`).
 
     Args:
         run_name: name of the run, used for log files and TensorBoard runs.
@@ -176,6 +185,7 @@ class Trainer:
         self._run_logs = RunLogs(run_name, None, None)
         self._preemption = Preemption()
         self._logger_states = LoggerStates([], TrainingState())
+        self._run_end = RunEnd()
 
     def _place_devices(self, use_cpu: bool | None, gpus: list[int] | None) -> None:
         """Pick the device, the GPU ids and whether the run is distributed."""
@@ -533,6 +543,7 @@ class Trainer:
             "training_state": state,
             "preemption": self._preemption,
             "loggers": self._logger_states,
+            "run_end": self._run_end,
         }
 
     def _run_checkpoint(self, state: TrainingState, fast_init: bool) -> checkpoints.RunCheckpoint:
@@ -556,15 +567,52 @@ class Trainer:
         )
 
     def _train(self) -> None:
+        lock = self._claim_checkpoint_folder()
+        try:
+            self._train_in_folder()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _claim_checkpoint_folder(self) -> RunFolderLock | None:
+        """Make rank 0 the only writer of the checkpoint folder, before anything trains.
+
+        Every rank learns whether rank 0 got it, so no rank trains alone.
+        """
+        if self._chkpt_root is None:
+            return None
+        lock = None
+        error: CheckpointFolderError | None = None
+        if self._rank == 0:
+            lock = RunFolderLock(self._chkpt_root / self.model.save_name)
+            try:
+                lock.acquire()
+            except CheckpointFolderError as refused:
+                error = refused
+        if agree_any(error is not None, self._collective_device()):
+            if lock is not None:
+                lock.release()
+            raise error or CheckpointFolderError(
+                "error: rank 0 could not claim the checkpoint folder (its log names the reason)"
+            )
+        return lock
+
+    def _train_in_folder(self) -> None:
         self._setup(fast_init=False)
         self._preemption = Preemption(self._collective_device())
+        self._run_end = RunEnd()
         state = TrainingState()
         self._logger_states = LoggerStates(self._loggers, state)
         checkpoint = self._run_checkpoint(state, fast_init=False)
         checkpoint.prepare_folder()
         register_model_types_for_safe_load(self.model)
         path = checkpoint.resume()
-        self._run_logs.open_new()
+        finished = finished_message(
+            self._run_end, state, self._train_unit, self._total_steps,
+            self._preemption.unit_end_pending,
+        )  # fmt: skip
+        # Training again from the checkpoint: what was logged after it is logged again.
+        self._run_logs.open(purge=finished is None)
         if path is not None:
             message = f"Resuming training from checkpoint {path}"
             self.root_logger.info(message)
@@ -572,6 +620,12 @@ class Trainer:
             dist.global_print(message + "\n")
         else:
             self._print_header(log_banner=True)
+        if finished is not None:
+            self.root_logger.info(finished)
+            dist.global_print(finished)
+            logging.flush_default_loggers()
+            dist.safe_barrier()
+            return
 
         self._logger_states.resume_from_checkpoint_step()
         hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
@@ -586,7 +640,7 @@ class Trainer:
             self.model.on_training_start()
             TrainingLoop(
                 self._loop_options(), hooks, self.datamodule, checkpoint.save,
-                checkpoint.rank_state, self._preemption, report,
+                checkpoint.rank_state, self._preemption, report, self._run_end,
             ).run(state)  # fmt: skip
         hooks.call_plugins("on_training_end")
         self.model.on_training_end()

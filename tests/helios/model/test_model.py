@@ -112,13 +112,15 @@ def test_model_table_cycle() -> None:
 
 def test_model_default_hooks() -> None:
     model = SimpleModel()
-    assert model.state_dict() == {}
+    with pytest.warns(UserWarning, match="found no network"):
+        assert model.state_dict() == {}
     assert model.trained_state_dict(1, key=2) == {}
     assert model.append_metadata_to_chkpt_name("name_epoch_1") == "name_epoch_1"
     assert model.append_to_banner("banner") == "banner"
     assert model.have_metrics_improved() is True
     assert model.should_training_stop() is False
-    model.load_state_dict({"net": 1})
+    with pytest.raises(KeyError, match=r"saved but not on the model: \['net'\]"):
+        model.load_state_dict({"net": 1})
     model.load_for_testing()
     model.train()
     model.eval()

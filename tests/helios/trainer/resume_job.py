@@ -22,6 +22,10 @@ create ``<workdir>/in_save_<pid>`` and hang, so a test can kill it mid-save on p
 default of one checkpoint per unit. ``--loggers csv,mlflow`` logs every iteration to a CSV
 file and an MLflow SQLite store in the workdir.
 
+``--tensorboard`` writes a TensorBoard run into ``<workdir>/runs``: the loss of every batch
+(``train/loss`` at the global iteration, flushed at once, so a kill leaves the points after
+the last checkpoint on disk) and ``valid/cycle`` at each validation cycle.
+
 ``--go FILE`` waits (after the imports, before anything else) until ``FILE`` exists, so a
 test can start the next job while the current one runs and hide the start-up time.
 
@@ -51,10 +55,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+import helios.core as hlc
 import helios.data as hld
 import helios.model as hlm
 import helios.trainer as hlt
-from helios.core import rng
+from helios.core import logging, rng
 
 NUM_SAMPLES = 10
 BATCH_SIZE = 4
@@ -103,6 +108,8 @@ class ResumeModel(hlm.Model):
         workdir: where the ``started_<pid>`` marker is written (``None``: no marker).
         valid_sleep: seconds to sleep inside each validation step (each one appends a line
             to ``<workdir>/valid.jsonl`` when a workdir is given).
+        log_scalars: log ``train/loss`` (flushed at every batch) and ``valid/cycle`` to
+            TensorBoard.
     """
 
     def __init__(
@@ -113,8 +120,10 @@ class ResumeModel(hlm.Model):
         crash_at: int | None = None,
         workdir: pathlib.Path | None = None,
         valid_sleep: float = 0.0,
+        log_scalars: bool = False,
     ) -> None:
         super().__init__(SAVE_NAME)
+        self.log_scalars = log_scalars
         self.valid_sleep = valid_sleep
         self.accumulation = accumulation
         self.record_path = record_path
@@ -167,6 +176,12 @@ class ResumeModel(hlm.Model):
         if self.valid_sleep:
             time.sleep(self.valid_sleep)
 
+    def on_validation_end(self, validation_cycle: int) -> None:
+        super().on_validation_end(validation_cycle)
+        if self.log_scalars:
+            writer = hlc.get_from_optional(logging.get_tensorboard_writer())
+            writer.add_scalar("valid/cycle", float(validation_cycle), validation_cycle)
+
     def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
         ids, x, y = batch
         x, y = x.to(self.device), y.to(self.device)
@@ -191,6 +206,10 @@ class ResumeModel(hlm.Model):
         if scale is not None:
             record["scale"] = scale
         self.records.append(record)
+        if self.log_scalars:
+            writer = hlc.get_from_optional(logging.get_tensorboard_writer())
+            writer.add_scalar("train/loss", loss.item(), state.global_iteration)
+            writer.flush()
         if self.record_path is not None:
             _append_line(self.record_path, json.dumps(record))
         if self.crash_at == state.global_iteration:
@@ -298,6 +317,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chkpt-frequency", type=int, default=1)
     parser.add_argument("--loggers", default="", help="comma list of csv, mlflow")
     parser.add_argument("--precision", default="32")
+    parser.add_argument("--tensorboard", action="store_true")
     args = parser.parse_args(argv)
 
     if args.go is not None:
@@ -319,7 +339,9 @@ def main(argv: list[str]) -> int:
         step_sleep=args.step_sleep,
         workdir=args.workdir,
         valid_sleep=args.valid_sleep,
+        log_scalars=args.tensorboard,
     )
+    tensorboard = {"enable_tensorboard": True, "run_path": args.workdir / "runs"}
     trainer = make_trainer(
         args.workdir,
         args.unit,
@@ -329,6 +351,7 @@ def main(argv: list[str]) -> int:
         loggers=make_loggers(args.workdir, args.loggers),
         print_frequency=1 if args.loggers else None,
         precision=args.precision,
+        **(tensorboard if args.tensorboard else {}),
     )
     if not trainer.fit(model, ResumeDataModule()):
         return 1

@@ -222,6 +222,7 @@ def test_checkpoint_names_and_contents_with_logging_and_plugins(tmp_path: pathli
         "rng",
         "log_path",
         "run_path",
+        "tensorboard_events",
         "counter",
         "ranks",
     }
@@ -242,6 +243,8 @@ def test_checkpoint_names_and_contents_with_logging_and_plugins(tmp_path: pathli
     assert {"torch", "rand", "numpy"} <= set(contents["rng"])
     assert contents["log_path"] == log_file
     assert contents["run_path"] == run_dir
+    (event_file,) = run_dir.iterdir()
+    assert contents["tensorboard_events"] == {event_file.name: event_file.stat().st_size}
     assert contents["counter"] == {"starts": 1}
     (rank0,) = contents["ranks"]
     assert set(rank0) == {"rng", "sampler"}
