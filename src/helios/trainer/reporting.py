@@ -40,12 +40,41 @@ BAR_REFRESH_SECONDS = 1.0
 
 
 def find_optimizers(model: object) -> dict[str, torch.optim.Optimizer]:
-    """Return the optimizers held as attributes of a model, by attribute name."""
+    """Return the optimizers found on a model (as its default state finds them), by key."""
+    from helios.model import default_state
+
+    found, _ = default_state.find_state(model)
     return {
-        name.lstrip("_"): value
-        for name, value in vars(model).items()
+        key.lstrip("_"): value
+        for key, value in found.items()
         if isinstance(value, torch.optim.Optimizer)
     }
+
+
+def run_summary(model: object, device: torch.device, precision: str, world_size: int) -> str:
+    """Describe a run in one line: its device, precision, world size and networks.
+
+    Args:
+        model: the model, whose networks (as its default state finds them) are counted.
+        device: the device of this process.
+        precision: the run's precision.
+        world_size: the number of processes.
+
+    Returns:
+        ``"Run on cpu, precision 32, 1 process(es); networks: net 1,234 parameters (1,234
+        trainable)"``.
+    """
+    from helios.model import default_state
+
+    found, _ = default_state.find_state(model)
+    networks = []
+    for key, value in found.items():
+        if isinstance(value, torch.nn.Module):
+            total = sum(p.numel() for p in value.parameters())
+            trainable = sum(p.numel() for p in value.parameters() if p.requires_grad)
+            networks.append(f"{key} {total:,} parameters ({trainable:,} trainable)")
+    listed = "; ".join(networks) if networks else "none found on the model"
+    return f"Run on {device}, precision {precision}, {world_size} process(es); networks: {listed}"
 
 
 class RunReport:
@@ -196,4 +225,10 @@ class LoggerStates:
             logger.close()
 
 
-__all__ = ["BAR_REFRESH_SECONDS", "LoggerStates", "RunReport", "find_optimizers"]
+__all__ = [
+    "BAR_REFRESH_SECONDS",
+    "LoggerStates",
+    "RunReport",
+    "find_optimizers",
+    "run_summary",
+]

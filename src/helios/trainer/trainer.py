@@ -21,7 +21,7 @@ from helios.plugins.plugin import validate_plugins
 from . import arguments, checkpoints, failures, launch
 from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop, agree_any
 from .preemption import Preemption
-from .reporting import LoggerStates, RunReport
+from .reporting import LoggerStates, RunReport, run_summary
 from .run_end import RunEnd, finished_message
 from .run_folder import CheckpointFolderError, RunFolderLock
 from .run_logs import RunLogs
@@ -628,6 +628,10 @@ class Trainer:
             return
 
         self._logger_states.resume_from_checkpoint_step()
+        world_size = torch.distributed.get_world_size() if self._is_distributed else 1
+        self.root_logger.info(
+            run_summary(self.model, self._device, self._precision.name, world_size)
+        )
         hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
         report = RunReport(
             self.model,

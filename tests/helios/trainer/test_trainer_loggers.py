@@ -106,3 +106,13 @@ def test_validation_prints_one_line_with_metrics_and_losses(
     assert validations[0].startswith("Validation 1 (epoch 1, iteration 3): score 0.5 | loss ")
     assert validations[1].startswith("Validation 2 (epoch 2, iteration 6): score 1.5 | loss ")
     assert lines[-1] == "Training finished at epoch 2, iteration 6"
+
+
+def test_fit_logs_a_summary_of_the_run(tmp_path: pathlib.Path) -> None:
+    trainer = job.make_trainer(
+        tmp_path, "epoch", 1, 1, enable_file_logging=True, log_path=tmp_path / "logs"
+    )
+    assert trainer.fit(job.ResumeModel(), job.ResumeDataModule())
+    (log_file,) = (tmp_path / "logs").iterdir()
+    expected = "Run on cpu, precision 32, 1 process(es); networks: net 41 parameters (41 trainable)"
+    assert expected in log_file.read_text()
