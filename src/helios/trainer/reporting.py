@@ -131,7 +131,7 @@ class RunReport:
         metrics = self._model.metrics
         line = console.format_validation_summary(
             metrics,
-            loss_means,
+            {f"train {name}": value for name, value in loss_means.items()},
             cycle=state.validation_cycles + 1,
             epoch=state.global_epoch,
             iteration=state.current_iteration,
