@@ -99,6 +99,7 @@ class RunReport:
         self._show = show
         self._defer_epoch_times = defer_epoch_times
         self._pending: dict[str, float] = {}
+        self._losses_logged_at: int | None = None
         self._last_bar_refresh = 0.0
         self._optimizers = find_optimizers(model)
 
@@ -120,6 +121,7 @@ class RunReport:
         """Send the running losses and learning rates to the loggers (``should_log``)."""
         if self._loggers:
             self._log(self._train_metrics(self.loss_means(state)), state)
+            self._losses_logged_at = state.current_iteration
 
     def validated(self, state: TrainingState, loss_means: Mapping[str, float]) -> None:
         """Print the line of a validation that just ended and log its metrics.
@@ -143,7 +145,9 @@ class RunReport:
             numbers_only = {
                 f"valid/{name}": value for name, value in metrics.items() if _is_number(value)
             }
-            self._log({**numbers_only, **self._train_metrics(loss_means)}, state)
+            if self._losses_logged_at != state.current_iteration:  # not twice at one step
+                numbers_only.update(self._train_metrics(loss_means))
+            self._log(numbers_only, state)
 
     def epoch_ended(self, state: TrainingState, seconds: float) -> None:
         """Log how long an epoch took (deferred to the next iteration in that unit)."""
