@@ -88,6 +88,9 @@ _EXTERNAL = (
     "socket",
     "subprocess",
     "hashlib",
+    "mlflow",
+    "MlflowClient",
+    "wandb",
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"({'|'.join(_EXTERNAL)})(\..*)?"),

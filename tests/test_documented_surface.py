@@ -10,7 +10,7 @@ positional parameter may be taken by our ``*args``.
 
 There are no exceptions: a missing name or a changed default fails, so a later change cannot
 silently drop a documented name (deliberate differences in behaviour are listed in
-``docs-differences.md``; none of them changes a documented name or signature).
+``docs/differences.md``; none of them changes a documented name or signature).
 """
 
 from __future__ import annotations

@@ -87,8 +87,10 @@ class Trainer:
             rates and the epoch times; their state is part of every checkpoint, so a resumed
             run continues the same logged runs.
         precision: ``"32"``, ``"bf16-mixed"`` or ``"fp16-mixed"`` (see
-            :py:mod:`helios.core.precision`); used by the Model's :py:meth:`autocast`,
-            :py:meth:`backward`, :py:meth:`clip_gradients` and :py:meth:`optimizer_step`.
+            :py:mod:`helios.core.precision`); used by the Model's
+            :py:meth:`~helios.model.Model.autocast`, :py:meth:`~helios.model.Model.backward`,
+            :py:meth:`~helios.model.Model.clip_gradients` and
+            :py:meth:`~helios.model.Model.optimizer_step`.
         enable_compile: compile the model's networks with ``torch.compile`` after
             ``Model.setup`` (see :py:meth:`~helios.model.Model.compile_networks`).
 
