@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .retention import RetentionPolicy
 from .state import TrainingUnit
 
 
@@ -256,3 +257,66 @@ def check_flags(
         )
     if src_root is not None and not src_root.is_dir():
         raise ValueError(f"error: src_root must be an existing directory, but got {src_root}")
+
+
+def check_retention(
+    keep_last: Any, keep_best: Any, best_metric: Any, best_mode: Any
+) -> RetentionPolicy:
+    """Check the retention arguments of the Trainer and build the policy.
+
+    Args:
+        keep_last: ``chkpt_keep_last``.
+        keep_best: ``chkpt_keep_best``.
+        best_metric: ``chkpt_best_metric``.
+        best_mode: ``chkpt_best_mode``.
+
+    Returns:
+        The policy.
+
+    Raises:
+        TypeError: for an argument of the wrong type.
+        ValueError: for a value out of range or a missing metric.
+    """
+    for name, value in (("chkpt_keep_last", keep_last), ("chkpt_keep_best", keep_best)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(
+                f"error: {name} must be None or an int >= 1, but received {value!r} "
+                f"(type {type(value).__name__})"
+            )
+        if value < 1:
+            raise ValueError(f"error: {name} must be None or an int >= 1, but received {value}")
+    if best_metric is not None and (not isinstance(best_metric, str) or not best_metric):
+        raise TypeError(
+            "error: chkpt_best_metric must be None or the non-empty name of a key of the "
+            f"model's metrics table, but received {best_metric!r}"
+        )
+    if best_mode not in ("max", "min"):
+        raise ValueError(
+            f"error: chkpt_best_mode must be 'max' or 'min', but received {best_mode!r}"
+        )
+    if keep_best is not None and best_metric is None:
+        raise ValueError(
+            f"error: chkpt_keep_best={keep_best} needs chkpt_best_metric, the key of the "
+            "model's metrics table that ranks checkpoints"
+        )
+    return RetentionPolicy(keep_last, keep_best, best_metric, best_mode)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Check that a flag is a bool.
+
+    Args:
+        name: the argument's name.
+        value: the value given.
+
+    Returns:
+        The flag.
+
+    Raises:
+        TypeError: for a non-bool value.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"error: {name} must be a bool, but received {_describe(value)}")
+    return value

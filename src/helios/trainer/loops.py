@@ -36,7 +36,8 @@ EPOCH unit, for each epoch e = 1, 2, ... total_steps::
         M.have_metrics_improved()
         if P/M.should_training_stop(): stop after this epoch
     M.on_training_epoch_end(e)
-    if e % chkpt_frequency == 0: save checkpoint      # after on_training_epoch_end
+    if e % chkpt_frequency == 0 and M.should_save_checkpoint(): save checkpoint
+                                                     # after on_training_epoch_end
     if early_stop_count >= early_stop_cycles or P/M.should_training_stop(): stop
 
 ITERATION unit (an iteration is ``accumulation_steps`` batches)::
@@ -50,7 +51,7 @@ ITERATION unit (an iteration is ``accumulation_steps`` batches)::
                 if i % valid_frequency == 0:
                     validate(); M.have_metrics_improved()
                     if P/M.should_training_stop(): stop after the checkpoint below
-                if i % chkpt_frequency == 0: save checkpoint
+                if i % chkpt_frequency == 0 and M.should_save_checkpoint(): save checkpoint
                 if early_stop_count >= early_stop_cycles or i >= total_steps: stop
         M.on_training_epoch_end(e)                       # also for an epoch cut short
 
@@ -106,6 +107,7 @@ if TYPE_CHECKING:
     from helios.plugins import Plugin
 
     from .checkpoints import RankState
+    from .nonfinite import NonFiniteGuard
 
 
 def overrides(obj: object, base: type, name: str) -> bool:
@@ -164,6 +166,8 @@ class Hooks:
         self.on_validation_batch_end = optional("on_validation_batch_end")
         self.on_testing_batch_start = optional("on_testing_batch_start")
         self.on_testing_batch_end = optional("on_testing_batch_end")
+        overridden = overrides(model, Model, "should_save_checkpoint")
+        self._should_save = model.should_save_checkpoint if overridden else None
 
     def _batch_processor(self, flag: str, method: str) -> Callable[..., Any] | None:
         for plugin in self.plugins:
@@ -175,6 +179,12 @@ class Hooks:
         """Call a hook on every plug-in, in registration order."""
         for plugin in self.plugins:
             getattr(plugin, name)(*args, **kwargs)
+
+    def save_wanted(self) -> bool:
+        """Ask the model whether to save the checkpoint that is due (any rank can veto)."""
+        if self._should_save is None:
+            return True
+        return not agree_any(not self._should_save(), self.collective_device)
 
     def stop_requested(self) -> bool:
         """Ask the plug-ins, then the model, whether to stop (agreed across ranks).
@@ -247,6 +257,8 @@ class TrainingLoop:
         save: writes a checkpoint of the run at a training state.
         resume: this rank's saved RNG states and sampler position, applied at the resume
             point; ``None`` for a fresh run.
+        guard: checks losses and the model state for NaN/inf (see
+            :py:mod:`helios.trainer.nonfinite`); ``None``: no checks.
     """
 
     def __init__(
@@ -256,6 +268,7 @@ class TrainingLoop:
         datamodule: DataModule,
         save: Callable[[TrainingState], object],
         resume: RankState | None = None,
+        guard: NonFiniteGuard | None = None,
     ) -> None:
         self.options = options
         self.hooks = hooks
@@ -263,6 +276,7 @@ class TrainingLoop:
         self._datamodule = datamodule
         self._save = save
         self._resume = resume
+        self._guard = guard
         self._epoch_unit = options.train_unit == TrainingUnit.EPOCH
         # The EPOCH unit counts every batch as an iteration.
         self._accumulation = 1 if self._epoch_unit else options.accumulation_steps
@@ -294,12 +308,14 @@ class TrainingLoop:
             self._start_epoch(state, sampler)
             if self._train_epoch(state, loader):
                 break
+        if self._guard is not None:
+            self._guard.check(state)
         if self._bar is not None:
             self._bar.close()
 
     def _train_epoch(self, state: TrainingState, loader: Any) -> bool:
         """Train the batches of one epoch; return whether training must stop."""
-        hooks, model = self.hooks, self.model
+        hooks, model, guard = self.hooks, self.model, self._guard
         process, accumulation = hooks.process_training_batch, self._accumulation
         print_frequency = self.options.print_frequency
         units_end_in_epoch = not self._epoch_unit
@@ -329,6 +345,8 @@ class TrainingLoop:
                 and state.current_iteration % print_frequency == 0
             )
             model.on_training_batch_end(state, should_log=should_log)
+            if guard is not None:
+                guard.after_step(state, should_log)
             state.dataset_iter += 1
             if bar is not None:
                 bar.update()
@@ -360,11 +378,15 @@ class TrainingLoop:
         """
         options, index = self.options, self._unit_index(state)
         if _due(index, options.valid_frequency):
+            if self._guard is not None:
+                self._guard.check(state)
             self._validate_and_track(state)
             stop = stop or self.hooks.stop_requested()
         if self._epoch_unit:
             self._end_epoch(state)
-        if _due(index, options.chkpt_frequency):
+        if _due(index, options.chkpt_frequency) and self.hooks.save_wanted():
+            if self._guard is not None:
+                self._guard.check(state)
             self._save(state)
         if self._bar is not None:
             self._bar.update()

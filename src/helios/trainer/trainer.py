@@ -17,6 +17,8 @@ from helios.plugins.plugin import validate_plugins
 
 from . import arguments, checkpoints, launch
 from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop
+from .nonfinite import NonFiniteGuard
+from .retention import CheckpointRetention
 from .run_logs import RunLogs
 from .state import TrainingState, TrainingUnit
 
@@ -66,6 +68,20 @@ class Trainer:
         src_root: root package whose registries are imported in every process.
         import_prefix: dotted prefix for importing ``src_root``.
         print_banner: print the banner with environment information at start.
+        chkpt_keep_last: keep only the newest this many checkpoints (with
+            ``chkpt_keep_best``: also those); ``None`` with ``chkpt_keep_best`` also
+            ``None`` keeps every checkpoint. The newest checkpoint is never deleted. See
+            :py:mod:`helios.trainer.retention`.
+        chkpt_keep_best: also keep the this many checkpoints with the best
+            ``chkpt_best_metric``.
+        chkpt_best_metric: key of the model's ``metrics`` table that ranks checkpoints;
+            with it the folder gets an index naming the best one
+            (:py:func:`~helios.trainer.find_best_checkpoint`).
+        chkpt_best_mode: ``"max"`` (higher is better) or ``"min"``.
+        chkpt_async: write checkpoints in a background thread after copying the state
+            synchronously (see :py:mod:`helios.trainer.async_save`).
+        nonfinite_guard: stop training on a NaN/inf loss or model state and never save it
+            (see :py:mod:`helios.trainer.nonfinite` for what is checked when).
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -97,6 +113,12 @@ class Trainer:
         src_root: pathlib.Path | None = None,
         import_prefix: str = "",
         print_banner: bool = True,
+        chkpt_keep_last: int | None = None,
+        chkpt_keep_best: int | None = None,
+        chkpt_best_metric: str | None = None,
+        chkpt_best_mode: str = "max",
+        chkpt_async: bool = False,
+        nonfinite_guard: bool = True,
     ) -> None:
         if not isinstance(run_name, str):
             raise TypeError(f"error: run_name must be a str, but received {run_name!r}")
@@ -137,6 +159,11 @@ class Trainer:
         self._enable_progress_bar = enable_progress_bar
         self._import_prefix = import_prefix
         self._print_banner = print_banner
+        self._retention_policy = arguments.check_retention(
+            chkpt_keep_last, chkpt_keep_best, chkpt_best_metric, chkpt_best_mode
+        )
+        self._chkpt_async = arguments.check_bool("chkpt_async", chkpt_async)
+        self._nonfinite_guard = arguments.check_bool("nonfinite_guard", nonfinite_guard)
 
         self._place_devices(use_cpu, gpus)
 
@@ -149,6 +176,7 @@ class Trainer:
         self._plugins: dict[str, Plugin] = {}
         self._queue: mp.Queue | None = None
         self._run_logs = RunLogs(run_name, None, None)
+        self._retention = CheckpointRetention(self._retention_policy, None, dict)
 
     def _place_devices(self, use_cpu: bool | None, gpus: list[int] | None) -> None:
         """Pick the device, the GPU ids and whether the run is distributed."""
@@ -494,11 +522,13 @@ class Trainer:
             "model": _ModelPart(self.model, fast_init),
             **self._plugins,
             "training_state": state,
+            "checkpoint_retention": self._retention,
         }
 
     def _run_checkpoint(self, state: TrainingState, fast_init: bool) -> checkpoints.RunCheckpoint:
         model = self.model
         folder = self._chkpt_root / model.save_name if self._chkpt_root is not None else None
+        self._retention = CheckpointRetention(self._retention_policy, folder, lambda: model.metrics)
         return checkpoints.RunCheckpoint(
             folder,
             self._checkpoint_parts(state, fast_init),
@@ -509,6 +539,8 @@ class Trainer:
             rank=self._rank,
             is_distributed=self._is_distributed,
             map_location=self._map_loc,
+            retention=self._retention,
+            asynchronous=self._chkpt_async,
         )
 
     def _train(self) -> None:
@@ -530,8 +562,19 @@ class Trainer:
         hooks.call_plugins("on_training_start")
         self.model.on_training_start()
         resume = checkpoint.rank_state if checkpoint.rank_state.is_pending else None
-        loop = TrainingLoop(self._loop_options(), hooks, self.datamodule, checkpoint.save, resume)
-        loop.run(state)
+        guard = (
+            NonFiniteGuard(self.model, hooks.collective_device) if self._nonfinite_guard else None
+        )
+        loop = TrainingLoop(
+            self._loop_options(), hooks, self.datamodule, checkpoint.save, resume, guard
+        )
+        checkpoint.check = guard.model_state_error if guard is not None else None
+        try:
+            loop.run(state)
+        except BaseException:
+            checkpoint.close(raise_errors=False)
+            raise
+        checkpoint.close()
         hooks.call_plugins("on_training_end")
         self.model.on_training_end()
         logging.flush_default_loggers()

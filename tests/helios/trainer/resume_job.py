@@ -4,7 +4,7 @@ Run as a script it trains until done, then writes the final weights to
 ``<workdir>/final.pt``::
 
     python resume_job.py WORKDIR UNIT TOTAL_STEPS ACCUMULATION
-        [--step-sleep S] [--save-sleep S] [--hang-in-save N] [--go FILE]
+        [--step-sleep S] [--save-sleep S] [--hang-in-save N] [--go FILE] [--trainer JSON]
 
 Every batch appends one JSON line to ``<workdir>/batches.jsonl`` (a single ``os.write`` on an
 ``O_APPEND`` file, so a SIGKILL never leaves half a line): the process id, the global
@@ -16,6 +16,10 @@ step), so a kill lands mid-step. ``--save-sleep`` replaces ``torch.save`` with a
 writes the first half of the checkpoint, sleeps, then writes the rest, so a kill can land
 mid-save. ``--hang-in-save N`` makes the N-th save of this process write half the file,
 create ``<workdir>/in_save_<pid>`` and hang, so a test can kill it mid-save on purpose.
+
+``--trainer JSON`` adds Trainer arguments (a JSON object), e.g. retention or asynchronous
+saves. After each validation cycle the model's ``metrics["score"]`` is ``SCORES[cycle]``, a
+fixed sequence for the best-checkpoint tests.
 
 ``--go FILE`` waits (after the imports, before anything else) until ``FILE`` exists, so a
 test can start the next job while the current one runs and hide the start-up time.
@@ -51,6 +55,8 @@ BATCH_SIZE = 4
 SAVE_NAME = "resume"
 
 _REAL_TORCH_SAVE = torch.save
+# metrics["score"] after validation cycle c is SCORES[c % len(SCORES)].
+SCORES = (0.5, 0.9, 0.2, 0.7, 0.95, 0.1, 0.3, 0.6, 0.4)
 
 
 class CountingDataset(Dataset):
@@ -140,6 +146,10 @@ class ResumeModel(hlm.Model):
 
     def on_training_epoch_start(self, current_epoch: int) -> None:
         _draw_everything()
+
+    def on_validation_end(self, validation_cycle: int) -> None:
+        self.metrics["score"] = SCORES[validation_cycle % len(SCORES)]
+        super().on_validation_end(validation_cycle)
 
     def valid_step(self, batch: Any, step: int) -> None:
         # Validation draws shift the streams that the following training steps see.
@@ -255,6 +265,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--save-sleep", type=float, default=0.0)
     parser.add_argument("--hang-in-save", type=int, default=None)
     parser.add_argument("--go", type=pathlib.Path, default=None)
+    parser.add_argument("--trainer", type=json.loads, default={})
     args = parser.parse_args(argv)
 
     if args.go is not None:
@@ -276,7 +287,9 @@ def main(argv: list[str]) -> int:
         step_sleep=args.step_sleep,
         workdir=args.workdir,
     )
-    trainer = make_trainer(args.workdir, args.unit, args.total_steps, args.accumulation)
+    trainer = make_trainer(
+        args.workdir, args.unit, args.total_steps, args.accumulation, **args.trainer
+    )
     if not trainer.fit(model, ResumeDataModule()):
         return 1
     _REAL_TORCH_SAVE(model.net.state_dict(), args.workdir / "final.pt")
