@@ -75,6 +75,9 @@ class NonFiniteGuard:
         collective_device: the device for agreeing across ranks (``None``: one process).
     """
 
+    # A CPU loss is read at once (no synchronisation); False records it like a GPU loss.
+    read_cpu_losses_at_once = True
+
     def __init__(self, model: Model, collective_device: torch.device | None) -> None:
         self._model = model
         self._collective_device = collective_device
@@ -95,10 +98,10 @@ class NonFiniteGuard:
         """
         for key, loss in self._model._loss_items.items():
             if isinstance(loss, torch.Tensor):
-                if loss.device.type == "cpu":
+                if loss.device.type == "cpu" and self.read_cpu_losses_at_once:
                     if loss.numel() == 1:
                         value = loss.item()
-                        finite = math.isfinite(abs(value))
+                        finite = math.isfinite(abs(value))  # abs: complex or int too
                     else:
                         finite = bool(torch.isfinite(loss).all())
                         value = 0.0 if finite else _first_non_finite(loss)
