@@ -260,7 +260,7 @@ def check_flags(
 
 
 def check_retention(
-    keep_last: Any, keep_best: Any, best_metric: Any, best_mode: Any
+    keep_last: Any, keep_best: Any, best_metric: Any, best_mode: Any, prefix: str = "chkpt_"
 ) -> RetentionPolicy:
     """Check the retention arguments of the Trainer and build the policy.
 
@@ -269,6 +269,7 @@ def check_retention(
         keep_best: ``chkpt_keep_best``.
         best_metric: ``chkpt_best_metric``.
         best_mode: ``chkpt_best_mode``.
+        prefix: the prefix of the argument names in messages (pyblaze's saver has none).
 
     Returns:
         The policy.
@@ -277,7 +278,7 @@ def check_retention(
         TypeError: for an argument of the wrong type.
         ValueError: for a value out of range or a missing metric.
     """
-    for name, value in (("chkpt_keep_last", keep_last), ("chkpt_keep_best", keep_best)):
+    for name, value in ((f"{prefix}keep_last", keep_last), (f"{prefix}keep_best", keep_best)):
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool):
@@ -289,16 +290,16 @@ def check_retention(
             raise ValueError(f"error: {name} must be None or an int >= 1, but received {value}")
     if best_metric is not None and (not isinstance(best_metric, str) or not best_metric):
         raise TypeError(
-            "error: chkpt_best_metric must be None or the non-empty name of a key of the "
+            f"error: {prefix}best_metric must be None or the non-empty name of a key of the "
             f"model's metrics table, but received {best_metric!r}"
         )
     if best_mode not in ("max", "min"):
         raise ValueError(
-            f"error: chkpt_best_mode must be 'max' or 'min', but received {best_mode!r}"
+            f"error: {prefix}best_mode must be 'max' or 'min', but received {best_mode!r}"
         )
     if keep_best is not None and best_metric is None:
         raise ValueError(
-            f"error: chkpt_keep_best={keep_best} needs chkpt_best_metric, the key of the "
+            f"error: {prefix}keep_best={keep_best} needs {prefix}best_metric, the key of the "
             "model's metrics table that ranks checkpoints"
         )
     return RetentionPolicy(keep_last, keep_best, best_metric, best_mode)

@@ -34,7 +34,7 @@ from helios.core import logging, rng
 from helios.core.utils import safe_torch_load
 
 from .async_save import BackgroundWriter, CheckpointWriteError, snapshot
-from .retention import CheckpointRetention, RetentionUpdate
+from .retention import CheckpointRetention, RetentionUpdate, new_file_mode
 from .state import TrainingState
 
 CHECKPOINT_SUFFIX = ".pth"
@@ -173,7 +173,7 @@ def save_atomically(state_dict: dict[str, Any], path: pathlib.Path) -> None:
         fd, tmp_name = tempfile.mkstemp(
             prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
         )
-        os.fchmod(fd, 0o666 & ~_current_umask())
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as file:
             recording = _RecordingFile(file)
             torch.save(state_dict, recording)  # type: ignore[arg-type]
@@ -200,12 +200,6 @@ def _describe_os_error(error: BaseException) -> str:
         where = f" ({error.filename})" if error.filename else ""
         return f"[{name}] {error.strerror}{where}"
     return f"{type(error).__name__}: {error}"
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def remove_temporary_files(root: pathlib.Path | None) -> None:

@@ -148,23 +148,47 @@ def metric_value(metrics: Mapping[str, Any], name: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def write_json_atomically(data: Any, path: pathlib.Path) -> None:
+def write_json_atomically(
+    data: Any, path: pathlib.Path, indent: int = 2, sort_keys: bool = False
+) -> None:
     """Write JSON through a synced temporary file renamed over ``path``.
 
     Args:
         data: the JSON-serialisable data.
         path: the final path.
+        indent: passed to ``json.dump``.
+        sort_keys: passed to ``json.dump``.
     """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=2)
+            json.dump(data, file, indent=indent, sort_keys=sort_keys)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         pathlib.Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def new_file_mode() -> int:
+    """Return the mode a plainly created file gets (``0o666`` less the umask).
+
+    The umask is read from ``/proc/self/status`` where it can be: setting it to read it back
+    (``os.umask``) would briefly change it for every thread, and saves run in a background
+    thread.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @dataclasses.dataclass(frozen=True)
