@@ -5,8 +5,9 @@ What is checked, and when (``Trainer(nonfinite_guard=True)``, the default):
 * The losses of every batch (the model's ``_loss_items`` table, after
   ``on_training_batch_end``). A loss on the CPU is checked at once: reading a CPU scalar
   costs no synchronisation. A loss on another device (a GPU) is not read back every step:
-  a few device operations record the first non-finite loss (its iteration, key and value)
-  on the device, and the record is read at the next *boundary*: a step where
+  the guard keeps a detached reference to it (no kernel for a scalar loss; every 256 steps
+  the references are stacked into one tensor), and the losses are read, with one
+  synchronisation, at the next *boundary*: a step where
   ``should_log`` is set (the print frequency: a logging step reads the losses anyway),
   before a validation cycle, before every checkpoint and at the end of training.
 * The model's state (every floating-point tensor of ``Model.state_dict()``, optimizer
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
     from helios.model import Model
 
     from .state import TrainingState
+
+
+# Device losses kept as references before they are stacked into one tensor.
+_CHUNK = 256
 
 
 class NonFiniteError(RuntimeError):
@@ -81,9 +86,9 @@ class NonFiniteGuard:
     def __init__(self, model: Model, collective_device: torch.device | None) -> None:
         self._model = model
         self._collective_device = collective_device
-        self._keys: list[str] = []
-        # Per device: first bad iteration (-1: none), its key index and its value.
-        self._records: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # Losses not read yet: (iteration, key, detached 0-dim value), and stacked chunks.
+        self._pending: list[tuple[int, str, torch.Tensor]] = []
+        self._chunks: list[tuple[list[tuple[int, str]], torch.Tensor]] = []
         self._found: NonFiniteError | None = None
 
     def after_step(self, state: TrainingState, should_log: bool) -> None:
@@ -111,7 +116,7 @@ class NonFiniteGuard:
                     self._record(key, loss, state.global_iteration)
             elif isinstance(loss, int | float) and not math.isfinite(loss):
                 self._fail_loss(key, float(loss), state.global_iteration, state.global_epoch)
-        if should_log and self._records:
+        if should_log and (self._pending or self._chunks):
             self.check(state)
 
     def _fail_loss(self, key: str, value: float, iteration: int, epoch: int | None) -> None:
@@ -124,29 +129,26 @@ class NonFiniteGuard:
         )
 
     def _record(self, key: str, loss: torch.Tensor, iteration: int) -> None:
-        if key not in self._keys:
-            self._keys.append(key)
+        # Per step: keep a detached reference (no kernel for a scalar loss). Every
+        # _CHUNK steps the references are stacked into one tensor per device and dtype.
         value = loss.detach()
-        device = value.device
-        record = self._records.get(device)
-        if record is None:
-            record = (
-                torch.full((), -1, dtype=torch.int64, device=device),
-                torch.full((), -1, dtype=torch.int64, device=device),
-                torch.zeros((), dtype=torch.float64, device=device),
-            )
-        first, key_index, bad_value = record
-        finite = torch.isfinite(value).all()
-        newly = torch.logical_and(first < 0, torch.logical_not(finite))
-        summary = value.double().sum() if value.numel() > 1 else value.double().reshape(())
-        self._records[device] = (
-            torch.where(newly, iteration, first),
-            torch.where(newly, self._keys.index(key), key_index),
-            torch.where(newly, summary, bad_value),
-        )
+        if value.numel() != 1:
+            value = value.abs().amax()  # nan or inf if any element is; never overflows
+        self._pending.append((iteration, key, value.reshape(())))
+        if len(self._pending) >= _CHUNK:
+            self._stack_pending()
+
+    def _stack_pending(self) -> None:
+        groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, str, torch.Tensor]]] = {}
+        for entry in self._pending:
+            groups.setdefault((entry[2].device, entry[2].dtype), []).append(entry)
+        for entries in groups.values():
+            where = [(iteration, key) for iteration, key, _ in entries]
+            self._chunks.append((where, torch.stack([value for _, _, value in entries])))
+        self._pending = []
 
     def check(self, state: TrainingState) -> None:
-        """Read the device records (one synchronisation) and agree across ranks.
+        """Read the recorded losses (one synchronisation) and agree across ranks.
 
         Args:
             state: the training state.
@@ -155,14 +157,25 @@ class NonFiniteGuard:
             NonFiniteError: if a non-finite loss was recorded on any rank.
         """
         error = self._found
-        for first, key_index, value in self._records.values():
-            iteration = int(first.item())
-            if iteration >= 0 and error is None:
-                key = self._keys[int(key_index.item())]
-                try:
-                    self._fail_loss(key, float(value.item()), iteration, None)
-                except NonFiniteError as found:
-                    error = found
+        if self._pending:
+            self._stack_pending()
+        chunks, self._chunks = self._chunks, []
+        first: tuple[int, str, float] | None = None
+        if error is None and chunks:
+            flags = [torch.isfinite(values).all() for _, values in chunks]
+            finite = [bool(flag) for flag in flags]
+            for (where, values), ok in zip(chunks, finite, strict=True):
+                if ok:
+                    continue
+                index = int(torch.logical_not(torch.isfinite(values)).int().argmax())
+                iteration, key = where[index]
+                if first is None or iteration < first[0]:
+                    first = (iteration, key, float(values[index]))
+        if first is not None:
+            try:
+                self._fail_loss(first[1], first[2], first[0], None)
+            except NonFiniteError as found:
+                error = found
         self._agree_and_raise(error, state)
 
     def model_state_error(

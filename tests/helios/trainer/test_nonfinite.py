@@ -122,13 +122,14 @@ def test_the_device_path_reads_nothing_back_until_a_boundary(monkeypatch) -> Non
     guard.read_cpu_losses_at_once = False  # CPU tensors take the device path
     state = hlt.TrainingState()
     reads: list[str] = []
-    original_item = torch.Tensor.item
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist", "cpu"):
+        original = getattr(torch.Tensor, name)
 
-    def counting_item(self: torch.Tensor) -> Any:
-        reads.append("item")
-        return original_item(self)
+        def counting(self: torch.Tensor, *args: Any, _name=name, _original=original) -> Any:
+            reads.append(_name)
+            return _original(self, *args)
 
-    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+        monkeypatch.setattr(torch.Tensor, name, counting)
     losses = [1.0, 2.0, float("inf"), float("nan"), 3.0]
     for step, value in enumerate(losses, start=1):
         state.global_iteration = step
@@ -138,6 +139,22 @@ def test_the_device_path_reads_nothing_back_until_a_boundary(monkeypatch) -> Non
     with pytest.raises(hlt.NonFiniteError, match=r"loss 'aux' = inf at global iteration 3"):
         guard.check(state)
     assert reads  # the boundary reads the record
+
+
+def test_the_device_path_stacks_many_steps_and_names_the_first_bad_one() -> None:
+    model = _Model()
+    guard = NonFiniteGuard(model, collective_device=None)  # type: ignore[arg-type]
+    guard.read_cpu_losses_at_once = False
+    state = hlt.TrainingState()
+    for step in range(1, 701):
+        state.global_iteration = step
+        bad = {300: float("-inf"), 520: float("nan")}.get(step, 1.0)
+        model._loss_items = {"loss": torch.tensor(bad), "half": torch.tensor(1.0).half()}
+        guard.after_step(state, should_log=False)
+    # 2 losses per step: 5 stackings of 256, one chunk per dtype each, 120 not stacked yet.
+    assert len(guard._chunks) == 10 and len(guard._pending) == 120
+    with pytest.raises(hlt.NonFiniteError, match=r"loss 'loss' = -inf at global iteration 300"):
+        guard.check(state)
 
 
 def test_the_device_path_checks_at_logging_steps() -> None:
