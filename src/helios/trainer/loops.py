@@ -74,6 +74,15 @@ test::
         M.on_testing_batch_start(step); M.test_step(batch, step); M.on_testing_batch_end(step)
     P.on_testing_end(); M.on_testing_end()
 
+Checkpoint management (see :py:mod:`helios.trainer.retention`,
+:py:mod:`helios.trainer.async_save`, :py:mod:`helios.trainer.nonfinite`): with the
+non-finite guard on, each batch's losses are checked (CPU) or recorded (GPU) after
+``M.on_training_batch_end``, and the records are read before each validation, before each
+save and at the end of training; the model's state is checked inside the save, before
+anything is written. Retention deletes old checkpoints only once the new one is durable;
+an asynchronous save returns after the snapshot and the next save (or the end of ``fit``)
+waits for it.
+
 Resuming: the checkpoint of a run stopped anywhere holds the training state, the model, the
 plug-ins, every RNG and the sampler position. A run resumed inside an epoch calls
 ``M.on_training_epoch_start(e)`` again for that epoch and continues with the same next batch

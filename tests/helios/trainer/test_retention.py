@@ -260,3 +260,23 @@ def test_retention_across_kills_and_resumes_is_exact(
     assert hlt.find_best_checkpoint(folder) == folder / _name(6)
     for key, value in reference.net.state_dict().items():
         assert torch.equal(model.net.state_dict()[key], value), key
+
+
+class SaveWhenBetter(job.ResumeModel):
+    """Vetoes every save whose score is not a new maximum (Model.should_save_checkpoint)."""
+
+    def __init__(self) -> None:
+        super().__init__(accumulation=ACCUMULATION)
+        self.best = -1.0
+
+    def should_save_checkpoint(self) -> bool:
+        score = self.metrics["score"]
+        better, self.best = score > self.best, max(score, self.best)
+        return better
+
+
+def test_the_model_can_veto_saves(tmp_path: pathlib.Path) -> None:
+    trainer = job.make_trainer(tmp_path, UNIT, TOTAL, ACCUMULATION, **BASE)
+    assert trainer.fit(SaveWhenBetter(), job.ResumeDataModule())
+    # Scores 0.5, 0.9, 0.2, 0.7, 0.95, ...: new maxima at iterations 1, 2 and 5.
+    assert _kept(tmp_path) == sorted(_name(i) for i in (1, 2, 5))
