@@ -15,7 +15,7 @@ with few cores.
 Usage (from the repository root; about 2 GB of disk in a temporary folder)::
 
     python benchmarks/bench_async_save.py
-    python benchmarks/bench_async_save.py --repeats 3 --saves 4 --dir /some/disk
+    python benchmarks/bench_async_save.py --repeats 3 --saves 4 --dir /some/disk  # default: the temp folder
 
 Goal: blocked time of an asynchronous save <= 20% of the synchronous save.
 """
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    root = pathlib.Path(tempfile.mkdtemp(prefix="bench_async_save_", dir=args.dir or "."))
+    root = pathlib.Path(tempfile.mkdtemp(prefix="bench_async_save_", dir=args.dir))
     results: dict[str, dict[str, list[float]]] = {
         mode: {"blocked": [], "steps": []} for mode in ("sync", "async")
     }

@@ -52,7 +52,42 @@ def _collect_tensors(obj: Any, found: dict[int, torch.Tensor], seen: set[int]) -
             _collect_tensors(value, found, seen)
 
 
-def snapshot(contents: Any) -> Any:
+class SnapshotBuffers:
+    """CPU buffers of the previous snapshot, reused by the next one of the same shapes.
+
+    A snapshot is only copied into fresh memory the first time; later saves of the same
+    state copy into the buffers of the previous snapshot (whose write has completed), so
+    they pay no page faults (and, from a GPU, no pinned allocation).
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        self._taken: list[torch.Tensor] = []
+
+    @staticmethod
+    def _key(shape: torch.Size, dtype: torch.dtype, pinned: bool) -> tuple[Any, ...]:
+        return (tuple(shape), dtype, pinned)
+
+    def take(self, source: torch.Tensor, pinned: bool) -> torch.Tensor:
+        """Return a contiguous CPU tensor shaped like ``source`` (reused when possible)."""
+        free = self._free.get(self._key(source.shape, source.dtype, pinned))
+        if free:
+            buffer = free.pop()
+        else:
+            buffer = torch.empty(source.shape, dtype=source.dtype, pin_memory=pinned)
+        self._taken.append(buffer)
+        return buffer
+
+    def recycle(self) -> None:
+        """Offer the buffers of the last snapshot to the next (its write has completed)."""
+        self._free = {}
+        for buffer in self._taken:
+            key = self._key(buffer.shape, buffer.dtype, buffer.is_pinned())
+            self._free.setdefault(key, []).append(buffer)
+        self._taken = []
+
+
+def snapshot(contents: Any, buffers: SnapshotBuffers | None = None) -> Any:
     """Return a deep copy of checkpoint contents whose tensors all live on the CPU.
 
     Tensors inside dicts, lists, tuples and sets are copied (a tensor reached twice is
@@ -60,6 +95,8 @@ def snapshot(contents: Any) -> Any:
 
     Args:
         contents: the gathered checkpoint contents.
+        buffers: buffers to copy the tensors into (reused between snapshots); ``None``:
+            fresh memory.
 
     Returns:
         The copy; nothing in it is shared with ``contents``.
@@ -70,16 +107,17 @@ def snapshot(contents: Any) -> Any:
     devices: set[torch.device] = set()
     for key, tensor in found.items():
         source = tensor.detach()
-        if source.device.type == "cuda":
+        on_gpu = source.device.type == "cuda"
+        if buffers is not None and source.device.type in ("cpu", "cuda"):
+            copied = buffers.take(source, pinned=on_gpu)
+            copied.copy_(source, non_blocking=on_gpu)
+        elif on_gpu:
             copied = torch.empty_like(source, device="cpu", pin_memory=True)
             copied.copy_(source, non_blocking=True)
-            devices.add(source.device)
-        elif source.device.type == "cpu":
-            copied = source.clone()
         else:
             copied = source.to("cpu", copy=True)
-        if tensor.requires_grad:
-            copied.requires_grad_(True)
+        if on_gpu:
+            devices.add(source.device)
         memo[key] = copied
     for device in devices:
         torch.cuda.synchronize(device)
@@ -152,4 +190,4 @@ class BackgroundWriter:
             logging.get_root_logger().error(str(error))
 
 
-__all__ = ["BackgroundWriter", "CheckpointWriteError", "snapshot"]
+__all__ = ["BackgroundWriter", "CheckpointWriteError", "SnapshotBuffers", "snapshot"]

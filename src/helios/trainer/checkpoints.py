@@ -33,7 +33,7 @@ from packaging import version as _version
 from helios.core import logging, rng
 from helios.core.utils import safe_torch_load
 
-from .async_save import BackgroundWriter, CheckpointWriteError, snapshot
+from .async_save import BackgroundWriter, CheckpointWriteError, SnapshotBuffers, snapshot
 from .retention import CheckpointRetention, RetentionUpdate, new_file_mode
 from .state import TrainingState
 
@@ -427,6 +427,7 @@ class RunCheckpoint:
         self._map_location = map_location
         self.retention = retention
         self._writer = BackgroundWriter() if asynchronous else None
+        self._buffers = SnapshotBuffers()
         # Inspects the gathered contents before anything is written; returns the error
         # that stops the save (the non-finite guard), or None.
         self.check: Callable[[dict[str, Any], TrainingState], BaseException | None] | None
@@ -493,7 +494,9 @@ class RunCheckpoint:
         if self._writer is None:
             _write_and_retain(contents, path, update)
         else:
-            copied = snapshot(contents)
+            # The previous write has completed (waited for above): reuse its buffers.
+            self._buffers.recycle()
+            copied = snapshot(contents, self._buffers)
             self._writer.submit(lambda: _write_and_retain(copied, path, update), path)
         return path
 

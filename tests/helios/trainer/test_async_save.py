@@ -235,3 +235,18 @@ def test_a_save_past_the_file_size_limit_names_the_file_and_the_os_error(
     assert "enforce fail" not in message and "unexpected pos" not in message
     # Nothing half-written is left, under the final name or a temporary one.
     assert list(job.checkpoint_dir(tmp_path).iterdir()) == []
+
+
+def test_snapshots_reuse_the_buffers_of_the_previous_one() -> None:
+    weights = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4).t()}
+    buffers = async_save.SnapshotBuffers()
+    first = async_save.snapshot({"model": weights}, buffers)
+    pointers = {k: v.data_ptr() for k, v in first["model"].items()}
+    buffers.recycle()  # the first one's write has completed
+    weights["a"].mul_(2.0)
+    second = async_save.snapshot({"model": weights}, buffers)
+    assert {k: v.data_ptr() for k, v in second["model"].items()} == pointers
+    assert torch.equal(second["model"]["a"], torch.arange(6.0).reshape(2, 3) * 2.0)
+    # A transposed (non-contiguous) source is copied by value.
+    strided = {"t": torch.arange(6.0).reshape(2, 3).t()}
+    assert torch.equal(async_save.snapshot(strided, buffers)["t"], strided["t"])
