@@ -91,10 +91,10 @@ def run_once(
         finally:
             blocked.append(time.perf_counter() - started)
 
-    def timed_snapshot(contents: Any) -> Any:
+    def timed_snapshot(contents: Any, buffers: Any = None) -> Any:
         started = time.perf_counter()
         try:
-            return real_snapshot(contents)
+            return real_snapshot(contents, buffers)
         finally:
             copies.append(time.perf_counter() - started)
 
