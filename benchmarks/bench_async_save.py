@@ -15,7 +15,7 @@ with few cores.
 Usage (from the repository root; about 2 GB of disk in a temporary folder)::
 
     python benchmarks/bench_async_save.py
-    python benchmarks/bench_async_save.py --repeats 3 --saves 4 --dir /some/disk  # default: the temp folder
+    python benchmarks/bench_async_save.py --repeats 3 --saves 4 --dir /some/disk
 
 Goal: blocked time of an asynchronous save <= 20% of the synchronous save.
 """
