@@ -34,7 +34,7 @@ from helios.core import logging, rng
 from helios.core.utils import safe_torch_load
 
 from .async_save import BackgroundWriter, CheckpointWriteError, SnapshotBuffers, snapshot
-from .retention import CheckpointRetention, RetentionUpdate, new_file_mode
+from .retention import INDEX_NAME, CheckpointRetention, RetentionUpdate, new_file_mode
 from .state import TrainingState
 
 CHECKPOINT_SUFFIX = ".pth"
@@ -210,8 +210,9 @@ def remove_temporary_files(root: pathlib.Path | None) -> None:
     """
     if root is None or not root.is_dir():
         return
-    for path in root.glob(f".*{CHECKPOINT_SUFFIX}.*{TEMPORARY_SUFFIX}"):
-        path.unlink(missing_ok=True)
+    for pattern in (f".*{CHECKPOINT_SUFFIX}.*{TEMPORARY_SUFFIX}", f".{INDEX_NAME}.*.tmp"):
+        for path in root.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def _fsync_directory(folder: pathlib.Path) -> None:

@@ -179,9 +179,11 @@ def test_leftovers_of_a_crash_after_a_durable_save_are_deleted_on_resume(
     # Put the file the crash "kept" back, plus a checkpoint the run never recorded.
     torch.save({}, folder / _name(3))
     torch.save({}, folder / "resume_epoch_0_iter_0.pth")
+    (folder / f".{retention.INDEX_NAME}.x1y2.tmp").write_text("{")  # an index write cut short
     ok, _ = _fit(tmp_path, **options)
     assert ok
     assert _kept(tmp_path) == sorted([_name(9), "resume_epoch_0_iter_0.pth"])
+    assert not list(folder.glob(".*"))
 
 
 # -- SIGKILLed jobs ---------------------------------------------------------------------------
