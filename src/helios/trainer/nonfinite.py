@@ -103,7 +103,7 @@ class NonFiniteGuard:
         """
         for key, loss in self._model._loss_items.items():
             if isinstance(loss, torch.Tensor):
-                if loss.device.type == "cpu" and self.read_cpu_losses_at_once:
+                if loss.is_cpu and self.read_cpu_losses_at_once:  # is_cpu: cheaper than .device
                     if loss.numel() == 1:
                         value = loss.item()
                         finite = math.isfinite(abs(value))  # abs: complex or int too

@@ -277,6 +277,7 @@ class SaveWhenBetter(job.ResumeModel):
         return better
 
 
+@pytest.mark.slow
 def test_the_model_can_veto_saves(tmp_path: pathlib.Path) -> None:
     trainer = job.make_trainer(tmp_path, UNIT, TOTAL, ACCUMULATION, **BASE)
     assert trainer.fit(SaveWhenBetter(), job.ResumeDataModule())
