@@ -35,6 +35,11 @@ Usage (from the repository root; the callgrind part takes several minutes)::
     python benchmarks/bench_fit.py --skip-callgrind --repeats 15
     python benchmarks/bench_fit.py --skip-wall --callgrind-steps 200
 
+Two environment variables change the helios side only, to compare helios with itself
+(e.g. the non-finite guard on and off): ``BENCH_FIT_TRAINER_ARGS`` is a JSON object of
+extra ``Trainer`` arguments, and ``BENCH_FIT_RECORD_LOSS=1`` makes ``train_step`` put its
+loss into ``self._loss_items`` as models usually do.
+
 Targets at batch 4: instructions per iteration <= 1.005x the plain loop's with the bar off;
 wall time <= 1.01x with the bar off and <= 1.03x with it on.
 """
@@ -189,6 +194,8 @@ def run_helios(
             )
             self._train_dataset = self._create_dataset(dataset, params)
 
+    record_loss = os.environ.get("BENCH_FIT_RECORD_LOSS") == "1"
+
     class BenchModel(hlm.Model):
         def setup(self, fast_init: bool = False) -> None:
             self._net = Net().to(self.device)
@@ -210,11 +217,14 @@ def run_helios(
             loss = self._criterion(outputs, labels)
             loss.backward()
             self._optimizer.step()
+            if record_loss:
+                self._loss_items["loss"] = loss.detach()
 
         def on_training_end(self) -> None:
             on_done()
 
     steps = len(dataset) // batch_size  # type: ignore[arg-type]
+    extra_args = json.loads(os.environ.get("BENCH_FIT_TRAINER_ARGS", "{}"))
     trainer = hlt.Trainer(
         run_name="bench",
         train_unit=unit,
@@ -223,6 +233,7 @@ def run_helios(
         random_seed=SEED,
         enable_progress_bar=progress,
         print_banner=False,
+        **extra_args,
     )
     if not trainer.fit(BenchModel("bench"), BenchDataModule()):
         raise RuntimeError("helios fit failed; see the log above")

@@ -486,6 +486,19 @@ class Model(RunPlacement, abc.ABC):
         """
         return True
 
+    def should_save_checkpoint(self) -> bool:
+        """Tell whether to save the checkpoint that is due now (``chkpt_frequency``).
+
+        Override it to veto saves, e.g. to save only when the metrics improved. The trainer
+        asks right before each due save; in a distributed run a veto on any rank skips the
+        save on all ranks. The newest checkpoint is the resume point: a vetoed save means a
+        crash resumes from an older one.
+
+        Returns:
+            True to save. True by default.
+        """
+        return True
+
     def should_training_stop(self) -> bool:
         """Tell whether training should stop now.
 

@@ -6,12 +6,16 @@ and is not imported by :py:mod:`helios.plugins`; import it explicitly.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
 import pathlib
 import pickle
 import re
+import shutil
 import sqlite3
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -277,18 +281,107 @@ def checkpoint_sampler(trial: optuna.Trial, chkpt_root: pathlib.Path) -> pathlib
     return path
 
 
+# What a sampler checkpoint may reference: the classes and functions *defined* in Optuna's
+# sampler packages (not names they import), and the few numpy/builtin types their state
+# holds. Anything else (os.system, optuna storages, torch.load, getattr, ...) is refused.
+_SAMPLER_MODULE_PREFIXES = (
+    "optuna.samplers.",
+    "optuna.distributions",
+    "optuna.search_space.",
+    "optuna._gp.",
+    "optuna._transform",
+)
+_SAFE_GLOBALS = {
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+    ("builtins", "slice"),
+    ("builtins", "object"),
+    ("collections", "OrderedDict"),
+    ("collections", "defaultdict"),
+    ("copyreg", "_reconstructor"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.random._pickle", "__randomstate_ctor"),
+    ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._pickle", "__generator_ctor"),
+    ("numpy.random._mt19937", "MT19937"),
+    ("numpy.random._pcg64", "PCG64"),
+    ("numpy.random._philox", "Philox"),
+    ("numpy.random._sfc64", "SFC64"),
+    ("numpy.random.mtrand", "RandomState"),
+    ("numpy.random._generator", "Generator"),
+}
+
+
+def _is_sampler_module(module: str) -> bool:
+    return any(module == p.rstrip(".") or module.startswith(p) for p in _SAMPLER_MODULE_PREFIXES)
+
+
+class _SamplerUnpickler(pickle.Unpickler):
+    """Unpickles only Optuna sampler types and what their state holds."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        if _is_sampler_module(module) and "." not in name:
+            found = super().find_class(module, name)
+            defined_in = getattr(found, "__module__", None)
+            if (isinstance(found, type) or inspect.isfunction(found)) and _is_sampler_module(
+                str(defined_in)
+            ):
+                return found
+        raise pickle.UnpicklingError(
+            f"{module}.{name} is not an Optuna sampler type or part of a sampler's state"
+        )
+
+
+def load_sampler_file(path: pathlib.Path) -> optuna.samplers.BaseSampler:
+    """Load a sampler checkpoint written by :py:func:`checkpoint_sampler`, safely.
+
+    The file is unpickled with an unpickler that only builds Optuna sampler types and the
+    numpy and builtin types their state holds; a file that references anything else (a
+    function that runs code, an Optuna storage, ...) is refused before it can run it.
+
+    Args:
+        path: the sampler checkpoint.
+
+    Returns:
+        The sampler.
+
+    Raises:
+        pickle.UnpicklingError: if the file references a type outside the allowed ones, or
+            does not hold a sampler.
+        OSError: if the file cannot be read.
+    """
+    with path.open("rb") as file:
+        sampler = _SamplerUnpickler(file).load()
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        raise pickle.UnpicklingError(
+            f"the file holds a {type(sampler).__name__}, not an Optuna sampler"
+        )
+    return sampler
+
+
 def restore_sampler(chkpt_root: pathlib.Path) -> optuna.samplers.BaseSampler | None:
     """Load the sampler saved by the highest-numbered trial in ``chkpt_root``.
 
     Only files named ``sampler_trial-<n>.pkl`` (as written by :py:func:`checkpoint_sampler`)
-    are considered. The files are unpickled: only restore checkpoints you trust.
+    are considered. The file is read with :py:func:`load_sampler_file`, which refuses
+    anything but Optuna sampler types: a refused or unreadable file is reported (a
+    ``RuntimeWarning`` naming the file and the reason) and ``None`` is returned, so the study
+    goes on with a fresh sampler.
 
     Args:
         chkpt_root: the folder of the sampler checkpoints.
 
     Returns:
-        The sampler, or None if the folder holds no sampler checkpoint (or does not exist),
-        in which case build a fresh sampler.
+        The sampler, or None if the folder holds no sampler checkpoint (or does not exist)
+        or the newest one was refused, in which case build a fresh sampler.
     """
     if not chkpt_root.is_dir():
         return None
@@ -300,9 +393,60 @@ def restore_sampler(chkpt_root: pathlib.Path) -> optuna.samplers.BaseSampler | N
     if not numbered:
         return None
     _, last = max(numbered)
-    with last.open("rb") as file:
-        sampler: optuna.samplers.BaseSampler = pickle.load(file)
-    return sampler
+    try:
+        return load_sampler_file(last)
+    except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError) as error:
+        warnings.warn(
+            f"refused the sampler checkpoint {last}: {error}; the study goes on with a fresh "
+            "sampler",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+_FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def remove_finished_trial_checkpoints(
+    study: optuna.Study,
+    chkpt_root: pathlib.Path,
+    save_name: str,
+    keep_best_trial: bool = True,
+) -> list[pathlib.Path]:
+    """Delete the checkpoint folders of the study's finished (complete or pruned) trials.
+
+    A trial's folder is ``<chkpt_root>/<save_name>_trial-<n>`` (see
+    :py:meth:`OptunaPlugin.configure_model`). Folders of failed, running or waiting trials
+    are kept: :py:func:`resume_study` re-runs them from their checkpoints. Within a trial's
+    folder the Trainer's own retention (``chkpt_keep_last``, ``chkpt_keep_best``) already
+    prunes the checkpoints while it trains.
+
+    Args:
+        study: the study.
+        chkpt_root: the ``chkpt_root`` the trials were trained with.
+        save_name: the model's save name, without the ``_trial-<n>`` suffix.
+        keep_best_trial: keep the folder of the best trial (single-objective studies).
+
+    Returns:
+        The folders deleted.
+    """
+    keep: set[int] = set()
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state not in _FINISHED_STATES:
+            keep.add(_trial_identity(trial))
+    if keep_best_trial and len(study.directions) == 1:
+        with contextlib.suppress(ValueError):  # no completed trial
+            keep.add(_trial_identity(study.best_trial))
+    removed = []
+    for trial in study.get_trials(deepcopy=False, states=_FINISHED_STATES):
+        identity = _trial_identity(trial)
+        folder = chkpt_root / f"{save_name}_trial-{identity}"
+        if identity in keep or not folder.is_dir():
+            continue
+        shutil.rmtree(folder)
+        removed.append(folder)
+    return removed
 
 
 class UnknownSuggestionTypeError(KeyError, ValueError):

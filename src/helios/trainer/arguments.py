@@ -14,6 +14,7 @@ import torch
 
 from helios.core.precision import PRECISIONS
 
+from .retention import RetentionPolicy
 from .state import TrainingUnit
 
 
@@ -317,6 +318,52 @@ def check_precision(precision: Any, uses_cuda: bool) -> str:
             "one lacks; use precision='fp16-mixed'"
         )
     return precision
+
+
+def check_retention(
+    keep_last: Any, keep_best: Any, best_metric: Any, best_mode: Any, prefix: str = "chkpt_"
+) -> RetentionPolicy:
+    """Check the retention arguments of the Trainer and build the policy.
+
+    Args:
+        keep_last: ``chkpt_keep_last``.
+        keep_best: ``chkpt_keep_best``.
+        best_metric: ``chkpt_best_metric``.
+        best_mode: ``chkpt_best_mode``.
+        prefix: the prefix of the argument names in messages (pyblaze's saver has none).
+
+    Returns:
+        The policy.
+
+    Raises:
+        TypeError: for an argument of the wrong type.
+        ValueError: for a value out of range or a missing metric.
+    """
+    for name, value in ((f"{prefix}keep_last", keep_last), (f"{prefix}keep_best", keep_best)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(
+                f"error: {name} must be None or an int >= 1, but received {value!r} "
+                f"(type {type(value).__name__})"
+            )
+        if value < 1:
+            raise ValueError(f"error: {name} must be None or an int >= 1, but received {value}")
+    if best_metric is not None and (not isinstance(best_metric, str) or not best_metric):
+        raise TypeError(
+            f"error: {prefix}best_metric must be None or the non-empty name of a key of the "
+            f"model's metrics table, but received {best_metric!r}"
+        )
+    if best_mode not in ("max", "min"):
+        raise ValueError(
+            f"error: {prefix}best_mode must be 'max' or 'min', but received {best_mode!r}"
+        )
+    if keep_best is not None and best_metric is None:
+        raise ValueError(
+            f"error: {prefix}keep_best={keep_best} needs {prefix}best_metric, the key of the "
+            "model's metrics table that ranks checkpoints"
+        )
+    return RetentionPolicy(keep_last, keep_best, best_metric, best_mode)
 
 
 def check_bool(name: str, value: Any) -> bool:

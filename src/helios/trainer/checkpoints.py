@@ -17,6 +17,7 @@ On-disk layout (a dict saved with ``torch.save``), compatible with Helios 1.2.7'
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import re
@@ -32,6 +33,8 @@ from packaging import version as _version
 from helios.core import logging, rng
 from helios.core.utils import safe_torch_load
 
+from .async_save import BackgroundWriter, CheckpointWriteError, SnapshotBuffers, snapshot
+from .retention import INDEX_NAME, CheckpointRetention, RetentionUpdate, new_file_mode
 from .state import TrainingState
 
 CHECKPOINT_SUFFIX = ".pth"
@@ -120,6 +123,35 @@ def checkpoint_name(save_name: str, state: TrainingState) -> str:
     return f"{save_name}_epoch_{state.global_epoch}_iter_{state.current_iteration}"
 
 
+class _RecordingFile:
+    """A file wrapper that keeps the first OS error of a write.
+
+    ``torch.save`` turns a failed ``write`` into its own internal error ("enforce fail ...
+    unexpected pos"); the recorded error is the one to report.
+    """
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            written: int = self._file.write(data)
+        except OSError as error:
+            if self.error is None:
+                self.error = error
+            raise
+        return written
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError as error:
+            if self.error is None:
+                self.error = error
+            raise
+
+
 def save_atomically(state_dict: dict[str, Any], path: pathlib.Path) -> None:
     """Write a checkpoint so that a crash at any moment leaves no partial file behind.
 
@@ -129,28 +161,45 @@ def save_atomically(state_dict: dict[str, Any], path: pathlib.Path) -> None:
     Args:
         state_dict: the checkpoint contents.
         path: the final path.
+
+    Raises:
+        CheckpointWriteError: if the file cannot be written (full disk, file-size limit,
+            read-only folder, ...), naming the path and the operating system's error.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
-    )
+    tmp_name: str | None = None
+    recording: _RecordingFile | None = None
     try:
-        os.fchmod(fd, 0o666 & ~_current_umask())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
+        )
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as file:
-            torch.save(state_dict, file)
+            recording = _RecordingFile(file)
+            torch.save(state_dict, recording)  # type: ignore[arg-type]
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+        tmp_name = None
+        _fsync_directory(path.parent)
+    except (OSError, RuntimeError) as error:
+        cause: BaseException = error
+        if recording is not None and recording.error is not None:
+            cause = recording.error
+        raise CheckpointWriteError(
+            f"error: could not write checkpoint {path}: {_describe_os_error(cause)}", path
+        ) from cause
+    finally:
+        if tmp_name is not None:
+            pathlib.Path(tmp_name).unlink(missing_ok=True)
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _describe_os_error(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        name = errno.errorcode.get(error.errno or 0, str(error.errno))
+        where = f" ({error.filename})" if error.filename else ""
+        return f"[{name}] {error.strerror}{where}"
+    return f"{type(error).__name__}: {error}"
 
 
 def remove_temporary_files(root: pathlib.Path | None) -> None:
@@ -161,8 +210,9 @@ def remove_temporary_files(root: pathlib.Path | None) -> None:
     """
     if root is None or not root.is_dir():
         return
-    for path in root.glob(f".*{CHECKPOINT_SUFFIX}.*{TEMPORARY_SUFFIX}"):
-        path.unlink(missing_ok=True)
+    for pattern in (f".*{CHECKPOINT_SUFFIX}.*{TEMPORARY_SUFFIX}", f".{INDEX_NAME}.*.tmp"):
+        for path in root.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def _fsync_directory(folder: pathlib.Path) -> None:
@@ -420,6 +470,16 @@ def _rank_entry(saved: Mapping[str, Any], rank: int, world_size: int) -> Mapping
     return {"rng": None, "sampler": entries[0].get("sampler")}
 
 
+def _write_and_retain(
+    contents: dict[str, Any], path: pathlib.Path, update: RetentionUpdate | None
+) -> None:
+    """Write a checkpoint durably, then apply the retention update it makes due."""
+    save_atomically(contents, path)
+    logging.get_root_logger().info(f"Saved checkpoint {path}")
+    if update is not None:
+        update.apply()
+
+
 def _gather_to_rank0(entry: Any) -> list[Any]:
     gathered: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, entry)
@@ -437,6 +497,10 @@ class RunCheckpoint:
         rank: the global rank of this process.
         is_distributed: whether the run has several processes.
         map_location: passed to ``torch.load``.
+        retention: the run's retention record (also listed in ``parts``); ``None``: every
+            checkpoint is kept.
+        asynchronous: write in a background thread after a synchronous snapshot (see
+            :py:mod:`helios.trainer.async_save`).
     """
 
     def __init__(
@@ -448,6 +512,8 @@ class RunCheckpoint:
         rank: int = 0,
         is_distributed: bool = False,
         map_location: Any = None,
+        retention: CheckpointRetention | None = None,
+        asynchronous: bool = False,
     ) -> None:
         self.folder = folder
         self.parts = dict(parts)
@@ -456,6 +522,13 @@ class RunCheckpoint:
         self._rank = rank
         self._is_distributed = is_distributed
         self._map_location = map_location
+        self.retention = retention
+        self._writer = BackgroundWriter() if asynchronous else None
+        self._buffers = SnapshotBuffers()
+        # Inspects the gathered contents before anything is written; returns the error
+        # that stops the save (the non-finite guard), or None.
+        self.check: Callable[[dict[str, Any], TrainingState], BaseException | None] | None
+        self.check = None
 
     def prepare_folder(self) -> None:
         """Create the folder and remove what interrupted saves left there (rank 0)."""
@@ -471,13 +544,62 @@ class RunCheckpoint:
 
         Returns:
             The path written (on rank 0), else ``None``.
+
+        Raises:
+            CheckpointWriteError: if the previous background save failed (on every rank).
+            Exception: what :py:attr:`check` returned for the gathered contents.
         """
+        entry = self.rank_state.state_dict()
+        path: pathlib.Path | None = None
+        contents: dict[str, Any] = {}
+        update: RetentionUpdate | None = None
+        problem: BaseException | None = None
+        if self._rank == 0 and self.folder is not None:
+            try:
+                if self._writer is not None:
+                    # At most one save in flight; its error (naming its file) surfaces here.
+                    self._writer.wait()
+                contents = self._gather_parts()
+                path = self.folder / f"{self._name(state)}{CHECKPOINT_SUFFIX}"
+                if self.retention is not None:
+                    # The record saved in a checkpoint includes that checkpoint.
+                    update = self.retention.register(
+                        path, state.global_epoch, state.current_iteration
+                    )
+                    record = self.retention.state_dict()
+                    for key, part in self.parts.items():
+                        if part is self.retention and record is not None:
+                            contents[key] = record
+                if self.check is not None:
+                    problem = self.check(contents, state)
+            except CheckpointWriteError as error:
+                problem = error
+        if self._is_distributed:
+            # Rank 0's verdict travels with the gather, so every rank stops together.
+            gathered = _gather_to_rank0((entry, problem))
+            entries = [e for e, _ in gathered]
+            if gathered[0][1] is not None and problem is None:
+                problem = gathered[0][1]
+        else:
+            entries = [entry]
+        if problem is not None:
+            raise problem
+        if path is None:
+            return None
+        contents["rng"] = entries[0]["rng"]
+        contents["ranks"] = entries
+        if self._writer is None:
+            _write_and_retain(contents, path, update)
+        else:
+            # The previous write has completed (waited for above): reuse its buffers.
+            self._buffers.recycle()
+            copied = snapshot(contents, self._buffers)
+            self._writer.submit(lambda: _write_and_retain(copied, path, update), path)
+        return path
+
+    def _gather_parts(self) -> dict[str, Any]:
         import helios
 
-        entry = self.rank_state.state_dict()
-        entries = _gather_to_rank0(entry) if self._is_distributed else [entry]
-        if self._rank != 0 or self.folder is None:
-            return None
         contents: dict[str, Any] = {"version": helios.__version__}
         for key, part in self.parts.items():
             value = part.state_dict()
@@ -485,12 +607,20 @@ class RunCheckpoint:
                 contents.update({k: v for k, v in value.items() if v is not None})
             elif value is not None:
                 contents[key] = value
-        contents["rng"] = entries[0]["rng"]
-        contents["ranks"] = entries
-        path = self.folder / f"{self._name(state)}{CHECKPOINT_SUFFIX}"
-        save_atomically(contents, path)
-        logging.get_root_logger().info(f"Saved checkpoint {path}")
-        return path
+        return contents
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for a background save in flight (the end of ``fit`` calls this).
+
+        Args:
+            raise_errors: raise the background write's error (else it is logged, for a run
+                that already fails for another reason).
+
+        Raises:
+            CheckpointWriteError: if the background write failed, naming the file.
+        """
+        if self._writer is not None:
+            self._writer.close(raise_errors)
 
     def resume(self) -> pathlib.Path | None:
         """Load the newest readable checkpoint and restore every part from it.

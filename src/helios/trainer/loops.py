@@ -37,7 +37,8 @@ EPOCH unit, for each epoch e = 1, 2, ... total_steps::
         M.have_metrics_improved()
         if P/M.should_training_stop(): stop after this epoch
     M.on_training_epoch_end(e)
-    if e % chkpt_frequency == 0: save checkpoint      # after on_training_epoch_end
+    if e % chkpt_frequency == 0 and M.should_save_checkpoint(): save checkpoint
+                                                     # after on_training_epoch_end
     if early_stop_count >= early_stop_cycles or P/M.should_training_stop(): stop
 
 A stop (early stopping or ``should_training_stop``, not ``total_steps``) writes one more
@@ -56,7 +57,7 @@ ITERATION unit (an iteration is ``accumulation_steps`` batches)::
                 if i % valid_frequency == 0:
                     validate(); M.have_metrics_improved()
                     if P/M.should_training_stop(): stop after the checkpoint below
-                if i % chkpt_frequency == 0: save checkpoint
+                if i % chkpt_frequency == 0 and M.should_save_checkpoint(): save checkpoint
                 if early_stop_count >= early_stop_cycles or i >= total_steps: stop
         M.on_training_epoch_end(e)                       # also for an epoch cut short
 
@@ -78,6 +79,15 @@ test::
         batch = P.process_testing_batch(batch, step)
         M.on_testing_batch_start(step); M.test_step(batch, step); M.on_testing_batch_end(step)
     P.on_testing_end(); M.on_testing_end()
+
+Checkpoint management (see :py:mod:`helios.trainer.retention`,
+:py:mod:`helios.trainer.async_save`, :py:mod:`helios.trainer.nonfinite`): with the
+non-finite guard on, each batch's losses are checked (CPU) or recorded (GPU) after
+``M.on_training_batch_end``, and the records are read before each validation, before each
+save and at the end of training; the model's state is checked inside the save, before
+anything is written. Retention deletes old checkpoints only once the new one is durable;
+an asynchronous save returns after the snapshot and the next save (or the end of ``fit``)
+waits for it.
 
 Resuming: the checkpoint of a run stopped anywhere holds the training state, the model, the
 plug-ins, every RNG and the sampler position. A run resumed inside an epoch calls
@@ -116,6 +126,7 @@ if TYPE_CHECKING:
     from helios.plugins import Plugin
 
     from .checkpoints import RankState
+    from .nonfinite import NonFiniteGuard
 
 
 def overrides(obj: object, base: type, name: str) -> bool:
@@ -174,6 +185,8 @@ class Hooks:
         self.on_validation_batch_end = optional("on_validation_batch_end")
         self.on_testing_batch_start = optional("on_testing_batch_start")
         self.on_testing_batch_end = optional("on_testing_batch_end")
+        overridden = overrides(model, Model, "should_save_checkpoint")
+        self._should_save = model.should_save_checkpoint if overridden else None
 
     def _batch_processor(self, flag: str, method: str) -> Callable[..., Any] | None:
         for plugin in self.plugins:
@@ -185,6 +198,12 @@ class Hooks:
         """Call a hook on every plug-in, in registration order."""
         for plugin in self.plugins:
             getattr(plugin, name)(*args, **kwargs)
+
+    def save_wanted(self) -> bool:
+        """Ask the model whether to save the checkpoint that is due (any rank can veto)."""
+        if self._should_save is None:
+            return True
+        return not agree_any(not self._should_save(), self.collective_device)
 
     def stop_requested(self) -> bool:
         """Ask the plug-ins, then the model, whether to stop (agreed across ranks).
@@ -261,6 +280,8 @@ class TrainingLoop:
         report: what the run shows on the console and sends to the experiment loggers.
         run_end: records a stop (early stopping, ``should_training_stop``) for the
             checkpoint that the loop then writes at the stop.
+        guard: checks losses and the model state for NaN/inf (see
+            :py:mod:`helios.trainer.nonfinite`); ``None``: no checks.
 
     Attributes:
         ended_by: why the loop ended (``run_end.EARLY_STOPPING``, ``STOP_REQUESTED`` or
@@ -277,6 +298,7 @@ class TrainingLoop:
         preemption: Preemption | None = None,
         report: RunReport | None = None,
         run_end: RunEnd | None = None,
+        guard: NonFiniteGuard | None = None,
     ) -> None:
         self.options = options
         self.ended_by: str | None = None
@@ -291,6 +313,7 @@ class TrainingLoop:
         self._preemption = preemption or Preemption()
         self._unit_end_pending = self._preemption.unit_end_pending
         self._preemption.unit_end_pending = False
+        self._guard = guard
         self._epoch_unit = options.train_unit == TrainingUnit.EPOCH
         # The EPOCH unit counts every batch as an iteration.
         self._accumulation = 1 if self._epoch_unit else options.accumulation_steps
@@ -327,6 +350,8 @@ class TrainingLoop:
                 self._start_epoch(state, sampler)
                 if self._train_epoch(state, loader):
                     break
+            if self._guard is not None:
+                self._guard.check(state)
         except ValidationInterruptedError:
             self._stop_for_signal(state, unit_end_pending=True)
         finally:
@@ -365,17 +390,12 @@ class TrainingLoop:
 
     def _train_epoch(self, state: TrainingState, loader: Any) -> bool:
         """Train the batches of one epoch; return whether training must stop."""
-        hooks, model = self.hooks, self.model
+        hooks, model, guard = self.hooks, self.model, self._guard
         process, accumulation = hooks.process_training_batch, self._accumulation
         print_frequency = self.options.print_frequency
         units_end_in_epoch = not self._epoch_unit
         resumed_inside_epoch, batches_at_start = state.dataset_iter > 0, state.global_iteration
-        bar = progress.make_bar(
-            self.options.show_progress and self._epoch_unit, len(loader),
-            f"Epoch {state.global_epoch}", "iter", initial=state.dataset_iter, leave=False,
-        )  # fmt: skip
-        preemption = self._preemption
-        stop = False
+        bar, preemption, stop = self._epoch_bar(state, len(loader)), self._preemption, False
         if self._unit_end_pending:  # a signal interrupted this unit's validation
             self._unit_end_pending = False
             stop = self._end_unit(state)
@@ -399,6 +419,8 @@ class TrainingLoop:
                 and state.current_iteration % print_frequency == 0
             )
             model.on_training_batch_end(state, should_log=should_log)
+            if guard is not None:
+                guard.after_step(state, should_log)
             state.dataset_iter += 1
             if should_log:
                 self._report.log_losses(state)
@@ -426,6 +448,13 @@ class TrainingLoop:
         self._end_epoch(state)
         return stop
 
+    def _epoch_bar(self, state: TrainingState, batches: int) -> Any:
+        """The transient bar of an epoch's batches (EPOCH unit, on a terminal)."""
+        return progress.make_bar(
+            self.options.show_progress and self._epoch_unit, batches,
+            f"Epoch {state.global_epoch}", "iter", initial=state.dataset_iter, leave=False,
+        )  # fmt: skip
+
     def _end_unit(self, state: TrainingState, stop: bool = False) -> bool:
         """End a unit (an epoch or an iteration): validate, save; return whether to stop.
 
@@ -436,6 +465,8 @@ class TrainingLoop:
         options, index = self.options, self._unit_index(state)
         self._report.unit_ending(state)
         if _due(index, options.valid_frequency):
+            if self._guard is not None:
+                self._guard.check(state)
             if self._rank_state is not None:
                 self._rank_state.hold_rng()
             self._validate_and_track(state)
@@ -445,7 +476,9 @@ class TrainingLoop:
             self._preemption.agree_soon()
         if self._epoch_unit:
             self._end_epoch(state)
-        if _due(index, options.chkpt_frequency):
+        if _due(index, options.chkpt_frequency) and self.hooks.save_wanted():
+            if self._guard is not None:
+                self._guard.check(state)
             self._save(state)
             self._preemption.agree_soon()
         if self._bar is not None:

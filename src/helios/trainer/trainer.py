@@ -20,8 +20,10 @@ from helios.plugins.plugin import validate_plugins
 
 from . import arguments, checkpoints, failures, launch
 from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop, agree_any
+from .nonfinite import NonFiniteGuard
 from .preemption import Preemption
 from .reporting import LoggerStates, RunReport, run_summary
+from .retention import CheckpointRetention
 from .run_end import RunEnd, finished_message
 from .run_folder import CheckpointFolderError, RunFolderLock
 from .run_logs import RunLogs
@@ -93,6 +95,20 @@ class Trainer:
             :py:meth:`~helios.model.Model.optimizer_step`.
         enable_compile: compile the model's networks with ``torch.compile`` after
             ``Model.setup`` (see :py:meth:`~helios.model.Model.compile_networks`).
+        chkpt_keep_last: keep only the newest this many checkpoints (with
+            ``chkpt_keep_best``: also those); ``None`` with ``chkpt_keep_best`` also
+            ``None`` keeps every checkpoint. The newest checkpoint is never deleted. See
+            :py:mod:`helios.trainer.retention`.
+        chkpt_keep_best: also keep the this many checkpoints with the best
+            ``chkpt_best_metric``.
+        chkpt_best_metric: key of the model's ``metrics`` table that ranks checkpoints;
+            with it the folder gets an index naming the best one
+            (:py:func:`~helios.trainer.find_best_checkpoint`).
+        chkpt_best_mode: ``"max"`` (higher is better) or ``"min"``.
+        chkpt_async: write checkpoints in a background thread after copying the state
+            synchronously (see :py:mod:`helios.trainer.async_save`).
+        nonfinite_guard: stop training on a NaN/inf loss or model state and never save it
+            (see :py:mod:`helios.trainer.nonfinite` for what is checked when).
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -128,6 +144,12 @@ class Trainer:
         loggers: Sequence[ExperimentLogger] | None = None,
         precision: str = "32",
         enable_compile: bool = False,
+        chkpt_keep_last: int | None = None,
+        chkpt_keep_best: int | None = None,
+        chkpt_best_metric: str | None = None,
+        chkpt_best_mode: str = "max",
+        chkpt_async: bool = False,
+        nonfinite_guard: bool = True,
     ) -> None:
         if not isinstance(run_name, str):
             raise TypeError(f"error: run_name must be a str, but received {run_name!r}")
@@ -170,6 +192,11 @@ class Trainer:
         self._print_banner = print_banner
         self._capture_warnings = bool(capture_warnings)
         self._loggers = arguments.check_loggers(loggers)
+        self._retention_policy = arguments.check_retention(
+            chkpt_keep_last, chkpt_keep_best, chkpt_best_metric, chkpt_best_mode
+        )
+        self._chkpt_async = arguments.check_bool("chkpt_async", chkpt_async)
+        self._nonfinite_guard = arguments.check_bool("nonfinite_guard", nonfinite_guard)
 
         self._place_devices(use_cpu, gpus)
         self._precision_name = arguments.check_precision(precision, not self._use_cpu)
@@ -184,10 +211,15 @@ class Trainer:
         self._test_exceptions: list[type[Exception]] = []
         self._plugins: dict[str, Plugin] = {}
         self._queue: mp.Queue | None = None
-        self._run_logs = RunLogs(run_name, None, None)
+        self._reset_run_parts()
+
+    def _reset_run_parts(self) -> None:
+        """Give the owners of a run's checkpoint parts their state before any run."""
+        self._run_logs = RunLogs(self._run_name, None, None)
         self._preemption = Preemption()
         self._logger_states = LoggerStates([], TrainingState())
         self._run_end = RunEnd()
+        self._retention = CheckpointRetention(self._retention_policy, None, dict)
 
     def _place_devices(self, use_cpu: bool | None, gpus: list[int] | None) -> None:
         """Pick the device, the GPU ids and whether the run is distributed."""
@@ -546,11 +578,13 @@ class Trainer:
             "preemption": self._preemption,
             "loggers": self._logger_states,
             "run_end": self._run_end,
+            "checkpoint_retention": self._retention,
         }
 
     def _run_checkpoint(self, state: TrainingState, fast_init: bool) -> checkpoints.RunCheckpoint:
         model = self.model
         folder = self._chkpt_root / model.save_name if self._chkpt_root is not None else None
+        self._retention = CheckpointRetention(self._retention_policy, folder, lambda: model.metrics)
         return checkpoints.RunCheckpoint(
             folder,
             self._checkpoint_parts(state, fast_init),
@@ -566,6 +600,8 @@ class Trainer:
             rank=self._rank,
             is_distributed=self._is_distributed,
             map_location=self._map_loc,
+            retention=self._retention,
+            asynchronous=self._chkpt_async,
         )
 
     def _train(self) -> None:
@@ -641,13 +677,27 @@ class Trainer:
             show=self._rank == 0,
             defer_epoch_times=self._train_unit == TrainingUnit.ITERATION,
         )
+        guard = (
+            NonFiniteGuard(
+                self.model, hooks.collective_device, check_losses=self._precision.scaler is None
+            )
+            if self._nonfinite_guard
+            else None
+        )
+        checkpoint.check = guard.model_state_error if guard is not None else None
+        loop = TrainingLoop(
+            self._loop_options(), hooks, self.datamodule, checkpoint.save,
+            checkpoint.rank_state, self._preemption, report, self._run_end, guard,
+        )  # fmt: skip
         with self._preemption.handling_signals():
             hooks.call_plugins("on_training_start")
             self.model.on_training_start()
-            TrainingLoop(
-                self._loop_options(), hooks, self.datamodule, checkpoint.save,
-                checkpoint.rank_state, self._preemption, report, self._run_end,
-            ).run(state)  # fmt: skip
+            try:
+                loop.run(state)
+            except BaseException:
+                checkpoint.close(raise_errors=False)
+                raise
+            checkpoint.close()
         hooks.call_plugins("on_training_end")
         self.model.on_training_end()
         logging.flush_default_loggers()

@@ -132,7 +132,8 @@ class Config:
     def save(self, file: str | os.PathLike[str]) -> None:
         """Write the configuration as JSON; ``.json`` is appended if missing.
 
-        Parent folders are created.
+        Parent folders are created. The file is written to a temporary file, synced and
+        renamed over the old one, so a crash never leaves a truncated file.
 
         Args:
             file: the path of the file.
@@ -141,7 +142,7 @@ class Config:
         if path.suffix != ".json":
             path = path.with_name(path.name + ".json")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=4, sort_keys=True), "utf-8")
+        _write_json_atomically(self.to_dict(), path)
 
     @classmethod
     def load(cls: type[_C], file: str | os.PathLike[str]) -> _C:
@@ -269,7 +270,9 @@ class Configurable:
     def save(self, file: str | os.PathLike[str]) -> None:
         """Write the config to ``<file>.json`` and the weights to ``<file>.pt``.
 
-        Parent folders are created; the weights are copied to the CPU.
+        Parent folders are created; the weights are copied to the CPU. Each file is written
+        to a temporary file, synced and renamed over the old one, so a crash never leaves a
+        truncated file or destroys the previous one.
 
         Args:
             file: the path without extension.
@@ -278,10 +281,11 @@ class Configurable:
         path.parent.mkdir(parents=True, exist_ok=True)
         config = self.config
         payload = {} if config is None else config.to_dict()
-        json_path = path.with_name(path.name + ".json")
-        json_path.write_text(json.dumps(payload, indent=4, sort_keys=True), "utf-8")
+        from helios.trainer.checkpoints import save_atomically
+
         state = {k: v.detach().cpu() for k, v in self._module().state_dict().items()}
-        torch.save(state, path.with_name(path.name + ".pt"))
+        save_atomically(state, path.with_name(path.name + ".pt"))
+        _write_json_atomically(payload, path.with_name(path.name + ".json"))
 
     @classmethod
     def load(cls: type[_M], file: str | os.PathLike[str]) -> _M:
@@ -305,3 +309,9 @@ class Configurable:
 
 
 __all__ = ["Config", "Configurable"]
+
+
+def _write_json_atomically(data: Any, path: pathlib.Path) -> None:
+    from helios.trainer.retention import write_json_atomically
+
+    write_json_atomically(data, path, indent=4, sort_keys=True)

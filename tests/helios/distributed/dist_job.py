@@ -275,7 +275,8 @@ def _record_saves(workdir: pathlib.Path) -> None:
     """Make every ``torch.save`` into a file object record the rank that wrote it."""
 
     def recording_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        if isinstance(f, io.BufferedWriter):  # a file, not the buffer of a collective
+        # A checkpoint file (written through a file object), not the buffer of a collective.
+        if hasattr(f, "write") and not isinstance(f, io.BytesIO):
             _append_line(workdir / "saves.jsonl", json.dumps({"rank": int(os.environ["RANK"])}))
         _REAL_TORCH_SAVE(obj, f, *args, **kwargs)
 

@@ -5,7 +5,7 @@ Run as a script it trains until done, then writes the final weights to
 
     python resume_job.py WORKDIR UNIT TOTAL_STEPS ACCUMULATION
         [--step-sleep S] [--save-sleep S] [--hang-in-save N] [--go FILE]
-        [--precision NAME]
+        [--precision NAME] [--trainer JSON]
 
 Every batch appends one JSON line to ``<workdir>/batches.jsonl`` (a single ``os.write`` on an
 ``O_APPEND`` file, so a SIGKILL never leaves half a line): the process id, the global
@@ -25,6 +25,10 @@ file and an MLflow SQLite store in the workdir.
 ``--tensorboard`` writes a TensorBoard run into ``<workdir>/runs``: the loss of every batch
 (``train/loss`` at the global iteration, flushed at once, so a kill leaves the points after
 the last checkpoint on disk) and ``valid/cycle`` at each validation cycle.
+
+``--trainer JSON`` adds Trainer arguments (a JSON object), e.g. retention or asynchronous
+saves. After each validation cycle the model's ``metrics["score"]`` is ``SCORES[cycle]``, a
+fixed sequence for the best-checkpoint tests.
 
 ``--go FILE`` waits (after the imports, before anything else) until ``FILE`` exists, so a
 test can start the next job while the current one runs and hide the start-up time.
@@ -66,6 +70,8 @@ BATCH_SIZE = 4
 SAVE_NAME = "resume"
 
 _REAL_TORCH_SAVE = torch.save
+# metrics["score"] after validation cycle c is SCORES[c % len(SCORES)].
+SCORES = (0.5, 0.9, 0.2, 0.7, 0.95, 0.1, 0.3, 0.6, 0.4)
 
 
 class CountingDataset(Dataset):
@@ -177,6 +183,7 @@ class ResumeModel(hlm.Model):
             time.sleep(self.valid_sleep)
 
     def on_validation_end(self, validation_cycle: int) -> None:
+        self.metrics["score"] = SCORES[validation_cycle % len(SCORES)]
         super().on_validation_end(validation_cycle)
         if self.log_scalars:
             writer = hlc.get_from_optional(logging.get_tensorboard_writer())
@@ -318,6 +325,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--loggers", default="", help="comma list of csv, mlflow")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--tensorboard", action="store_true")
+    parser.add_argument("--trainer", type=json.loads, default={})
     args = parser.parse_args(argv)
 
     if args.go is not None:
@@ -342,17 +350,15 @@ def main(argv: list[str]) -> int:
         log_scalars=args.tensorboard,
     )
     tensorboard = {"enable_tensorboard": True, "run_path": args.workdir / "runs"}
-    trainer = make_trainer(
-        args.workdir,
-        args.unit,
-        args.total_steps,
-        args.accumulation,
-        chkpt_frequency=args.chkpt_frequency,
-        loggers=make_loggers(args.workdir, args.loggers),
-        print_frequency=1 if args.loggers else None,
-        precision=args.precision,
+    options: dict[str, Any] = {
+        "chkpt_frequency": args.chkpt_frequency,
+        "loggers": make_loggers(args.workdir, args.loggers),
+        "print_frequency": 1 if args.loggers else None,
+        "precision": args.precision,
         **(tensorboard if args.tensorboard else {}),
-    )
+        **args.trainer,
+    }
+    trainer = make_trainer(args.workdir, args.unit, args.total_steps, args.accumulation, **options)
     if not trainer.fit(model, ResumeDataModule()):
         return 1
     _REAL_TORCH_SAVE(model.net.state_dict(), args.workdir / "final.pt")

@@ -214,12 +214,18 @@ def test_test_loads_the_last_checkpoint(tmp_path, capsys) -> None:
 
 
 def test_no_host_device_sync_per_batch(tmp_path, monkeypatch) -> None:
-    """Neither the trainer nor the default model hooks call .item()/.cpu() per batch."""
+    """Neither the trainer nor the default model hooks call .item()/.cpu() per batch.
+
+    The one exception is the non-finite guard reading a loss that lives on the CPU, which is
+    no host-device synchronisation (its device path is tested in test_nonfinite.py).
+    """
     original_item, original_cpu = torch.Tensor.item, torch.Tensor.cpu
 
     def guard(original: Any) -> Any:
         def wrapper(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller == "helios.trainer.nonfinite" and self.device.type == "cpu":
+                return original(self, *args, **kwargs)
             if caller.startswith("helios."):
                 raise AssertionError(f"host-device sync from {caller}")
             return original(self, *args, **kwargs)
