@@ -396,6 +396,7 @@ class TrainingLoop:
         units_end_in_epoch = not self._epoch_unit
         resumed_inside_epoch, batches_at_start = state.dataset_iter > 0, state.global_iteration
         bar, preemption, stop = self._epoch_bar(state, len(loader)), self._preemption, False
+        solo = hooks.collective_device is None
         if self._unit_end_pending:  # a signal interrupted this unit's validation
             self._unit_end_pending = False
             stop = self._end_unit(state)
@@ -436,7 +437,10 @@ class TrainingLoop:
                 stop = True
                 break
             # Mid-iteration, gradients accumulated so far would be lost: stop between two.
-            if iteration_done and preemption.poll():
+            # In one process the poll is the attribute test, written out (per batch).
+            if iteration_done and (
+                preemption.signal_number is not None if solo else preemption.poll()
+            ):
                 self._stop_for_signal(state)
         if bar is not None:
             bar.close()

@@ -635,6 +635,24 @@ class Trainer:
             )
         return lock
 
+    def _training_loop(self, hooks: Hooks, checkpoint: checkpoints.RunCheckpoint) -> TrainingLoop:
+        """Build the training loop of a run, with what it reports and what it guards."""
+        report = RunReport(
+            self.model,
+            self._loggers,
+            show=self._rank == 0,
+            defer_epoch_times=self._train_unit == TrainingUnit.ITERATION,
+        )
+        guard = None
+        if self._nonfinite_guard:
+            scaled = self._precision.scaler is not None
+            guard = NonFiniteGuard(self.model, hooks.collective_device, check_losses=not scaled)
+            checkpoint.check = guard.model_state_error
+        return TrainingLoop(
+            self._loop_options(), hooks, self.datamodule, checkpoint.save,
+            checkpoint.rank_state, self._preemption, report, self._run_end, guard,
+        )  # fmt: skip
+
     def _train_in_folder(self) -> None:
         self._setup(fast_init=False)
         self._preemption = Preemption(self._collective_device())
@@ -671,24 +689,7 @@ class Trainer:
             run_summary(self.model, self._device, self._precision.name, world_size)
         )
         hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
-        report = RunReport(
-            self.model,
-            self._loggers,
-            show=self._rank == 0,
-            defer_epoch_times=self._train_unit == TrainingUnit.ITERATION,
-        )
-        guard = (
-            NonFiniteGuard(
-                self.model, hooks.collective_device, check_losses=self._precision.scaler is None
-            )
-            if self._nonfinite_guard
-            else None
-        )
-        checkpoint.check = guard.model_state_error if guard is not None else None
-        loop = TrainingLoop(
-            self._loop_options(), hooks, self.datamodule, checkpoint.save,
-            checkpoint.rank_state, self._preemption, report, self._run_end, guard,
-        )  # fmt: skip
+        loop = self._training_loop(hooks, checkpoint)
         with self._preemption.handling_signals():
             hooks.call_plugins("on_training_start")
             self.model.on_training_start()
