@@ -82,8 +82,8 @@ class RunReport:
 
     Args:
         model: the model, whose running losses and ``metrics`` are reported.
-        loggers: the experiment loggers of the run.
-        show: whether this process prints (rank 0).
+        loggers: the experiment loggers this process writes to (rank 0's; none elsewhere).
+        show: whether this process prints the console lines.
         defer_epoch_times: log epoch times with the next iteration (ITERATION unit).
     """
 
@@ -95,7 +95,7 @@ class RunReport:
         defer_epoch_times: bool = False,
     ) -> None:
         self._model = model
-        self._loggers = list(loggers) if show else []
+        self._loggers = list(loggers)
         self._show = show
         self._defer_epoch_times = defer_epoch_times
         self._pending: dict[str, float] = {}

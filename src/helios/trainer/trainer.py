@@ -109,6 +109,9 @@ class Trainer:
             synchronously (see :py:mod:`helios.trainer.async_save`).
         nonfinite_guard: stop training on a NaN/inf loss or model state and never save it
             (see :py:mod:`helios.trainer.nonfinite` for what is checked when).
+        print_summaries: print one line after each validation (the model's ``metrics`` and
+            the running losses) and one when training ends, on rank 0; the log file gets
+            them either way.
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -150,6 +153,7 @@ class Trainer:
         chkpt_best_mode: str = "max",
         chkpt_async: bool = False,
         nonfinite_guard: bool = True,
+        print_summaries: bool = True,
     ) -> None:
         if not isinstance(run_name, str):
             raise TypeError(f"error: run_name must be a str, but received {run_name!r}")
@@ -197,6 +201,7 @@ class Trainer:
         )
         self._chkpt_async = arguments.check_bool("chkpt_async", chkpt_async)
         self._nonfinite_guard = arguments.check_bool("nonfinite_guard", nonfinite_guard)
+        self._print_summaries = arguments.check_bool("print_summaries", print_summaries)
 
         self._place_devices(use_cpu, gpus)
         self._precision_name = arguments.check_precision(precision, not self._use_cpu)
@@ -572,6 +577,7 @@ class Trainer:
         return {
             "logs": self._run_logs,
             "model": _ModelPart(self.model, fast_init),
+            "running_losses": _RunningLosses(self.model),
             "precision": self._precision,
             **self._plugins,
             "training_state": state,
@@ -639,8 +645,8 @@ class Trainer:
         """Build the training loop of a run, with what it reports and what it guards."""
         report = RunReport(
             self.model,
-            self._loggers,
-            show=self._rank == 0,
+            self._loggers if self._rank == 0 else [],
+            show=self._rank == 0 and self._print_summaries,
             defer_epoch_times=self._train_unit == TrainingUnit.ITERATION,
         )
         guard = None
@@ -737,6 +743,21 @@ class Trainer:
             dist.global_print(banner)
             if log_banner:
                 self.root_logger.info(banner)
+
+
+class _RunningLosses:
+    """The model's running loss sums since the last validation (what the loggers average)."""
+
+    def __init__(self, model: Model) -> None:
+        self._model = model
+
+    def state_dict(self) -> dict[str, Any] | None:
+        sums = self._model._running_losses
+        return {key: torch.as_tensor(value).clone() for key, value in sums.items()} or None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._model._running_losses.clear()
+        self._model._running_losses.update(state_dict)
 
 
 class _ModelPart:
