@@ -104,20 +104,22 @@ def check_metrics(metrics: Any) -> dict[str, Metric]:
     Raises:
         TypeError: if ``metrics`` is not a dict of names (str) to callables.
     """
-    if metrics is None:
-        return {}
-    if not isinstance(metrics, Mapping):
-        raise TypeError(
-            "metrics must be a dict {name: metric(y_pred, y_true)}, but received "
-            f"{type(metrics).__name__}"
-        )
+    metrics = _check_dict("metrics", metrics, "a dict {name: metric(y_pred, y_true)}")
     for name, metric in metrics.items():
         if not isinstance(name, str) or not callable(metric):
             raise TypeError(
                 "metrics must map names (str) to callables metric(y_pred, y_true), but "
                 f"received {name!r}: {metric!r}"
             )
-    return dict(metrics)
+    return metrics
+
+
+def _check_dict(name: str, value: Any, expected: str) -> dict[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be {expected}, but received {type(value).__name__}")
+    return dict(value)
 
 
 def check_loader(name: str, loader: Any, optional: bool = False) -> Any:
@@ -218,13 +220,7 @@ def check_trainer_options(options: Any) -> dict[str, Any]:
         ValueError: if it sets an argument ``train`` derives itself, or one the Trainer
             does not have.
     """
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise TypeError(
-            "trainer_options must be a dict of helios Trainer arguments, but received "
-            f"{type(options).__name__}"
-        )
+    options = _check_dict("trainer_options", options, "a dict of helios Trainer arguments")
     allowed = set(inspect.signature(Trainer).parameters) - set(RESERVED_TRAINER_OPTIONS)
     reserved = sorted(set(options) & set(RESERVED_TRAINER_OPTIONS))
     if reserved:
@@ -238,7 +234,7 @@ def check_trainer_options(options: Any) -> dict[str, Any]:
             f"trainer_options has unknown Trainer arguments {unknown}; expected some of "
             f"{sorted(allowed)}"
         )
-    return dict(options)
+    return options
 
 
 __all__ = [

@@ -395,13 +395,13 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         return concat(predictions)
 
     def collate_targets(self, targets: list[Any]) -> Any:
-        """Join the per-batch targets.
+        """Join the per-batch targets, as :py:meth:`collate_predictions` joins predictions.
 
         Args:
             targets: one target per batch.
 
         Returns:
-            Tensors concatenated along the first dimension (tuples and dicts element-wise).
+            The joined targets.
         """
         return concat(targets)
 

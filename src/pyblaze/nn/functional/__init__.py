@@ -4,20 +4,7 @@ Usually imported as ``import pyblaze.nn.functional as X``. The metrics take the 
 and targets of a whole data set (see :py:mod:`pyblaze.nn.functional.metrics`).
 """
 
-from .metrics import (
-    accuracy,
-    average_precision,
-    f1_score,
-    precision,
-    recall,
-    roc_auc_score,
-)
+from . import metrics
+from .metrics import *  # noqa: F403 - the package's names are the metrics module's
 
-__all__ = [
-    "accuracy",
-    "average_precision",
-    "f1_score",
-    "precision",
-    "recall",
-    "roc_auc_score",
-]
+__all__ = metrics.__all__
