@@ -275,18 +275,21 @@ def wall_worker(args: argparse.Namespace) -> None:
     pathlib.Path(args.out).write_text(json.dumps(results))
 
 
+def handshake(word: str) -> Callable[[], None]:
+    """Return a function that tells the parent ``word`` and this pid, then waits for it."""
+
+    def signal() -> None:
+        sys.__stdout__.write(f"{word} {os.getpid()}\n")  # type: ignore[union-attr]
+        sys.__stdout__.flush()  # type: ignore[union-attr]
+        sys.stdin.readline()
+
+    return signal
+
+
 def callgrind_worker(args: argparse.Namespace) -> None:
     """Run one side for ``args.steps`` steps, pausing around the loop for the toggles."""
     _one_thread()
     dataset = make_dataset(args.steps * args.batch_size)
-
-    def handshake(word: str) -> Callable[[], None]:
-        def signal() -> None:
-            sys.__stdout__.write(f"{word} {os.getpid()}\n")  # type: ignore[union-attr]
-            sys.__stdout__.flush()  # type: ignore[union-attr]
-            sys.stdin.readline()
-
-        return signal
 
     if args.warmup:
         # The same history for both sides: glibc malloc's cost per call depends on the state

@@ -87,15 +87,7 @@ def callgrind_worker(args: argparse.Namespace) -> None:
         bench_fit.run_plain(warm, args.batch_size, False)
     dataset = bench_fit.make_dataset(args.steps * args.batch_size)
 
-    def handshake(word: str) -> Callable[[], None]:
-        def signal() -> None:
-            sys.__stdout__.write(f"{word} {os.getpid()}\n")  # type: ignore[union-attr]
-            sys.__stdout__.flush()  # type: ignore[union-attr]
-            sys.stdin.readline()
-
-        return signal
-
-    ready, done = handshake("@@READY"), handshake("@@DONE")
+    ready, done = bench_fit.handshake("@@READY"), bench_fit.handshake("@@DONE")
     if args.side == "pyblaze":
         run_pyblaze(dataset, args.batch_size, ready, done)
     else:
@@ -146,11 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker == "callgrind":
-        callgrind_worker(args)
-        return 0
     if args.cprofile:
         print(profile(args))
+        return 0
+    if args.worker is not None:
+        callgrind_worker(args)
         return 0
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("callgrind: valgrind is not installed")

@@ -1,13 +1,6 @@
 """GPU selection: what the ``gpu`` argument of ``train``, ``evaluate`` and ``predict`` means.
 
-=============  ===================================================================
-``'auto'``     every GPU (the CPU when there is none); one GPU when the engine does
-               not :py:meth:`~pyblaze.nn.BaseEngine.supports_multiple_gpus`
-``True``       the GPU with the most free memory (``torch.cuda.mem_get_info``)
-``False``      the CPU
-``i``          GPU ``i``
-``[i, j]``     these GPUs
-=============  ===================================================================
+The settings are listed in the docstring of :py:mod:`pyblaze.nn.engines`.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ n}`` resumes from its newest checkpoint with its history.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -83,7 +82,7 @@ class EngineRun(Model):
             "epochs": self.recorder.entries,
         }
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], fast_init: bool = False) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any], fast_init: bool = False) -> None:
         """Restore what :py:meth:`state_dict` returned (resuming, or a spawned run's result)."""
         self.placement.module.load_state_dict(state_dict["module"])
         for optimizer, state in zip(self.placement.optimizers, state_dict["optimizers"]):
