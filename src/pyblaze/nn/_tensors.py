@@ -47,7 +47,7 @@ def _move(data: Any, target: torch.device, non_blocking: bool) -> Any:
     # Most batches are tensors or tuples/lists of tensors: test those first, and the
     # Mapping ABC (a slower isinstance) last.
     if isinstance(data, torch.Tensor):
-        return data.to(target, non_blocking=non_blocking)
+        return data.to(target, non_blocking=True) if non_blocking else data.to(target)
     if isinstance(data, PackedSequence):  # a named tuple, moved as a whole
         packed: Any = data  # its stubs do not list the device overload
         return packed.to(target, non_blocking=non_blocking)

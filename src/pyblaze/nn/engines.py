@@ -438,6 +438,11 @@ class SupervisedEngine(BaseEngine):
         super().__init__(model)
         self._iteration: int | None = None
         self._num_iterations = 0
+        # The loss of the last batch, kept until the next batch's forward pass as the
+        # variables of a plain PyTorch loop keep it: while its autograd graph is alive,
+        # autograd reuses the parameters' gradient accumulators instead of building new
+        # ones for every batch.
+        self._last_loss: torch.Tensor | None = None
 
     def before_epoch(self, current: int, num_iterations: int) -> None:
         """Reset the batch counter of the epoch."""
@@ -450,8 +455,13 @@ class SupervisedEngine(BaseEngine):
             self._iteration += 1
 
     def after_epoch(self, metrics: Evaluation) -> None:
-        """Forget the batch counter."""
+        """Forget the batch counter and the last loss."""
         self._iteration = None
+        self._last_loss = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A tensor with an autograd graph cannot be pickled (e.g. for spawned processes).
+        return {**self.__dict__, "_last_loss": None}
 
     def train_batch(  # type: ignore[override]
         self,
@@ -496,6 +506,7 @@ class SupervisedEngine(BaseEngine):
         prediction, target = self.eval_batch(data)
         value = loss(prediction, target)
         (value / steps if steps > 1 else value).backward()
+        self._last_loss = value
         done = self._iteration + 1
         if done % steps == 0 or done == self._num_iterations:
             optimizer.step()
