@@ -49,11 +49,17 @@ def test_hooks_run_in_order_and_a_stop_reaches_every_callback() -> None:
 def test_after_batch_calls_only_the_callbacks_that_override_it(monkeypatch) -> None:
     calls: list[str] = []
     callbacks = CallbackList([Quiet(), Log("a", calls), xnn.EarlyStopping()])
+    quiet = CallbackList([Quiet(), xnn.EarlyStopping()])
+    pair = CallbackList([Log("b", calls), Quiet(), Log("c", calls)])
     # Were the base class's after_batch called for the two others, this would count it.
     monkeypatch.setattr(xnn.TrainingCallback, "after_batch", lambda self, *a: calls.append("base"))
     for _ in range(3):
         callbacks.after_batch(0.5)
-    assert calls == ["a:after_batch"] * 3
+        callbacks.batch_hook(0.5)
+    assert calls == ["a:after_batch"] * 6
+    quiet.batch_hook(0.5)
+    pair.batch_hook(0.5)
+    assert calls[6:] == ["b:after_batch", "c:after_batch"]
 
 
 def test_select_puts_the_engine_first_and_keeps_one_kind(make_model) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pyblaze.nn.callbacks.base import CallbackException, PredictionCallback, TrainingCallback
 
 _BASE_AFTER_BATCH = (TrainingCallback.after_batch, PredictionCallback.after_batch)
+
+
+def _nothing(*args: Any) -> None:
+    pass
 
 
 class CallbackList:
@@ -28,6 +32,13 @@ class CallbackList:
             for callback in self.callbacks
             if getattr(type(callback), "after_batch", None) not in _BASE_AFTER_BATCH
         )
+        self.batch_hook: Callable[..., None] = _nothing
+        """``after_batch`` of this list, the cheapest way: nothing, the one callback's or
+        all of them in order."""
+        if len(self._after_batch) == 1:
+            self.batch_hook = self._after_batch[0]
+        elif self._after_batch:
+            self.batch_hook = self.after_batch
 
     @classmethod
     def select(

@@ -134,13 +134,14 @@ class EpochRun(Epoch):
         self._recorder = recorder
         self._num_val_batches = num_val_batches
         self._module = module
+        recorder.start_epoch()
         # Bound once: the per-batch path looks up nothing else.
         self._train_batch = engine.train_batch
         self._train_kwargs = spec.train_kwargs
-        self._after_train_batch = callbacks.training.after_batch
+        self._after_train_batch = callbacks.training.batch_hook
+        self._losses, self._sizes = recorder.losses, recorder.sizes
         self._size = 0
         self._outputs: list[Any] = []
-        recorder.start_epoch()
 
     def train(self, batch: Any) -> Any:
         """Move a batch to the device and train on it with the engine.
@@ -162,7 +163,8 @@ class EpochRun(Epoch):
         Args:
             loss: the batch's loss (averaged over ranks in a distributed run).
         """
-        self._recorder.add_batch(loss, self._size)
+        self._losses.append(loss)
+        self._sizes.append(self._size)
         self._after_train_batch(loss)
 
     def start_validation(self) -> None:
@@ -178,7 +180,7 @@ class EpochRun(Epoch):
         """
         output = self._engine.eval_batch(to_device(batch, self._device), **self._spec.eval_kwargs)
         self._outputs.append(to_device(output, "cpu"))
-        self._callbacks.prediction.after_batch(None)
+        self._callbacks.prediction.batch_hook(None)
 
     def end_validation(self) -> None:
         """Compute the validation metrics on the whole set; call ``after_predictions``."""

@@ -16,6 +16,8 @@ class HistoryRecorder:
             ``collate_losses``).
 
     Attributes:
+        losses: the batch losses of the current epoch (the epoch appends to it).
+        sizes: the batch sizes of the current epoch.
         entries: one entry per finished epoch: ``micro_train_loss`` (the batch losses) and
             the epoch's averaged losses and metrics.
     """
@@ -27,19 +29,9 @@ class HistoryRecorder:
 
     def start_epoch(self) -> None:
         """Forget the batches and metrics of the previous epoch."""
-        self._losses: list[Any] = []
-        self._sizes: list[int] = []
+        self.losses: list[Any] = []
+        self.sizes: list[int] = []
         self._metrics: dict[str, Any] = {}
-
-    def add_batch(self, loss: Any, size: int) -> None:
-        """Record a training batch.
-
-        Args:
-            loss: its loss, as the engine returned it.
-            size: its number of samples (the weight of its loss in the epoch's mean).
-        """
-        self._losses.append(loss)
-        self._sizes.append(size)
 
     def add_metrics(self, values: Mapping[str, Any], prefix: str) -> None:
         """Record metrics of the epoch.
@@ -56,9 +48,9 @@ class HistoryRecorder:
         Returns:
             The epoch's losses (averaged, weighted by batch size) and metrics.
         """
-        losses = Evaluation(self._collate_losses(self._losses), weights=self._sizes)
+        losses = Evaluation(self._collate_losses(self.losses), weights=self.sizes)
         metrics = Evaluation.merge(losses, Evaluation(self._metrics))
-        self.entries.append({"micro_train_loss": list(self._losses), **metrics.to_dict()})
+        self.entries.append({"micro_train_loss": list(self.losses), **metrics.to_dict()})
         return metrics
 
 

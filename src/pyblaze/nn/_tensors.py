@@ -9,6 +9,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+# Type tuples, not ``X | Y`` unions: a union is built anew each time the line runs.
+_SEQUENCE = (list, tuple)
+_NESTED = (torch.Tensor, list, tuple, Mapping)
+
 
 def module_device(module: nn.Module) -> torch.device:
     """Return the device of a module's first parameter or buffer (the CPU if it has none).
@@ -51,8 +55,13 @@ def _move(data: Any, target: torch.device, non_blocking: bool) -> Any:
     if isinstance(data, PackedSequence):  # a named tuple, moved as a whole
         packed: Any = data  # its stubs do not list the device overload
         return packed.to(target, non_blocking=non_blocking)
-    if isinstance(data, list | tuple):
-        items = [_move(v, target, non_blocking) for v in data]
+    if isinstance(data, _SEQUENCE):
+        items = [
+            (v.to(target, non_blocking=True) if non_blocking else v.to(target))
+            if isinstance(v, torch.Tensor)
+            else _move(v, target, non_blocking)
+            for v in data
+        ]
         kind = type(data)
         if kind is tuple or kind is list:
             return kind(items)
@@ -100,14 +109,16 @@ def batch_size(batch: Any) -> int:
     while True:
         if isinstance(batch, torch.Tensor):
             return int(batch.size(0)) if batch.dim() > 0 else 1
-        if not isinstance(batch, list | tuple):
+        if not isinstance(batch, _SEQUENCE):
             if not isinstance(batch, Mapping):
                 return 1
             batch = list(batch.values())
-        batch = next(
-            (item for item in batch if isinstance(item, torch.Tensor | list | tuple | Mapping)),
-            None,
-        )
+        for item in batch:
+            if isinstance(item, _NESTED):
+                batch = item
+                break
+        else:
+            return 1
 
 
 def move_optimizer_state(optimizers: Sequence[torch.optim.Optimizer]) -> None:

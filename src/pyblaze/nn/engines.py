@@ -51,6 +51,8 @@ from pyblaze.nn.history import Evaluation, History
 if TYPE_CHECKING:
     from helios.plugins import Plugin
 
+_SEQUENCE = (list, tuple)  # a tuple: ``list | tuple`` would build a union on every batch
+
 
 class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
     """Base class of engines: trains, evaluates and runs a model batch by batch.
@@ -377,7 +379,7 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         """
         if isinstance(data, torch.Tensor):
             return self.model(data, **kwargs)
-        if isinstance(data, list | tuple):
+        if isinstance(data, _SEQUENCE):
             return self.model(*data, **kwargs)
         if isinstance(data, Mapping):
             return self.model(**data, **kwargs)
@@ -524,7 +526,7 @@ class SupervisedEngine(BaseEngine):
         Raises:
             ValueError: if the batch is not a pair.
         """
-        if not isinstance(data, list | tuple) or len(data) != 2:
+        if not isinstance(data, _SEQUENCE) or len(data) != 2:
             raise ValueError(
                 "SupervisedEngine expects (x, y) batches, but received "
                 f"{type(data).__name__}"
