@@ -1,6 +1,7 @@
 """Seed 000's tutorial: train PyTorch's CIFAR-10 classifier with helios.
 
-This is the code of the "Training a Classifier with Helios" tutorial, unchanged. It needs
+This is the code of the "Training a Classifier with Helios" tutorial, unchanged except that
+a failed ``fit`` makes the script exit with status 1. It needs
 torchvision for the CIFAR-10 dataset and its transforms (``pip install torchvision``); the
 data is downloaded to ``./data`` on the first run. Checkpoints go to ``./chkpt``, logs to
 ``./logs`` and the TensorBoard run to ``./runs``.
@@ -263,4 +264,5 @@ if __name__ == "__main__":
         run_path=pathlib.Path.cwd() / "runs",
     )
 
-    trainer.fit(model, datamodule)
+    # fit returns False after showing the traceback on stderr: exit with an error then.
+    sys.exit(0 if trainer.fit(model, datamodule) else 1)

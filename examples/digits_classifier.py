@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         run_path=root / "runs",
     )
     if not trainer.fit(model, datamodule):
-        print("error: training failed; the traceback is in the log above", file=sys.stderr)
+        # fit showed the traceback and a one-line summary on stderr already.
         return 1
     print(f"Final validation accuracy: {model.metrics['accuracy']:.2f}%")
     return 0

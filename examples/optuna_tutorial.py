@@ -217,7 +217,7 @@ def objective(trial: optuna.Trial, root: pathlib.Path, epochs: int) -> float:
     plugin.configure_trainer(trainer)
     plugin.configure_model(model)
     if not trainer.fit(model, datamodule):
-        raise RuntimeError(f"training of trial {trial.number} failed; see the log above")
+        raise RuntimeError(f"training of trial {trial.number} failed; see the traceback above")
     plugin.check_pruned()
 
     if trainer.queue is None:

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 HEAVY = [
     "tensorboard",
     "optuna",
@@ -15,6 +17,8 @@ HEAVY = [
     "torchvision",
     "sklearn",
     "skimage",
+    "mlflow",
+    "wandb",
 ]
 
 
@@ -23,6 +27,7 @@ HEAVY = [
     [
         ["helios.core", "helios.data", "helios.model", "helios.optim"],
         ["helios.trainer", "helios.plugins", "helios.losses", "helios.metrics", "helios.nn"],
+        ["helios.loggers"],
     ],
 )
 def test_import_does_not_load_heavy_dependencies(packages: list[str]) -> None:

@@ -63,6 +63,7 @@ def test_loader_passes_arguments_and_dataset_collate_fn() -> None:
     assert list(custom) == ["3 items", "3 items"]
 
 
+@pytest.mark.slow
 def test_import_is_light() -> None:
     code = (
         "import sys, pyblaze.nn, pyblaze.nn.functional\n"

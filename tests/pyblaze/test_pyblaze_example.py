@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "pyblaze_classifier.py"
 
 

@@ -188,6 +188,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_distributed_cpu_training_under_torchrun(tmp_path: pathlib.Path) -> None:
     import json

@@ -75,7 +75,7 @@ def init_dist(
         if backend == "nccl":
             env_device = device or torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(env_device)
-        dist.init_process_group(backend, device_id=env_device)
+        _init_from_environment(backend, env_device)
         return
     if rank is None or world_size is None:
         raise ValueError(
@@ -105,6 +105,26 @@ def init_dist(
         device_id = device or torch.device("cuda", rank)
         torch.cuda.set_device(device_id)
     dist.init_process_group(backend, rank=rank, world_size=world_size, device_id=device_id)
+
+
+def _init_from_environment(backend: str, device: torch.device | None) -> None:
+    """Join the process group that ``torchrun`` (or the environment) describes.
+
+    Under ``torchrun``, the workers of every restart meet in the same key-value store, the
+    agent's. The process group's keys (each rank's address among them) are the same in
+    every attempt, so a restarted worker can read the address a dead worker of the previous
+    attempt published and fail with "Connection refused" (or wait on it). The keys of each
+    attempt therefore get a prefix of their own, from ``TORCHELASTIC_RESTART_COUNT``.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None:
+        dist.init_process_group(backend, device_id=device)
+        return
+    store, rank, world_size = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"helios/attempt_{restart}", store)
+    dist.init_process_group(
+        backend, store=store, rank=rank, world_size=world_size, device_id=device
+    )
 
 
 def shutdown_dist() -> None:
@@ -166,6 +186,22 @@ def get_local_rank() -> int:
 def get_global_rank() -> int:
     """Return the global rank (0 when not distributed)."""
     return get_dist_info().rank
+
+
+def get_world_size() -> int:
+    """Return the number of processes in the run (1 when not distributed).
+
+    Added in Helios 1.3.0.
+    """
+    return get_dist_info().world_size
+
+
+def get_local_world_size() -> int:
+    """Return the number of processes on this node (1 when not distributed).
+
+    Added in Helios 1.3.0.
+    """
+    return get_dist_info().local_world_size
 
 
 def _require_dist() -> None:

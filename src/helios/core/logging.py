@@ -9,10 +9,12 @@ ranks only report errors). The module keeps one active instance of each, created
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging as _logging
 import pathlib
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
@@ -30,15 +32,88 @@ _LOGGER_NAME = "helios"
 _FORMAT = "[%(asctime)s] [%(levelname)s]: %(message)s"
 
 _ACTIVE_LOGGERS: dict[str, RootLogger | TensorboardWriter] = {}
+_WARNINGS_LOGGER_NAME = "py.warnings"
 
 
-class _StdoutHandler(_logging.StreamHandler):  # type: ignore[type-arg]
+class _ForwardHandler(_logging.Handler):
+    """Pass records to another logger, subject to that logger's level (rank gating)."""
+
+    def __init__(self, target: _logging.Logger) -> None:
+        super().__init__()
+        self._target = target
+
+    def emit(self, record: _logging.LogRecord) -> None:
+        if self._target.isEnabledFor(record.levelno):
+            self._target.handle(record)
+
+
+def _is_capturing_warnings() -> bool:
+    """Whether :py:func:`logging.captureWarnings` is currently on."""
+    return getattr(_logging, "_warnings_showwarning", None) is not None
+
+
+def _report_to_stderr(line: str) -> None:
+    """Write one line to stderr, ignoring a broken stderr (nothing is left to tell then)."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+class _SafeHandlerMixin:
+    """Makes a handler's failures to write harmless: they are reported once, then ignored.
+
+    The standard handlers print a "--- Logging error ---" traceback for every record they
+    cannot write (a full disk, a closed stream), and their ``flush``/``close`` raise, which
+    would make a complete training run fail at its end. A safe handler reports the first
+    failure on stderr in one line, ignores the following ones (it keeps trying, so logging
+    resumes if space frees up) and never raises.
+    """
+
+    _failed = False
+
+    def _report_failure(self, error: BaseException | None) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        target = getattr(self, "baseFilename", None) or "stdout"
+        reason = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+        _report_to_stderr(
+            f"helios warning: cannot write the log to {target} ({reason}); training goes on, "
+            "and further log errors are not shown"
+        )
+
+    def handleError(self, record: _logging.LogRecord) -> None:  # noqa: N802
+        """Report the first failure to write a record; ignore the others."""
+        self._report_failure(sys.exc_info()[1])
+
+    def flush(self) -> None:
+        """Flush, reporting (once) instead of raising a failure."""
+        try:
+            super().flush()  # type: ignore[misc]
+        except (OSError, ValueError) as error:
+            self._report_failure(error)
+
+    def close(self) -> None:
+        """Close, reporting (once) instead of raising a failure."""
+        try:
+            super().close()  # type: ignore[misc]
+        except (OSError, ValueError) as error:
+            self._report_failure(error)
+
+
+class _SafeFileHandler(_SafeHandlerMixin, _logging.FileHandler):
+    """File handler whose write failures are reported once and never raised."""
+
+
+class _StdoutHandler(_SafeHandlerMixin, _logging.StreamHandler):
     """Stream handler that writes to whatever ``sys.stdout`` is at emit time."""
 
     def __init__(self) -> None:
         super().__init__(sys.stdout)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> IO[str]:
         return sys.stdout
 
@@ -55,21 +130,55 @@ class RootLogger:
     INFO and above also go to a file. Only global rank 0 logs INFO and warnings; other ranks
     only log errors. :py:meth:`close` removes the handlers again, so consecutive runs in one
     process never share files or print twice.
+
+    With ``capture_warnings`` (added in Helios 1.3.0), Python warnings
+    (:py:func:`warnings.warn`) are routed into this logger, so they reach the run's log
+    file, through :py:func:`logging.captureWarnings`, until :py:meth:`close`. They are then
+    no longer printed by the :py:mod:`warnings` module itself; the console still shows them
+    through this logger's stdout handler (on rank 0).
+
+    Args:
+        capture_warnings: route Python warnings into this logger while it is open.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capture_warnings: bool = False) -> None:
         self._rank = dist.get_global_rank()
         self._logger = _logging.getLogger(_LOGGER_NAME)
         self._logger.propagate = False
         self._logger.setLevel(_logging.INFO if self._rank == 0 else _logging.ERROR)
         self._formatter = _logging.Formatter(_FORMAT)
         self._handlers: list[_logging.Handler] = []
-        self._file_handler: _logging.FileHandler | None = None
+        self._file_handler: _SafeFileHandler | None = None
         self._log_file: pathlib.Path | None = None
 
         stream_handler = _StdoutHandler()
         stream_handler.setLevel(_logging.WARNING)
         self._add_handler(stream_handler)
+
+        self._warnings_handler: _ForwardHandler | None = None
+        self._started_capture = False
+        if capture_warnings:
+            self._start_capturing_warnings()
+
+    def _start_capturing_warnings(self) -> None:
+        self._started_capture = not _is_capturing_warnings()
+        if self._started_capture:
+            _logging.captureWarnings(True)
+        self._warnings_handler = _ForwardHandler(self._logger)
+        _logging.getLogger(_WARNINGS_LOGGER_NAME).addHandler(self._warnings_handler)
+
+    def _stop_capturing_warnings(self) -> None:
+        if self._warnings_handler is not None:
+            _logging.getLogger(_WARNINGS_LOGGER_NAME).removeHandler(self._warnings_handler)
+            self._warnings_handler = None
+        if self._started_capture:
+            _logging.captureWarnings(False)
+            self._started_capture = False
+
+    @property
+    def captures_warnings(self) -> bool:
+        """Whether Python warnings are being routed into this logger."""
+        return self._warnings_handler is not None
 
     def _add_handler(self, handler: _logging.Handler) -> None:
         handler.setFormatter(self._formatter)
@@ -97,7 +206,7 @@ class RootLogger:
             self._remove_handler(self._file_handler)
             self._file_handler = None
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = _logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        handler = _SafeFileHandler(log_file, mode="a", encoding="utf-8")
         handler.setLevel(_logging.INFO)
         self._add_handler(handler)
         self._file_handler = handler
@@ -150,13 +259,26 @@ class RootLogger:
         """
         self._logger.exception(msg, **kwargs)
 
+    def log_to_file(self, level: int, msg: str) -> None:
+        """Write a message to the log file only (not to stdout), if there is a file.
+
+        Args:
+            level: the level (``logging.ERROR``, ...).
+            msg: the message.
+        """
+        if self._file_handler is None or not self._logger.isEnabledFor(level):
+            return
+        record = self._logger.makeRecord(self._logger.name, level, "(helios)", 0, msg, (), None)
+        self._file_handler.handle(record)
+
     def flush(self) -> None:
         """Flush every handler."""
         for handler in self._handlers:
             handler.flush()
 
     def close(self) -> None:
-        """Flush, close and remove every handler this logger added."""
+        """Flush, close and remove every handler this logger added; stop capturing warnings."""
+        self._stop_capturing_warnings()
         for handler in list(self._handlers):
             self._remove_handler(handler)
         self._file_handler = None
@@ -166,13 +288,27 @@ class TensorboardWriter:
     """Wrapper around :py:class:`torch.utils.tensorboard.SummaryWriter`.
 
     Only global rank 0 creates a writer (in :py:meth:`setup`); before that, and on other
-    ranks, every method is a no-op.
+    ranks, every method is a no-op. When the event file cannot be written (a full disk),
+    TensorBoard's writer thread dies and every later call would raise; instead the first
+    failure is reported once on stderr and the writer is dropped, so training goes on.
     """
 
     def __init__(self) -> None:
         self._rank = dist.get_global_rank()
         self._writer: SummaryWriter | None = None
         self._run_path: pathlib.Path | None = None
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a failure to write the event file into one report and a dropped writer."""
+        try:
+            yield
+        except OSError as error:
+            self._writer = None
+            _report_to_stderr(
+                f"helios warning: cannot write the TensorBoard run to {self._run_path} "
+                f"({type(error).__name__}: {error}); training goes on without TensorBoard"
+            )
 
     def setup(self, run_path: pathlib.Path) -> None:
         """Create the summary writer for a run folder (global rank 0 only).
@@ -192,7 +328,8 @@ class TensorboardWriter:
                 'error: TensorBoard logging needs tensorboard: pip install "tensorboard"'
             ) from exc
         if self._writer is not None:
-            self._writer.close()
+            with self._writing():
+                self._writer.close()
         self._run_path = pathlib.Path(run_path)
         self._writer = SummaryWriter(log_dir=str(run_path), flush_secs=20)
 
@@ -215,7 +352,8 @@ class TensorboardWriter:
             global_step: the step.
         """
         if self._writer is not None:
-            self._writer.add_scalar(tag, scalar_value, global_step, new_style=True)
+            with self._writing():
+                self._writer.add_scalar(tag, scalar_value, global_step, new_style=True)
 
     def add_scalars(
         self,
@@ -231,7 +369,8 @@ class TensorboardWriter:
             global_step: the step.
         """
         if self._writer is not None:
-            self._writer.add_scalars(main_tag, tag_scalar_dict, global_step)
+            with self._writing():
+                self._writer.add_scalars(main_tag, tag_scalar_dict, global_step)
 
     def add_image(
         self,
@@ -249,7 +388,8 @@ class TensorboardWriter:
             dataformats: the layout of ``img_tensor``.
         """
         if self._writer is not None:
-            self._writer.add_image(tag, img_tensor, global_step, dataformats=dataformats)
+            with self._writing():
+                self._writer.add_image(tag, img_tensor, global_step, dataformats=dataformats)
 
     def add_images(
         self,
@@ -267,7 +407,8 @@ class TensorboardWriter:
             dataformats: the layout of ``img_tensor``.
         """
         if self._writer is not None:
-            self._writer.add_images(tag, img_tensor, global_step, dataformats=dataformats)
+            with self._writing():
+                self._writer.add_images(tag, img_tensor, global_step, dataformats=dataformats)
 
     def add_figure(
         self,
@@ -285,7 +426,8 @@ class TensorboardWriter:
             close: close the figure(s) afterwards.
         """
         if self._writer is not None:
-            self._writer.add_figure(tag, figure, global_step, close=close)
+            with self._writing():
+                self._writer.add_figure(tag, figure, global_step, close=close)
 
     def add_text(self, tag: str, text_string: str, global_step: int | None = None) -> None:
         """Add text.
@@ -296,7 +438,8 @@ class TensorboardWriter:
             global_step: the step.
         """
         if self._writer is not None:
-            self._writer.add_text(tag, text_string, global_step)
+            with self._writing():
+                self._writer.add_text(tag, text_string, global_step)
 
     def add_graph(
         self,
@@ -337,7 +480,8 @@ class TensorboardWriter:
         if self._writer is None:
             return
         cpu_model = copy.deepcopy(model).cpu()
-        self._writer.add_graph(cpu_model, inputs, verbose, use_strict_trace)
+        with self._writing():
+            self._writer.add_graph(cpu_model, inputs, verbose, use_strict_trace)
 
     def add_pr_curve(
         self,
@@ -357,9 +501,10 @@ class TensorboardWriter:
             num_thresholds: the number of thresholds of the curve.
         """
         if self._writer is not None:
-            self._writer.add_pr_curve(
-                tag, labels, predictions, global_step, num_thresholds=num_thresholds
-            )
+            with self._writing():
+                self._writer.add_pr_curve(
+                    tag, labels, predictions, global_step, num_thresholds=num_thresholds
+                )
 
     def add_hparams(
         self,
@@ -380,24 +525,27 @@ class TensorboardWriter:
             global_step: the step.
         """
         if self._writer is not None:
-            self._writer.add_hparams(
-                hparam_dict,
-                metric_dict,
-                hparam_domain_discrete,
-                run_name="." if run_name is None else run_name,
-                global_step=global_step,
-            )
+            with self._writing():
+                self._writer.add_hparams(
+                    hparam_dict,
+                    metric_dict,
+                    hparam_domain_discrete,
+                    run_name="." if run_name is None else run_name,
+                    global_step=global_step,
+                )
 
     def flush(self) -> None:
         """Write pending events to disk."""
         if self._writer is not None:
-            self._writer.flush()
+            with self._writing():
+                self._writer.flush()
 
     def close(self) -> None:
         """Flush and close the writer."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            with self._writing():
+                self._writer.close()
+        self._writer = None
 
 
 def get_default_log_name(run_name: str) -> str:
@@ -412,16 +560,23 @@ def get_default_log_name(run_name: str) -> str:
     return run_name + "_" + datetime.now().strftime("%b%d_%H-%M-%S")
 
 
-def create_default_loggers(enable_tensorboard: bool = True) -> None:
+def create_default_loggers(enable_tensorboard: bool = True, capture_warnings: bool = False) -> None:
     """Create the root logger and, if enabled, the TensorBoard writer (if absent).
 
     Call it after the processes of a distributed run are started, so each knows its rank.
 
     Args:
         enable_tensorboard: also create the TensorBoard writer.
+        capture_warnings: route Python warnings into the root logger until
+            :py:func:`close_default_loggers` (added in Helios 1.3.0; see
+            :py:class:`RootLogger`). If the root logger already exists, it starts capturing.
     """
     if "root" not in _ACTIVE_LOGGERS:
-        _ACTIVE_LOGGERS["root"] = RootLogger()
+        _ACTIVE_LOGGERS["root"] = RootLogger(capture_warnings=capture_warnings)
+    elif capture_warnings:
+        root = get_root_logger()
+        if not root.captures_warnings:
+            root._start_capturing_warnings()
     if enable_tensorboard and "tensorboard" not in _ACTIVE_LOGGERS:
         _ACTIVE_LOGGERS["tensorboard"] = TensorboardWriter()
 

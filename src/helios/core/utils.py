@@ -221,6 +221,22 @@ class Registry:
             f"Available names: {self._available()}"
         )
 
+    def create(self, type_name: str, *args: Any, **kwargs: Any) -> Any:
+        """Build the object registered under a name (the ``create_*`` factories use this).
+
+        Args:
+            type_name: the registered name.
+            *args: positional arguments for its constructor.
+            **kwargs: keyword arguments for its constructor.
+
+        Returns:
+            The new object.
+
+        Raises:
+            KeyError: if no object is registered under ``type_name``.
+        """
+        return self.get(type_name)(*args, **kwargs)
+
     def _available(self) -> str:
         return ", ".join(sorted(self._obj_map)) or "(none)"
 

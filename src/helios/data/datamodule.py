@@ -6,6 +6,7 @@ import abc
 import copy
 import dataclasses
 import enum
+import hashlib
 import inspect
 import typing
 from collections.abc import Callable, Sized
@@ -122,6 +123,60 @@ def _seed_worker(worker_id: int) -> None:
     rng.seed_rngs(torch.initial_seed() % 2**32, skip_torch=True)
 
 
+def sample_seed(seed: int, epoch: int, index: object) -> int:
+    """Return the seed of the random streams of one sample in one epoch.
+
+    Args:
+        seed: the loader's base seed.
+        epoch: the epoch (as the sampler counts it, from 0).
+        index: the sample's index in the dataset.
+
+    Returns:
+        A 63-bit seed that depends only on the three values.
+    """
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class _SeededSamples(tud.Dataset):
+    """Loads every sample in a worker process with random streams of its own.
+
+    In a loader worker, torch's, Python's and NumPy's generators (the legacy one and the
+    helios default) are seeded from :py:func:`sample_seed` (the loader's seed, the epoch and
+    the sample's index) right before the sample is loaded. Random augmentations then depend
+    neither on the worker that loads a sample nor on where a run was resumed, and a run
+    killed mid-epoch resumes with the same augmented samples. In the main process
+    (``num_workers=0``) nothing is re-seeded: the main process's generators are part of
+    every checkpoint.
+
+    Args:
+        dataset: the wrapped dataset.
+        sampler: the loader's sampler (for the epoch).
+        seed: the loader's base seed.
+    """
+
+    def __init__(self, dataset: tud.Dataset, sampler: ResumableSamplerType, seed: int) -> None:
+        self.dataset = dataset
+        self._sampler = sampler
+        self._seed = seed
+
+    def __len__(self) -> int:
+        return len(typing.cast(Sized, self.dataset))
+
+    def __getitem__(self, index: Any) -> Any:
+        if tud.get_worker_info() is not None:
+            seed = sample_seed(self._seed, self._sampler.epoch, index)
+            torch.manual_seed(seed)
+            rng.seed_rngs(seed, skip_torch=True)
+        return self.dataset[index]
+
+    def __getattr__(self, name: str) -> Any:
+        # Attributes of the user's dataset stay reachable through ``loader.dataset``.
+        if name.startswith("__") or name in ("dataset", "_sampler", "_seed"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def _check_int(name: str, value: object, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
@@ -197,7 +252,10 @@ def create_dataloader(
     ``random_seed + e`` (plus ``rank * 2**32`` when distributed): worker seeds depend only on
     the seed, the epoch, the rank and the worker id, not on where a run was resumed.
     Each worker seeds ``random``, NumPy's legacy RNG and the helios default NumPy RNG from
-    ``torch.initial_seed()``. ``pin_memory`` only takes effect when CUDA is available.
+    ``torch.initial_seed()``, and then every sample it loads from (``random_seed``, epoch,
+    index) (see :py:func:`sample_seed`), so random augmentations in ``__getitem__`` are the
+    same whatever the number of workers and wherever a run resumed. ``pin_memory`` only
+    takes effect when CUDA is available.
 
     Typical use::
 
@@ -251,10 +309,11 @@ def create_dataloader(
 
     generator = torch.Generator()
     sampler.attach_generator(generator, seed=random_seed)
+    num_workers = 0 if debug_mode else num_workers
     loader = tud.DataLoader(
-        dataset,
+        _SeededSamples(dataset, sampler, random_seed) if num_workers else dataset,
         batch_size=batch_size,
-        num_workers=0 if debug_mode else num_workers,
+        num_workers=num_workers,
         pin_memory=pin_memory and torch.cuda.is_available(),
         drop_last=drop_last,
         sampler=sampler,
@@ -518,4 +577,5 @@ __all__ = [
     "create_collate_fn",
     "create_dataloader",
     "create_dataset",
+    "sample_seed",
 ]

@@ -22,26 +22,22 @@ _BGR_TO_YCBCR = np.array(
 _YCBCR_BIAS = np.array([16.0, 128.0, 128.0])
 
 
-def load_image(path: str | os.PathLike[str], as_rgb: bool = True) -> npt.NDArray[Any]:
-    """Load an image into an array, keeping its bit depth and channels.
+IMREAD_UNCHANGED = -1
+"""``load_image`` flag (OpenCV's value): keep channels (alpha too) and bit depth."""
+IMREAD_GRAYSCALE = 0
+"""``load_image`` flag (OpenCV's value): one 8-bit channel."""
+IMREAD_COLOR = 1
+"""``load_image`` flag (OpenCV's value): three 8-bit channels, alpha dropped."""
+IMREAD_ANYDEPTH = 2
+"""``load_image`` flag (OpenCV's value): keep 16-bit and float data instead of 8 bits."""
+IMREAD_ANYCOLOR = 4
+"""``load_image`` flag (OpenCV's value): keep gray images gray, colour images colour."""
 
-    * Grayscale images give a 2-D array (``uint8``; 16-bit images stay ``uint16``;
-      32-bit float images stay ``float32``).
-    * Colour images give ``HxWx3``, images with alpha ``HxWx4`` (a palette or grayscale
-      image with transparency becomes RGBA).
+_KNOWN_FLAG_BITS = IMREAD_COLOR | IMREAD_ANYDEPTH | IMREAD_ANYCOLOR
 
-    Args:
-        path: the image file.
-        as_rgb: channels in RGB(A) order; ``False`` gives BGR(A), the order OpenCV uses
-            (and :py:func:`bgr2ycbcr` / :py:func:`to_y_channel` expect).
 
-    Returns:
-        The image.
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        PIL.UnidentifiedImageError: if the file is not an image Pillow can read.
-    """
+def _read_unchanged(path: str | os.PathLike[str]) -> npt.NDArray[Any]:
+    """Read an image with its own channels (RGB(A) order) and bit depth."""
     with PIL.Image.open(path) as file:
         image: PIL.Image.Image = file
         mode = image.mode
@@ -58,8 +54,91 @@ def load_image(path: str | os.PathLike[str], as_rgb: bool = True) -> npt.NDArray
             array = array.astype(np.uint16)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
+def _to_8_bit(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Reduce the depth to 8 bits as OpenCV does (16-bit values are shifted right by 8)."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+
+
+def _gray(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Convert an RGB(A) array to one channel with the BT.601 weights OpenCV uses."""
+    if array.ndim == 2:
+        return array
+    rgb = array[:, :, :3].astype(np.float64)
+    luma = rgb @ np.array([0.299, 0.587, 0.114])
+    if np.issubdtype(array.dtype, np.integer):
+        return np.rint(luma).astype(array.dtype)
+    return luma.astype(array.dtype)
+
+
+def load_image(
+    path: str | os.PathLike[str], flags: int = IMREAD_COLOR, as_rgb: bool = True
+) -> npt.NDArray[Any]:
+    """Load an image into an array, reading it with Pillow and OpenCV's ``imread`` flags.
+
+    The flags have OpenCV's values (``cv2.IMREAD_*`` can be passed directly; OpenCV is not
+    needed) and their meaning:
+
+    * :py:data:`IMREAD_COLOR` (default): ``HxWx3`` ``uint8``. Gray images are replicated to
+      three channels, alpha is dropped, 16-bit data is reduced to 8 bits (``value >> 8``).
+    * :py:data:`IMREAD_GRAYSCALE`: ``HxW`` ``uint8``; colour images are converted with
+      ``Y = 0.299 R + 0.587 G + 0.114 B``.
+    * :py:data:`IMREAD_UNCHANGED`: the file's channels (gray ``HxW``, colour ``HxWx3``,
+      with alpha ``HxWx4``; palette images are expanded) and bit depth (``uint16`` stays
+      ``uint16``, 32-bit float stays ``float32``).
+    * :py:data:`IMREAD_ANYDEPTH` (with ``COLOR`` or ``GRAYSCALE``) keeps the bit depth;
+      :py:data:`IMREAD_ANYCOLOR` keeps gray images gray and colour images colour (no alpha).
+
+    Args:
+        path: the image file.
+        flags: an OpenCV ``imread`` flag (see above).
+        as_rgb: channels in RGB(A) order; ``False`` gives BGR(A), the order OpenCV returns
+            (and :py:func:`bgr2ycbcr` / :py:func:`to_y_channel` expect). 2-D images are
+            returned as they are.
+
+    Returns:
+        The image.
+
+    Raises:
+        TypeError: if ``flags`` is not an int.
+        ValueError: if ``flags`` is not one of the supported flag combinations.
+        FileNotFoundError: if ``path`` does not exist.
+        PIL.UnidentifiedImageError: if the file is not an image Pillow can read.
+    """
+    if isinstance(flags, bool) or not isinstance(flags, int):
+        raise TypeError(f"error: flags must be an int (an imread flag), got {flags!r}")
+    if flags != IMREAD_UNCHANGED and (flags < 0 or flags & ~_KNOWN_FLAG_BITS):
+        raise ValueError(
+            f"error: unsupported flags={flags}; expected IMREAD_UNCHANGED (-1), "
+            "IMREAD_GRAYSCALE (0), IMREAD_COLOR (1), optionally combined with "
+            "IMREAD_ANYDEPTH (2) or IMREAD_ANYCOLOR (4)"
+        )
+    array = _read_unchanged(path)
+    if flags != IMREAD_UNCHANGED:
+        if array.ndim == 3 and array.shape[2] == 4:
+            array = array[:, :, :3]
+        if flags & IMREAD_ANYCOLOR:
+            pass
+        elif flags & IMREAD_COLOR:
+            if array.ndim == 2:
+                array = np.repeat(array[:, :, None], 3, axis=2)
+        else:
+            array = _gray(array)
+        if not flags & IMREAD_ANYDEPTH:
+            array = _to_8_bit(array)
     if array.ndim == 3 and not as_rgb:
-        order = [2, 1, 0] if array.shape[2] == 3 else [2, 1, 0, 3]
+        channels = array.shape[2]
+        if channels not in (3, 4):
+            raise RuntimeError(
+                f"error: expected a 3 or 4 channel image but received {channels} channels"
+            )
+        order = [2, 1, 0] if channels == 3 else [2, 1, 0, 3]
         array = array[:, :, order]
     return np.ascontiguousarray(array)
 

@@ -22,6 +22,8 @@ never on where a run was resumed.
 
 from __future__ import annotations
 
+import math
+import typing
 from collections.abc import Iterator, Sized
 from typing import Any
 
@@ -35,20 +37,8 @@ SAMPLER_REGISTRY = Registry("sampler")
 
 
 def create_sampler(type_name: str, *args: Any, **kwargs: Any) -> ResumableSamplerType:
-    """Create a sampler from :py:data:`SAMPLER_REGISTRY`.
-
-    Args:
-        type_name: the registered name of the sampler.
-        *args: positional arguments for the sampler.
-        **kwargs: keyword arguments for the sampler.
-
-    Returns:
-        The new sampler.
-
-    Raises:
-        KeyError: if no sampler is registered under ``type_name``.
-    """
-    return SAMPLER_REGISTRY.get(type_name)(*args, **kwargs)
+    """Create a sampler registered in :py:data:`SAMPLER_REGISTRY`."""
+    return SAMPLER_REGISTRY.create(type_name, *args, **kwargs)
 
 
 def _check_non_negative_int(name: str, value: object) -> int:
@@ -93,6 +83,7 @@ class _ResumableMixin:
         self._seed = _check_int("seed", seed)
         self._epoch = 0
         self._start_iter = 0
+        self._global_start = 0
         self._loader_generator = None
         self._generator_seed = self._seed
 
@@ -113,6 +104,21 @@ class _ResumableMixin:
     @start_iter.setter
     def start_iter(self, start_iter: int) -> None:
         self._start_iter = _check_non_negative_int("start_iter", start_iter)
+
+    @property
+    def global_start(self) -> int:
+        """Samples of the epoch's global order to skip in the next pass (then reset to 0).
+
+        The global order is the one every rank's shard is cut from; the first
+        ``global_start`` samples of it were consumed, by all ranks together, before a run
+        stopped. A run resumed on another number of processes shards the rest among its
+        own ranks. It takes precedence over :py:attr:`start_iter`.
+        """
+        return self._global_start
+
+    @global_start.setter
+    def global_start(self, global_start: int) -> None:
+        self._global_start = _check_non_negative_int("global_start", global_start)
 
     @property
     def batch_size(self) -> int:
@@ -162,9 +168,12 @@ class _ResumableMixin:
         """Return the position of the sampler.
 
         Returns:
-            ``{"epoch": int, "start_iter": int}``.
+            ``{"epoch": int, "start_iter": int}``, and ``"global_start"`` when it is set.
         """
-        return {"epoch": self._epoch, "start_iter": self._start_iter}
+        state = {"epoch": self._epoch, "start_iter": self._start_iter}
+        if self._global_start:
+            state["global_start"] = self._global_start
+        return state
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Restore a position saved by :py:meth:`state_dict`.
@@ -182,6 +191,7 @@ class _ResumableMixin:
             )
         self.set_epoch(state_dict["epoch"])
         self.start_iter = state_dict["start_iter"]
+        self.global_start = state_dict.get("global_start", 0)
 
     def _generator_offset(self) -> int:
         return 0
@@ -192,9 +202,9 @@ class _ResumableMixin:
             self._loader_generator.manual_seed(seed)
 
     def _adjust_to_start_iter(self, indices: list[int]) -> list[int]:
-        """Drop the first ``start_iter`` batches of ``indices`` and reset ``start_iter``."""
-        skip = self._start_iter * self._batch_size
-        self._start_iter = 0
+        """Drop the samples already consumed from ``indices``; reset the skip counters."""
+        skip = self._global_start or self._start_iter * self._batch_size
+        self._start_iter = self._global_start = 0
         return indices[skip:]
 
 
@@ -333,11 +343,54 @@ class ResumableDistributedSampler(_ResumableMixin, tud.DistributedSampler):
         return self.rank * 2**32
 
     def __iter__(self) -> Iterator[int]:
+        if self._global_start:
+            return iter(self._rest_of_global_order())
         # The parent builds the shard for ``self.epoch`` (our property) with its own
         # generator, so the global RNG is untouched.
         indices = list(super().__iter__())
         return iter(self._adjust_to_start_iter(indices))
 
+    def _rest_of_global_order(self) -> list[int]:
+        """This rank's shard of the samples of the epoch after :py:attr:`global_start`."""
+        size = len(typing.cast(Sized, self.dataset))
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(size, generator=generator).tolist()
+        else:
+            order = list(range(size))
+        rest = order[self._global_start :]
+        self._start_iter = self._global_start = 0
+        replicas = self.num_replicas
+        if self.drop_last:
+            rest = rest[: len(rest) - len(rest) % replicas]
+        elif rest and len(rest) % replicas:
+            padding = replicas - len(rest) % replicas
+            rest += (rest * math.ceil(padding / len(rest)))[:padding]
+        return rest[self.rank :: replicas]
+
 
 ResumableSamplerType = ResumableSampler | ResumableDistributedSampler
 """Any sampler accepted by :py:func:`helios.data.create_dataloader`."""
+
+
+def place_sampler(sampler: object, epoch: int, start_iter: int = 0, global_start: int = 0) -> None:
+    """Position a sampler at batch ``start_iter`` of epoch ``epoch`` for its next pass.
+
+    A resumable sampler is positioned through its own :py:meth:`load_state_dict`; a sampler
+    that only knows epochs (``torch``'s ``DistributedSampler``) gets :py:meth:`set_epoch`;
+    any other sampler is left alone.
+
+    Args:
+        sampler: the sampler of a training loader.
+        epoch: the epoch (counted from 0).
+        start_iter: the batches of that epoch already consumed.
+        global_start: the samples of that epoch's global order already consumed by all
+            ranks together (when set, ``start_iter`` is ignored; see
+            :py:attr:`ResumableDistributedSampler.global_start`).
+    """
+    if isinstance(sampler, _ResumableMixin):
+        position = {"epoch": epoch, "start_iter": start_iter, "global_start": global_start}
+        sampler.load_state_dict(position)
+    elif callable(set_epoch := getattr(sampler, "set_epoch", None)):
+        set_epoch(epoch)

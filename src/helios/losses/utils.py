@@ -39,17 +39,5 @@ del _loss
 
 
 def create_loss(type_name: str, *args: Any, **kwargs: Any) -> nn.Module:
-    """Create a loss function from its registered name.
-
-    Args:
-        type_name: the name of the loss in :py:data:`LOSS_REGISTRY`.
-        *args: positional arguments for the loss constructor.
-        **kwargs: keyword arguments for the loss constructor.
-
-    Returns:
-        The new loss function.
-
-    Raises:
-        KeyError: if no loss is registered under ``type_name``.
-    """
-    return LOSS_REGISTRY.get(type_name)(*args, **kwargs)
+    """Create a loss function registered in :py:data:`LOSS_REGISTRY`."""
+    return LOSS_REGISTRY.create(type_name, *args, **kwargs)

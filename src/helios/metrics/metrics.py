@@ -19,20 +19,8 @@ METRICS_REGISTRY = Registry("metrics")
 
 
 def create_metric(type_name: str, *args: Any, **kwargs: Any) -> nn.Module:
-    """Create a metric from its registered name.
-
-    Args:
-        type_name: the name of the metric in :py:data:`METRICS_REGISTRY`.
-        *args: positional arguments for the metric constructor.
-        **kwargs: keyword arguments for the metric constructor.
-
-    Returns:
-        The new metric.
-
-    Raises:
-        KeyError: if no metric is registered under ``type_name``.
-    """
-    return METRICS_REGISTRY.get(type_name)(*args, **kwargs)
+    """Create a metric registered in :py:data:`METRICS_REGISTRY`."""
+    return METRICS_REGISTRY.create(type_name, *args, **kwargs)
 
 
 def _input_type_error(a: object, b: object) -> TypeError:

@@ -7,16 +7,32 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 
+class OutputSizeTypeError(RuntimeError, TypeError):
+    """``output_size`` has the wrong type.
+
+    It derives from :py:class:`RuntimeError`, the type Helios 1.2.7 documents for every
+    invalid ``output_size``, and from :py:class:`TypeError`, the precise kind.
+    """
+
+
+class OutputSizeValueError(RuntimeError, ValueError):
+    """``output_size`` has the right type but an invalid value (length or sign).
+
+    It derives from :py:class:`RuntimeError`, the type Helios 1.2.7 documents for every
+    invalid ``output_size``, and from :py:class:`ValueError`, the precise kind.
+    """
+
+
 def _check_size_entry(value: object, output_size: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
+        raise OutputSizeTypeError(
             "error: the entries of output_size must be int or None, got "
             f"output_size={output_size!r}"
         )
     if value <= 0:
-        raise ValueError(
+        raise OutputSizeValueError(
             f"error: the entries of output_size must be positive, got output_size={output_size!r}"
         )
 
@@ -36,9 +52,10 @@ class AdaptiveAvgPool2d(nn.Module):
             keeps that input dimension.
 
     Raises:
-        TypeError: if ``output_size`` is not an int or a tuple of int/None.
-        ValueError: if ``output_size`` is a tuple whose length is not 2 or if a size is not
-            positive.
+        OutputSizeTypeError: (a :py:class:`RuntimeError` and :py:class:`TypeError`) if
+            ``output_size`` is not an int or a tuple of int/None.
+        OutputSizeValueError: (a :py:class:`RuntimeError` and :py:class:`ValueError`) if
+            ``output_size`` is a tuple whose length is not 2 or if a size is not positive.
     """
 
     def __init__(self, output_size: int | tuple[int | None, int | None]) -> None:
@@ -48,7 +65,7 @@ class AdaptiveAvgPool2d(nn.Module):
             size: tuple[int | None, int | None] = (output_size, output_size)
         elif isinstance(output_size, tuple):
             if len(output_size) != 2:
-                raise ValueError(
+                raise OutputSizeValueError(
                     "error: output_size must be a tuple of length 2, got "
                     f"output_size={output_size!r} (length {len(output_size)})"
                 )
@@ -56,7 +73,7 @@ class AdaptiveAvgPool2d(nn.Module):
                 _check_size_entry(value, output_size)
             size = output_size
         else:
-            raise TypeError(
+            raise OutputSizeTypeError(
                 "error: output_size must be an int or a tuple of two int/None, got "
                 f"output_size={output_size!r} ({type(output_size).__name__})"
             )

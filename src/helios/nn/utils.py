@@ -15,20 +15,8 @@ NETWORK_REGISTRY = Registry("network")
 
 
 def create_network(type_name: str, *args: Any, **kwargs: Any) -> nn.Module:
-    """Create a network from its registered name.
-
-    Args:
-        type_name: the name of the network in :py:data:`NETWORK_REGISTRY`.
-        *args: positional arguments for the network constructor.
-        **kwargs: keyword arguments for the network constructor.
-
-    Returns:
-        The new network.
-
-    Raises:
-        KeyError: if no network is registered under ``type_name``.
-    """
-    return NETWORK_REGISTRY.get(type_name)(*args, **kwargs)
+    """Create a network registered in :py:data:`NETWORK_REGISTRY`."""
+    return NETWORK_REGISTRY.create(type_name, *args, **kwargs)
 
 
 @torch.no_grad()

@@ -30,17 +30,5 @@ del _optimizer
 
 
 def create_optimizer(type_name: str, *args: Any, **kwargs: Any) -> optim.Optimizer:
-    """Create an optimizer from its registered name.
-
-    Args:
-        type_name: the name of the optimizer in :py:data:`OPTIMIZER_REGISTRY`.
-        *args: positional arguments for the optimizer (usually the parameters first).
-        **kwargs: keyword arguments for the optimizer.
-
-    Returns:
-        The new optimizer.
-
-    Raises:
-        KeyError: if no optimizer is registered under ``type_name``.
-    """
-    return OPTIMIZER_REGISTRY.get(type_name)(*args, **kwargs)
+    """Create an optimizer registered in :py:data:`OPTIMIZER_REGISTRY`."""
+    return OPTIMIZER_REGISTRY.create(type_name, *args, **kwargs)

@@ -40,6 +40,24 @@ _SQLITE_PREFIX = "sqlite:///"
 _SAMPLER_FILE = re.compile(r"^sampler_trial-(\d+)\.pkl$")
 
 
+class StudyArgumentsError(TypeError, ValueError):
+    """``study_args`` of :py:func:`resume_study` lacks ``"storage"``.
+
+    A :py:class:`TypeError` as Helios 1.2.7 raises, and a :py:class:`ValueError`.
+    """
+
+
+class LoadIfExistsError(KeyError, ValueError):
+    """``study_args["load_if_exists"]`` of :py:func:`resume_study` is missing or not True.
+
+    A :py:class:`KeyError` as Helios 1.2.7 raises, and a :py:class:`ValueError`; ``str()``
+    gives the message itself.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def _trial_identity(trial: optuna.trial.FrozenTrial | optuna.trial.BaseTrial) -> int:
     """Return the number of the trial a (possibly re-enqueued) trial stands for."""
     number: int = trial.user_attrs.get(_ORIG_NUMBER_KEY, trial.number)
@@ -54,7 +72,7 @@ def _sqlite_path(study_args: dict[str, Any]) -> pathlib.Path:
             f"optuna.create_study, got {type(study_args).__name__}"
         )
     if "storage" not in study_args:
-        raise ValueError(
+        raise StudyArgumentsError(
             "error: 'study_args' must contain the key 'storage' set to an SQLite URL such as "
             "'sqlite:///study.db'"
         )
@@ -71,7 +89,7 @@ def _sqlite_path(study_args: dict[str, Any]) -> pathlib.Path:
             f"starting with '{_SQLITE_PREFIX}', got {storage!r}"
         )
     if study_args.get("load_if_exists") is not True:
-        raise ValueError(
+        raise LoadIfExistsError(
             "error: study_args['load_if_exists'] must be True so the existing study is "
             f"loaded, got {study_args.get('load_if_exists')!r}"
         )
@@ -185,9 +203,12 @@ def resume_study(
     Raises:
         TypeError: if ``study_args`` is not a dict, its ``storage`` is not a string, or
             ``failed_states`` holds something other than trial states.
-        ValueError: if ``storage`` is missing or is not an SQLite file URL,
-            ``load_if_exists`` is not true, or ``failed_states`` holds a state other than
-            ``FAIL`` and ``RUNNING``.
+        StudyArgumentsError: (a :py:class:`TypeError` and :py:class:`ValueError`) if
+            ``storage`` is missing.
+        LoadIfExistsError: (a :py:class:`KeyError` and :py:class:`ValueError`) if
+            ``load_if_exists`` is missing or not True.
+        ValueError: if ``storage`` is not an SQLite file URL, or ``failed_states`` holds a
+            state other than ``FAIL`` and ``RUNNING``.
     """
     storage_path = _sqlite_path(study_args)
     states = _check_failed_states(failed_states)
@@ -282,6 +303,18 @@ def restore_sampler(chkpt_root: pathlib.Path) -> optuna.samplers.BaseSampler | N
     with last.open("rb") as file:
         sampler: optuna.samplers.BaseSampler = pickle.load(file)
     return sampler
+
+
+class UnknownSuggestionTypeError(KeyError, ValueError):
+    """:py:meth:`OptunaPlugin.suggest` was given a type name it does not know.
+
+    A :py:class:`KeyError` as Helios 1.2.7 documents, and a :py:class:`ValueError` (the
+    argument has a bad value). Its ``str()`` is the message itself, not its ``repr`` as for
+    a plain :py:class:`KeyError`.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @PLUGIN_REGISTRY.register
@@ -409,7 +442,9 @@ class OptunaPlugin(Plugin):
             The suggested value.
 
         Raises:
-            ValueError: if ``type_name`` is not one of the allowed names.
+            UnknownSuggestionTypeError: (a :py:class:`KeyError`, as Helios 1.2.7 documents,
+                and a :py:class:`ValueError`) if ``type_name`` is not one of the allowed
+                names.
         """
         suggesters: dict[str, Callable[..., Any]] = {
             "categorical": self._trial.suggest_categorical,
@@ -417,7 +452,7 @@ class OptunaPlugin(Plugin):
             "int": self._trial.suggest_int,
         }
         if type_name not in suggesters:
-            raise ValueError(
+            raise UnknownSuggestionTypeError(
                 f"error: unknown suggestion type '{type_name}' for parameter '{name}'; "
                 f"expected one of {', '.join(repr(k) for k in sorted(suggesters))}"
             )
@@ -536,31 +571,33 @@ class OptunaPlugin(Plugin):
             raise optuna.TrialPruned(f"Pruned on validation cycle {attrs[_CYCLE_KEY]}")
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the trial's parameters and number, stored in checkpoints.
+        """Return the trial's parameters, stored in checkpoints (as in Helios 1.2.7).
 
         Returns:
-            ``{"params": ..., "number": ...}``.
+            ``trial.params``: the name and value of every parameter suggested so far.
         """
-        return {"params": dict(self._trial.params), "number": self._trial.number}
+        return dict(self._trial.params)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Check that a checkpoint was written by a trial with the same parameters.
 
-        Parameters the current trial has not suggested yet are not compared.
+        Parameters the current trial has not suggested yet are not compared, so a model
+        that suggests parameters in ``setup`` and after loading resumes fine.
 
         Args:
-            state_dict: the state returned by :py:meth:`state_dict`.
+            state_dict: the parameters returned by :py:meth:`state_dict`.
 
         Raises:
             RuntimeError: if a parameter of the checkpoint differs from the trial's.
         """
-        saved = state_dict.get("params", {})
         current = self._trial.params
-        differing = sorted(k for k in saved.keys() & current.keys() if saved[k] != current[k])
+        differing = sorted(
+            k for k in state_dict.keys() & current.keys() if state_dict[k] != current[k]
+        )
         if differing:
-            details = ", ".join(f"{k}: {saved[k]!r} != {current[k]!r}" for k in differing)
+            details = ", ".join(f"{k}: {state_dict[k]!r} != {current[k]!r}" for k in differing)
             raise RuntimeError(
-                f"error: the checkpoint was written by trial {state_dict.get('number')} "
-                f"with different parameters than trial {self._trial.number} ({details}); "
-                "remove the stale checkpoint folder or give the model another save name"
+                "error: the checkpoint was written by a trial with different parameters than "
+                f"trial {_trial_identity(self._trial)} ({details}); remove the stale "
+                "checkpoint folder or give the model another save name"
             )

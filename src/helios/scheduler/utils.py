@@ -39,17 +39,5 @@ del _scheduler
 
 
 def create_scheduler(type_name: str, *args: Any, **kwargs: Any) -> lr_scheduler.LRScheduler:
-    """Create a learning rate scheduler from its registered name.
-
-    Args:
-        type_name: the name of the scheduler in :py:data:`SCHEDULER_REGISTRY`.
-        *args: positional arguments for the scheduler (usually the optimizer first).
-        **kwargs: keyword arguments for the scheduler.
-
-    Returns:
-        The new scheduler.
-
-    Raises:
-        KeyError: if no scheduler is registered under ``type_name``.
-    """
-    return SCHEDULER_REGISTRY.get(type_name)(*args, **kwargs)
+    """Create a learning rate scheduler registered in :py:data:`SCHEDULER_REGISTRY`."""
+    return SCHEDULER_REGISTRY.create(type_name, *args, **kwargs)

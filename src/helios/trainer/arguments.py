@@ -211,6 +211,7 @@ def check_gpus(gpus: Any, use_cpu: bool | None) -> list[int]:
 
 
 def check_flags(
+    *,
     enable_deterministic: bool,
     enable_cudnn_benchmark: bool,
     enable_tensorboard: bool,

@@ -1,4 +1,19 @@
-"""Checkpoint files: names, atomic writes, discovery and validated loading."""
+"""Checkpoints: gathered and restored by named parts, written atomically, found and loaded.
+
+Reading order for one save and one resume: :py:class:`RunCheckpoint` (``save`` gathers
+every part's ``state_dict()``; ``resume`` loads the newest readable file and hands each part
+its ``load_state_dict()``), then :py:func:`save_atomically` and
+:py:func:`load_newest_valid_checkpoint`. The Trainer lists the parts of a run in one place
+(``Trainer._checkpoint_parts``); adding a part is one line there.
+
+On-disk layout (a dict saved with ``torch.save``), compatible with Helios 1.2.7's keys:
+
+* ``version``: the helios version that wrote it.
+* one key per shared part: ``training_state``, ``model``, each plug-in's id, and the keys
+  of flat parts (``log_path``, ``run_path``); a part whose state is ``None`` is left out.
+* ``ranks``: one entry per rank, ``{"rng": ..., "sampler": {"epoch", "start_iter"}}``
+  (:py:class:`RankState`), and ``rng``: rank 0's RNG states, the reference key.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +23,13 @@ import re
 import tempfile
 import warnings
 import zipfile
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from packaging import version as _version
 
-from helios.core import logging
+from helios.core import logging, rng
 from helios.core.utils import safe_torch_load
 
 from .state import TrainingState
@@ -35,7 +51,7 @@ def get_trainer_safe_types_for_load() -> list[type]:
 
 def register_trainer_types_for_safe_load() -> None:
     """Register the trainer's checkpoint types for ``torch.load(weights_only=True)``."""
-    torch.serialization.add_safe_globals(list(get_trainer_safe_types_for_load()))  # type: ignore[arg-type]
+    torch.serialization.add_safe_globals(list(get_trainer_safe_types_for_load()))
 
 
 def checkpoint_position(path: pathlib.Path) -> tuple[int, int] | None:
@@ -233,3 +249,266 @@ def load_newest_valid_checkpoint(
             continue
         return path, state_dict
     return None
+
+
+@runtime_checkable
+class CheckpointPart(Protocol):
+    """An owner of state that goes into checkpoints under one key."""
+
+    def state_dict(self) -> Any:
+        """Return the state to save (``None``: nothing to save)."""
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        """Restore a state returned by :py:meth:`state_dict`."""
+
+
+@runtime_checkable
+class FlatCheckpointPart(CheckpointPart, Protocol):
+    """A part whose ``state_dict()`` is a dict whose entries are top-level keys of the file.
+
+    It keeps reference keys such as ``log_path`` and ``run_path`` where Helios 1.2.7 put them.
+    """
+
+    checkpoint_keys: tuple[str, ...]
+
+
+class RankState:
+    """One rank's part of every checkpoint: its RNG states and its sampler position.
+
+    Restoring is deferred: :py:meth:`load_state_dict` keeps the saved states and the loop
+    applies them at the exact point where the uninterrupted run was when it saved
+    (:py:meth:`restore_rng`, :py:meth:`resume_position`).
+
+    The sampler position holds the world size and the number of samples of the epoch's
+    global order consumed by all ranks together, so a run resumed on another number of
+    processes continues the epoch where it stopped (no sample seen twice or skipped). Its
+    ranks keep their own RNG states where the checkpoint has them; the others are seeded
+    from (seed, iteration, rank) and the log says which.
+
+    Args:
+        state: the training state whose position is saved.
+        rank: the global rank of this process.
+        world_size: the number of processes of the run.
+        seed: the run's random seed (for RNG states that must be re-derived).
+    """
+
+    def __init__(
+        self, state: TrainingState, rank: int = 0, world_size: int = 1, seed: int = 0
+    ) -> None:
+        self._state = state
+        self._rank = rank
+        self._world_size = world_size
+        self._seed = seed
+        self._loaded = False
+        self._saved_rng: dict[str, Any] | None = None
+        self._saved_sampler: dict[str, int] | None = None
+        self._held_rng: dict[str, Any] | None = None
+        self._sampler: Any = None
+        self._pass_base = (0, 0)
+
+    def track_sampler(self, sampler: Any) -> None:
+        """Follow the training sampler (its batch size gives the global position)."""
+        self._sampler = sampler
+
+    def start_pass(self, consumed: int = 0, dataset_iter: int = 0) -> None:
+        """Note where the sampler's pass over the current epoch began."""
+        self._pass_base = (consumed, dataset_iter)
+
+    def hold_rng(self) -> None:
+        """Keep the RNG states of this moment for the saves until :py:meth:`release_rng`.
+
+        A checkpoint written while a validation cycle is interrupted must record the RNGs
+        of the moment the cycle began, where the resumed run starts it again.
+        """
+        self._held_rng = rng.get_rng_state_dict()
+
+    def release_rng(self) -> None:
+        """Let saves record the current RNG states again."""
+        self._held_rng = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return this rank's RNG states and sampler position."""
+        state = self._state
+        position = {
+            "epoch": state.global_epoch - 1,
+            "start_iter": state.dataset_iter,
+            "world_size": self._world_size,
+        }
+        batch_size = getattr(self._sampler, "batch_size", None)
+        if isinstance(batch_size, int):
+            consumed, first_iter = self._pass_base
+            batches = state.dataset_iter - first_iter
+            position["consumed"] = consumed + batches * batch_size * self._world_size
+        return {
+            "rng": self._held_rng if self._held_rng is not None else rng.get_rng_state_dict(),
+            "sampler": position,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Keep a saved entry to apply at the resume point (``rng`` may be ``None``)."""
+        self._loaded = True
+        self._saved_rng = state_dict.get("rng")
+        self._saved_sampler = state_dict.get("sampler")
+
+    @property
+    def is_pending(self) -> bool:
+        """Whether a loaded entry still waits to be applied."""
+        return self._loaded
+
+    def restore_rng(self) -> None:
+        """Restore the saved RNG states, or seed them afresh where none were saved (once)."""
+        if not self._loaded:
+            return
+        self._loaded = False
+        if self._saved_rng is not None:
+            rng.load_rng_state_dict(self._saved_rng)
+            self._saved_rng = None
+            return
+        from helios.data.datamodule import sample_seed
+
+        iteration = self._state.global_iteration
+        rng.seed_rngs(sample_seed(self._seed, iteration, f"rank{self._rank}"))
+
+    def resume_position(self, default: dict[str, int]) -> dict[str, int]:
+        """Return where the sampler continues the epoch the checkpoint was saved in.
+
+        Args:
+            default: the position from the training state (same world size).
+
+        Raises:
+            RuntimeError: if the world size changed and the checkpoint has no global
+                position.
+        """
+        saved = self._saved_sampler
+        if not saved:
+            return default
+        if saved.get("world_size", self._world_size) == self._world_size:
+            return {"epoch": saved["epoch"], "start_iter": saved["start_iter"]}
+        if "consumed" not in saved:
+            raise RuntimeError(
+                f"error: the checkpoint was written by {saved['world_size']} processes and "
+                f"this run has {self._world_size}, but it holds no global position in the "
+                "epoch; resume it with the same number of processes"
+            )
+        self._pass_base = (saved["consumed"], self._state.dataset_iter)
+        return {"epoch": saved["epoch"], "start_iter": 0, "global_start": saved["consumed"]}
+
+
+def _rank_entry(saved: Mapping[str, Any], rank: int, world_size: int) -> Mapping[str, Any]:
+    """Return the entry a rank resumes from; say so when the world size changed."""
+    entries = saved.get("ranks")
+    if not isinstance(entries, list) or not entries:  # written before per-rank entries
+        entries = [{"rng": saved["rng"]}]
+    if len(entries) != world_size and rank == 0:
+        rederived = list(range(len(entries), world_size))
+        message = (
+            f"the checkpoint was written by {len(entries)} process(es) and this run has "
+            f"{world_size}: every rank continues the epoch from the global position saved "
+            "in it; "
+            + (
+                f"ranks {rederived} have no saved RNG states and are seeded from (seed, "
+                "iteration, rank)"
+                if rederived
+                else f"the RNG states of ranks {world_size}..{len(entries) - 1} are dropped"
+            )
+        )
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        if logging.is_root_logger_active():
+            logging.get_root_logger().warning(message)
+    if rank < len(entries):
+        return entries[rank]
+    return {"rng": None, "sampler": entries[0].get("sampler")}
+
+
+def _gather_to_rank0(entry: Any) -> list[Any]:
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, entry)
+    return gathered
+
+
+class RunCheckpoint:
+    """Saves and restores the checkpoints of one run, part by part.
+
+    Args:
+        folder: the checkpoint folder of the run (``None``: never saved nor loaded).
+        parts: the shared parts by key, in restore order (written by rank 0).
+        rank_state: this rank's RNG and sampler part (gathered from every rank).
+        name: the file name (without extension) for a training state.
+        rank: the global rank of this process.
+        is_distributed: whether the run has several processes.
+        map_location: passed to ``torch.load``.
+    """
+
+    def __init__(
+        self,
+        folder: pathlib.Path | None,
+        parts: Mapping[str, CheckpointPart],
+        rank_state: RankState,
+        name: Callable[[TrainingState], str],
+        rank: int = 0,
+        is_distributed: bool = False,
+        map_location: Any = None,
+    ) -> None:
+        self.folder = folder
+        self.parts = dict(parts)
+        self.rank_state = rank_state
+        self._name = name
+        self._rank = rank
+        self._is_distributed = is_distributed
+        self._map_location = map_location
+
+    def prepare_folder(self) -> None:
+        """Create the folder and remove what interrupted saves left there (rank 0)."""
+        if self.folder is not None and self._rank == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            remove_temporary_files(self.folder)
+
+    def save(self, state: TrainingState) -> pathlib.Path | None:
+        """Save a checkpoint at ``state``; every rank calls this, rank 0 writes the file.
+
+        Args:
+            state: the training state being saved.
+
+        Returns:
+            The path written (on rank 0), else ``None``.
+        """
+        import helios
+
+        entry = self.rank_state.state_dict()
+        entries = _gather_to_rank0(entry) if self._is_distributed else [entry]
+        if self._rank != 0 or self.folder is None:
+            return None
+        contents: dict[str, Any] = {"version": helios.__version__}
+        for key, part in self.parts.items():
+            value = part.state_dict()
+            if isinstance(part, FlatCheckpointPart):
+                contents.update({k: v for k, v in value.items() if v is not None})
+            elif value is not None:
+                contents[key] = value
+        contents["rng"] = entries[0]["rng"]
+        contents["ranks"] = entries
+        path = self.folder / f"{self._name(state)}{CHECKPOINT_SUFFIX}"
+        save_atomically(contents, path)
+        logging.get_root_logger().info(f"Saved checkpoint {path}")
+        return path
+
+    def resume(self) -> pathlib.Path | None:
+        """Load the newest readable checkpoint and restore every part from it.
+
+        Parts whose key the file lacks are left as they are.
+
+        Returns:
+            The path of the checkpoint, or ``None`` if there is none.
+        """
+        found = load_newest_valid_checkpoint(self.folder, self._map_location)
+        if found is None:
+            return None
+        path, saved = found
+        for key, part in self.parts.items():
+            if isinstance(part, FlatCheckpointPart):
+                part.load_state_dict({k: saved.get(k) for k in part.checkpoint_keys})
+            elif key in saved:
+                part.load_state_dict(saved[key])
+        world_size = torch.distributed.get_world_size() if self._is_distributed else 1
+        self.rank_state.load_state_dict(_rank_entry(saved, self._rank, world_size))
+        return path

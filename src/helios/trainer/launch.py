@@ -20,12 +20,16 @@ this module decides where that body runs and how results and errors come back.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import dataclasses
 import gc
+import logging as _std_logging
 import os
 import pathlib
 import pickle
+import signal
 import socket
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,6 +39,8 @@ import torch.multiprocessing as mp
 
 from helios.core import distributed as dist
 from helios.core import logging
+
+from . import failures
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -119,12 +125,31 @@ def _join_torchrun_group(trainer: Trainer) -> None:
             "run, or by a call to destroy_process_group) and cannot be joined again; start a "
             "new torchrun job"
         )
+    end_with_parent()
     dist.init_dist(
         backend="gloo" if trainer.uses_cpu else "nccl",
         device=None if trainer.uses_cpu else trainer.device,
     )
     _joined_torchrun_group = True
     release_group_at_exit()
+
+
+def end_with_parent() -> None:
+    """Have Linux send this process SIGTERM when its parent, ``torchrun``'s agent, dies.
+
+    Without it, workers whose agent was killed train on as orphans and then hang at exit.
+    With it they stop as on any SIGTERM: inside ``fit`` they save a checkpoint at the next
+    iteration boundary and exit (see :py:mod:`helios.trainer.preemption`). Elsewhere this
+    does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the agent died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_in_process(
@@ -187,6 +212,7 @@ class ErrorReport:
         listed: whether the exception's type is in the trainer's list for the current mode.
         log_path: the log file of the run, if file logging was enabled.
         pickled_error: the pickled exception, if it could be pickled.
+        summary: the one-line summary naming the hook (see :py:mod:`helios.trainer.failures`).
     """
 
     rank: int
@@ -194,6 +220,7 @@ class ErrorReport:
     listed: bool = False
     log_path: pathlib.Path | None = None
     pickled_error: bytes | None = None
+    summary: str | None = None
 
     def error(self) -> BaseException | None:
         """Return the exception, or ``None`` if it cannot be re-created in this process."""
@@ -213,12 +240,20 @@ class ErrorReporter:
         rank: the rank of this process.
         error_queue: the queue read by :py:func:`run_spawned`.
         listed: the exception types that the Trainer re-raises for the current mode.
+        action: what runs (``"fit"`` or ``"test"``), for the summary line.
     """
 
-    def __init__(self, rank: int, error_queue: Any, listed: Sequence[type[Exception]]) -> None:
+    def __init__(
+        self,
+        rank: int,
+        error_queue: Any,
+        listed: Sequence[type[Exception]],
+        action: str = "fit",
+    ) -> None:
         self._rank = rank
         self._queue = error_queue
         self._listed = tuple(listed)
+        self._action = action
         self._sent = False
 
     def __call__(self, error: BaseException) -> None:
@@ -232,6 +267,7 @@ class ErrorReporter:
             traceback=format_exception(error)[-_MAX_REPORT_BYTES // 2 :],
             listed=isinstance(error, self._listed),
             log_path=root.log_file if root is not None else None,
+            summary=failures.failure_summary(error, self._action, self._rank),
         )
         try:
             pickled = pickle.dumps(error)
@@ -250,15 +286,21 @@ def _read_first_report(error_queue: Any) -> ErrorReport | None:
 
 
 def _log_failure(report: ErrorReport) -> None:
-    """Show a rank's traceback in this process, and append it to the run's log file."""
+    """Show a rank's traceback and summary on stderr, and append them to the run's log file."""
+    summary = report.summary or f"error: rank {report.rank} failed"
+    text = f"{report.traceback.rstrip(chr(10))}\n{summary}\n"
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    if report.log_path is None:
+        return
     created = not logging.is_root_logger_active()
     if created:
         logging.create_default_loggers(enable_tensorboard=False)
-        if report.log_path is not None:
-            logging.restore_default_loggers(log_path=report.log_path)
-    logging.get_root_logger().error(
-        f"error: uncaught exception on rank {report.rank}\n{report.traceback}"
-    )
+        logging.restore_default_loggers(log_path=report.log_path)
+    logging.get_root_logger().log_to_file(_std_logging.ERROR, text.rstrip("\n"))
     if created:
         logging.close_default_loggers()
 
@@ -332,6 +374,7 @@ __all__ = [
     "ErrorReport",
     "ErrorReporter",
     "abandon_process_group",
+    "end_with_parent",
     "find_free_port",
     "format_exception",
     "release_group_at_exit",

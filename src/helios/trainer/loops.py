@@ -1,4 +1,11 @@
-"""The training, validation and testing loops.
+"""The training, validation and testing loops: one loop core for both training units.
+
+Reading order for one training step: :py:meth:`TrainingLoop.run` (epochs) ->
+:py:meth:`TrainingLoop._train_epoch` (the batch step) -> :py:meth:`TrainingLoop._end_unit`
+(validation, checkpoint, stop decisions). The unit only changes *when* a unit ends: after
+the last batch of an epoch (EPOCH) or after every ``accumulation_steps`` batches
+(ITERATION). Saving goes through the ``save`` function the Trainer passes in (see
+:py:mod:`helios.trainer.checkpoints`).
 
 This docstring is the single statement of the order in which the Trainer calls hooks; the
 tests in ``tests/helios/trainer/test_call_order.py`` pin it. ``P`` stands for every
@@ -78,6 +85,7 @@ scheduler step, say) is part of it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -86,16 +94,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from helios.core import cuda as core_cuda
-from helios.core import rng
+from helios.core import distributed as dist
+from helios.core import logging
+from helios.data.samplers import place_sampler
 
 from . import progress
+from .preemption import Preempted, Preemption, ValidationInterruptedError
 from .state import TrainingState, TrainingUnit
 
 if TYPE_CHECKING:
+    from helios.data import DataModule
     from helios.model import Model
     from helios.plugins import Plugin
 
-    from .trainer import Trainer
+    from .checkpoints import RankState
 
 
 def overrides(obj: object, base: type, name: str) -> bool:
@@ -158,7 +170,7 @@ class Hooks:
     def _batch_processor(self, flag: str, method: str) -> Callable[..., Any] | None:
         for plugin in self.plugins:
             if getattr(plugin.unique_overrides, flag):
-                return getattr(plugin, method)  # type: ignore[no-any-return]
+                return getattr(plugin, method)
         return None
 
     def call_plugins(self, name: str, *args: Any, **kwargs: Any) -> None:
@@ -166,12 +178,15 @@ class Hooks:
         for plugin in self.plugins:
             getattr(plugin, name)(*args, **kwargs)
 
-    def should_stop(self) -> bool:
+    def stop_requested(self) -> bool:
         """Ask the plug-ins, then the model, whether to stop (agreed across ranks).
 
-        In one process the first "stop" ends the questioning. When distributed every check
-        runs on every rank, because a check may itself be a collective (a broadcast).
+        Without any ``should_training_stop`` override on any rank this costs nothing. In one
+        process the first "stop" ends the questioning. When distributed every check runs on
+        every rank, because a check may itself be a collective (a broadcast).
         """
+        if not self.has_stop_checks:
+            return False
         if self.collective_device is None:
             return any(check() for check in self._stop_checks)
         answers = [check() for check in self._stop_checks]
@@ -195,84 +210,150 @@ def agree_any(flag: bool, device: torch.device | None) -> bool:
     return bool(tensor.item())
 
 
-class Loops:
-    """Runs the loops of one ``fit`` or ``test`` call for a :py:class:`Trainer`.
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """What the training loop needs to know of the Trainer's arguments.
+
+    Attributes:
+        train_unit: the unit of ``total_steps`` and the frequencies.
+        total_steps: epochs or iterations to train for (``math.inf``: no limit).
+        valid_frequency: validate every this many units (``None``: never).
+        chkpt_frequency: save every this many units (``None``: never).
+        print_frequency: set ``should_log`` every this many iterations (``None``: never).
+        accumulation_steps: batches per iteration (ITERATION unit).
+        early_stop_cycles: validations without improvement before stopping (``None``: off).
+        show_progress: whether this process draws progress bars.
+    """
+
+    train_unit: TrainingUnit
+    total_steps: int | float
+    valid_frequency: int | None = None
+    chkpt_frequency: int | None = None
+    print_frequency: int | None = None
+    accumulation_steps: int = 1
+    early_stop_cycles: int | None = None
+    show_progress: bool = False
+
+
+def _due(index: int, frequency: int | None) -> bool:
+    return frequency is not None and index % frequency == 0
+
+
+class TrainingLoop:
+    """Runs the training loop of one ``fit`` call, and the validation cycles within it.
 
     Args:
-        trainer: the trainer, which owns the options and the checkpoint writer.
+        options: the loop's settings.
         hooks: the resolved hooks of the run.
-        resume_rng: RNG state to restore at the resume point, if resuming.
+        datamodule: the data.
+        save: writes a checkpoint of the run at a training state (returns its path).
+        rank_state: this rank's RNG and sampler part; when it holds a loaded entry, that is
+            applied at the resume point.
+        preemption: the run's stop request by signal, polled at every batch boundary.
     """
 
     def __init__(
-        self, trainer: Trainer, hooks: Hooks, resume_rng: dict[str, Any] | None = None
+        self,
+        options: LoopOptions,
+        hooks: Hooks,
+        datamodule: DataModule,
+        save: Callable[[TrainingState], Any],
+        rank_state: RankState | None = None,
+        preemption: Preemption | None = None,
     ) -> None:
-        self.trainer = trainer
+        self.options = options
         self.hooks = hooks
         self.model = hooks.model
-        self._resume_rng = resume_rng
-        self._valid_loader: Iterable[Any] | None = None
-        self._show_progress = trainer.shows_progress
+        self._datamodule = datamodule
+        self._save = save
+        self._rank_state = rank_state
+        self._resume = rank_state if rank_state is not None and rank_state.is_pending else None
+        self._preemption = preemption or Preemption()
+        self._unit_end_pending = self._preemption.unit_end_pending
+        self._preemption.unit_end_pending = False
+        self._epoch_unit = options.train_unit == TrainingUnit.EPOCH
+        # The EPOCH unit counts every batch as an iteration.
+        self._accumulation = 1 if self._epoch_unit else options.accumulation_steps
+        self._validation = EvaluationLoop(hooks, options.show_progress, self._preemption.poll)
+        self._bar: Any = None
+        self._epoch_start_time = 0.0
 
-    # -- training -------------------------------------------------------------------------
+    def _unit_index(self, state: TrainingState) -> int:
+        return state.global_epoch if self._epoch_unit else state.current_iteration
 
-    def run_training(self, state: TrainingState) -> None:
-        """Run the training loop of the trainer's unit, resuming from ``state``."""
-        train = self.trainer.datamodule.train_dataloader()
+    def run(self, state: TrainingState) -> None:
+        """Train from ``state`` (a fresh one, or one restored from a checkpoint) to the end."""
+        train = self._datamodule.train_dataloader()
         if train is None:
             raise RuntimeError(
                 "error: the datamodule has no training split: train_dataloader() returned "
                 "None. Set self._train_dataset in DataModule.setup()"
             )
         loader, sampler = train
+        if self._rank_state is not None:
+            self._rank_state.track_sampler(sampler)
         self.model.train()
-        if self.trainer.train_unit == TrainingUnit.EPOCH:
-            self._run_epochs(state, loader, sampler)
-        else:
-            self._run_iterations(state, loader, sampler)
-
-    def _run_epochs(self, state: TrainingState, loader: Any, sampler: Any) -> None:
-        trainer, hooks, model = self.trainer, self.hooks, self.model
-        total = trainer.total_steps
-        bar = progress.make_bar(
-            self._show_progress, None if total == math.inf else total, "Training epochs",
-            "epoch", initial=state.global_epoch,
+        total = self.options.total_steps
+        self._bar = progress.make_bar(
+            self.options.show_progress, None if total == math.inf else total,
+            "Training epochs" if self._epoch_unit else "Training iterations",
+            "epoch" if self._epoch_unit else "it", initial=self._unit_index(state),
         )  # fmt: skip
-        while state.global_epoch < total or state.dataset_iter > 0:
-            self._start_epoch(state, sampler)
-            stop = self._train_batches(state, loader, len(loader))
-            state.dataset_iter = 0
-            if trainer.valid_frequency and state.global_epoch % trainer.valid_frequency == 0:
-                self._validate_and_track(state)
-                stop = stop or (hooks.has_stop_checks and hooks.should_stop())
-            model.on_training_epoch_end(state.global_epoch)
-            self._log_epoch_time(state)
-            if trainer.chkpt_frequency and state.global_epoch % trainer.chkpt_frequency == 0:
-                trainer.save_checkpoint(state)
-            if bar is not None:
-                bar.update()
-            if stop or self._early_stop_reached(state):
-                break
-            if hooks.has_stop_checks and hooks.should_stop():
-                break
-        if bar is not None:
-            bar.close()
+        try:
+            if self._end_interrupted_epoch(state):
+                return
+            # Inside an epoch (a mid-epoch checkpoint) the EPOCH unit still has it to end.
+            while self._unit_index(state) < total or (self._epoch_unit and state.dataset_iter):
+                self._start_epoch(state, sampler)
+                if self._train_epoch(state, loader):
+                    break
+        except ValidationInterruptedError:
+            self._stop_for_signal(state, unit_end_pending=True)
+        finally:
+            if self._bar is not None:
+                self._bar.close()
 
-    def _train_batches(self, state: TrainingState, loader: Any, total: int) -> bool:
-        """Train one epoch's batches (EPOCH unit); return whether a stop was requested."""
+    def _stop_for_signal(self, state: TrainingState, unit_end_pending: bool = False) -> None:
+        """Save the run where a signal stopped it, then raise :py:class:`Preempted`."""
+        preemption = self._preemption
+        preemption.unit_end_pending = unit_end_pending
+        path = self._save(state)
+        dist.safe_barrier()
+        assert preemption.signal_number is not None
+        stopped = Preempted(preemption.signal_number, path)
+        where = f"epoch {state.global_epoch}, iteration {state.current_iteration}"
+        saved = f"checkpoint {path}" if path is not None else "no checkpoint (no chkpt_root)"
+        message = (
+            f"Training stopped by {stopped.signal_name} at {where}; {saved}. Exit code "
+            f"{stopped.code}: run the same command again to resume."
+        )
+        logging.get_root_logger().info(message)
+        dist.global_print(message)
+        raise stopped
+
+    def _train_epoch(self, state: TrainingState, loader: Any) -> bool:
+        """Train the batches of one epoch; return whether training must stop."""
         hooks, model = self.hooks, self.model
-        process = hooks.process_training_batch
-        print_frequency = self.trainer.print_frequency
+        process, accumulation = hooks.process_training_batch, self._accumulation
+        print_frequency = self.options.print_frequency
+        units_end_in_epoch = not self._epoch_unit
+        resumed_inside_epoch, batches_at_start = state.dataset_iter > 0, state.global_iteration
         bar = progress.make_bar(
-            self._show_progress, total, f"Epoch {state.global_epoch}", "iter",
-            initial=state.dataset_iter, leave=False,
+            self.options.show_progress and self._epoch_unit, len(loader),
+            f"Epoch {state.global_epoch}", "iter", initial=state.dataset_iter, leave=False,
         )  # fmt: skip
-        timer_sum, timer_count, last = 0.0, 0, time.perf_counter()
+        preemption = self._preemption
         stop = False
-        for batch in loader:
+        if self._unit_end_pending:  # a signal interrupted this unit's validation
+            self._unit_end_pending = False
+            stop = self._end_unit(state)
+        timer_sum, timer_count, last = 0.0, 0, time.perf_counter()
+        for batch in () if stop else loader:
             state.global_iteration += 1
-            state.current_iteration += 1
-            state.running_iter += 1
+            iteration_done = state.global_iteration % accumulation == 0
+            if iteration_done:
+                state.current_iteration += 1
+                state.running_iter += 1
             if process is not None:
                 batch = process(batch=batch, state=state)
             model.on_training_batch_start(state)
@@ -280,115 +361,112 @@ class Loops:
             now = time.perf_counter()
             timer_sum, timer_count, last = timer_sum + now - last, timer_count + 1, now
             state.average_iter_time = timer_sum / timer_count
-            should_log = print_frequency is not None and (
-                state.current_iteration % print_frequency == 0
+            should_log = (
+                iteration_done
+                and print_frequency is not None
+                and state.current_iteration % print_frequency == 0
             )
             model.on_training_batch_end(state, should_log=should_log)
             state.dataset_iter += 1
             if bar is not None:
                 bar.update()
-            if hooks.has_stop_checks and hooks.should_stop():
+            if hooks.has_stop_checks and hooks.stop_requested():
                 stop = True
                 break
+            if units_end_in_epoch and iteration_done and self._end_unit(state):
+                stop = True
+                break
+            # Mid-iteration, gradients accumulated so far would be lost: stop between two.
+            if iteration_done and preemption.poll():
+                self._stop_for_signal(state)
         if bar is not None:
             bar.close()
+        if state.global_iteration == batches_at_start and not resumed_inside_epoch:
+            raise RuntimeError(
+                "error: the training dataloader produced no batches; with drop_last=True the "
+                "dataset must hold at least one full batch"
+            )
+        state.dataset_iter = 0
+        if self._epoch_unit:
+            return self._end_unit(state, stop)
+        self._end_epoch(state)
         return stop
 
-    def _run_iterations(self, state: TrainingState, loader: Any, sampler: Any) -> None:
-        trainer, hooks, model = self.trainer, self.hooks, self.model
-        total, accumulation = trainer.total_steps, trainer.accumulation_steps
-        valid_frequency, chkpt_frequency = trainer.valid_frequency, trainer.chkpt_frequency
-        print_frequency = trainer.print_frequency
-        process = hooks.process_training_batch
-        bar = progress.make_bar(
-            self._show_progress, None if total == math.inf else total, "Training iterations",
-            "it", initial=state.current_iteration,
-        )  # fmt: skip
-        done = state.current_iteration >= total
-        while not done:
-            resumed_inside_epoch = state.dataset_iter > 0
-            self._start_epoch(state, sampler)
-            timer_sum, timer_count, last = 0.0, 0, time.perf_counter()
-            batches_at_start = state.global_iteration
-            for batch in loader:
-                state.global_iteration += 1
-                boundary = state.global_iteration % accumulation == 0
-                if boundary:
-                    state.current_iteration += 1
-                    state.running_iter += 1
-                if process is not None:
-                    batch = process(batch=batch, state=state)
-                model.on_training_batch_start(state)
-                model.train_step(batch, state)
-                now = time.perf_counter()
-                timer_sum, timer_count, last = timer_sum + now - last, timer_count + 1, now
-                state.average_iter_time = timer_sum / timer_count
-                should_log = (
-                    boundary
-                    and print_frequency is not None
-                    and state.current_iteration % print_frequency == 0
-                )
-                model.on_training_batch_end(state, should_log=should_log)
-                state.dataset_iter += 1
-                if hooks.has_stop_checks and hooks.should_stop():
-                    done = True
-                    break
-                if not boundary:
-                    continue
-                if bar is not None:
-                    bar.update()
-                iteration = state.current_iteration
-                if valid_frequency and iteration % valid_frequency == 0:
-                    self._validate_and_track(state)
-                    done = hooks.has_stop_checks and hooks.should_stop()
-                if chkpt_frequency and iteration % chkpt_frequency == 0:
-                    trainer.save_checkpoint(state)
-                if done or self._early_stop_reached(state) or iteration >= total:
-                    done = True
-                    break
-            if state.global_iteration == batches_at_start and not resumed_inside_epoch:
-                raise RuntimeError(
-                    "error: the training dataloader produced no batches; with "
-                    "drop_last=True the dataset must hold at least one full batch"
-                )
-            state.dataset_iter = 0
-            model.on_training_epoch_end(state.global_epoch)
-            self._log_epoch_time(state)
-        if bar is not None:
-            bar.close()
+    def _end_unit(self, state: TrainingState, stop: bool = False) -> bool:
+        """End a unit (an epoch or an iteration): validate, save; return whether to stop.
+
+        Args:
+            state: the training state.
+            stop: whether a stop was already requested during the unit (EPOCH unit).
+        """
+        options, index = self.options, self._unit_index(state)
+        if _due(index, options.valid_frequency):
+            if self._rank_state is not None:
+                self._rank_state.hold_rng()
+            self._validate_and_track(state)
+            if self._rank_state is not None:
+                self._rank_state.release_rng()
+            stop = stop or self.hooks.stop_requested()
+            self._preemption.agree_soon()
+        if self._epoch_unit:
+            self._end_epoch(state)
+        if _due(index, options.chkpt_frequency):
+            self._save(state)
+            self._preemption.agree_soon()
+        if self._bar is not None:
+            self._bar.update()
+        return (
+            stop
+            or self._early_stop_reached(state)
+            or (self._epoch_unit and self.hooks.stop_requested())
+            or index >= options.total_steps
+        )
+
+    def _end_interrupted_epoch(self, state: TrainingState) -> bool:
+        """End the epoch whose validation a signal interrupted (EPOCH unit); return stop."""
+        if not (self._epoch_unit and self._unit_end_pending):
+            return False
+        self._unit_end_pending = False
+        if self._resume is not None:
+            self._resume.restore_rng()
+            self._resume = None
+        self._epoch_start_time = time.perf_counter()
+        return self._end_unit(state)
 
     def _start_epoch(self, state: TrainingState, sampler: Any) -> None:
         """Begin an epoch, or re-enter the one a checkpoint was saved in."""
+        resume, self._resume = self._resume, None
         resuming_inside_epoch = state.dataset_iter > 0
         if not resuming_inside_epoch:
             state.global_epoch += 1
-            self._restore_rng_if_resuming()
-        self.trainer.root_logger.info(f"Starting epoch {state.global_epoch}")
+            if resume is not None:
+                resume.restore_rng()
+            if self._rank_state is not None:
+                self._rank_state.start_pass()
+        logging.get_root_logger().info(f"Starting epoch {state.global_epoch}")
         self._epoch_start_time = time.perf_counter()
         self.model.on_training_epoch_start(state.global_epoch)
-        if resuming_inside_epoch:
-            self._restore_rng_if_resuming()
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(state.global_epoch - 1)
-        if hasattr(sampler, "start_iter"):
-            sampler.start_iter = state.dataset_iter
+        position = {"epoch": state.global_epoch - 1, "start_iter": state.dataset_iter}
+        if resuming_inside_epoch and resume is not None:
+            resume.restore_rng()
+            position = resume.resume_position(position)
+        place_sampler(sampler, **position)
 
-    def _restore_rng_if_resuming(self) -> None:
-        if self._resume_rng is not None:
-            rng.load_rng_state_dict(self._resume_rng)
-            self._resume_rng = None
-
-    def _log_epoch_time(self, state: TrainingState) -> None:
+    def _end_epoch(self, state: TrainingState) -> None:
+        self.model.on_training_epoch_end(state.global_epoch)
         elapsed = time.perf_counter() - self._epoch_start_time
-        self.trainer.root_logger.info(f"Epoch {state.global_epoch} completed in {elapsed:.2f}s")
+        logging.get_root_logger().info(f"Epoch {state.global_epoch} completed in {elapsed:.2f}s")
 
     def _early_stop_reached(self, state: TrainingState) -> bool:
-        cycles = self.trainer.early_stop_cycles
+        cycles = self.options.early_stop_cycles
         return cycles is not None and state.early_stop_count >= cycles
 
     def _validate_and_track(self, state: TrainingState) -> None:
         """Run a validation cycle and update the cycle and early-stop counters."""
-        self.validate(state.validation_cycles)
+        if self._validation.loader is None:
+            valid = self._datamodule.valid_dataloader()
+            self._validation.loader = valid[0] if valid is not None else None
+        self._validation.validate(state.validation_cycles)
         state.validation_cycles += 1
         state.running_iter = 0
         improved = self.model.have_metrics_improved()
@@ -396,43 +474,60 @@ class Loops:
             improved = not agree_any(not improved, self.hooks.collective_device)
         state.early_stop_count = 0 if improved else state.early_stop_count + 1
 
-    # -- validation and testing -----------------------------------------------------------
+
+class EvaluationLoop:
+    """Runs validation cycles and the testing loop.
+
+    Args:
+        hooks: the resolved hooks of the run.
+        show_progress: whether this process draws progress bars.
+        stop_requested: polled after every validation batch; when it answers True the cycle
+            ends with :py:class:`ValidationInterruptedError`.
+    """
+
+    def __init__(
+        self,
+        hooks: Hooks,
+        show_progress: bool,
+        stop_requested: Callable[[], bool] | None = None,
+    ) -> None:
+        self.hooks = hooks
+        self.model = hooks.model
+        self.loader: Iterable[Any] | None = None
+        self._show_progress = show_progress
+        self._stop_requested = stop_requested
 
     def validate(self, cycle: int) -> None:
-        """Run one validation cycle (nothing happens without a validation split)."""
-        if self._valid_loader is None:
-            valid = self.trainer.datamodule.valid_dataloader()
-            if valid is None:
-                return
-            self._valid_loader = valid[0]
+        """Run one validation cycle (nothing happens without a validation loader)."""
+        if self.loader is None:
+            return
         hooks, model = self.hooks, self.model
         with core_cuda.DisableCuDNNBenchmarkContext():
             model.eval()
             hooks.call_plugins("on_validation_start", validation_cycle=cycle)
             model.on_validation_start(cycle)
-            _run_evaluation_batches(
-                self._valid_loader,
-                self._show_progress,
+            self._run_batches(
+                self.loader,
                 "Validation",
                 hooks.process_validation_batch,
                 hooks.on_validation_batch_start,
                 model.valid_step,
                 hooks.on_validation_batch_end,
+                self._stop_requested,
             )
             model.train()
             hooks.call_plugins("on_validation_end", validation_cycle=cycle)
             model.on_validation_end(cycle)
 
-    def run_testing(self, loader: Iterable[Any]) -> None:
+    def test(self, loader: Iterable[Any]) -> None:
         """Run the testing loop over a loader."""
         hooks, model = self.hooks, self.model
         hooks.call_plugins("on_testing_start")
         model.on_testing_start()
         with core_cuda.DisableCuDNNBenchmarkContext():
             model.eval()
-            _run_evaluation_batches(
+            self._run_batches(
                 loader,
-                self._show_progress,
                 "Testing",
                 hooks.process_testing_batch,
                 hooks.on_testing_batch_start,
@@ -442,31 +537,35 @@ class Loops:
             hooks.call_plugins("on_testing_end")
             model.on_testing_end()
 
-
-def _run_evaluation_batches(
-    loader: Iterable[Any],
-    show_progress: bool,
-    label: str,
-    process: Callable[..., Any] | None,
-    batch_start: Callable[[int], None] | None,
-    step_fn: Callable[[Any, int], None],
-    batch_end: Callable[[int], None] | None,
-) -> None:
-    """Feed every batch of a validation or testing loader through its hooks, without grad."""
-    bar = progress.make_bar(show_progress, _safe_len(loader), label, "it", leave=False)
-    with torch.no_grad():
-        for step, batch in enumerate(loader):
-            if process is not None:
-                batch = process(batch=batch, step=step)
-            if batch_start is not None:
-                batch_start(step)
-            step_fn(batch, step)
-            if batch_end is not None:
-                batch_end(step)
-            if bar is not None:
-                bar.update()
-    if bar is not None:
-        bar.close()
+    def _run_batches(
+        self,
+        loader: Iterable[Any],
+        label: str,
+        process: Callable[..., Any] | None,
+        batch_start: Callable[[int], None] | None,
+        step_fn: Callable[[Any, int], None],
+        batch_end: Callable[[int], None] | None,
+        stop_requested: Callable[[], bool] | None = None,
+    ) -> None:
+        """Feed every batch of a loader through its hooks, without grad."""
+        bar = progress.make_bar(self._show_progress, _safe_len(loader), label, "it", leave=False)
+        with torch.no_grad():
+            for step, batch in enumerate(loader):
+                if process is not None:
+                    batch = process(batch=batch, step=step)
+                if batch_start is not None:
+                    batch_start(step)
+                step_fn(batch, step)
+                if batch_end is not None:
+                    batch_end(step)
+                if bar is not None:
+                    bar.update()
+                if stop_requested is not None and stop_requested():
+                    if bar is not None:
+                        bar.close()
+                    raise ValidationInterruptedError
+        if bar is not None:
+            bar.close()
 
 
 def _safe_len(loader: Any) -> int | None:
@@ -476,4 +575,4 @@ def _safe_len(loader: Any) -> int | None:
         return None
 
 
-__all__ = ["Hooks", "Loops", "agree_any", "overrides"]
+__all__ = ["EvaluationLoop", "Hooks", "LoopOptions", "TrainingLoop", "agree_any", "overrides"]

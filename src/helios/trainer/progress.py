@@ -72,7 +72,7 @@ def make_bar(
         unit=unit,
         initial=initial,
         leave=leave,
-        file=_LineWriter(stream),  # type: ignore[arg-type]
+        file=_LineWriter(stream),
         mininterval=NON_TTY_INTERVAL_S,
         maxinterval=NON_TTY_INTERVAL_S * 4,
         ascii=True,

@@ -61,6 +61,19 @@ class TrainingState:
     average_iter_time: float = 0
     running_iter: int = 0
 
+    def state_dict(self) -> TrainingState:
+        """Return a copy of the state, the ``training_state`` part of a checkpoint."""
+        return dataclasses.replace(self)
+
+    def load_state_dict(self, state_dict: TrainingState) -> None:
+        """Take over every field of a saved state.
+
+        Args:
+            state_dict: a state returned by :py:meth:`state_dict`.
+        """
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(state_dict, field.name))
+
     def dict(self) -> dict[str, Any]:
         """Return the state as a plain dictionary."""
         return dataclasses.asdict(self)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
+import logging as _std_logging
 import os
 import pathlib
 from collections.abc import Callable
@@ -11,14 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-import helios
 from helios.core import distributed as dist
 from helios.core import logging, rng
 from helios.core.utils import get_env_info_str, get_from_optional, update_all_registries
+from helios.model.model import register_model_types_for_safe_load
 from helios.plugins.plugin import validate_plugins
 
-from . import arguments, checkpoints, launch
-from .loops import Hooks, Loops
+from . import arguments, checkpoints, failures, launch
+from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop
+from .preemption import Preemption
+from .run_logs import RunLogs
 from .state import TrainingState, TrainingUnit
 
 if TYPE_CHECKING:
@@ -67,6 +69,7 @@ class Trainer:
         src_root: root package whose registries are imported in every process.
         import_prefix: dotted prefix for importing ``src_root``.
         print_banner: print the banner with environment information at start.
+        capture_warnings: route Python warnings into the run's log while it runs.
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -98,6 +101,7 @@ class Trainer:
         src_root: pathlib.Path | None = None,
         import_prefix: str = "",
         print_banner: bool = True,
+        capture_warnings: bool = False,
     ) -> None:
         if not isinstance(run_name, str):
             raise TypeError(f"error: run_name must be a str, but received {run_name!r}")
@@ -121,15 +125,15 @@ class Trainer:
         self._run_path = arguments.check_path("run_path", run_path)
         self._src_root = arguments.check_path("src_root", src_root)
         arguments.check_flags(
-            enable_deterministic,
-            enable_cudnn_benchmark,
-            enable_tensorboard,
-            self._run_path,
-            enable_file_logging,
-            self._log_path,
-            self._chkpt_frequency,
-            self._chkpt_root,
-            self._src_root,
+            enable_deterministic=enable_deterministic,
+            enable_cudnn_benchmark=enable_cudnn_benchmark,
+            enable_tensorboard=enable_tensorboard,
+            run_path=self._run_path,
+            enable_file_logging=enable_file_logging,
+            log_path=self._log_path,
+            chkpt_frequency=self._chkpt_frequency,
+            chkpt_root=self._chkpt_root,
+            src_root=self._src_root,
         )
         self._enable_cudnn_benchmark = enable_cudnn_benchmark
         self._enable_deterministic = enable_deterministic
@@ -138,8 +142,25 @@ class Trainer:
         self._enable_progress_bar = enable_progress_bar
         self._import_prefix = import_prefix
         self._print_banner = print_banner
+        self._capture_warnings = bool(capture_warnings)
 
+        self._place_devices(use_cpu, gpus)
+
+        self._model: Model | None = None
+        self._datamodule: DataModule | None = None
+        self._local_rank = 0
+        self._rank = 0
+        self._train_exceptions: list[type[Exception]] = []
+        self._test_exceptions: list[type[Exception]] = []
+        self._plugins: dict[str, Plugin] = {}
+        self._queue: mp.Queue | None = None
+        self._run_logs = RunLogs(run_name, None, None)
+        self._preemption = Preemption()
+
+    def _place_devices(self, use_cpu: bool | None, gpus: list[int] | None) -> None:
+        """Pick the device, the GPU ids and whether the run is distributed."""
         gpu_ids = arguments.check_gpus(gpus, use_cpu)
+
         self._use_cpu = use_cpu if use_cpu is not None else not torch.cuda.is_available()
         self._is_torchrun = dist.is_using_torchrun()
         if self._use_cpu:
@@ -161,16 +182,6 @@ class Trainer:
                 )
         else:
             self._is_distributed = len(self._gpu_ids) > 1
-
-        self._model: Model | None = None
-        self._datamodule: DataModule | None = None
-        self._local_rank = 0
-        self._rank = 0
-        self._train_exceptions: list[type[Exception]] = []
-        self._test_exceptions: list[type[Exception]] = []
-        self._plugins: dict[str, Plugin] = {}
-        self._queue: mp.Queue | None = None
-        self._chkpt_dir: pathlib.Path | None = None
 
     # -- properties -----------------------------------------------------------------------
 
@@ -389,7 +400,7 @@ class Trainer:
         except Exception as error:
             if isinstance(error, (*listed, launch.DistributedRunError)):
                 raise
-            _log_uncaught(error)
+            _log_uncaught(error, mode)
             return False
 
     def _listed_exceptions(self, mode: _Mode) -> list[type[Exception]]:
@@ -417,7 +428,7 @@ class Trainer:
             if isinstance(error, tuple(listed)):
                 raise
             if report is None:
-                _log_uncaught(error)
+                _log_uncaught(error, mode)
             return False
         finally:
             logging.close_default_loggers()
@@ -435,7 +446,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = self._enable_cudnn_benchmark
             torch.backends.cudnn.deterministic = self._enable_deterministic
             torch.cuda.set_device(self._device)
-        logging.create_default_loggers(self._enable_tensorboard)
+        logging.create_default_loggers(self._enable_tensorboard, self._capture_warnings)
         if self._src_root is not None:
             update_all_registries(self._src_root, recurse=True, import_prefix=self._import_prefix)
 
@@ -458,40 +469,86 @@ class Trainer:
         model.rank = self._local_rank
         model.trainer = self
         model.setup(fast_init)
-        if self._chkpt_root is not None:
-            self._chkpt_dir = self._chkpt_root / model.save_name
+        self._run_logs = RunLogs(
+            self._run_name,
+            log_root=self._log_path if self._enable_file_logging else None,
+            runs_root=self._run_path if self._enable_tensorboard else None,
+        )
 
     def _collective_device(self) -> torch.device | None:
         if not self._is_distributed:
             return None
         return torch.device("cpu") if self._use_cpu else self._device
 
+    def _loop_options(self) -> LoopOptions:
+        return LoopOptions(
+            train_unit=self._train_unit,
+            total_steps=self._total_steps,
+            valid_frequency=self._valid_frequency,
+            chkpt_frequency=self._chkpt_frequency,
+            print_frequency=self._print_frequency,
+            accumulation_steps=self._accumulation_steps,
+            early_stop_cycles=self._early_stop_cycles,
+            show_progress=self.shows_progress,
+        )
+
+    def _checkpoint_parts(
+        self, state: TrainingState, fast_init: bool
+    ) -> dict[str, checkpoints.CheckpointPart]:
+        """Every shared part of this run's checkpoints, in restore order."""
+        return {
+            "logs": self._run_logs,
+            "model": _ModelPart(self.model, fast_init),
+            **self._plugins,
+            "training_state": state,
+            "preemption": self._preemption,
+        }
+
+    def _run_checkpoint(self, state: TrainingState, fast_init: bool) -> checkpoints.RunCheckpoint:
+        model = self.model
+        folder = self._chkpt_root / model.save_name if self._chkpt_root is not None else None
+        return checkpoints.RunCheckpoint(
+            folder,
+            self._checkpoint_parts(state, fast_init),
+            checkpoints.RankState(
+                state,
+                rank=self._rank,
+                world_size=torch.distributed.get_world_size() if self._is_distributed else 1,
+                seed=get_from_optional(self._random_seed),
+            ),
+            name=lambda at: model.append_metadata_to_chkpt_name(
+                checkpoints.checkpoint_name(model.save_name, at)
+            ),
+            rank=self._rank,
+            is_distributed=self._is_distributed,
+            map_location=self._map_loc,
+        )
+
     def _train(self) -> None:
         self._setup(fast_init=False)
-        if self._chkpt_dir is not None and self._rank == 0:
-            self._chkpt_dir.mkdir(parents=True, exist_ok=True)
-            checkpoints.remove_temporary_files(self._chkpt_dir)
-        found = checkpoints.load_newest_valid_checkpoint(self._chkpt_dir, self._map_loc)
-        state, resume_rng = TrainingState(), None
-        if found is not None:
-            path, saved = found
-            self._open_logs(saved)
-            self.model.load_state_dict(saved["model"], fast_init=False)
-            self._load_plugin_states(saved)
-            state = dataclasses.replace(saved["training_state"])
-            resume_rng = self._rank_entry(saved)["rng"]
+        self._preemption = Preemption(self._collective_device())
+        state = TrainingState()
+        checkpoint = self._run_checkpoint(state, fast_init=False)
+        checkpoint.prepare_folder()
+        register_model_types_for_safe_load(self.model)
+        path = checkpoint.resume()
+        self._run_logs.open_new()
+        if path is not None:
             message = f"Resuming training from checkpoint {path}"
             self.root_logger.info(message)
             self._print_header(log_banner=False)
             dist.global_print(message + "\n")
         else:
-            self._open_logs(None)
             self._print_header(log_banner=True)
 
         hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
-        hooks.call_plugins("on_training_start")
-        self.model.on_training_start()
-        Loops(self, hooks, resume_rng).run_training(state)
+        with self._preemption.handling_signals():
+            hooks.call_plugins("on_training_start")
+            self.model.on_training_start()
+            TrainingLoop(
+                self._loop_options(), hooks, self.datamodule, checkpoint.save,
+                checkpoint.rank_state, self._preemption,
+            ).run(state)  # fmt: skip
         hooks.call_plugins("on_training_end")
         self.model.on_training_end()
         logging.flush_default_loggers()
@@ -499,15 +556,12 @@ class Trainer:
 
     def _test(self) -> None:
         self._setup(fast_init=True)
-        found = checkpoints.load_newest_valid_checkpoint(self._chkpt_dir, self._map_loc)
-        if found is not None:
-            path, saved = found
-            self._open_logs(saved)
-            self.model.load_state_dict(saved["model"], fast_init=True)
-            self._load_plugin_states(saved)
+        register_model_types_for_safe_load(self.model)
+        path = self._run_checkpoint(TrainingState(), fast_init=True).resume()
+        self._run_logs.open_new()
+        if path is not None:
             message = f"Testing using checkpoint {path}"
         else:
-            self._open_logs(None)
             self.model.load_for_testing()
             message = "Testing from loaded model"
         self.root_logger.info(get_env_info_str())
@@ -523,24 +577,9 @@ class Trainer:
             )
             return
         hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
-        Loops(self, hooks).run_testing(test[0])
+        EvaluationLoop(hooks, self.shows_progress).test(test[0])
         logging.flush_default_loggers()
         dist.safe_barrier()
-
-    def _open_logs(self, saved: dict[str, Any] | None) -> None:
-        """Continue the log file and TensorBoard run of a checkpoint, or start new ones."""
-        log_file = saved.get("log_path") if saved and self._enable_file_logging else None
-        run_dir = saved.get("run_path") if saved and self._enable_tensorboard else None
-        if log_file is not None or run_dir is not None:
-            logging.restore_default_loggers(log_path=log_file, run_path=run_dir)
-        if (self._enable_file_logging and log_file is None) or (
-            self._enable_tensorboard and run_dir is None
-        ):
-            logging.setup_default_loggers(
-                self._run_name,
-                log_root=self._log_path if self._enable_file_logging and not log_file else None,
-                runs_root=self._run_path if self._enable_tensorboard and not run_dir else None,
-            )
 
     def _print_header(self, log_banner: bool) -> None:
         banner = self.model.append_to_banner(get_env_info_str())
@@ -549,78 +588,27 @@ class Trainer:
             if log_banner:
                 self.root_logger.info(banner)
 
-    def _load_plugin_states(self, saved: dict[str, Any]) -> None:
-        for plug_id, plugin in self._plugins.items():
-            if plug_id in saved:
-                plugin.load_state_dict(saved[plug_id])
 
-    def _rank_entry(self, saved: dict[str, Any]) -> dict[str, Any]:
-        entries = saved.get("ranks")
-        if isinstance(entries, list) and self._rank < len(entries):
-            return entries[self._rank]  # type: ignore[no-any-return]
-        return {"rng": saved["rng"]}
+class _ModelPart:
+    """The model's part of a checkpoint (its ``load_state_dict`` also takes ``fast_init``)."""
 
-    def save_checkpoint(self, state: TrainingState) -> pathlib.Path | None:
-        """Save a checkpoint of the run at ``state`` (written by rank 0 only).
+    def __init__(self, model: Model, fast_init: bool) -> None:
+        self._model = model
+        self._fast_init = fast_init
 
-        Every rank contributes its RNG state and sampler position; the file is written
-        atomically into ``chkpt_root/<save_name>``.
+    def state_dict(self) -> dict[str, Any]:
+        return self._model.state_dict()
 
-        Args:
-            state: the training state to save.
-
-        Returns:
-            The path written (on rank 0), else ``None``.
-        """
-        entry = {
-            "rng": rng.get_rng_state_dict(),
-            "sampler": {"epoch": state.global_epoch - 1, "start_iter": state.dataset_iter},
-        }
-        entries = _gather_to_rank0(entry) if self._is_distributed else [entry]
-        if self._rank != 0 or self._chkpt_dir is None:
-            return None
-        model = self.model
-        contents: dict[str, Any] = {
-            "version": helios.__version__,
-            "training_state": dataclasses.replace(state),
-            "model": model.state_dict(),
-            "rng": entries[0]["rng"],
-            "ranks": entries,
-        }
-        if self._enable_file_logging:
-            contents["log_path"] = self.root_logger.log_file
-        writer = logging.get_tensorboard_writer()
-        if self._enable_tensorboard and writer is not None:
-            contents["run_path"] = writer.run_path
-        for plug_id, plugin in self._plugins.items():
-            contents[plug_id] = plugin.state_dict()
-        name = model.append_metadata_to_chkpt_name(
-            checkpoints.checkpoint_name(model.save_name, state)
-        )
-        path = self._chkpt_dir / f"{name}{checkpoints.CHECKPOINT_SUFFIX}"
-        checkpoints.save_atomically(contents, path)
-        self.root_logger.info(f"Saved checkpoint {path}")
-        return path
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._model.load_state_dict(state_dict, fast_init=self._fast_init)
 
 
-def _gather_to_rank0(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    world_size = torch.distributed.get_world_size()
-    gathered: list[Any] = [None] * world_size
-    torch.distributed.all_gather_object(gathered, entry)
-    return gathered
-
-
-def _log_uncaught(error: BaseException) -> None:
-    """Log the traceback of an unlisted exception (naming the rank when distributed)."""
-    created = not logging.is_root_logger_active()
-    if created:
-        logging.create_default_loggers(enable_tensorboard=False)
-    where = f" on rank {dist.get_global_rank()}" if dist.is_dist_active() else ""
-    logging.get_root_logger().error(
-        f"error: uncaught exception{where}\n{launch.format_exception(error)}"
-    )
-    if created:
-        logging.close_default_loggers()
+def _log_uncaught(error: BaseException, mode: _Mode) -> None:
+    """Show an unlisted exception on stderr (traceback and summary) and in the log file."""
+    rank = dist.get_global_rank() if dist.is_dist_active() else None
+    text = failures.report_failure(error, mode.value, rank)
+    if logging.is_root_logger_active():
+        logging.get_root_logger().log_to_file(_std_logging.ERROR, text.rstrip("\n"))
 
 
 def _spawned_worker(
@@ -639,7 +627,7 @@ def _spawned_worker(
     On a failure the rank reports it, destroys the group and exits with an error, which
     makes the parent terminate the other ranks.
     """
-    report = launch.ErrorReporter(rank, error_queue, trainer._listed_exceptions(mode))
+    report = launch.ErrorReporter(rank, error_queue, trainer._listed_exceptions(mode), mode.value)
     succeeded = False
     try:
         trainer.local_rank = rank

@@ -26,17 +26,22 @@ from .callbacks import (
     EpochProgressLogger,
     LearningRateScheduler,
     ModelSaverCallback,
+    ModelSharingCallback,
+    NeptuneTracker,
     ParameterScheduler,
     PredictionCallback,
     PredictionProgressLogger,
+    SynchronizationCallback,
     TensorboardTracker,
     TrainingCallback,
 )
 from .config import Config, Configurable
-from .data import install_dataset_extensions
+from .data import NoiseDataset, install_dataset_extensions
+from .data_parallel import DataParallel
 from .engines import BaseEngine, SupervisedEngine
 from .estimator import Estimator
 from .history import Evaluation, History
+from .modules import StackedLSTM, StackedLSTMCell, WeightedBCELoss
 
 install_dataset_extensions()
 
@@ -46,6 +51,7 @@ __all__ = [
     "CallbackException",
     "Config",
     "Configurable",
+    "DataParallel",
     "EarlyStopping",
     "EpochProgressLogger",
     "Estimator",
@@ -53,10 +59,17 @@ __all__ = [
     "History",
     "LearningRateScheduler",
     "ModelSaverCallback",
+    "ModelSharingCallback",
+    "NeptuneTracker",
+    "NoiseDataset",
     "ParameterScheduler",
     "PredictionCallback",
     "PredictionProgressLogger",
+    "StackedLSTM",
+    "StackedLSTMCell",
     "SupervisedEngine",
+    "SynchronizationCallback",
     "TensorboardTracker",
     "TrainingCallback",
+    "WeightedBCELoss",
 ]

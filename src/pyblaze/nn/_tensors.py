@@ -67,7 +67,7 @@ def _move(data: Any, target: torch.device, non_blocking: bool) -> Any:
             return kind(items)
         if hasattr(data, "_fields"):  # a named tuple
             return kind(*items)
-        return kind(items)  # type: ignore[call-arg]
+        return kind(items)
     if isinstance(data, Mapping):
         return type(data)({k: _move(v, target, non_blocking) for k, v in data.items()})  # type: ignore[call-arg]
     return data

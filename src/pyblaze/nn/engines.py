@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pyblaze.multiprocessing.prediction import predict_batches
 from pyblaze.nn._callback_list import CallbackList
 from pyblaze.nn._checks import check_callbacks, check_count, check_metrics, num_batches
 from pyblaze.nn._fit import plan_fit, run_fit
@@ -91,7 +92,9 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             raise TypeError(
                 f"an engine needs a torch.nn.Module, but received {type(model).__name__}"
             )
+        #: The module the engine trains and runs.
         self.model = model
+        #: The device of the current ``train``/``evaluate``/``predict`` call (None outside).
         self.device: torch.device | None = None
         self._in_train = False
 
@@ -250,8 +253,9 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
                 return a single number.
         """
         metric_fns = check_metrics(metrics)
+        listed = CallbackList.select(PredictionCallback, self, check_callbacks(callbacks))
         outputs = self._run_batches(
-            data, iterations, callbacks, gpu, lambda batch: self.eval_batch(batch, **kwargs)
+            data, iterations, listed, gpu, lambda batch: self.eval_batch(batch, **kwargs)
         )
         return Evaluation(score_outputs(self, outputs, metric_fns))
 
@@ -271,8 +275,10 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             iterations: use only this many batches (needed for data without a length).
             callbacks: prediction callbacks (training callbacks in the list are ignored).
             gpu: the device (the first GPU of a list is used).
-            parallel: accepted for compatibility with PyBlaze 1.1.6, where it ran
-                predictions in worker processes; here they always run in this process.
+            parallel: on the CPU (``gpu=False``, or ``"auto"`` without CUDA) or several
+                GPUs, predict in worker processes, as PyBlaze 1.1.6 did (see
+                :py:mod:`pyblaze.multiprocessing.prediction`); ``False`` predicts in this
+                process.
             **kwargs: arguments of :py:meth:`predict_batch`.
 
         Returns:
@@ -285,22 +291,25 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         """
         if gpu is None:
             raise TypeError("predict needs a device: gpu must not be None")
-        outputs = self._run_batches(
-            data, iterations, callbacks, gpu, lambda batch: self.predict_batch(batch, **kwargs)
-        )
+        listed = CallbackList.select(PredictionCallback, self, check_callbacks(callbacks))
+        outputs = predict_batches(
+            self, data, iterations, listed, gpu, parallel, kwargs,
+            sequential=lambda: self._run_batches(
+                data, iterations, listed, gpu, lambda batch: self.predict_batch(batch, **kwargs)
+            ),
+        )  # fmt: skip
         return self.collate_predictions(outputs)
 
     def _run_batches(
         self,
         data: Iterable[Any],
         iterations: int | None,
-        callbacks: Sequence[PredictionCallback] | None,
+        listed: CallbackList,
         gpu: GpuArg,
         step: Callable[[Any], Any],
     ) -> list[Any]:
         """Run ``step`` on every batch in eval mode without gradients; outputs go to CPU."""
         iterations = check_count("iterations", iterations, optional=True)
-        listed = CallbackList.select(PredictionCallback, self, check_callbacks(callbacks))
         count = num_batches(data, iterations, "data")
         original_device = module_device(self.model)
         device = original_device if gpu is None else device_of(resolve_gpu(gpu))
@@ -317,7 +326,7 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
                     if index >= count:
                         break
                     outputs.append(to_device(step(to_device(batch, device)), "cpu"))
-                    listed.after_batch(None)
+                    listed.batch_hook(None)
         finally:
             self.model.to(original_device)
             self.model.train(was_training)

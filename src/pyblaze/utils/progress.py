@@ -13,7 +13,7 @@ _REDRAW_INTERVAL_S = 0.1
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """Format metrics as ``name: value`` pairs, sorted by name and joined by ``, ``.
+    """Format metrics as ``name: value`` pairs, sorted by name and separated by commas.
 
     Numbers use ``{:.5f}``. A key of the form ``name__<format>`` (e.g. ``acc__{:.1%}``)
     shows as ``name`` with its value in that format.
@@ -96,6 +96,28 @@ class ProgressBar:
         self._start: float | None = None
         self._last_draw = 0.0
         self._drawn = False
+
+    @classmethod
+    def frac(
+        cls, num: int, denom: int, file: TextIO | None = None, verbose: bool = True
+    ) -> ProgressBar:
+        """Create a bar of ``ceil(num / denom)`` steps, e.g. batches from a sample count.
+
+        Args:
+            num: the number of items.
+            denom: the number of items per step (> 0).
+            file: see :py:class:`ProgressBar`.
+            verbose: see :py:class:`ProgressBar`.
+
+        Returns:
+            The bar.
+
+        Raises:
+            ValueError: if ``denom`` is not positive.
+        """
+        if denom <= 0:
+            raise ValueError(f"error: denom must be greater than 0, got {denom!r}")
+        return cls(-(-num // denom), file=file, verbose=verbose)
 
     @property
     def stream(self) -> TextIO:

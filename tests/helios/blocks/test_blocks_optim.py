@@ -63,6 +63,7 @@ def test_create_optimizer_unknown_name() -> None:
         hlo.create_optimizer("Sgd", [nn.Parameter(torch.zeros(1))])
 
 
+@pytest.mark.slow
 def test_building_blocks_import_no_heavy_dependency() -> None:
     code = (
         "import sys\n"

@@ -48,6 +48,8 @@ def test_single_process_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     assert hcd.get_dist_info() == hcd.DistributedInfo(0, 0, 1, 1)
     assert hcd.get_local_rank() == 0
     assert hcd.get_global_rank() == 0
+    assert hcd.get_world_size() == 1
+    assert hcd.get_local_world_size() == 1
     t = torch.tensor([1.0, 2.0])
     assert hcd.all_reduce_mean(t) is t
     assert torch.equal(t, torch.tensor([1.0, 2.0]))
@@ -118,6 +120,7 @@ def _worker(rank: int, out_dir: str, port: int) -> None:
         "env": [os.environ[v] for v in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")],
         "info": list(vars(hcd.get_dist_info()).values()),
         "ranks": [hcd.get_local_rank(), hcd.get_global_rank()],
+        "world": [hcd.get_world_size(), hcd.get_local_world_size()],
     }
     results["sum"] = hcd.all_reduce_tensors(torch.tensor([rank + 1.0, 10.0])).tolist()
     listed = hcd.all_reduce_tensors([rank, 1])
@@ -163,6 +166,7 @@ def _worker(rank: int, out_dir: str, port: int) -> None:
     (out / f"result{rank}.json").write_text(json.dumps(results))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes(tmp_path: pathlib.Path) -> None:
     proc = subprocess.run(
         [sys.executable, __file__, str(tmp_path), str(_free_port())],
@@ -178,6 +182,7 @@ def test_two_gloo_processes(tmp_path: pathlib.Path) -> None:
         assert res["env"] == [str(rank), str(rank), "2", port]
         assert res["info"] == [rank, rank, 2, 2]
         assert res["ranks"] == [rank, rank]
+        assert res["world"] == [2, 2]
         assert res["sum"] == [3.0, 20.0]
         assert res["list_sum"] == [[1, 2], "cpu"]
         assert res["stack_sum"] == [1.0, 4.0]

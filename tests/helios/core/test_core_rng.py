@@ -106,6 +106,7 @@ def test_load_rng_state_dict_rejects_incomplete_state() -> None:
         rng.load_rng_state_dict({"torch": torch.get_rng_state()})
 
 
+@pytest.mark.slow
 def test_fresh_process_has_no_default_numpy_rng() -> None:
     code = textwrap.dedent(
         """

@@ -29,16 +29,19 @@ def test_load_image_round_trips_png_files(tmp_path) -> None:
         ("rgb.png", rgb),
         ("rgba.png", rgba),
     ):
-        loaded = hldf.load_image(write(tmp_path, name, array))
+        loaded = hldf.load_image(write(tmp_path, name, array), flags=hldf.IMREAD_UNCHANGED)
         assert loaded.dtype == array.dtype, name
         assert loaded.shape == array.shape, name
         np.testing.assert_array_equal(loaded, array)
 
-    bgr = hldf.load_image(tmp_path / "rgb.png", as_rgb=False)
+    unchanged = hldf.IMREAD_UNCHANGED
+    bgr = hldf.load_image(tmp_path / "rgb.png", unchanged, as_rgb=False)
     np.testing.assert_array_equal(bgr, rgb[:, :, ::-1])
-    bgra = hldf.load_image(tmp_path / "rgba.png", as_rgb=False)
+    bgra = hldf.load_image(tmp_path / "rgba.png", unchanged, as_rgb=False)
     np.testing.assert_array_equal(bgra, rgba[:, :, [2, 1, 0, 3]])
-    np.testing.assert_array_equal(hldf.load_image(tmp_path / "gray8.png", as_rgb=False), gray8)
+    np.testing.assert_array_equal(
+        hldf.load_image(tmp_path / "gray8.png", unchanged, as_rgb=False), gray8
+    )
 
 
 def test_load_image_expands_palette_and_gray_alpha(tmp_path) -> None:
@@ -49,9 +52,53 @@ def test_load_image_expands_palette_and_gray_alpha(tmp_path) -> None:
     np.testing.assert_array_equal(palette, rgb)
 
     gray_alpha = np.dstack([np.full((2, 2), 10, np.uint8), np.full((2, 2), 200, np.uint8)])
-    loaded = hldf.load_image(write(tmp_path, "la.png", gray_alpha))
+    loaded = hldf.load_image(write(tmp_path, "la.png", gray_alpha), hldf.IMREAD_UNCHANGED)
     assert loaded.shape == (2, 2, 4)
     assert loaded[0, 0].tolist() == [10, 10, 10, 200]
+
+
+def test_load_image_flags_follow_opencv(tmp_path) -> None:
+    gen = np.random.default_rng(1)
+    gray8 = gen.integers(0, 256, (5, 4), dtype=np.uint8)
+    gray16 = gen.integers(0, 65536, (5, 4), dtype=np.uint16)
+    rgb = gen.integers(0, 256, (5, 4, 3), dtype=np.uint8)
+    rgba = gen.integers(0, 256, (5, 4, 4), dtype=np.uint8)
+    paths = {
+        name: write(tmp_path, f"{name}.png", array)
+        for name, array in (("gray8", gray8), ("gray16", gray16), ("rgb", rgb), ("rgba", rgba))
+    }
+    # The default is IMREAD_COLOR: three 8-bit channels, gray replicated, alpha dropped.
+    assert hldf.IMREAD_COLOR == 1 and hldf.IMREAD_GRAYSCALE == 0 and hldf.IMREAD_UNCHANGED == -1
+    np.testing.assert_array_equal(hldf.load_image(paths["rgb"]), rgb)
+    np.testing.assert_array_equal(hldf.load_image(paths["rgba"]), rgba[:, :, :3])
+    np.testing.assert_array_equal(hldf.load_image(paths["gray8"]), np.dstack([gray8] * 3))
+    color16 = hldf.load_image(paths["gray16"], hldf.IMREAD_COLOR)
+    assert color16.dtype == np.uint8
+    np.testing.assert_array_equal(color16, np.dstack([(gray16 >> 8).astype(np.uint8)] * 3))
+    np.testing.assert_array_equal(
+        hldf.load_image(paths["rgb"], hldf.IMREAD_COLOR, as_rgb=False), rgb[:, :, ::-1]
+    )
+    # IMREAD_GRAYSCALE: one 8-bit channel with BT.601 weights, as OpenCV computes it.
+    gray = hldf.load_image(paths["rgb"], hldf.IMREAD_GRAYSCALE)
+    expected = np.rint(rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(np.uint8)
+    assert gray.shape == (5, 4) and gray.dtype == np.uint8
+    assert np.abs(gray.astype(int) - expected.astype(int)).max() == 0
+    np.testing.assert_array_equal(hldf.load_image(paths["gray8"], 0), gray8)
+    np.testing.assert_array_equal(hldf.load_image(paths["gray16"], 0), gray16 >> 8)
+    # IMREAD_ANYDEPTH keeps 16 bits; IMREAD_ANYCOLOR keeps gray images gray.
+    np.testing.assert_array_equal(hldf.load_image(paths["gray16"], hldf.IMREAD_ANYDEPTH), gray16)
+    any_color = hldf.IMREAD_ANYCOLOR | hldf.IMREAD_ANYDEPTH
+    np.testing.assert_array_equal(hldf.load_image(paths["gray16"], any_color), gray16)
+    np.testing.assert_array_equal(hldf.load_image(paths["rgba"], any_color), rgba[:, :, :3])
+    # IMREAD_UNCHANGED keeps channels (alpha too) and depth.
+    np.testing.assert_array_equal(hldf.load_image(paths["rgba"], -1), rgba)
+    np.testing.assert_array_equal(hldf.load_image(paths["gray16"], -1), gray16)
+
+    for bad in (8, -2, 16):
+        with pytest.raises(ValueError, match=f"unsupported flags={bad}; expected IMREAD_"):
+            hldf.load_image(paths["rgb"], bad)
+    with pytest.raises(TypeError, match="flags must be an int"):
+        hldf.load_image(paths["rgb"], "color")  # type: ignore[arg-type]
 
 
 def test_load_image_missing_file(tmp_path) -> None:

@@ -294,6 +294,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_model_distributed_losses_are_averaged(tmp_path: pathlib.Path) -> None:
     script = tmp_path / "dist_model.py"

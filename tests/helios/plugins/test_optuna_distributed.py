@@ -13,6 +13,8 @@ from optuna.trial import TrialState
 
 from helios.plugins import optuna as hlpo
 
+pytestmark = pytest.mark.slow
+
 JOB = pathlib.Path(__file__).with_name("optuna_dist_job.py")
 
 

@@ -88,6 +88,7 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_optuna_import_without_optuna_names_the_extra() -> None:
     result = run_python(
         """
@@ -105,6 +106,7 @@ def test_optuna_import_without_optuna_names_the_extra() -> None:
     assert 'pip install "helios-blaze[tune]"' in result.stdout
 
 
+@pytest.mark.slow
 def test_optuna_not_imported_by_helios_plugins() -> None:
     result = run_python(
         """
@@ -399,7 +401,7 @@ def test_optuna_plugin_suggest(tmp_path: pathlib.Path) -> None:
     assert 1e-3 <= plugin.suggest("float", "f", low=1e-3, high=1.0, log=True) <= 1.0
     assert set(trial.params) == {"c", "i", "f"}
     with pytest.raises(
-        ValueError,
+        KeyError,
         match=(
             "unknown suggestion type 'uniform' for parameter 'u'; expected one of "
             "'categorical', 'float', 'int'"
@@ -479,6 +481,7 @@ def test_optuna_plugin_not_pruned(tmp_path: pathlib.Path) -> None:
     assert study.trials[0].user_attrs == {}
 
 
+@pytest.mark.slow
 def test_optuna_plugin_distributed_defers_to_check_pruned(tmp_path: pathlib.Path) -> None:
     study = make_study(tmp_path, pruner=AlwaysPrune())
     plugin, model, _ = make_plugin(study.ask(), {"accuracy": 0.1})
@@ -506,11 +509,11 @@ def test_optuna_plugin_state_dict(tmp_path: pathlib.Path) -> None:
     trial = study.ask()
     plugin = hlpo.OptunaPlugin(trial, "accuracy")
     plugin.suggest("int", "width", low=1, high=1)
-    assert plugin.state_dict() == {"params": {"width": 1}, "number": 1}
+    assert plugin.state_dict() == trial.params == {"width": 1}
 
-    plugin.load_state_dict({"params": {"width": 1, "later": 3}, "number": 1})
+    plugin.load_state_dict({"width": 1, "later": 3})
     with pytest.raises(
         RuntimeError,
-        match=r"written by trial 0 with different parameters than trial 1 \(width: 2 != 1\)",
+        match=r"written by a trial with different parameters than trial 1 \(width: 2 != 1\)",
     ):
-        plugin.load_state_dict({"params": {"width": 2}, "number": 0})
+        plugin.load_state_dict({"width": 2})

@@ -12,6 +12,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+pytestmark = pytest.mark.slow
+
 EXAMPLE = pathlib.Path(__file__).resolve().parents[3] / "examples" / "optuna_tutorial.py"
 
 

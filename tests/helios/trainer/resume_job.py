@@ -17,6 +17,9 @@ writes the first half of the checkpoint, sleeps, then writes the rest, so a kill
 mid-save. ``--hang-in-save N`` makes the N-th save of this process write half the file,
 create ``<workdir>/in_save_<pid>`` and hang, so a test can kill it mid-save on purpose.
 
+``--valid-sleep`` sleeps inside each validation step, and ``--chkpt-frequency`` replaces the
+default of one checkpoint per unit.
+
 ``--go FILE`` waits (after the imports, before anything else) until ``FILE`` exists, so a
 test can start the next job while the current one runs and hide the start-up time.
 
@@ -91,6 +94,8 @@ class ResumeModel(hlm.Model):
         step_sleep: seconds to sleep inside each step.
         crash_at: raise ``RuntimeError`` in the middle of the step of this global iteration.
         workdir: where the ``started_<pid>`` marker is written (``None``: no marker).
+        valid_sleep: seconds to sleep inside each validation step (each one appends a line
+            to ``<workdir>/valid.jsonl`` when a workdir is given).
     """
 
     def __init__(
@@ -100,8 +105,10 @@ class ResumeModel(hlm.Model):
         step_sleep: float = 0.0,
         crash_at: int | None = None,
         workdir: pathlib.Path | None = None,
+        valid_sleep: float = 0.0,
     ) -> None:
         super().__init__(SAVE_NAME)
+        self.valid_sleep = valid_sleep
         self.accumulation = accumulation
         self.record_path = record_path
         self.step_sleep = step_sleep
@@ -145,6 +152,10 @@ class ResumeModel(hlm.Model):
         # Validation draws shift the streams that the following training steps see.
         _draw_everything()
         self.net(batch[1].to(self.device))
+        if self.workdir is not None:
+            _append_line(self.workdir / "valid.jsonl", json.dumps({"step": step}))
+        if self.valid_sleep:
+            time.sleep(self.valid_sleep)
 
     def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
         ids, x, y = batch
@@ -255,6 +266,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--save-sleep", type=float, default=0.0)
     parser.add_argument("--hang-in-save", type=int, default=None)
     parser.add_argument("--go", type=pathlib.Path, default=None)
+    parser.add_argument("--valid-sleep", type=float, default=0.0)
+    parser.add_argument("--chkpt-frequency", type=int, default=1)
     args = parser.parse_args(argv)
 
     if args.go is not None:
@@ -275,8 +288,15 @@ def main(argv: list[str]) -> int:
         record_path=args.workdir / "batches.jsonl",
         step_sleep=args.step_sleep,
         workdir=args.workdir,
+        valid_sleep=args.valid_sleep,
     )
-    trainer = make_trainer(args.workdir, args.unit, args.total_steps, args.accumulation)
+    trainer = make_trainer(
+        args.workdir,
+        args.unit,
+        args.total_steps,
+        args.accumulation,
+        chkpt_frequency=args.chkpt_frequency,
+    )
     if not trainer.fit(model, ResumeDataModule()):
         return 1
     _REAL_TORCH_SAVE(model.net.state_dict(), args.workdir / "final.pt")

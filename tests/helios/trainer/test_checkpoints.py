@@ -174,11 +174,11 @@ def test_an_unregistered_type_fails_fit_until_it_is_registered(
     capsys.readouterr()
 
     # Checkpoints load with weights_only=True: the unknown class is refused, the error
-    # and its traceback are logged, and the checkpoint is not mistaken for a corrupt one.
+    # and its traceback are shown, and the checkpoint is not mistaken for a corrupt one.
     ok, _ = _fit(tmp_path, total_steps=3)
     assert ok is False
-    out = capsys.readouterr().out
-    assert "Traceback" in out and "UnpicklingError" in out and "UnregisteredState" in out
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "UnpicklingError" in err and "UnregisteredState" in err
     newest = job.checkpoint_dir(tmp_path) / "resume_epoch_1_iter_2.pth"
     assert hlt.find_last_checkpoint(job.checkpoint_dir(tmp_path)) == newest
     assert not [w for w in recwarn if str(newest) in str(w.message)]
@@ -243,7 +243,8 @@ def test_checkpoint_names_and_contents_with_logging_and_plugins(tmp_path: pathli
     assert contents["counter"] == {"starts": 1}
     (rank0,) = contents["ranks"]
     assert set(rank0) == {"rng", "sampler"}
-    assert rank0["sampler"] == {"epoch": 0, "start_iter": 2}
+    # The position: epoch and batch of this rank, and the global one (world size, samples).
+    assert rank0["sampler"] == {"epoch": 0, "start_iter": 2, "world_size": 1, "consumed": 8}
     assert torch.equal(rank0["rng"]["torch"], contents["rng"]["torch"])
     assert rank0["rng"]["rand"] == contents["rng"]["rand"]
 
@@ -282,7 +283,12 @@ def test_checkpoint_names_and_contents_without_logging(
         assert set(contents) == {"version", "training_state", "model", "rng", "ranks"}
         state = contents["training_state"]
         start_iter = 0 if unit == "epoch" else state.dataset_iter
-        assert contents["ranks"][0]["sampler"] == {"epoch": epoch_index, "start_iter": start_iter}
+        assert contents["ranks"][0]["sampler"] == {
+            "epoch": epoch_index,
+            "start_iter": start_iter,
+            "world_size": 1,
+            "consumed": start_iter * job.BATCH_SIZE,
+        }
 
 
 def test_checkpoint_files_get_the_usual_permissions(tmp_path: pathlib.Path) -> None:
@@ -338,8 +344,8 @@ def test_a_failing_save_leaves_the_previous_checkpoints_intact(
     ok, _ = _fit(tmp_path, total_steps=4)
     monkeypatch.undo()
     assert ok is False
-    out = capsys.readouterr().out
-    assert "Traceback" in out and "No space left on device" in out
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "No space left on device" in err
 
     folder = job.checkpoint_dir(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == [

@@ -287,6 +287,7 @@ def _finish_in_process(
     return model.records[0]["gi"], capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_sigkill_at_random_moments_then_resume_is_exact(
     config: str,
@@ -335,6 +336,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(
     assert [actual for actual, _ in starts] == [expected for _, expected in starts]
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(
     references: dict[str, Reference],
     tmp_path: pathlib.Path,

@@ -111,13 +111,22 @@ def test_wrong_types_raise_before_starting(tmp_path, method) -> None:
 
 @pytest.mark.parametrize("where", ["on_training_start", "train_step"])
 def test_unlisted_exception_is_logged_and_fit_returns_false(tmp_path, capsys, where) -> None:
-    trainer = make_trainer(tmp_path)
+    trainer = make_trainer(
+        tmp_path, enable_file_logging=True, log_path=tmp_path / "logs"
+    )  # fmt: skip
     assert trainer.fit(TinyModel(fail_in=where), TinyData()) is False
-    out = capsys.readouterr().out
-    assert "uncaught exception" in out
-    assert "Traceback (most recent call last)" in out
-    assert f"KeyError: 'planted failure in {where}'" in out
-    assert out.count(f"KeyError: 'planted failure in {where}'") == 1
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "planted" not in captured.out
+    assert err.startswith("Traceback (most recent call last)")
+    assert err.count(f"KeyError: 'planted failure in {where}'") == 2  # traceback and summary
+    assert err.endswith(
+        f"\nerror: fit failed in TinyModel.{where}: KeyError: 'planted failure in {where}'\n"
+    )
+    # The log file keeps the record.
+    log = next((tmp_path / "logs").glob("*.log")).read_text()
+    assert "[ERROR]: Traceback (most recent call last)" in log
+    assert f"error: fit failed in TinyModel.{where}" in log
 
 
 def test_listed_exception_is_reraised(tmp_path) -> None:
@@ -131,7 +140,7 @@ def test_listed_exception_is_reraised(tmp_path) -> None:
 def test_test_exceptions(tmp_path, capsys) -> None:
     trainer = make_trainer(tmp_path)
     assert trainer.test(TinyModel(fail_in="test_step"), TinyData()) is False
-    assert "planted failure in test_step" in capsys.readouterr().out
+    assert "error: test failed in TinyModel.test_step: KeyError" in capsys.readouterr().err
     trainer.test_exceptions.append(RuntimeError)
     with pytest.raises(RuntimeError, match="planted"):
         trainer.test(TinyModel(fail_in="on_testing_start", error=RuntimeError), TinyData())
@@ -149,7 +158,7 @@ def test_two_runs_in_one_process_keep_their_logs_apart(tmp_path, capsys) -> None
     assert first.count("iteration 1 loss") == 1 and second.count("iteration 1 loss") == 1
     assert first.count("Starting epoch 1") == 1 and second.count("Starting epoch 1") == 1
     assert make_trainer(tmp_path).fit(TinyModel(fail_in="train_step"), TinyData()) is False
-    assert capsys.readouterr().out.count("KeyError: 'planted failure in train_step'") == 1
+    assert capsys.readouterr().err.count("KeyError: 'planted failure in train_step'") == 2
     assert "planted" not in first + second + next((tmp_path / "second").glob("*.log")).read_text()
 
 

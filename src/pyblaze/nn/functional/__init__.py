@@ -4,7 +4,24 @@ Usually imported as ``import pyblaze.nn.functional as X``. The metrics take the 
 and targets of a whole data set (see :py:mod:`pyblaze.nn.functional.metrics`).
 """
 
-from . import metrics
-from .metrics import *  # noqa: F403 - the package's names are the metrics module's
+from .gumbel import gumbel_softmax
+from .metrics import (
+    accuracy,
+    average_precision,
+    f1_score,
+    precision,
+    recall,
+    roc_auc_score,
+)
+from .random import generate_noise
 
-__all__ = metrics.__all__
+__all__ = [
+    "accuracy",
+    "average_precision",
+    "f1_score",
+    "generate_noise",
+    "gumbel_softmax",
+    "precision",
+    "recall",
+    "roc_auc_score",
+]

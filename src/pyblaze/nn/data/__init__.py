@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .noise import NoiseDataset
+
 
 def loader(self: Dataset, **kwargs: Any) -> DataLoader:
     """Create a data loader for this dataset.
@@ -108,4 +110,4 @@ def install_dataset_extensions() -> None:
     Dataset.random_split = random_split  # type: ignore[attr-defined]
 
 
-__all__ = ["install_dataset_extensions", "loader", "random_split"]
+__all__ = ["NoiseDataset", "install_dataset_extensions", "loader", "random_split"]

@@ -1,0 +1,135 @@
+"""How a failed ``fit``/``test`` is shown: the traceback and a one-line summary on stderr.
+
+The summary names the hook the exception came from, found by walking the traceback for
+methods of :py:class:`~helios.model.Model`, :py:class:`~helios.plugins.Plugin` and
+:py:class:`~helios.data.DataModule` subclasses, e.g.::
+
+    error: fit failed in MyModel.train_step: ValueError: shapes do not match
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import traceback
+import types
+from typing import TextIO
+
+import helios
+
+_HELIOS_ROOT = pathlib.Path(helios.__file__).resolve().parent
+
+
+def _hook_types() -> tuple[type, ...]:
+    from helios.data import DataModule
+    from helios.model import Model
+    from helios.plugins import Plugin
+
+    return (Model, Plugin, DataModule)
+
+
+def _is_helios_code(code: types.CodeType) -> bool:
+    try:
+        return pathlib.Path(code.co_filename).resolve().is_relative_to(_HELIOS_ROOT)
+    except (OSError, ValueError):
+        return False
+
+
+def find_hook(error: BaseException) -> str | None:
+    """Return ``"<Class>.<method>"`` of the hook an exception came from, if any.
+
+    The hook is the outermost frame of the traceback that runs a method of a Model, Plugin
+    or DataModule subclass written outside helios (the method helios called); if there is
+    none, the outermost such method written in helios (a default hook), else ``None``.
+
+    Args:
+        error: the exception (its ``__traceback__`` is read).
+
+    Returns:
+        The class name of the instance and the method name, or ``None``.
+    """
+    owners = _hook_types()
+    fallback: str | None = None
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        code = frame.f_code
+        names = code.co_varnames[: code.co_argcount]
+        instance = frame.f_locals.get(names[0]) if names else None
+        if isinstance(instance, owners):
+            name = f"{type(instance).__name__}.{code.co_name}"
+            if not _is_helios_code(code):
+                return name
+            if fallback is None:
+                fallback = name
+        tb = tb.tb_next
+    return fallback
+
+
+def failure_summary(error: BaseException, action: str = "fit", rank: int | None = None) -> str:
+    """Return the one-line summary of a failure.
+
+    Args:
+        error: the exception.
+        action: what failed (``"fit"`` or ``"test"``).
+        rank: the global rank the error was raised on, if distributed.
+
+    Returns:
+        ``error: <action> failed[ on rank <rank>] in <Class>.<hook>: <Type>: <first line of
+        the message>`` (without ``in ...`` when no hook is found).
+    """
+    hook = find_hook(error)
+    where = f" on rank {rank}" if rank is not None else ""
+    if hook is not None:
+        where += f" in {hook}"
+    message = str(error).strip().splitlines()
+    detail = f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
+    return f"error: {action} failed{where}: {detail}"
+
+
+def format_failure(error: BaseException, action: str = "fit", rank: int | None = None) -> str:
+    """Return the full traceback of ``error`` followed by its summary line.
+
+    Args:
+        error: the exception.
+        action: what failed (``"fit"`` or ``"test"``).
+        rank: the global rank the error was raised on (named in the summary), if distributed.
+
+    Returns:
+        The text, ending with a newline.
+    """
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    summary = failure_summary(error, action, rank)
+    return f"{text}{summary}\n"
+
+
+def report_failure(
+    error: BaseException,
+    action: str = "fit",
+    rank: int | None = None,
+    file: TextIO | None = None,
+) -> str:
+    """Write the traceback and the summary of a failure to stderr.
+
+    A failure to write (a closed or broken stderr) is ignored: reporting never raises.
+
+    Args:
+        error: the exception.
+        action: what failed (``"fit"`` or ``"test"``).
+        rank: the global rank the error was raised on, if distributed.
+        file: where to write; ``None`` is the current ``sys.stderr``.
+
+    Returns:
+        The text written (see :py:func:`format_failure`).
+    """
+    text = format_failure(error, action, rank)
+    stream = file if file is not None else sys.stderr
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+    return text
+
+
+__all__ = ["failure_summary", "find_hook", "format_failure", "report_failure"]
