@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,9 +28,6 @@ from pyblaze.utils.stdmp import available_cores
 from pyblaze.utils.torch import to_device
 
 from .vectorizer import Vectorizer
-
-if TYPE_CHECKING:
-    from pyblaze.nn._callback_list import CallbackList
 
 
 def parallel_devices(gpu: Any, parallel: bool) -> list[torch.device] | None:
@@ -103,7 +100,7 @@ def predict_batches(
     engine: Any,
     data: Iterable[Any],
     iterations: int | None,
-    callbacks: CallbackList,
+    callbacks: Any,
     gpu: Any,
     parallel: bool,
     kwargs: dict[str, Any],
@@ -118,7 +115,8 @@ def predict_batches(
         engine: the engine (its ``model``, ``predict_batch`` and callback hooks are used).
         data: the batches.
         iterations: use only this many batches.
-        callbacks: the prediction callbacks of ``predict``, the engine first.
+        callbacks: the prediction callbacks of ``predict``, the engine first (a
+            ``pyblaze.nn._callback_list.CallbackList``).
         gpu: the ``gpu`` argument of ``predict``.
         parallel: the ``parallel`` argument of ``predict``.
         kwargs: the arguments of ``predict_batch``.
