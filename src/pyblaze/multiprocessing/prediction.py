@@ -115,8 +115,7 @@ def predict_batches(
         engine: the engine (its ``model``, ``predict_batch`` and callback hooks are used).
         data: the batches.
         iterations: use only this many batches.
-        callbacks: the prediction callbacks of ``predict``, the engine first (a
-            ``pyblaze.nn._callback_list.CallbackList``).
+        callbacks: the prediction callbacks of ``predict`` (a ``CallbackList``).
         gpu: the ``gpu`` argument of ``predict``.
         parallel: the ``parallel`` argument of ``predict``.
         kwargs: the arguments of ``predict_batch``.
@@ -126,8 +125,7 @@ def predict_batches(
         One output per batch, on the CPU, in the order of the batches.
 
     Raises:
-        TypeError: if ``data`` has no length and no
-            ``iterations`` is given.
+        TypeError: if ``data`` has no length and no ``iterations`` is given.
         ValueError: for an invalid ``iterations`` or GPU list.
         pyblaze.multiprocessing.WorkerError: if ``predict_batch`` raised in a worker.
     """
