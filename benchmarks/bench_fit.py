@@ -286,18 +286,21 @@ def wall_worker(args: argparse.Namespace) -> None:
     pathlib.Path(args.out).write_text(json.dumps(results))
 
 
+def handshake(word: str) -> Callable[[], None]:
+    """Return a function that tells the parent ``word`` and this pid, then waits for it."""
+
+    def signal() -> None:
+        sys.__stdout__.write(f"{word} {os.getpid()}\n")  # type: ignore[union-attr]
+        sys.__stdout__.flush()  # type: ignore[union-attr]
+        sys.stdin.readline()
+
+    return signal
+
+
 def callgrind_worker(args: argparse.Namespace) -> None:
     """Run one side for ``args.steps`` steps, pausing around the loop for the toggles."""
     _one_thread()
     dataset = make_dataset(args.steps * args.batch_size)
-
-    def handshake(word: str) -> Callable[[], None]:
-        def signal() -> None:
-            sys.__stdout__.write(f"{word} {os.getpid()}\n")  # type: ignore[union-attr]
-            sys.__stdout__.flush()  # type: ignore[union-attr]
-            sys.stdin.readline()
-
-        return signal
 
     if args.warmup:
         # The same history for both sides: glibc malloc's cost per call depends on the state
@@ -370,9 +373,12 @@ def measure_wall(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
 
 
 def _count_instructions(
-    args: argparse.Namespace, side: str, steps: int, tmp: str
+    args: argparse.Namespace, side: str, steps: int, tmp: str, script: str = __file__
 ) -> tuple[int, int]:
-    """Count one side's instructions: ``(total, inside glibc malloc)``."""
+    """Count one side's instructions: ``(total, inside glibc malloc)``.
+
+    ``script`` is the benchmark whose ``--worker callgrind`` runs the side.
+    """
     out_file = pathlib.Path(tmp) / f"callgrind.{side}.{steps}.out"
     command = [
         "valgrind",
@@ -381,7 +387,7 @@ def _count_instructions(
         f"--callgrind-out-file={out_file}",
         sys.executable,
         # Another benchmark may count its own worker with this machinery (bench_precision).
-        getattr(args, "worker_script", __file__),
+        getattr(args, "worker_script", script),
         "--worker",
         "callgrind",
         "--side",
@@ -453,15 +459,17 @@ def _malloc_instructions(out_file: pathlib.Path) -> int:
     return total
 
 
-def measure_callgrind(args: argparse.Namespace) -> dict[str, dict[int, tuple[int, int]]]:
-    """Count the instructions of both sides at N and 2N steps."""
-    counts: dict[str, dict[int, tuple[int, int]]] = {"helios": {}, "plain": {}}
+def measure_callgrind(
+    args: argparse.Namespace, sides: tuple[str, str] = ("helios", "plain"), script: str = __file__
+) -> dict[str, dict[int, tuple[int, int]]]:
+    """Count the instructions of both sides at N and 2N steps (``script`` runs them)."""
+    counts: dict[str, dict[int, tuple[int, int]]] = {side: {} for side in sides}
     steps = (args.callgrind_steps, 2 * args.callgrind_steps)
     with tempfile.TemporaryDirectory() as tmp:
         for n in steps:
-            for side in ("helios", "plain"):
+            for side in sides:
                 started = time.perf_counter()
-                counts[side][n] = _count_instructions(args, side, n, tmp)
+                counts[side][n] = _count_instructions(args, side, n, tmp, script)
                 print(
                     f"[callgrind] {side:6s} {n:5d} steps: {counts[side][n][0]:,} instructions "
                     f"({time.perf_counter() - started:.0f}s)",
@@ -493,8 +501,18 @@ def wall_table(results: dict[str, dict[str, list[float]]], batch_sizes: list[int
     return "\n".join(rows)
 
 
-def callgrind_table(counts: dict[str, dict[int, tuple[int, int]]], n: int, batch_size: int) -> str:
-    """Format the counts: per iteration in total and outside glibc malloc."""
+def callgrind_table(
+    counts: dict[str, dict[int, tuple[int, int]]],
+    n: int,
+    batch_size: int,
+    sides: tuple[str, str] = ("helios", "plain"),
+    target: float = TARGETS["callgrind"],
+) -> str:
+    """Format the counts: per iteration in total and outside glibc malloc.
+
+    ``sides`` names the measured side first, the baseline second.
+    """
+    name, base = sides
     total = {side: (c[2 * n][0] - c[n][0]) / n for side, c in counts.items()}
     in_malloc = {side: (c[2 * n][1] - c[n][1]) / n for side, c in counts.items()}
     rest = {side: total[side] - in_malloc[side] for side in counts}
@@ -503,7 +521,7 @@ def callgrind_table(counts: dict[str, dict[int, tuple[int, int]]], n: int, batch
         "| in glibc malloc / iteration | outside malloc / iteration |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for side in ("helios", "plain"):
+    for side in sides:
         c = counts[side]
         rows.append(
             f"| {side} | {c[n][0]:,} | {c[2 * n][0]:,} | {total[side]:,.0f} "
@@ -511,11 +529,9 @@ def callgrind_table(counts: dict[str, dict[int, tuple[int, int]]], n: int, batch
         )
     cells = []
     for table in (total, in_malloc, rest):
-        cells.append(
-            f"{table['helios'] / table['plain']:.5f} ({table['helios'] - table['plain']:+,.0f})"
-        )
-    rows.append(f"| **helios / plain** | | | **{cells[0]}** | {cells[1]} | **{cells[2]}** |")
-    return "\n".join(rows) + f"\n\nTarget: per iteration <= {TARGETS['callgrind']}x plain."
+        cells.append(f"{table[name] / table[base]:.5f} ({table[name] - table[base]:+,.0f})")
+    rows.append(f"| **{name} / {base}** | | | **{cells[0]}** | {cells[1]} | **{cells[2]}** |")
+    return "\n".join(rows) + f"\n\nTarget: per iteration <= {target}x {base}."
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ zero as falsy and started a worker process for it).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -100,7 +100,7 @@ def predict_batches(
     engine: Any,
     data: Iterable[Any],
     iterations: int | None,
-    callbacks: Sequence[Any] | None,
+    callbacks: Any,
     gpu: Any,
     parallel: bool,
     kwargs: dict[str, Any],
@@ -115,7 +115,7 @@ def predict_batches(
         engine: the engine (its ``model``, ``predict_batch`` and callback hooks are used).
         data: the batches.
         iterations: use only this many batches.
-        callbacks: the ``callbacks`` argument of ``predict``.
+        callbacks: the prediction callbacks of ``predict`` (a ``CallbackList``).
         gpu: the ``gpu`` argument of ``predict``.
         parallel: the ``parallel`` argument of ``predict``.
         kwargs: the arguments of ``predict_batch``.
@@ -125,35 +125,27 @@ def predict_batches(
         One output per batch, on the CPU, in the order of the batches.
 
     Raises:
-        TypeError: if ``callbacks`` is not a list or ``data`` has no length and no
-            ``iterations`` is given.
+        TypeError: if ``data`` has no length and no ``iterations`` is given.
         ValueError: for an invalid ``iterations`` or GPU list.
         pyblaze.multiprocessing.WorkerError: if ``predict_batch`` raised in a worker.
     """
     devices = parallel_devices(gpu, parallel)
     if devices is None:
         return sequential()
-    from pyblaze.nn.callbacks import PredictionCallback
-
-    if callbacks is not None and not isinstance(callbacks, list | tuple):
-        raise TypeError(f"error: callbacks must be a list, got {type(callbacks).__name__}")
     num_batches = _batch_count(data, iterations)
     if devices[0].type == "cpu":
         devices = devices[: max(1, min(len(devices), num_batches))]
     threads = max(1, available_cores() // len(devices))
-    listed = [engine] + [c for c in callbacks or [] if isinstance(c, PredictionCallback)]
     model = engine.model.module if isinstance(engine.model, nn.DataParallel) else engine.model
 
-    for callback in listed:
-        callback.before_predictions(model, num_batches)
+    callbacks.call("before_predictions", model, num_batches)
     was_training = model.training
     model.eval()
     if any(device.type == "cuda" for device in devices):
         model.share_memory()
 
     def after_batch() -> None:
-        for callback in listed:
-            callback.after_batch(None)
+        callbacks.batch_hook(None)
 
     vectorizer = Vectorizer(
         _predict_one,
@@ -172,8 +164,7 @@ def predict_batches(
         outputs = vectorizer.process(batches(), kwargs)
     finally:
         model.train(was_training)
-    for callback in listed:
-        callback.after_predictions()
+    callbacks.call("after_predictions")
     return outputs
 
 

@@ -31,265 +31,28 @@ Training on more than one GPU starts one process per GPU (helios's distributed l
 from __future__ import annotations
 
 import abc
-import inspect
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader
 
 from pyblaze.multiprocessing.prediction import predict_batches
+from pyblaze.nn._callback_list import CallbackList
+from pyblaze.nn._checks import check_callbacks, check_count, check_metrics, num_batches
+from pyblaze.nn._fit import plan_fit, run_fit
+from pyblaze.nn._gpus import GpuArg, device_of, resolve_gpu
+from pyblaze.nn._metrics import Metric, compute_metrics, score_outputs
+from pyblaze.nn._tensors import concat, module_device, to_device
 from pyblaze.nn.callbacks.base import PredictionCallback, TrainingCallback
 from pyblaze.nn.history import Evaluation, History
 
 if TYPE_CHECKING:
     from helios.plugins import Plugin
 
-GpuArg = bool | int | str | Sequence[int] | None
-Metric = Callable[[Any, Any], Any]
-
-# Trainer arguments that ``train`` derives from its own arguments.
-_RESERVED_TRAINER_OPTIONS = ("train_unit", "total_steps", "valid_frequency", "use_cpu", "gpus")
-
-
-def resolve_gpu(gpu: GpuArg, multiple: bool = True) -> list[int]:
-    """Turn a ``gpu`` argument into the list of GPU ids to use (empty for the CPU).
-
-    Args:
-        gpu: ``'auto'``, ``True``, ``False``, a GPU id or a list of GPU ids (see the module
-            docstring).
-        multiple: whether several GPUs may be used; if not, ``'auto'`` picks one GPU and a
-            list must have one entry.
-
-    Returns:
-        The GPU ids, without duplicates; ``[]`` means the CPU.
-
-    Raises:
-        TypeError: if ``gpu`` has an unsupported type.
-        ValueError: if ``gpu`` names a GPU that does not exist, requests a GPU without
-            CUDA, is an unknown string or an empty list, or lists several GPUs when
-            ``multiple`` is false.
-    """
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if isinstance(gpu, bool):
-        if not gpu:
-            return []
-        if count == 0:
-            raise ValueError(
-                "gpu=True requests a GPU, but CUDA is not available; pass gpu=False (CPU) "
-                "or gpu='auto'"
-            )
-        return [_most_free_gpu(count)]
-    if isinstance(gpu, str):
-        if gpu != "auto":
-            raise ValueError(
-                f"gpu={gpu!r} is not a valid setting; expected 'auto', True, False, a GPU "
-                "id or a list of GPU ids"
-            )
-        if count == 0:
-            return []
-        return list(range(count)) if multiple else [_most_free_gpu(count)]
-    if isinstance(gpu, int):
-        return [_check_gpu_id(gpu, count)]
-    if isinstance(gpu, Sequence):
-        if len(gpu) == 0:
-            raise ValueError("gpu=[] selects no device; pass gpu=False for the CPU or list GPU ids")
-        ids: list[int] = []
-        for entry in gpu:
-            if isinstance(entry, bool) or not isinstance(entry, int):
-                raise TypeError(
-                    f"gpu={list(gpu)!r} must list GPU ids as ints, but contains "
-                    f"{entry!r} of type {type(entry).__name__}"
-                )
-            checked = _check_gpu_id(entry, count)
-            if checked not in ids:
-                ids.append(checked)
-        if len(ids) > 1 and not multiple:
-            raise ValueError(
-                f"gpu={list(gpu)!r} lists several GPUs, but this engine supports only one"
-            )
-        return ids
-    raise TypeError(
-        "gpu must be 'auto', True, False, a GPU id or a list of GPU ids, but received "
-        f"{gpu!r} of type {type(gpu).__name__}"
-    )
-
-
-def _check_gpu_id(gpu: int, count: int) -> int:
-    if count == 0:
-        raise ValueError(f"gpu={gpu} requests GPU {gpu}, but CUDA is not available")
-    if not 0 <= gpu < count:
-        raise ValueError(
-            f"gpu={gpu} is not a valid GPU id; this machine has {count} GPU(s), with ids "
-            f"0 to {count - 1}"
-        )
-    return gpu
-
-
-def _most_free_gpu(count: int) -> int:
-    free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
-    return max(range(count), key=lambda i: (free[i], -i))
-
-
-def _device_of(gpus: list[int]) -> torch.device:
-    return torch.device("cuda", gpus[0]) if gpus else torch.device("cpu")
-
-
-def module_device(module: nn.Module) -> torch.device:
-    """Return the device of a module's first parameter or buffer (the CPU if it has none).
-
-    Args:
-        module: the module.
-
-    Returns:
-        The device.
-    """
-    for parameter in module.parameters():
-        return parameter.device
-    for buffer in module.buffers():
-        return buffer.device
-    return torch.device("cpu")
-
-
-def to_device(data: Any, device: torch.device | str) -> Any:
-    """Move tensors, and tensors nested in lists, tuples and dicts, to a device.
-
-    Named tuples keep their type, :py:class:`~torch.nn.utils.rnn.PackedSequence` is moved
-    as a whole, and anything else (``None``, numbers, strings, ...) is returned as is.
-
-    Args:
-        data: the data.
-        device: the target device.
-
-    Returns:
-        The data on the device.
-    """
-    target = torch.device(device)
-    non_blocking = target.type == "cuda"
-    if isinstance(data, torch.Tensor):
-        return data.to(target, non_blocking=non_blocking)
-    if isinstance(data, PackedSequence):
-        packed: Any = data  # its stubs do not list the device overload
-        return packed.to(target, non_blocking=non_blocking)
-    if isinstance(data, Mapping):
-        return type(data)({k: to_device(v, target) for k, v in data.items()})  # type: ignore[call-arg]
-    if isinstance(data, tuple) and hasattr(data, "_fields"):
-        return type(data)(*(to_device(v, target) for v in data))
-    if isinstance(data, list | tuple):
-        return type(data)(to_device(v, target) for v in data)
-    return data
-
-
-def _concat(items: list[Any]) -> Any:
-    """Concatenate per-batch outputs: tensors along dim 0, tuples and dicts element-wise."""
-    if not items:
-        return items
-    first = items[0]
-    if isinstance(first, torch.Tensor):
-        if first.dim() == 0:
-            return torch.stack(items)
-        return torch.cat(items)
-    if isinstance(first, tuple | list):
-        return type(first)(_concat([item[i] for item in items]) for i in range(len(first)))
-    if isinstance(first, Mapping):
-        return {k: _concat([item[k] for item in items]) for k in first}
-    return items
-
-
-def compute_metrics(
-    metrics: Mapping[str, Metric], predictions: Any, targets: Any
-) -> dict[str, Any]:
-    """Call every metric once on the predictions and targets of the whole data set.
-
-    Args:
-        metrics: ``{name: metric(predictions, targets)}``.
-        predictions: the collated predictions.
-        targets: the collated targets.
-
-    Returns:
-        ``{name: value}``; a metric that returns a dict ``{key: value}`` gives the entries
-        ``name_key``. Values are Python numbers.
-
-    Raises:
-        ValueError: if a metric returns a tensor with more than one element.
-    """
-    values: dict[str, Any] = {}
-    for name, metric in metrics.items():
-        result = metric(predictions, targets)
-        items = (
-            {f"{name}_{k}": v for k, v in result.items()}
-            if isinstance(result, Mapping)
-            else {name: result}
-        )
-        for key, value in items.items():
-            if isinstance(value, torch.Tensor):
-                if value.numel() != 1:
-                    raise ValueError(
-                        f"metric {key!r} must return a single number, but returned a tensor "
-                        f"of shape {tuple(value.shape)}"
-                    )
-                value = value.item()
-            values[key] = value
-    return values
-
-
-def _check_callbacks(callbacks: Any) -> list[Any]:
-    if callbacks is None:
-        return []
-    if not isinstance(callbacks, list | tuple):
-        raise TypeError(
-            "callbacks must be a list of TrainingCallback/PredictionCallback objects, but "
-            f"received {type(callbacks).__name__}"
-        )
-    for callback in callbacks:
-        if not isinstance(callback, TrainingCallback | PredictionCallback):
-            raise TypeError(
-                "callbacks must derive from xnn.TrainingCallback or xnn.PredictionCallback, "
-                f"but received {callback!r} of type {type(callback).__name__}"
-            )
-    return list(callbacks)
-
-
-def _check_metrics(metrics: Any) -> dict[str, Metric]:
-    if metrics is None:
-        return {}
-    if not isinstance(metrics, Mapping):
-        raise TypeError(
-            "metrics must be a dict {name: metric(y_pred, y_true)}, but received "
-            f"{type(metrics).__name__}"
-        )
-    for name, metric in metrics.items():
-        if not isinstance(name, str) or not callable(metric):
-            raise TypeError(
-                "metrics must map names (str) to callables metric(y_pred, y_true), but "
-                f"received {name!r}: {metric!r}"
-            )
-    return dict(metrics)
-
-
-def _check_optional_count(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be None or an int >= 1, but received {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be None or an int >= 1, but received {value}")
-    return value
-
-
-def _num_batches(data: Iterable[Any], iterations: int | None, name: str) -> int:
-    try:
-        length = len(data)  # type: ignore[arg-type]
-    except TypeError:
-        if iterations is None:
-            raise TypeError(
-                f"{name} has no length; pass iterations= to say how many batches to use"
-            ) from None
-        return iterations
-    return length if iterations is None else min(length, iterations)
+_SEQUENCE = (list, tuple)  # a tuple: ``list | tuple`` would build a union on every batch
 
 
 class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
@@ -431,78 +194,29 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             ValueError: for an invalid value (``epochs`` < 1, an unknown GPU, a loader with
                 a custom sampler, a reserved ``trainer_options`` key, ...).
         """
-        from pyblaze.nn import _helios_run
-
-        if not isinstance(train_data, DataLoader):
-            raise TypeError(
-                "train_data must be a torch.utils.data.DataLoader, but received "
-                f"{type(train_data).__name__}"
-            )
-        if val_data is not None and not isinstance(val_data, DataLoader):
-            raise TypeError(
-                "val_data must be a torch.utils.data.DataLoader or None, but received "
-                f"{type(val_data).__name__}"
-            )
-        if isinstance(epochs, bool) or not isinstance(epochs, int):
-            raise TypeError(f"epochs must be an int >= 1, but received {epochs!r}")
-        if epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, but received {epochs}")
-        val_iterations = _check_optional_count("val_iterations", val_iterations)
-        if eval_every is not None:
-            raise ValueError(
-                f"eval_every={eval_every!r} is not supported: in PyBlaze 1.1.6 it splits "
-                "infinite iterable training data into epochs, and training here needs "
-                "map-style data; use eval_every=None (validation runs after every epoch)"
-            )
-        all_callbacks = _check_callbacks(callbacks)
-        metric_fns = _check_metrics(metrics)
-        gpus = resolve_gpu(gpu, multiple=self.supports_multiple_gpus())
-        plugin_list = _check_plugins(plugins)
-        options = _check_trainer_options(trainer_options)
-
-        train_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("eval_")}
-        eval_kwargs = {k[len("eval_") :]: v for k, v in kwargs.items() if k.startswith("eval_")}
-        _check_batch_kwargs(self, "train_batch", train_kwargs, "")
-        if val_data is not None:
-            _check_batch_kwargs(self, "eval_batch", eval_kwargs, "eval_")
-        val_metrics = dict(metric_fns)
-        if eval_val and "loss" in train_kwargs:
-            val_metrics["loss"] = train_kwargs["loss"]
-
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        run = _helios_run.EngineRun(
-            engine=self,
-            epochs=epochs,
-            callbacks=all_callbacks,
-            val_metrics=val_metrics if val_data is not None else {},
-            train_metrics=metric_fns if eval_train else None,
-            train_kwargs=train_kwargs,
-            eval_kwargs=eval_kwargs,
-            train_data=train_data,
-        )
-        datamodule = _helios_run.LoaderDataModule(train_data, val_data, seed, val_iterations)
-        trainer_kwargs: dict[str, Any] = {
-            "print_banner": False,
-            "enable_progress_bar": False,
-            "enable_deterministic": torch.are_deterministic_algorithms_enabled(),
-            "random_seed": seed,
-            "run_name": type(self.model).__name__,
-        }
-        trainer_kwargs.update(options)
-        trainer_kwargs.update(
-            train_unit="epoch",
-            total_steps=epochs,
-            valid_frequency=1 if val_data is not None else None,
-            use_cpu=not gpus,
-            gpus=gpus or None,
+        plan = plan_fit(
+            self,
+            train_data,
+            val_data,
+            epochs,
+            val_iterations,
+            eval_every,
+            eval_train,
+            eval_val,
+            callbacks,
+            metrics,
+            gpu,
+            plugins,
+            trainer_options,
+            kwargs,
         )
         start = time.perf_counter()
         self._in_train = True
         try:
-            epochs_run = run.execute(trainer_kwargs, plugin_list, datamodule)
+            entries = run_fit(self, plan)
         finally:
             self._in_train = False
-        return History(time.perf_counter() - start, epochs_run)
+        return History(time.perf_counter() - start, entries)
 
     # -- evaluation and prediction -----------------------------------------------------------
 
@@ -538,13 +252,12 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             ValueError: for an invalid ``gpu`` or ``iterations``, or a metric that does not
                 return a single number.
         """
-        metric_fns = _check_metrics(metrics)
+        metric_fns = check_metrics(metrics)
+        listed = CallbackList.select(PredictionCallback, self, check_callbacks(callbacks))
         outputs = self._run_batches(
-            data, iterations, callbacks, gpu, lambda batch: self.eval_batch(batch, **kwargs)
+            data, iterations, listed, gpu, lambda batch: self.eval_batch(batch, **kwargs)
         )
-        predictions = self.collate_predictions([out[0] for out in outputs])
-        targets = self.collate_targets([out[1] for out in outputs])
-        return Evaluation(compute_metrics(metric_fns, predictions, targets))
+        return Evaluation(score_outputs(self, outputs, metric_fns))
 
     def predict(
         self,
@@ -578,10 +291,11 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         """
         if gpu is None:
             raise TypeError("predict needs a device: gpu must not be None")
+        listed = CallbackList.select(PredictionCallback, self, check_callbacks(callbacks))
         outputs = predict_batches(
-            self, data, iterations, callbacks, gpu, parallel, kwargs,
+            self, data, iterations, listed, gpu, parallel, kwargs,
             sequential=lambda: self._run_batches(
-                data, iterations, callbacks, gpu, lambda batch: self.predict_batch(batch, **kwargs)
+                data, iterations, listed, gpu, lambda batch: self.predict_batch(batch, **kwargs)
             ),
         )  # fmt: skip
         return self.collate_predictions(outputs)
@@ -590,23 +304,18 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         self,
         data: Iterable[Any],
         iterations: int | None,
-        callbacks: Sequence[PredictionCallback] | None,
+        listed: CallbackList,
         gpu: GpuArg,
         step: Callable[[Any], Any],
     ) -> list[Any]:
         """Run ``step`` on every batch in eval mode without gradients; outputs go to CPU."""
-        iterations = _check_optional_count("iterations", iterations)
-        listed = _check_callbacks(callbacks)
-        prediction_callbacks: list[PredictionCallback] = [self] + [
-            c for c in listed if isinstance(c, PredictionCallback)
-        ]
-        num_batches = _num_batches(data, iterations, "data")
+        iterations = check_count("iterations", iterations, optional=True)
+        count = num_batches(data, iterations, "data")
         original_device = module_device(self.model)
-        device = original_device if gpu is None else _device_of(resolve_gpu(gpu))
+        device = original_device if gpu is None else device_of(resolve_gpu(gpu))
         was_training = self.model.training
 
-        for callback in prediction_callbacks:
-            callback.before_predictions(self.model, num_batches)
+        listed.call("before_predictions", self.model, count)
         previous_device, self.device = self.device, device
         self.model.to(device)
         self.model.eval()
@@ -614,17 +323,15 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         try:
             with torch.no_grad():
                 for index, batch in enumerate(data):
-                    if index >= num_batches:
+                    if index >= count:
                         break
                     outputs.append(to_device(step(to_device(batch, device)), "cpu"))
-                    for callback in prediction_callbacks:
-                        callback.after_batch(None)
+                    listed.batch_hook(None)
         finally:
             self.model.to(original_device)
             self.model.train(was_training)
             self.device = previous_device
-        for callback in prediction_callbacks:
-            callback.after_predictions()
+        listed.call("after_predictions")
         return outputs
 
     # -- batch-level methods ----------------------------------------------------------------
@@ -679,7 +386,9 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         Returns:
             The model's output.
         """
-        if isinstance(data, list | tuple):
+        if isinstance(data, torch.Tensor):
+            return self.model(data, **kwargs)
+        if isinstance(data, _SEQUENCE):
             return self.model(*data, **kwargs)
         if isinstance(data, Mapping):
             return self.model(**data, **kwargs)
@@ -694,18 +403,18 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         Returns:
             Tensors concatenated along the first dimension (tuples and dicts element-wise).
         """
-        return _concat(predictions)
+        return concat(predictions)
 
     def collate_targets(self, targets: list[Any]) -> Any:
-        """Join the per-batch targets.
+        """Join the per-batch targets, as :py:meth:`collate_predictions` joins predictions.
 
         Args:
             targets: one target per batch.
 
         Returns:
-            Tensors concatenated along the first dimension (tuples and dicts element-wise).
+            The joined targets.
         """
-        return _concat(targets)
+        return concat(targets)
 
     def collate_losses(self, losses: list[Any]) -> dict[str, list[Any]]:
         """Name the per-batch losses of an epoch.
@@ -740,6 +449,11 @@ class SupervisedEngine(BaseEngine):
         super().__init__(model)
         self._iteration: int | None = None
         self._num_iterations = 0
+        # The loss of the last batch, kept until the next batch's forward pass as the
+        # variables of a plain PyTorch loop keep it: while its autograd graph is alive,
+        # autograd reuses the parameters' gradient accumulators instead of building new
+        # ones for every batch.
+        self._last_loss: torch.Tensor | None = None
 
     def before_epoch(self, current: int, num_iterations: int) -> None:
         """Reset the batch counter of the epoch."""
@@ -752,8 +466,13 @@ class SupervisedEngine(BaseEngine):
             self._iteration += 1
 
     def after_epoch(self, metrics: Evaluation) -> None:
-        """Forget the batch counter."""
+        """Forget the batch counter and the last loss."""
         self._iteration = None
+        self._last_loss = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A tensor with an autograd graph cannot be pickled (e.g. for spawned processes).
+        return {**self.__dict__, "_last_loss": None}
 
     def train_batch(  # type: ignore[override]
         self,
@@ -798,6 +517,7 @@ class SupervisedEngine(BaseEngine):
         prediction, target = self.eval_batch(data)
         value = loss(prediction, target)
         (value / steps if steps > 1 else value).backward()
+        self._last_loss = value
         done = self._iteration + 1
         if done % steps == 0 or done == self._num_iterations:
             optimizer.step()
@@ -815,7 +535,7 @@ class SupervisedEngine(BaseEngine):
         Raises:
             ValueError: if the batch is not a pair.
         """
-        if not isinstance(data, list | tuple) or len(data) != 2:
+        if not isinstance(data, _SEQUENCE) or len(data) != 2:
             raise ValueError(
                 "SupervisedEngine expects (x, y) batches, but received "
                 f"{type(data).__name__}"
@@ -823,64 +543,6 @@ class SupervisedEngine(BaseEngine):
             )
         x, y = data
         return self.forward(x), y
-
-
-def _check_batch_kwargs(
-    engine: BaseEngine, name: str, kwargs: Mapping[str, Any], prefix: str
-) -> None:
-    """Check, before training starts, that a batch method accepts the given arguments."""
-    try:
-        inspect.signature(getattr(engine, name)).bind(None, **kwargs)
-    except TypeError as error:
-        given = sorted(f"{prefix}{k}" for k in kwargs)
-        raise TypeError(
-            f"{type(engine).__name__}.{name} cannot be called with the keyword arguments "
-            f"given to fit ({given}): {error}"
-        ) from None
-
-
-def _check_plugins(plugins: Any) -> list[Plugin]:
-    if plugins is None:
-        return []
-    from helios.plugins import Plugin
-
-    if not isinstance(plugins, list | tuple):
-        raise TypeError(
-            f"plugins must be a list of helios plug-ins, but received {type(plugins).__name__}"
-        )
-    for plugin in plugins:
-        if not isinstance(plugin, Plugin):
-            raise TypeError(
-                "plugins must derive from helios.plugins.Plugin, but received "
-                f"{type(plugin).__name__}"
-            )
-    return list(plugins)
-
-
-def _check_trainer_options(options: Any) -> dict[str, Any]:
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise TypeError(
-            "trainer_options must be a dict of helios Trainer arguments, but received "
-            f"{type(options).__name__}"
-        )
-    from helios.trainer import Trainer
-
-    allowed = set(inspect.signature(Trainer).parameters) - set(_RESERVED_TRAINER_OPTIONS)
-    reserved = sorted(set(options) & set(_RESERVED_TRAINER_OPTIONS))
-    if reserved:
-        raise ValueError(
-            f"trainer_options may not set {reserved}: fit derives them from epochs, "
-            "val_data and gpu"
-        )
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"trainer_options has unknown Trainer arguments {unknown}; expected some of "
-            f"{sorted(allowed)}"
-        )
-    return dict(options)
 
 
 __all__ = [

@@ -14,6 +14,8 @@ import torch
 
 def _to_number(name: str, value: Any) -> Any:
     """Turn 0-dim tensors and numpy scalars into Python numbers; leave the rest as is."""
+    if type(value) is float or type(value) is int:  # most values; not numpy's subclasses
+        return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(

@@ -64,8 +64,10 @@ class _Output:
         return {"_file": self._file, "_opened": None}
 
 
-class EpochProgressLogger(TrainingCallback):
-    """Show one bar over all epochs of a training run.
+class _BarLogger:
+    """A logger that shows one bar at a time on its output, opened per bar.
+
+    The hooks of a subclass start, advance and finish the bar.
 
     Args:
         file: where to print: ``None`` for stdout, a path (appended to; folders are
@@ -78,22 +80,40 @@ class EpochProgressLogger(TrainingCallback):
         self._output = _Output(file)
         self._bar: ProgressBar | None = None
 
-    def before_training(self, model: nn.Module, num_epochs: int) -> None:
-        """Start the bar over ``num_epochs`` epochs."""
-        self._bar = ProgressBar(num_epochs, file=self._output.open())
+    def _begin(self, total: int) -> None:
+        self._bar = ProgressBar(total, file=self._output.open())
         self._bar.start()
 
-    def after_epoch(self, metrics: Evaluation) -> None:
-        """Advance the bar by one epoch."""
+    def _advance(self) -> None:
         if self._bar is not None:
             self._bar.step()
 
-    def after_training(self) -> None:
-        """Print the summary line (elapsed time)."""
+    def _end(self) -> None:
         if self._bar is not None:
             self._bar.finish()
             self._bar = None
         self._output.close()
+
+
+class EpochProgressLogger(_BarLogger, TrainingCallback):
+    """Show one bar over all epochs of a training run.
+
+    Args:
+        file: where to print: ``None`` for stdout, a path (appended to; folders are
+            created) or a writable stream.
+    """
+
+    def before_training(self, model: nn.Module, num_epochs: int) -> None:
+        """Start the bar over ``num_epochs`` epochs."""
+        self._begin(num_epochs)
+
+    def after_epoch(self, metrics: Evaluation) -> None:
+        """Advance the bar by one epoch."""
+        self._advance()
+
+    def after_training(self) -> None:
+        """Print the summary line (elapsed time)."""
+        self._end()
 
 
 class BatchProgressLogger(TrainingCallback):
@@ -141,7 +161,7 @@ class BatchProgressLogger(TrainingCallback):
         self._output.close()
 
 
-class PredictionProgressLogger(PredictionCallback):
+class PredictionProgressLogger(_BarLogger, PredictionCallback):
     """Show a bar over the batches of an evaluation or prediction.
 
     Args:
@@ -149,28 +169,17 @@ class PredictionProgressLogger(PredictionCallback):
             created) or a writable stream.
     """
 
-    rank_zero_only: ClassVar[bool] = True
-
-    def __init__(self, file: FileArg = None) -> None:
-        self._output = _Output(file)
-        self._bar: ProgressBar | None = None
-
     def before_predictions(self, model: nn.Module, num_iterations: int) -> None:
-        """Start the bar."""
-        self._bar = ProgressBar(num_iterations, file=self._output.open())
-        self._bar.start()
+        """Start the bar over ``num_iterations`` batches."""
+        self._begin(num_iterations)
 
     def after_batch(self, *args: Any) -> None:
         """Advance the bar by one batch."""
-        if self._bar is not None:
-            self._bar.step()
+        self._advance()
 
     def after_predictions(self) -> None:
         """Print the summary line (elapsed time)."""
-        if self._bar is not None:
-            self._bar.finish()
-            self._bar = None
-        self._output.close()
+        self._end()
 
 
 __all__ = ["BatchProgressLogger", "EpochProgressLogger", "PredictionProgressLogger"]

@@ -1,0 +1,143 @@
+"""The data of a pyblaze training run as a helios data module, made from PyTorch loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler, Subset
+from torch.utils.data import Dataset as TorchDataset
+
+from helios.data import DataLoaderParams, DataModule
+
+
+def loader_params(
+    loader: DataLoader, name: str, seed: int, is_distributed: bool | None
+) -> tuple[TorchDataset, DataLoaderParams]:
+    """Read the dataset and the helios loader settings of a PyTorch data loader.
+
+    Args:
+        loader: the loader.
+        name: the argument name, for error messages.
+        seed: the seed of the shuffling.
+        is_distributed: ``None`` to shard the data among ranks in a distributed run,
+            ``False`` to give every rank the whole data set.
+
+    Returns:
+        The dataset and the loader settings.
+
+    Raises:
+        ValueError: if the loader cannot be rebuilt by helios (iterable dataset, custom
+            sampler or batch sampler, sampling with replacement, ``worker_init_fn``).
+    """
+    if isinstance(loader.dataset, IterableDataset):
+        raise ValueError(
+            f"{name} iterates an IterableDataset; training needs a map-style dataset "
+            "(with __len__ and __getitem__)"
+        )
+    if loader.batch_size is None:
+        raise ValueError(
+            f"{name} uses a custom batch_sampler; pass batch_size (and shuffle) to the "
+            "DataLoader instead"
+        )
+    sampler = loader.sampler
+    if type(sampler) is RandomSampler:
+        if sampler.replacement or sampler._num_samples is not None:
+            raise ValueError(
+                f"{name} samples with replacement or a custom num_samples; only plain "
+                "shuffling (shuffle=True) can be carried over to helios's samplers"
+            )
+        shuffle = True
+    elif type(sampler) is SequentialSampler:
+        shuffle = False
+    else:
+        raise ValueError(
+            f"{name} uses a {type(sampler).__name__}; only the default samplers "
+            "(shuffle=True or False) can be carried over to helios's resumable samplers"
+        )
+    if loader.worker_init_fn is not None:
+        raise ValueError(
+            f"{name} has a worker_init_fn, which helios's loaders replace with their own "
+            "worker seeding; remove it (each worker's RNGs are seeded for you)"
+        )
+    params = DataLoaderParams(
+        random_seed=seed,
+        batch_size=loader.batch_size,
+        shuffle=shuffle,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        is_distributed=is_distributed,
+        collate_fn=loader.collate_fn,
+    )
+    return loader.dataset, params
+
+
+class LoaderDataModule(DataModule):
+    """A helios data module made from PyTorch data loaders.
+
+    The training data is sharded among ranks in a distributed run; the validation data is
+    not, so every rank computes the metrics on the whole validation set.
+
+    Args:
+        train_loader: the training loader.
+        val_loader: the validation loader, if any.
+        seed: the seed of the shuffling.
+        val_iterations: use only this many validation batches.
+    """
+
+    def __init__(
+        self,
+        train_loader: DataLoader,
+        val_loader: DataLoader | None,
+        seed: int,
+        val_iterations: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._loaders: dict[str, Any] = {}
+        self._train_spec = self._create_dataset(
+            *loader_params(train_loader, "train_data", seed, is_distributed=None)
+        )
+        self._valid_spec = None
+        if val_loader is not None:
+            dataset, params = loader_params(val_loader, "val_data", seed, is_distributed=False)
+            if val_iterations is not None:
+                size = min(len(dataset), val_iterations * params.batch_size)  # type: ignore[arg-type]
+                dataset = Subset(dataset, range(size))
+            self._valid_spec = self._create_dataset(dataset, params)
+
+    def setup(self) -> None:
+        """Install the training and validation datasets."""
+        self._train_dataset = self._train_spec
+        self._valid_dataset = self._valid_spec
+        self._loaders = {}
+
+    def train_dataloader(self) -> Any:
+        """Build the training loader and its sampler once per run; return the same pair.
+
+        The run asks for it twice: helios to train, the model to count the batches.
+
+        Returns:
+            ``(loader, sampler)``.
+        """
+        return self._once("train", super().train_dataloader)
+
+    def valid_dataloader(self) -> Any:
+        """Build the validation loader and its sampler once per run; return the same pair.
+
+        Returns:
+            ``(loader, sampler)``, or ``None`` without validation data.
+        """
+        return self._once("valid", super().valid_dataloader)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned processes build their own loaders.
+        return {**self.__dict__, "_loaders": {}}
+
+    def _once(self, split: str, build: Callable[[], Any]) -> Any:
+        if split not in self._loaders:
+            self._loaders[split] = build()
+        return self._loaders[split]
+
+
+__all__ = ["LoaderDataModule", "loader_params"]
