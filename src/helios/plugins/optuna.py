@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 import pathlib
 import pickle
 import re
 import shutil
 import sqlite3
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from helios.core import distributed as dist
+from helios.core.files import write_atomically
 
 from .plugin import PLUGIN_REGISTRY, Plugin
 
@@ -268,16 +267,7 @@ def checkpoint_sampler(trial: optuna.Trial, chkpt_root: pathlib.Path) -> pathlib
     """
     chkpt_root.mkdir(parents=True, exist_ok=True)
     path = chkpt_root / f"sampler_trial-{trial.number}.pkl"
-    fd, tmp_name = tempfile.mkstemp(dir=chkpt_root, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            pickle.dump(trial.study.sampler, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda file: pickle.dump(trial.study.sampler, file))
     return path
 
 

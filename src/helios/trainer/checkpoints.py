@@ -18,27 +18,25 @@ On-disk layout (a dict saved with ``torch.save``), compatible with Helios 1.2.7'
 from __future__ import annotations
 
 import errno
-import os
 import pathlib
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 import torch
 from packaging import version as _version
 
 from helios.core import logging, rng
+from helios.core.files import TEMPORARY_SUFFIX, write_atomically
 from helios.core.utils import safe_torch_load
 
 from .async_save import BackgroundWriter, CheckpointWriteError, SnapshotBuffers, snapshot
-from .retention import INDEX_NAME, CheckpointRetention, RetentionUpdate, new_file_mode
+from .retention import INDEX_NAME, CheckpointRetention, RetentionUpdate
 from .state import TrainingState
 
 CHECKPOINT_SUFFIX = ".pth"
-TEMPORARY_SUFFIX = ".tmp"
 REQUIRED_KEYS = ("version", "training_state", "model", "rng")
 _NAME_PATTERN = re.compile(r"epoch_(\d+)_iter_(\d+)")
 
@@ -156,7 +154,8 @@ def save_atomically(state_dict: dict[str, Any], path: pathlib.Path) -> None:
     """Write a checkpoint so that a crash at any moment leaves no partial file behind.
 
     The data goes to a temporary file in the same folder, which is flushed, synced to disk
-    and then renamed over the target: the target is either the old file or the new one.
+    and then renamed over the target: the target is either the old file or the new one
+    (:py:func:`helios.core.files.write_atomically`).
 
     Args:
         state_dict: the checkpoint contents.
@@ -166,22 +165,15 @@ def save_atomically(state_dict: dict[str, Any], path: pathlib.Path) -> None:
         CheckpointWriteError: if the file cannot be written (full disk, file-size limit,
             read-only folder, ...), naming the path and the operating system's error.
     """
-    tmp_name: str | None = None
     recording: _RecordingFile | None = None
+
+    def write(file: IO[bytes]) -> None:
+        nonlocal recording
+        recording = _RecordingFile(file)
+        torch.save(state_dict, recording)  # type: ignore[arg-type]
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
-        )
-        os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "wb") as file:
-            recording = _RecordingFile(file)
-            torch.save(state_dict, recording)  # type: ignore[arg-type]
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-        _fsync_directory(path.parent)
+        write_atomically(path, write)
     except (OSError, RuntimeError) as error:
         cause: BaseException = error
         if recording is not None and recording.error is not None:
@@ -189,9 +181,6 @@ def save_atomically(state_dict: dict[str, Any], path: pathlib.Path) -> None:
         raise CheckpointWriteError(
             f"error: could not write checkpoint {path}: {_describe_os_error(cause)}", path
         ) from cause
-    finally:
-        if tmp_name is not None:
-            pathlib.Path(tmp_name).unlink(missing_ok=True)
 
 
 def _describe_os_error(error: BaseException) -> str:
@@ -213,19 +202,6 @@ def remove_temporary_files(root: pathlib.Path | None) -> None:
     for pattern in (f".*{CHECKPOINT_SUFFIX}.*{TEMPORARY_SUFFIX}", f".{INDEX_NAME}.*.tmp"):
         for path in root.glob(pattern):
             path.unlink(missing_ok=True)
-
-
-def _fsync_directory(folder: pathlib.Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def validate_checkpoint(state_dict: Any, path: pathlib.Path) -> None:

@@ -27,14 +27,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pathlib
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from helios.core import logging
+from helios.core.files import write_atomically
 
 INDEX_NAME = "checkpoints.json"
 _INDEX_VERSION = 1
@@ -159,36 +158,8 @@ def write_json_atomically(
         indent: passed to ``json.dump``.
         sort_keys: passed to ``json.dump``.
     """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=indent, sort_keys=sort_keys)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def new_file_mode() -> int:
-    """Return the mode a plainly created file gets (``0o666`` less the umask).
-
-    The umask is read from ``/proc/self/status`` where it can be: setting it to read it back
-    (``os.umask``) would briefly change it for every thread, and saves run in a background
-    thread.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys).encode("utf-8")
+    write_atomically(path, lambda file: file.write(text))
 
 
 @dataclasses.dataclass(frozen=True)
