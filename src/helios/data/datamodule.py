@@ -39,20 +39,8 @@ COLLATE_FN_REGISTRY.register(tud.default_collate)
 
 
 def create_dataset(type_name: str, *args: Any, **kwargs: Any) -> tud.Dataset:
-    """Create a dataset from :py:data:`DATASET_REGISTRY`.
-
-    Args:
-        type_name: the registered name of the dataset.
-        *args: positional arguments for the dataset.
-        **kwargs: keyword arguments for the dataset.
-
-    Returns:
-        The new dataset.
-
-    Raises:
-        KeyError: if no dataset is registered under ``type_name``.
-    """
-    return DATASET_REGISTRY.get(type_name)(*args, **kwargs)
+    """Create a dataset registered in :py:data:`DATASET_REGISTRY`."""
+    return DATASET_REGISTRY.create(type_name, *args, **kwargs)
 
 
 def create_collate_fn(type_name: str, *args: Any, **kwargs: Any) -> Callable:

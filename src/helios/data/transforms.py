@@ -20,20 +20,8 @@ ImageLike: TypeAlias = npt.NDArray[Any] | PIL.Image.Image | torch.Tensor
 
 
 def create_transform(type_name: str, *args: Any, **kwargs: Any) -> nn.Module:
-    """Create a transform from :py:data:`TRANSFORM_REGISTRY`.
-
-    Args:
-        type_name: the registered name of the transform.
-        *args: positional arguments for the transform.
-        **kwargs: keyword arguments for the transform.
-
-    Returns:
-        The new transform.
-
-    Raises:
-        KeyError: if no transform is registered under ``type_name``.
-    """
-    return TRANSFORM_REGISTRY.get(type_name)(*args, **kwargs)
+    """Create a transform registered in :py:data:`TRANSFORM_REGISTRY`."""
+    return TRANSFORM_REGISTRY.create(type_name, *args, **kwargs)
 
 
 _VALUE_BITS = {
