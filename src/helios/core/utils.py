@@ -9,7 +9,7 @@ import platform
 import re
 import time
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 import torch
@@ -220,6 +220,18 @@ class Registry:
             f"No object called '{name}' found in the '{self._name}' registry. "
             f"Available names: {self._available()}"
         )
+
+    def register_all(self, objs: Iterable[Any]) -> None:
+        """Register every object of ``objs`` under its own name.
+
+        Args:
+            objs: the classes or functions.
+
+        Raises:
+            ValueError: if a name is already taken.
+        """
+        for obj in objs:
+            self.register(obj)
 
     def create(self, type_name: str, *args: Any, **kwargs: Any) -> Any:
         """Build the object registered under a name (the ``create_*`` factories use this).

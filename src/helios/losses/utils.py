@@ -11,31 +11,31 @@ from helios.core.utils import Registry
 LOSS_REGISTRY = Registry("loss")
 """Registry of loss functions, pre-filled with the loss classes of ``torch.nn``."""
 
-for _loss in (
-    nn.L1Loss,
-    nn.MSELoss,
-    nn.CrossEntropyLoss,
-    nn.CTCLoss,
-    nn.NLLLoss,
-    nn.PoissonNLLLoss,
-    nn.GaussianNLLLoss,
-    nn.KLDivLoss,
-    nn.BCELoss,
-    nn.BCEWithLogitsLoss,
-    nn.MarginRankingLoss,
-    nn.HingeEmbeddingLoss,
-    nn.MultiLabelMarginLoss,
-    nn.HuberLoss,
-    nn.SmoothL1Loss,
-    nn.SoftMarginLoss,
-    nn.MultiLabelSoftMarginLoss,
-    nn.CosineEmbeddingLoss,
-    nn.MultiMarginLoss,
-    nn.TripletMarginLoss,
-    nn.TripletMarginWithDistanceLoss,
-):
-    LOSS_REGISTRY.register(_loss)
-del _loss
+LOSS_REGISTRY.register_all(
+    (
+        nn.L1Loss,
+        nn.MSELoss,
+        nn.CrossEntropyLoss,
+        nn.CTCLoss,
+        nn.NLLLoss,
+        nn.PoissonNLLLoss,
+        nn.GaussianNLLLoss,
+        nn.KLDivLoss,
+        nn.BCELoss,
+        nn.BCEWithLogitsLoss,
+        nn.MarginRankingLoss,
+        nn.HingeEmbeddingLoss,
+        nn.MultiLabelMarginLoss,
+        nn.HuberLoss,
+        nn.SmoothL1Loss,
+        nn.SoftMarginLoss,
+        nn.MultiLabelSoftMarginLoss,
+        nn.CosineEmbeddingLoss,
+        nn.MultiMarginLoss,
+        nn.TripletMarginLoss,
+        nn.TripletMarginWithDistanceLoss,
+    )
+)
 
 
 def create_loss(type_name: str, *args: Any, **kwargs: Any) -> nn.Module:

@@ -24,9 +24,7 @@ def _torch_optimizers() -> list[type[optim.Optimizer]]:
     return found
 
 
-for _optimizer in _torch_optimizers():
-    OPTIMIZER_REGISTRY.register(_optimizer)
-del _optimizer
+OPTIMIZER_REGISTRY.register_all(_torch_optimizers())
 
 
 def create_optimizer(type_name: str, *args: Any, **kwargs: Any) -> optim.Optimizer:

@@ -33,9 +33,7 @@ def _torch_schedulers() -> list[type]:
     return found
 
 
-for _scheduler in _torch_schedulers():
-    SCHEDULER_REGISTRY.register(_scheduler)
-del _scheduler
+SCHEDULER_REGISTRY.register_all(_torch_schedulers())
 
 
 def create_scheduler(type_name: str, *args: Any, **kwargs: Any) -> lr_scheduler.LRScheduler:
