@@ -159,3 +159,34 @@ def test_workers_creating_one_new_database_at_once(tmp_path: pathlib.Path) -> No
             study_name="race", storage=f"sqlite:///{tmp_path / f'race-{r}.db'}"
         )
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * workers
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_requeues_a_trial_that_died_while_it_optimized(tmp_path: pathlib.Path) -> None:
+    paced = {"OPTUNA_WORKER_EPOCH_SECONDS": "1.5"}
+    # The first worker's trial 0 kills itself at the start of epoch 3 (about 3 s in).
+    first = start_worker("train", tmp_path, 1, 0, 3, env_vars=paced)
+    go = tmp_path / "go"
+    second = start_worker(
+        "train", tmp_path, 2, env_vars={**paced, "OPTUNA_WORKER_GO_FILE": str(go)}
+    )
+    wait_for_report(tmp_path, first, timeout=120)
+    go.touch()
+    code, out = finish(first)
+    assert code == -9, out[-3000:]
+    # The second worker joined while trial 0 was alive and left it alone; when it starts its
+    # next trial (6 s later), trial 0's heartbeat is stale: Optuna fails it and helios queues
+    # it again, and the second worker resumes it.
+    code, out = finish(second)
+    assert code == 0, out[-3000:]
+
+    trials = load(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    rerun = trials[2]
+    assert rerun.user_attrs == {hlpo._ORIG_NUMBER_KEY: 0}
+    assert rerun.params == trials[0].params
+    assert rerun.intermediate_values == {0: 5.0, 1: 4.0, 2: 3.0, 3: 2.0}
+    assert sorted(p.name for p in (tmp_path / "chkpt").iterdir()) == [
+        "worker_trial-0",
+        "worker_trial-1",
+    ]
