@@ -13,7 +13,8 @@ take ``$OPTUNA_WORKER_EPOCH_SECONDS`` (default half a second). The trial with id
 ``KILL_TRIAL`` sends itself SIGKILL at the start of epoch ``KILL_EPOCH``. Each trial reports
 the value of a fixed curve per trial identity (``CURVES``), so the pruning decisions of a
 study do not depend on floating point noise; the training itself and its checkpoints are
-real.
+real. After opening the study it writes the states of the trials it found to
+``ROOT/joined-<pid>.json``.
 
 ``open`` waits until ``START_TIME + r * GAP`` (a ``time.time()`` value) for each round
 ``r < ROUNDS`` and then creates or loads the study ``ROOT/race-<r>.db`` and runs one cheap
@@ -24,6 +25,7 @@ The test module imports nothing from this file.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -135,6 +137,9 @@ def train(root: pathlib.Path, n_trials: int, kill: tuple[int, int] | None) -> No
         heartbeat_interval=1,
         grace_period=3,
     )
+    # What this worker found when it joined the study.
+    seen = [t.state.name for t in study.get_trials(deepcopy=False)]
+    (root / f"joined-{os.getpid()}.json").write_text(json.dumps(seen))
 
     def objective(trial: optuna.Trial) -> float:
         plugin = hlpo.OptunaPlugin(trial, "loss")

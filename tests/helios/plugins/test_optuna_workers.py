@@ -7,6 +7,7 @@ several create the same new database at the same moment.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -95,6 +96,8 @@ def test_a_second_worker_leaves_a_live_trial_alone(tmp_path: pathlib.Path) -> No
     assert code == 0, out[-3000:]
 
     assert [t.state for t in running] == [TrialState.RUNNING]
+    # The second worker joined while trial 0 was running, and left it running.
+    assert json.loads((tmp_path / f"joined-{second.pid}.json").read_text()) == ["RUNNING"]
     trials = load(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
     assert all(hlpo._ORIG_NUMBER_KEY not in t.user_attrs for t in trials)
