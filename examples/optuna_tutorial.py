@@ -16,9 +16,13 @@ in ``samplers/`` and a checkpoint folder per trial in ``chkpt/``.
 
 Kill it (Ctrl+C, or ``kill -9``) in the middle of a trial and run it again with the same
 ``--root``: :py:func:`~helios.plugins.optuna.resume_study` queues the interrupted trial
-again with its parameters, the trial resumes training from its last checkpoint, and the
-study goes on until ``N`` trials have finished. The sampler comes back from its last
-checkpoint.
+again with its parameters and the values it had reported, the trial resumes training from
+its last checkpoint, and the study goes on until ``N`` trials have finished. The sampler
+comes back from its last checkpoint. After Ctrl+C the trial is queued at once; after
+``kill -9`` once its heartbeat is 20 s old (before that it may still be alive): run again
+sooner and it is picked up when the next trial starts after that. Copies of the script
+started on one ``--root`` at the same time share the study (each runs its own trials)
+without touching each other's running trial.
 
 Needs Optuna and scikit-learn: ``pip install "helios-blaze[tune,examples]"``.
 """

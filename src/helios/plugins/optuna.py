@@ -7,14 +7,17 @@ and is not imported by :py:mod:`helios.plugins`; import it explicitly.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import fcntl
 import inspect
 import pathlib
 import pickle
 import re
 import shutil
 import sqlite3
+import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -151,10 +154,260 @@ def _backup_study(storage_path: pathlib.Path) -> pathlib.Path | None:
     return backup_path
 
 
+DEFAULT_HEARTBEAT_INTERVAL = 10
+"""Seconds between two heartbeats of a running trial, as :py:func:`resume_study` sets up."""
+
+# Trial system attributes carried over to the re-run of a failed trial: the rungs that
+# Optuna's successive-halving pruner recorded (besides the intermediate values).
+_CARRIED_SYSTEM_ATTR_PREFIXES = ("completed_rung_",)
+
+# How often, and how long at most, opening a study is retried when other processes create
+# the same SQLite database at the same moment (Optuna creates its tables without a lock).
+_OPEN_ATTEMPTS = 10
+_OPEN_BACKOFF_S = 0.05
+_OPEN_BACKOFF_MAX_S = 1.0
+
+
+@contextlib.contextmanager
+def _study_lock(storage_path: pathlib.Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<database>.lock`` (waits for other holders).
+
+    Every helios process that opens the study or re-queues its trials takes this lock, so
+    two workers never classify and re-queue the same trials at once. The kernel releases
+    the lock when its holder dies, so a killed worker never holds it.
+    """
+    storage_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = storage_path.with_name(storage_path.name + ".lock")
+    with lock_path.open("a+b") as file:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+
+def _retry_on_schema_race(action: Callable[[], Any], what: str) -> Any:
+    """Run ``action``, retrying it when another process creates the same database.
+
+    Optuna creates the tables of a new SQLite database without a lock, so processes doing
+    it at once fail with "table ... already exists", "database is locked" or a duplicate
+    ``alembic_version`` row. Those errors are retried with a growing pause (at most
+    ``_OPEN_ATTEMPTS`` tries); any other error is raised at once.
+    """
+    import sqlalchemy.exc
+
+    retried = (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.IntegrityError,
+        optuna.exceptions.StorageInternalError,
+    )
+    pause = _OPEN_BACKOFF_S
+    for attempt in range(1, _OPEN_ATTEMPTS + 1):
+        try:
+            return action()
+        except retried as error:
+            if attempt == _OPEN_ATTEMPTS:
+                raise RuntimeError(
+                    f"error: could not {what} after {_OPEN_ATTEMPTS} tries, the last one "
+                    f"failed with {type(error).__name__}: {error}"
+                ) from error
+            time.sleep(pause)
+            pause = min(2 * pause, _OPEN_BACKOFF_MAX_S)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _heartbeat_trial_ids(storage: Any) -> set[int] | None:
+    """Return the ids of the trials that ever recorded a heartbeat, or None if unknown."""
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return None
+    try:
+        from optuna.storages._rdb import models
+
+        session = backend.scoped_session()
+        try:
+            rows = session.query(models.TrialHeartbeatModel.trial_id).all()
+        finally:
+            session.close()
+    except Exception:
+        return None
+    return {int(row[0]) for row in rows}
+
+
+def _dead_running_trials(
+    study: optuna.Study, states: frozenset[TrialState], grace_period: float | None
+) -> list[optuna.trial.FrozenTrial]:
+    """Return the RUNNING trials of the study whose worker is gone.
+
+    With heartbeats (``grace_period`` set), a trial is dead when its last heartbeat is
+    older than ``grace_period``; a trial that never recorded one (its worker ran without
+    heartbeats) is dead if ``RUNNING`` is in ``states`` and it started more than
+    ``grace_period`` ago. Without heartbeats every RUNNING trial is dead if ``RUNNING`` is
+    in ``states``: the caller says that no other worker runs.
+    """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    if grace_period is None:
+        return running if TrialState.RUNNING in states else []
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return []
+    stale = set(backend._get_stale_trial_ids(study._study_id))
+    with_heartbeat = _heartbeat_trial_ids(storage)
+    now = datetime.datetime.now()
+    dead = []
+    for trial in running:
+        if trial._trial_id in stale or (
+            TrialState.RUNNING in states
+            and with_heartbeat is not None
+            and trial._trial_id not in with_heartbeat
+            and trial.datetime_start is not None
+            and (now - trial.datetime_start).total_seconds() > grace_period
+        ):
+            dead.append(trial)
+    return dead
+
+
+def _requeue_failed_trials(
+    study: optuna.Study,
+    states: frozenset[TrialState],
+    grace_period: float | None,
+    failed_ids: frozenset[int] = frozenset(),
+) -> None:
+    """Fail the dead RUNNING trials and queue every failed trial once (under the lock).
+
+    ``failed_ids`` are trials that Optuna failed because their heartbeat stopped; they are
+    queued again like the dead trials this function fails itself.
+    """
+    storage = study._storage
+    marked = set(failed_ids)
+    for trial in _dead_running_trials(study, states, grace_period):
+        trial_id = trial._trial_id
+
+        def mark_failed(trial_id: int = trial_id) -> None:
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+        # Another worker may finish or fail it first: then it is no longer ours to fail.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            _retry_on_schema_race(mark_failed, f"mark the dead trial {trial.number} as failed")
+            marked.add(trial_id)
+
+    trials = study.get_trials(deepcopy=False)
+    # Identities of trials that finished or that will still run.
+    settled: set[int] = set()
+    failed: dict[int, list[optuna.trial.FrozenTrial]] = {}
+    for trial in trials:
+        identity = _trial_identity(trial)
+        if trial.state == TrialState.FAIL and (
+            TrialState.FAIL in states or trial._trial_id in marked
+        ):
+            failed.setdefault(identity, []).append(trial)
+        elif trial.state in (
+            TrialState.COMPLETE,
+            TrialState.PRUNED,
+            TrialState.WAITING,
+            TrialState.RUNNING,
+        ):
+            settled.add(identity)
+
+    for identity in sorted(failed.keys() - settled):
+        runs = failed[identity]  # the failed trial and its failed re-runs, oldest first
+        last = runs[-1]
+        params = {**last.system_attrs.get("fixed_params", {}), **last.params}
+        intermediate: dict[int, float] = {}
+        system_attrs: dict[str, Any] = {"fixed_params": params}
+        for run in runs:
+            intermediate.update(run.intermediate_values)
+            system_attrs.update(
+                (key, value)
+                for key, value in run.system_attrs.items()
+                if key.startswith(_CARRIED_SYSTEM_ATTR_PREFIXES)
+            )
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                system_attrs=system_attrs,
+                user_attrs={_ORIG_NUMBER_KEY: identity},
+                intermediate_values=intermediate,
+            )
+        )
+
+
+def _open_study(
+    study_args: dict[str, Any],
+    storage_path: pathlib.Path,
+    states: frozenset[TrialState],
+    heartbeat_interval: int | None,
+    grace_period: int | None,
+) -> optuna.Study:
+    """Create or load the study, with heartbeats and a callback re-queueing dead trials."""
+    args = dict(study_args)
+    url = args["storage"]
+    grace = None
+    callback = None
+    if heartbeat_interval is not None:
+        grace = grace_period if grace_period is not None else 2 * heartbeat_interval
+
+        def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            # Optuna failed a trial whose heartbeat stopped, at the start of a new trial of
+            # this worker: queue it again the way resume_study does.
+            with _study_lock(storage_path):
+                _requeue_failed_trials(study, states, grace, frozenset({trial._trial_id}))
+
+        callback = requeue_stale
+
+    def make_storage() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                # Wait for the other workers' writes rather than fail at once.
+                engine_kwargs={"connect_args": {"timeout": 60}},
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=callback,
+            )
+
+    args["storage"] = _retry_on_schema_race(make_storage, f"open the study storage {url}")
+    study: optuna.Study = _retry_on_schema_race(
+        lambda: optuna.create_study(**args), f"create or load the study in {url}"
+    )
+    return study
+
+
+def _check_heartbeat(heartbeat_interval: int | None, grace_period: int | None) -> None:
+    for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(
+                f"error: expected '{name}' to be a positive number of seconds or None, "
+                f"got {value!r}"
+            )
+    if grace_period is not None and heartbeat_interval is None:
+        raise ValueError(
+            f"error: 'grace_period' ({grace_period}) needs 'heartbeat_interval', which is None"
+        )
+    if (
+        grace_period is not None
+        and heartbeat_interval is not None
+        and grace_period <= heartbeat_interval
+    ):
+        raise ValueError(
+            f"error: expected 'grace_period' to be longer than 'heartbeat_interval' "
+            f"({heartbeat_interval}), got {grace_period}: a live trial would look dead"
+        )
+
+
 def resume_study(
     study_args: dict[str, Any],
     failed_states: Sequence[TrialState] = (TrialState.FAIL,),
     backup_study: bool = True,
+    *,
+    heartbeat_interval: int | None = DEFAULT_HEARTBEAT_INTERVAL,
+    grace_period: int | None = None,
 ) -> optuna.Study:
     """Load a study stored in SQLite and queue its failed trials to run again.
 
@@ -162,22 +415,36 @@ def resume_study(
 
     1. Back up the database to ``<stem>_bkp-<n><suffix>`` (``n`` counts up from 0), unless
        ``backup_study`` is false.
-    2. Load (or create) the study with ``optuna.create_study(**study_args)``. A study
-       without trials is returned as it is.
+    2. Load (or create) the study with ``optuna.create_study(**study_args)``, through an
+       :py:class:`optuna.storages.RDBStorage` that records a heartbeat of every running
+       trial every ``heartbeat_interval`` seconds. A study without trials is returned as it
+       is.
     3. Every completed and pruned trial is kept as it is, including re-run trials (those
        with the ``"hl:id"`` user attribute), with all their attributes.
-    4. Trials whose state is in ``failed_states`` are queued again with
-       :py:meth:`optuna.Study.enqueue_trial`: same parameters, and the user attribute
-       ``"hl:id"`` set to the number of the trial they stand for. A trial that was already
-       re-run to completion (or pruned), or that is already queued, is not queued again;
-       each failed trial is queued once. :py:meth:`OptunaPlugin.configure_model` names the
-       model after ``"hl:id"``, so the re-run trial resumes from the checkpoints of the
-       failed one.
-    5. Stale ``RUNNING`` trials listed in ``failed_states`` are marked as failed.
+    4. ``RUNNING`` trials whose worker is dead are marked as failed: those whose heartbeat
+       stopped more than ``grace_period`` seconds ago, and, if ``failed_states`` holds
+       ``TrialState.RUNNING``, those that never recorded a heartbeat and started more than
+       ``grace_period`` seconds ago. A trial whose worker still beats is left alone, so
+       workers can join a study that others are running.
+    5. Trials whose state is in ``failed_states`` (and those failed in step 4) are queued
+       again: same parameters, the intermediate values they had reported (so the pruner
+       decides as if the trial had never stopped), and the user attribute ``"hl:id"`` set
+       to the number of the trial they stand for. A trial that was already re-run to
+       completion (or pruned), or that is already queued or running again, is not queued
+       again; each failed trial is queued once. :py:meth:`OptunaPlugin.configure_model`
+       names the model after ``"hl:id"``, so the re-run trial resumes from the checkpoints
+       of the failed one.
 
     Unlike rebuilding the study, this keeps the trial numbers, so new trials never reuse
     the number (and the checkpoint folder) of an earlier one, and the failed trials stay in
     the history as failures.
+
+    Several workers may run the study at once, each calling this function: the steps run
+    under an exclusive lock on ``<database>.lock``, opening a database that other workers
+    are creating at the same moment is retried, and while the study optimizes, a trial
+    whose heartbeat stops is failed by Optuna and queued again by the worker that noticed
+    it. Every worker must use heartbeats (all going through this function does that):
+    without them a live trial cannot be told from a dead one.
 
     Example:
         .. code-block:: python
@@ -196,9 +463,15 @@ def resume_study(
         study_args: keyword arguments for :py:func:`optuna.create_study`. ``storage`` must be
             an SQLite URL (``"sqlite:///<path>"``) and ``load_if_exists`` must be true.
         failed_states: the trial states that count as failures. Add
-            ``TrialState.RUNNING`` when the study was killed, which leaves its last trial
-            running forever.
+            ``TrialState.RUNNING`` when the study was killed by workers that ran without
+            heartbeats, which leaves their last trial running forever.
         backup_study: back up the database before changing it.
+        heartbeat_interval: seconds between two heartbeats of a running trial; None turns
+            heartbeats off, and then every ``RUNNING`` trial counts as dead when
+            ``failed_states`` holds ``TrialState.RUNNING`` (only safe with one worker).
+        grace_period: seconds without a heartbeat after which a running trial is dead;
+            None means twice ``heartbeat_interval``. A killed trial is queued again once
+            this time has passed.
 
     Returns:
         The study, with the failed trials queued.
@@ -210,43 +483,25 @@ def resume_study(
             ``storage`` is missing.
         LoadIfExistsError: (a :py:class:`KeyError` and :py:class:`ValueError`) if
             ``load_if_exists`` is missing or not True.
-        ValueError: if ``storage`` is not an SQLite file URL, or ``failed_states`` holds a
-            state other than ``FAIL`` and ``RUNNING``.
+        ValueError: if ``storage`` is not an SQLite file URL, ``failed_states`` holds a
+            state other than ``FAIL`` and ``RUNNING``, or ``heartbeat_interval`` or
+            ``grace_period`` is not a positive integer (or the grace period is not longer
+            than the interval).
+        RuntimeError: if the database still cannot be opened after several tries.
     """
     storage_path = _sqlite_path(study_args)
     states = _check_failed_states(failed_states)
-    if backup_study:
-        _backup_study(storage_path)
+    _check_heartbeat(heartbeat_interval, grace_period)
+    grace = None
+    if heartbeat_interval is not None:
+        grace = grace_period if grace_period is not None else 2 * heartbeat_interval
 
-    study = optuna.create_study(**study_args)
-    trials = study.get_trials(deepcopy=False)
-    if not trials:
-        return study
-
-    # Identities of trials that finished or that will still run.
-    settled: set[int] = set()
-    failed: dict[int, optuna.trial.FrozenTrial] = {}
-    for trial in trials:
-        identity = _trial_identity(trial)
-        if trial.state in states:
-            failed[identity] = trial
-        elif trial.state in (
-            TrialState.COMPLETE,
-            TrialState.PRUNED,
-            TrialState.WAITING,
-            TrialState.RUNNING,
-        ):
-            settled.add(identity)
-
-    storage = study._storage
-    for trial in trials:
-        if trial.state == TrialState.RUNNING and trial.state in states:
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-
-    for identity in sorted(failed.keys() - settled):
-        trial = failed[identity]
-        params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
-        study.enqueue_trial(params, user_attrs={_ORIG_NUMBER_KEY: identity})
+    with _study_lock(storage_path):
+        if backup_study:
+            _backup_study(storage_path)
+        study = _open_study(study_args, storage_path, states, heartbeat_interval, grace_period)
+        if study.get_trials(deepcopy=False):
+            _requeue_failed_trials(study, states, grace)
     return study
 
 
@@ -509,6 +764,7 @@ class OptunaPlugin(Plugin):
         self._last_cycle = 0
         self._should_stop = False
         self._needs_check = False
+        self._carried_steps: set[int] = set()
 
         self.unique_overrides.should_training_stop = True
 
@@ -616,10 +872,20 @@ class OptunaPlugin(Plugin):
             )
 
     def on_training_start(self) -> None:
-        """Reset the pruning state, so the plug-in can be reused for another run."""
+        """Reset the pruning state, so the plug-in can be reused for another run.
+
+        Also reads the steps the trial already holds: a trial that :py:func:`resume_study`
+        queued again carries the intermediate values its failed run reported, and a step
+        that the resumed training reports again keeps its first value (as Optuna does),
+        without Optuna's warning about it.
+        """
         self._last_cycle = 0
         self._should_stop = False
         self._needs_check = False
+        self._carried_steps = set()
+        if isinstance(self._trial, optuna.Trial) and self._is_rank_zero():
+            frozen = self._trial.study._storage.get_trial(self._trial._trial_id)
+            self._carried_steps = set(frozen.intermediate_values)
 
     def report_metrics(self, validation_cycle: int) -> None:
         """Report the model's metric to the trial.
@@ -638,7 +904,7 @@ class OptunaPlugin(Plugin):
         metrics = self.trainer.model.metrics
         if self._metric_name not in metrics:
             return
-        if self._is_rank_zero():
+        if self._is_rank_zero() and validation_cycle not in self._carried_steps:
             self._trial.report(float(metrics[self._metric_name]), validation_cycle)
         self._last_cycle = validation_cycle
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import pathlib
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import warnings
 from typing import Any
 
 import optuna
@@ -306,8 +308,11 @@ def test_optuna_resume_study_running_as_failure(tmp_path: pathlib.Path) -> None:
     add_trial(study, TrialState.RUNNING, 7.0)
     del study
 
+    # Without heartbeats, every RUNNING trial counts as dead (a single worker).
     study = hlpo.resume_study(
-        resume_args(tmp_path), failed_states=(TrialState.FAIL, TrialState.RUNNING)
+        resume_args(tmp_path),
+        failed_states=(TrialState.FAIL, TrialState.RUNNING),
+        heartbeat_interval=None,
     )
     assert [t.state for t in study.trials] == [
         TrialState.COMPLETE,
@@ -316,6 +321,137 @@ def test_optuna_resume_study_running_as_failure(tmp_path: pathlib.Path) -> None:
     ]
     assert study.trials[2].user_attrs == {hlpo._ORIG_NUMBER_KEY: 1}
     assert study.trials[2].system_attrs["fixed_params"] == {"x": 7.0}
+
+
+def add_running_trial(study: optuna.Study, x: float, started_ago: float) -> int:
+    """Add a RUNNING trial (no heartbeat) that started ``started_ago`` seconds ago."""
+    trial = optuna.trial.create_trial(
+        state=TrialState.RUNNING,
+        params={"x": x},
+        distributions={"x": optuna.distributions.FloatDistribution(0, 10)},
+    )
+    trial.datetime_start = datetime.datetime.now() - datetime.timedelta(seconds=started_ago)
+    study.add_trial(trial)
+    return study.trials[-1]._trial_id
+
+
+def test_optuna_resume_study_heartbeats_tell_live_from_dead(tmp_path: pathlib.Path) -> None:
+    study = optuna.create_study(**resume_args(tmp_path))
+    add_running_trial(study, 1.0, started_ago=3600)  # 0: no heartbeat, long ago: dead
+    add_running_trial(study, 2.0, started_ago=0)  # 1: no heartbeat yet, just started
+    live = add_running_trial(study, 3.0, started_ago=3600)  # 2: beats
+    stale = add_running_trial(study, 4.0, started_ago=3600)  # 3: its heartbeat is old
+    storage = optuna.storages.RDBStorage(storage_url(tmp_path / "resume.db"))
+    storage.record_heartbeat(live)
+    storage.record_heartbeat(stale)
+    with sqlite3.connect(tmp_path / "resume.db") as connection:
+        connection.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour') "
+            "WHERE trial_id = ?",
+            (stale,),
+        )
+    del study
+
+    study = hlpo.resume_study(
+        resume_args(tmp_path),
+        failed_states=(TrialState.FAIL, TrialState.RUNNING),
+        heartbeat_interval=5,
+        grace_period=60,
+    )
+    trials = study.trials
+    assert [t.state for t in trials[:4]] == [
+        TrialState.FAIL,
+        TrialState.RUNNING,
+        TrialState.RUNNING,
+        TrialState.FAIL,
+    ]
+    waiting = [(t.user_attrs[hlpo._ORIG_NUMBER_KEY], t.params) for t in trials[4:]]
+    assert [t.state for t in trials[4:]] == [TrialState.WAITING] * 2
+    assert sorted(w[0] for w in waiting) == [0, 3]
+
+    # A stale heartbeat is death even when RUNNING is not listed as a failure; a trial
+    # without heartbeats is then left alone.
+    study = optuna.create_study(**{**resume_args(tmp_path), "study_name": "other"})
+    add_running_trial(study, 1.0, started_ago=3600)
+    stale = add_running_trial(study, 4.0, started_ago=3600)
+    storage.record_heartbeat(stale)
+    with sqlite3.connect(tmp_path / "resume.db") as connection:
+        connection.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour') "
+            "WHERE trial_id = ?",
+            (stale,),
+        )
+    study = hlpo.resume_study(
+        {**resume_args(tmp_path), "study_name": "other"}, backup_study=False, grace_period=60
+    )
+    assert [t.state for t in study.trials] == [
+        TrialState.RUNNING,
+        TrialState.FAIL,
+        TrialState.WAITING,
+    ]
+    assert study.trials[2].user_attrs == {hlpo._ORIG_NUMBER_KEY: 1}
+
+
+def test_optuna_resume_study_carries_reported_values(tmp_path: pathlib.Path) -> None:
+    study = optuna.create_study(**resume_args(tmp_path))
+    distributions = {"x": optuna.distributions.FloatDistribution(0, 10)}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            params={"x": 2.0},
+            distributions=distributions,
+            intermediate_values={0: 5.0, 1: 4.0},
+            system_attrs={"completed_rung_0": 5.0, "other": 1},
+        )
+    )
+    # Its re-run failed too, after reporting one more value.
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            params={"x": 2.0},
+            distributions=distributions,
+            intermediate_values={0: 5.0, 1: 4.0, 2: 3.0},
+            user_attrs={hlpo._ORIG_NUMBER_KEY: 0},
+        )
+    )
+    del study
+    # (Heartbeats off: they are made for study.optimize, and this test asks by hand.)
+    study = hlpo.resume_study(resume_args(tmp_path), backup_study=False, heartbeat_interval=None)
+    waiting = study.trials[2]
+    assert waiting.state == TrialState.WAITING
+    assert waiting.intermediate_values == {0: 5.0, 1: 4.0, 2: 3.0}
+    assert waiting.system_attrs == {"fixed_params": {"x": 2.0}, "completed_rung_0": 5.0}
+
+    # The re-run trial holds the values once it runs, and reporting a carried step again
+    # keeps the first value (as Optuna does) without Optuna's warning.
+    trial = study.ask()
+    assert trial.number == 2
+    plugin, model, _ = make_plugin(trial, {"accuracy": 9.0})
+    plugin.on_training_start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plugin.report_metrics(2)
+    model.metrics["accuracy"] = 2.5
+    plugin.report_metrics(3)
+    assert study.trials[2].intermediate_values == {0: 5.0, 1: 4.0, 2: 3.0, 3: 2.5}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"heartbeat_interval": 0}, "'heartbeat_interval' to be a positive number.*got 0"),
+        ({"heartbeat_interval": 1.5}, "'heartbeat_interval' to be a positive number.*got 1.5"),
+        ({"grace_period": -1}, "'grace_period' to be a positive number.*got -1"),
+        ({"heartbeat_interval": None, "grace_period": 5}, "'grace_period' \\(5\\) needs"),
+        ({"heartbeat_interval": 5, "grace_period": 5}, "longer than 'heartbeat_interval'"),
+    ],
+)
+def test_optuna_resume_study_checks_heartbeat_arguments(
+    tmp_path: pathlib.Path, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        hlpo.resume_study(resume_args(tmp_path), **kwargs)
+    assert not (tmp_path / "resume.db").exists()
 
 
 # -- sampler checkpoints ---------------------------------------------------------------------

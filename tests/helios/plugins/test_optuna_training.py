@@ -38,10 +38,16 @@ class RegressionData(hld.DataModule):
 class TunedModel(hlm.Model):
     """Reports its validation loss to the trial; can crash once to simulate a kill."""
 
-    def __init__(self, events: list[str], crash_in_epoch: int | None = None) -> None:
+    def __init__(
+        self,
+        events: list[str],
+        crash_in_epoch: int | None = None,
+        curve: list[float] | None = None,
+    ) -> None:
         super().__init__("tuned")
         self.events = events
         self.crash_in_epoch = crash_in_epoch
+        self.curve = curve
 
     def setup(self, fast_init: bool = False) -> None:
         plugin = self.trainer.plugins[hlpo.OptunaPlugin.plugin_id]
@@ -89,6 +95,8 @@ class TunedModel(hlm.Model):
 
     def on_validation_end(self, validation_cycle: int) -> None:
         self.metrics["loss"] = self._val_scores["loss"] / self._val_scores["count"]
+        if self.curve is not None:  # a fixed curve, so pruning does not hang on rounding
+            self.metrics["loss"] = self.curve[validation_cycle]
         self.plugin.report_metrics(validation_cycle)
         super().on_validation_end(validation_cycle)
 
@@ -117,11 +125,15 @@ def study_args(root: pathlib.Path, pruner: optuna.pruners.BasePruner) -> dict[st
 
 
 def make_objective(
-    root: pathlib.Path, events: dict[int, list[str]], crash_in_epoch: int | None = None
+    root: pathlib.Path,
+    events: dict[int, list[str]],
+    crash_in_epoch: int | None = None,
+    curves: dict[int, list[float]] | None = None,
 ) -> Any:
     def objective(trial: optuna.Trial) -> float:
         trial_events = events.setdefault(trial.number, [])
-        model = TunedModel(trial_events, crash_in_epoch)
+        curve = None if curves is None else curves[hlpo._trial_identity(trial)]
+        model = TunedModel(trial_events, crash_in_epoch, curve)
         trainer = hlt.Trainer(
             run_name="e2e",
             train_unit="epoch",
@@ -207,8 +219,10 @@ def test_optuna_interrupted_trial_resumes_its_checkpoint(tmp_path: pathlib.Path)
     # The re-run picks up the failed trial's checkpoint and trains the remaining epochs.
     assert events[1] == ["epoch 1", "epoch 2"]
     assert events[2] == ["epoch 2", "epoch 3", "on_training_end"]
-    # Validation cycle 0 was reported by the failed trial; the numbering continues.
-    assert sorted(rerun.intermediate_values) == [1, 2]
+    # Validation cycle 0 was reported by the failed trial and carried over to the re-run,
+    # which reported the cycles after its checkpoint.
+    assert sorted(rerun.intermediate_values) == [0, 1, 2]
+    assert rerun.intermediate_values[0] == trials[1].intermediate_values[0]
     # A new trial after the re-run trains from scratch under its own number.
     assert events[3] == ["epoch 1", "epoch 2", "epoch 3", "on_training_end"]
     folders = sorted(p.name for p in (tmp_path / "chkpt").iterdir())
@@ -229,3 +243,39 @@ def test_optuna_pruned_trial_is_not_resumed(tmp_path: pathlib.Path, crash: bool)
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]
     assert study.trials[0].state == TrialState.PRUNED
     assert len(waiting) == (1 if crash else 0)
+
+
+# Trial 1 survives the median pruner only thanks to its first value; a re-run that lost
+# the values reported before the interruption would be pruned at cycle 2.
+CURVES = {0: [5.0, 4.0, 3.0], 1: [1.0, 6.0, 6.0]}
+
+
+def pruning_study(root: pathlib.Path) -> dict[str, Any]:
+    root.mkdir(exist_ok=True)
+    return study_args(root, optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+
+
+def test_optuna_interrupted_trial_prunes_as_if_never_stopped(tmp_path: pathlib.Path) -> None:
+    events: dict[int, list[str]] = {}
+    straight = optuna.create_study(**pruning_study(tmp_path / "straight"))
+    straight.optimize(make_objective(tmp_path / "straight", events, curves=CURVES), n_trials=2)
+
+    root = tmp_path / "interrupted"
+    study = optuna.create_study(**pruning_study(root))
+    study.optimize(make_objective(root, events, curves=CURVES), n_trials=1)
+    # Trial 1 crashes at the start of epoch 3, after reporting cycles 0 and 1.
+    study.optimize(
+        make_objective(root, events, crash_in_epoch=3, curves=CURVES),
+        n_trials=1,
+        catch=(RuntimeError,),
+    )
+    del study
+    study = hlpo.resume_study(pruning_study(root), backup_study=False)
+    study.optimize(make_objective(root, events, curves=CURVES), n_trials=1)
+
+    resumed = [t for t in study.trials if t.state != TrialState.FAIL]
+    assert [t.state for t in straight.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [(t.state, t.intermediate_values, t.value) for t in resumed] == [
+        (t.state, t.intermediate_values, t.value) for t in straight.trials
+    ]
+    assert resumed[1].user_attrs == {hlpo._ORIG_NUMBER_KEY: 1}
