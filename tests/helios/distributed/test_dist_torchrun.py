@@ -454,12 +454,27 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
     import helios.trainer as hlt
 
     hlt.register_trainer_types_for_safe_load()
-    newest = hlt.find_last_checkpoint(tmp_path / "chkpt" / "dist")
-    assert newest is not None
-    saved = torch.load(newest, weights_only=True)
+    # Resume from a checkpoint inside an epoch (one is written every iteration): drop the
+    # newer ones, wherever the signal happened to stop the job.
+    folder = tmp_path / "chkpt" / "dist"
+    inside = []
+    for path in hlt.checkpoints.list_checkpoints(folder):
+        saved = torch.load(path, weights_only=True)
+        if 0 < saved["ranks"][0]["sampler"]["consumed"] < 20:
+            inside.append((path, saved))
+    newest, saved = inside[0]
+    for path in hlt.checkpoints.list_checkpoints(folder):
+        if path == newest:
+            break
+        path.unlink()
     epoch, position = saved["training_state"].global_epoch, saved["ranks"][0]["sampler"]
-    assert position["world_size"] == 2 and 0 < position["consumed"] < 20, position
-    first_launch = _ids_by_launch(tmp_path, epoch, 2)
+    assert position["world_size"] == 2, position
+    done = saved["training_state"].global_iteration
+    first_launch: dict[int, list[int]] = {}
+    for rank in range(2):
+        for record in _records(tmp_path, rank, "main", keep_pid=True):
+            if record["epoch"] == epoch and record["gi"] <= done:
+                first_launch.setdefault(record["pid"], []).extend(record["ids"])
     before = [i for ids in first_launch.values() for i in ids]
 
     command = _torchrun(tmp_path, "resume")
