@@ -155,6 +155,8 @@ def _make_trainer(engine: BaseEngine, plan: FitPlan, seed: int) -> Trainer:
     kwargs: dict[str, Any] = {
         "print_banner": False,
         "enable_progress_bar": False,
+        # pyblaze's callbacks print its console lines (PyBlaze 1.1.6 format).
+        "print_summaries": False,
         "enable_deterministic": torch.are_deterministic_algorithms_enabled(),
         "random_seed": seed,
         "run_name": type(engine.model).__name__,
