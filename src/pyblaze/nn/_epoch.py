@@ -32,6 +32,8 @@ class TrainSpec:
         val_metrics: the metrics computed on the validation data (``loss`` included).
         train_metrics: the metrics computed on the training data (``None``: none).
         train_data: the training loader (for ``train_metrics``).
+        clip_norm: clip the gradients to this total norm before each optimizer step.
+        clip_value: clip every gradient element to ``[-clip_value, clip_value]``.
     """
 
     epochs: int
@@ -41,6 +43,8 @@ class TrainSpec:
     val_metrics: dict[str, Metric]
     train_metrics: dict[str, Metric] | None
     train_data: DataLoader
+    clip_norm: float | None = None
+    clip_value: float | None = None
 
 
 @dataclasses.dataclass

@@ -58,12 +58,16 @@ class EngineRun(Model):
         super().__init__(f"pyblaze_{type(engine.model).__name__}")
         self._engine = engine
         self._spec = spec
-        optimizers = [
-            value
-            for _, value in sorted(spec.train_kwargs.items())
+        optimizers = {
+            key: value
+            for key, value in sorted(spec.train_kwargs.items())
             if isinstance(value, torch.optim.Optimizer)
-        ]
-        self.placement = ModelPlacement(engine, optimizers)
+        }
+        self.placement = ModelPlacement(engine, list(optimizers.values()))
+        # Where helios looks for networks and optimizers (the run summary, the learning
+        # rates sent to the loggers, ``enable_compile``): the plain model and the optimizers.
+        self.network = engine.model
+        self.optimizers = optimizers
         self.results = ResultChannel()
         self.recorder = HistoryRecorder(engine.collate_losses)
         self._epoch: Epoch = _SKIPPED
@@ -95,6 +99,8 @@ class EngineRun(Model):
         """Move the model and its optimizer state to the device; wrap it for DDP."""
         self.recorder = HistoryRecorder(self._engine.collate_losses)
         self.placement.place(self.device, self.is_distributed)
+        spec = self._spec
+        self._engine._start_run(self.trainer.precision, spec.clip_norm, spec.clip_value)
         # Losses go through helios's loss table only to be averaged over ranks.
         self._average_losses = self.is_distributed
 
