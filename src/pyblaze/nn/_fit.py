@@ -131,6 +131,7 @@ def plan_fit(
         val_metrics=val_metrics,
         train_metrics=metric_fns if eval_train else None,
         train_data=train_data,
+        val_data=val_data,
         clip_norm=norm,
         clip_value=value,
     )
@@ -194,7 +195,9 @@ def _make_trainer(engine: BaseEngine, plan: FitPlan, seed: int) -> Trainer:
         loggers=plan.loggers,
         train_unit="epoch",
         total_steps=plan.spec.epochs,
-        valid_frequency=1 if plan.val_data is not None else None,
+        # Every epoch ends with a validation (an empty one without val_data): the
+        # epoch's metrics go to the loggers and the checkpoint retention from there.
+        valid_frequency=1,
         use_cpu=not plan.gpus,
         gpus=plan.gpus or None,
     )

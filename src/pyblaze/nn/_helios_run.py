@@ -2,27 +2,32 @@
 
 ``train`` (see :py:mod:`pyblaze.nn._fit`) hands an :py:class:`EngineRun` and a
 :py:class:`~pyblaze.nn._datamodule.LoaderDataModule` to :py:class:`helios.trainer.Trainer`
-(EPOCH unit, ``total_steps=epochs``, validation every epoch when there is validation
-data). The hooks map onto the engine and the PyBlaze callbacks, in helios's call order
-(plug-ins always run first)::
+(EPOCH unit, ``total_steps=epochs``, a validation after every epoch, an empty one without
+validation data). The hooks map onto the engine and the PyBlaze callbacks, in helios's
+call order (plug-ins always run first)::
 
-    setup                     model (and optimizer state) to the device; DDP when distributed
-    on_training_start         before_training(model, epochs)
+    setup                     model (and optimizer state) to the device; DDP when distributed;
+                              the engine takes the run's precision and clipping
+    on_training_start         [val data: the check before training, see _sanity.py];
+                              before_training(model, epochs); resumed callback states
     on_training_epoch_start   before_epoch(epoch, num_batches)
     train_step                engine.train_batch(batch, **train_kwargs)
     on_training_batch_end     after_batch(loss)        (loss averaged over ranks)
-    on_validation_start       before_predictions(model, num_val_batches)
+    on_validation_start       [val data] before_predictions(model, num_val_batches)
     valid_step                engine.eval_batch(batch); outputs kept on the CPU; after_batch(None)
-    on_validation_end         whole-set metrics -> val_*; after_predictions()
-    on_training_epoch_end     [eval_train: train_*]; history entry; after_epoch(Evaluation)
+    on_validation_end         [val data] whole-set metrics -> val_*; after_predictions();
+                              [eval_train: train_*]; history entry; its numbers -> metrics
+    on_training_epoch_end     after_epoch(Evaluation)
     should_training_stop      True once a callback raised CallbackException
     on_training_end           after_training(); verbose CallbackException printed
 
 The work of an epoch is done by an :py:class:`~pyblaze.nn._epoch.EpochRun`; an epoch that
 ``before_epoch`` stopped is an :py:class:`~pyblaze.nn._epoch.Epoch`, which does nothing.
-The model's ``state_dict`` (weights, optimizer states, history so far) is what helios
-checkpoints hold, so a run with ``trainer_options={"chkpt_root": ..., "chkpt_frequency":
-n}`` resumes from its newest checkpoint with its history.
+The epoch's numbers in the model's ``metrics`` table are what helios sends to the
+experiment loggers (``valid/<name>``) and ranks checkpoints by (``chkpt_best_metric``).
+The model's ``state_dict`` (weights, optimizer states, history so far, callback states) is
+what helios checkpoints hold, so a run with ``trainer_options={"chkpt_root": ...,
+"chkpt_frequency": n}`` resumes from its newest checkpoint as if never interrupted.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pyblaze.nn._epoch import Epoch, EpochRun, RunCallbacks, TrainSpec
 from pyblaze.nn._placement import ModelPlacement
 from pyblaze.nn._recorder import HistoryRecorder
 from pyblaze.nn._result_channel import ResultChannel
+from pyblaze.nn._sanity import sanity_check
 from pyblaze.nn.callbacks.base import CallbackException, PredictionCallback, TrainingCallback
 
 if TYPE_CHECKING:
@@ -126,6 +132,8 @@ class EngineRun(Model):
         self._num_batches = len(datamodule.train_dataloader()[0])  # type: ignore[index]
         valid = datamodule.valid_dataloader()
         self._num_val_batches = len(valid[0]) if valid is not None else 0
+        if self._spec.val_data is not None:
+            sanity_check(self._engine, self.placement.module, self._spec, self.device)
         self._callbacks.training.call("before_training", self.placement.module, self._spec.epochs)
 
     def on_training_epoch_start(self, current_epoch: int) -> None:
@@ -167,18 +175,31 @@ class EngineRun(Model):
         return self._stop is not None
 
     def on_validation_start(self, validation_cycle: int) -> None:
-        """Call ``before_predictions`` for the validation of this epoch."""
+        """Call ``before_predictions`` for the validation of this epoch (with val data)."""
         super().on_validation_start(validation_cycle)
-        self._epoch.start_validation()
+        if self._spec.val_data is not None:
+            self._epoch.start_validation()
 
     def valid_step(self, batch: Any, step: int) -> None:
         """Compute the model's outputs for a validation batch; keep them on the CPU."""
         self._epoch.validate(batch)
 
     def on_validation_end(self, validation_cycle: int) -> None:
-        """Compute the validation metrics on the whole set and call ``after_predictions``."""
+        """Compute the epoch's metrics; put them in the helios ``metrics`` table.
+
+        With validation data: the validation metrics on the whole set, then
+        ``after_predictions``. Then the training metrics (``eval_train``) and the history
+        entry; the entry's numbers (``train_loss``, ``val_*``, ``train_*``) become the
+        model's :py:attr:`~helios.model.Model.metrics`, which helios sends to the
+        experiment loggers and ranks checkpoints by (``chkpt_best_metric``).
+        """
         super().on_validation_end(validation_cycle)
-        self._epoch.end_validation()
+        if self._spec.val_data is not None:
+            self._epoch.end_validation()
+        evaluation = self._epoch.conclude()
+        if evaluation is not None:
+            self._metrics.clear()
+            self._metrics.update(evaluation.to_dict())
 
     def on_training_epoch_end(self, current_epoch: int) -> None:
         """Record the epoch in the history and call ``after_epoch``."""

@@ -198,7 +198,12 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         process validates on the whole validation set, so metrics are exact.
 
         Any exception raised by a batch or a callback propagates out of ``train``; the
-        model is put back on its original device first.
+        model is put back on its original device first. Before the first epoch, the first
+        batch of ``val_data`` goes through :py:meth:`eval_batch` and every metric is
+        computed on it once (a copy of a metric object; a function itself), in eval mode,
+        without gradients and with every random generator put back, so a validation
+        loader of the wrong structure, a metric returning a vector or ``None``, or a
+        ``loss`` whose inputs broadcast wrongly fail in seconds, not after an epoch.
 
         Like every helios run, training seeds Python's, NumPy's and torch's global random
         generators; the seed is drawn from torch's generator, so ``torch.manual_seed``
