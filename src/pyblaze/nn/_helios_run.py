@@ -32,6 +32,7 @@ what helios checkpoints hold, so a run with ``trainer_options={"chkpt_root": ...
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -81,23 +82,79 @@ class EngineRun(Model):
         self._stop: CallbackException | None = None
         self._average_losses = False
         self._num_batches = self._num_val_batches = 0
+        self._epoch_open = False
+        self._resumed_callbacks: dict[str, Any] | None = None
+        self._resumed_epoch: dict[str, Any] | None = None
+        self._warned_unmatched = False
 
     # -- state ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the weights, the optimizer states and the history entries so far."""
+        """Return the weights, optimizer states, history and callback states so far.
+
+        ``callbacks`` holds the ``state_dict()`` of the engine and of every callback that
+        has one (EarlyStopping, the schedulers, ModelSaverCallback, TensorboardTracker and
+        any user callback with ``state_dict``/``load_state_dict``), by position and class.
+        ``open_epoch`` holds the batch losses of an epoch the checkpoint was written in
+        (a preemption), else ``None``.
+        """
         return {
             "module": self.placement.module.state_dict(),
             "optimizers": [o.state_dict() for o in self.placement.optimizers],
             "epochs": self.recorder.entries,
+            "callbacks": {key: c.state_dict() for key, c in self._stateful_callbacks()},
+            "open_epoch": (
+                {"losses": list(self.recorder.losses), "sizes": list(self.recorder.sizes)}
+                if self._epoch_open
+                else None
+            ),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any], fast_init: bool = False) -> None:
-        """Restore what :py:meth:`state_dict` returned (resuming, or a spawned run's result)."""
+        """Restore what :py:meth:`state_dict` returned (resuming, or a spawned run's result).
+
+        The callbacks get their states after ``before_training`` (which resets them), and
+        again after ``before_epoch`` when the checkpoint was written inside an epoch.
+        """
         self.placement.module.load_state_dict(state_dict["module"])
         for optimizer, state in zip(self.placement.optimizers, state_dict["optimizers"]):
             optimizer.load_state_dict(state)
         self.recorder.entries = [dict(entry) for entry in state_dict["epochs"]]
+        self._resumed_callbacks = state_dict.get("callbacks")
+        self._resumed_epoch = state_dict.get("open_epoch")
+        if self._trainer is not None and self.trainer.rank == 0:
+            # A finished run resumed in spawned processes trains nothing and never reaches
+            # on_training_end: send its state back now (a no-op unless spawned).
+            self.results.send(self.state_dict())
+
+    def _stateful_callbacks(self) -> list[tuple[str, Any]]:
+        """The engine and the user's callbacks that have a state, keyed by position/class."""
+        found = []
+        for index, callback in enumerate([self._engine, *self._spec.callbacks]):
+            if callable(getattr(callback, "state_dict", None)) and callable(
+                getattr(callback, "load_state_dict", None)
+            ):
+                found.append((f"{index}.{type(callback).__name__}", callback))
+        return found
+
+    def _restore_callbacks(self) -> None:
+        """Give the callbacks the states of the checkpoint the run resumed from."""
+        saved = self._resumed_callbacks
+        if saved is None:
+            return
+        callbacks = dict(self._stateful_callbacks())
+        for key, state in saved.items():
+            if key in callbacks:
+                callbacks[key].load_state_dict(state)
+        unmatched = sorted(set(saved) - set(callbacks))
+        if unmatched and not self._warned_unmatched:
+            self._warned_unmatched = True
+            warnings.warn(
+                f"the checkpoint holds states of callbacks {unmatched} (position.class) that "
+                "this fit does not have; pass the same callbacks, in the same order, to "
+                "resume them",
+                stacklevel=2,
+            )
 
     # -- helios hooks ----------------------------------------------------------------------
 
@@ -135,6 +192,11 @@ class EngineRun(Model):
         if self._spec.val_data is not None:
             sanity_check(self._engine, self.placement.module, self._spec, self.device)
         self._callbacks.training.call("before_training", self.placement.module, self._spec.epochs)
+        self._restore_callbacks()
+        if self._resumed_epoch is not None:
+            # Resumed inside an epoch: helios may end it (an interrupted validation)
+            # without calling on_training_epoch_start again.
+            self._epoch = self._new_epoch()
 
     def on_training_epoch_start(self, current_epoch: int) -> None:
         """Call ``before_epoch``; a CallbackException skips the epoch and stops training."""
@@ -145,7 +207,13 @@ class EngineRun(Model):
             self._stop = self._stop or stop
             self._epoch = _SKIPPED
             return
-        self._epoch = EpochRun(
+        if self._resumed_epoch is not None:
+            self._restore_callbacks()  # their per-epoch state, which before_epoch reset
+        self._epoch = self._new_epoch()
+
+    def _new_epoch(self) -> EpochRun:
+        """Start the records of an epoch (with the losses of a resumed, open epoch)."""
+        epoch = EpochRun(
             self._engine,
             self.placement.module,
             self._spec,
@@ -154,6 +222,11 @@ class EngineRun(Model):
             self.recorder,
             self._num_val_batches,
         )
+        self._epoch_open = True
+        if self._resumed_epoch is not None:
+            self.recorder.losses.extend(self._resumed_epoch["losses"])
+            self.recorder.sizes.extend(self._resumed_epoch["sizes"])
+        return epoch
 
     def train_step(self, batch: Any, state: TrainingState) -> None:
         """Train on the batch with the engine."""
@@ -204,6 +277,8 @@ class EngineRun(Model):
     def on_training_epoch_end(self, current_epoch: int) -> None:
         """Record the epoch in the history and call ``after_epoch``."""
         metrics = self._epoch.finish()
+        self._epoch_open = False
+        self._resumed_epoch = None
         if metrics is not None:
             self._stop = self._stop or self._callbacks.training.call_stoppable(
                 "after_epoch", metrics

@@ -208,7 +208,12 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         Like every helios run, training seeds Python's, NumPy's and torch's global random
         generators; the seed is drawn from torch's generator, so ``torch.manual_seed``
         before ``fit`` makes the run reproducible. Checkpoints (``trainer_options``) hold
-        the weights, the optimizer states and the history, not the state of callbacks.
+        the weights, the optimizer states, the history and the state of the engine and of
+        every callback with ``state_dict``/``load_state_dict`` (EarlyStopping, the
+        schedulers, ModelSaverCallback, TensorboardTracker; matched by position and class,
+        so pass the same callbacks in the same order): a resumed ``fit`` stops at the same
+        epoch with the same history as an uninterrupted one, and a finished one trains
+        nothing when run again.
 
         Args:
             train_data: the training data.
@@ -561,6 +566,26 @@ class SupervisedEngine(BaseEngine):
         """Forget the batch counter and the last loss."""
         self._iteration = None
         self._last_loss = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the batch counter of the epoch (part of the run's checkpoints).
+
+        A run preempted inside an epoch resumes with the same gradient accumulation
+        boundaries.
+
+        Returns:
+            The state.
+        """
+        return {"iteration": self._iteration, "num_iterations": self._num_iterations}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :py:meth:`state_dict` returned.
+
+        Args:
+            state_dict: the state.
+        """
+        self._iteration = state_dict["iteration"]
+        self._num_iterations = int(state_dict["num_iterations"])
 
     def __getstate__(self) -> dict[str, Any]:
         # A tensor with an autograd graph cannot be pickled (e.g. for spawned processes);
