@@ -171,3 +171,50 @@ def test_callback_states_are_in_the_checkpoint(tmp_path: pathlib.Path) -> None:
         gpu=False,
     )
     assert fresh.item() == 0.125
+
+
+SCRIPT = """
+import json, os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_pyblaze_resume import _run, xnn
+
+class Kill(xnn.TrainingCallback):
+    def __init__(self):
+        self.seen = 0
+    def after_epoch(self, metrics):
+        self.seen += 1
+        if self.seen == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+root = None if sys.argv[1] == "-" else sys.argv[1]
+history, _, _, stopper = _run(root, Kill())
+print(json.dumps({{"epochs": history._epochs, "counter": stopper.counter}}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_sigkilled_fit_resumes_as_if_never_interrupted(tmp_path: pathlib.Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT.format(tests=str(pathlib.Path(__file__).parent)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def job(root: str, kill_at: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(script), root, str(kill_at)],
+            capture_output=True, text=True, timeout=100, env=env,
+        )  # fmt: skip
+
+    whole = job("-", 99)
+    assert whole.returncode == 0, whole.stderr
+    killed = job(str(tmp_path / "chkpt"), 3)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = job(str(tmp_path / "chkpt"), 99)
+    assert resumed.returncode == 0, resumed.stderr
+    expected = json.loads(whole.stdout.splitlines()[-1])
+    assert len(expected["epochs"]) == 4
+    assert json.loads(resumed.stdout.splitlines()[-1]) == expected
