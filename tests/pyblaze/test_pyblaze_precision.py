@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -144,23 +149,41 @@ def test_bad_precision_arguments_fail_before_training(kwargs, error, match) -> N
         _fit(DtypeRecorder(), **kwargs)
 
 
-class CompileWatcher(xnn.TrainingCallback):
-    def __init__(self) -> None:
-        self.compiled: list[bool] = []
+COMPILE_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import torch
+from test_pyblaze_precision import DtypeRecorder, _fit, xnn
 
-    def before_training(self, model: nn.Module, num_epochs: int) -> None:
+class CompileWatcher(xnn.TrainingCallback):
+    def __init__(self):
+        self.compiled = []
+    def before_training(self, model, num_epochs):
         self.compiled.append(getattr(model, "_compiled_call_impl", None) is not None)
+
+eager, compiled = DtypeRecorder(), DtypeRecorder()
+watcher = CompileWatcher()
+_fit(eager)
+_fit(compiled, compile=True, callbacks=[watcher])
+assert watcher.compiled == [True], watcher.compiled
+assert compiled._compiled_call_impl is None  # uncompiled again afterwards
+assert list(compiled.state_dict()) == list(eager.state_dict())
+for key, value in compiled.state_dict().items():
+    torch.testing.assert_close(value, eager.state_dict()[key], rtol=1e-4, atol=1e-5)
+print("ok")
+"""
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_compile_compiles_the_model_for_the_run_only() -> None:
-    eager, compiled = DtypeRecorder(), DtypeRecorder()
-    watcher = CompileWatcher()
-    _fit(eager)
-    _fit(compiled, compile=True, callbacks=[watcher])
-    assert watcher.compiled == [True]
-    assert compiled._compiled_call_impl is None  # uncompiled again afterwards
-    assert list(compiled.state_dict()) == list(eager.state_dict())
-    for key, value in compiled.state_dict().items():
-        torch.testing.assert_close(value, eager.state_dict()[key], rtol=1e-4, atol=1e-5)
+def test_compile_compiles_the_model_for_the_run_only(tmp_path) -> None:
+    # In a process of its own: torch.compile's worker threads and pools would make a later
+    # fork (predict's Vectorizer) in the test process hang.
+    script = tmp_path / "compile_job.py"
+    script.write_text(COMPILE_SCRIPT.format(tests=str(pathlib.Path(__file__).parent)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=280, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "ok"
