@@ -8,14 +8,18 @@ from torch import nn
 import pyblaze.nn as xnn
 
 
-def scripted_metric(values: list[float]):
-    """A validation metric that returns the given values, one per epoch."""
-    iterator: Iterator[float] = iter(values)
+class scripted_metric:  # noqa: N801 - used like a function
+    """A validation metric that returns the given values, one per epoch.
 
-    def metric(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
-        return next(iterator)
+    An object with state: fit's check before training calls a copy of it, so the values
+    stay one per epoch.
+    """
 
-    return metric
+    def __init__(self, values: list[float]) -> None:
+        self.iterator: Iterator[float] = iter(list(values))
+
+    def __call__(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
+        return next(self.iterator)
 
 
 class WeightRecorder(xnn.TrainingCallback):

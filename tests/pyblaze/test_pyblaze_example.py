@@ -11,7 +11,8 @@ EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "pyblaze_classifier.p
 
 
 @pytest.mark.timeout(120)
-def test_tutorial_example_runs_and_saves_the_plots(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_tutorial_example_runs_and_saves_the_plots(tmp_path: pathlib.Path, precision) -> None:
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     result = subprocess.run(
@@ -24,6 +25,8 @@ def test_tutorial_example_runs_and_saves_the_plots(tmp_path: pathlib.Path) -> No
             "2",
             "--num-workers",
             "0",
+            "--precision",
+            precision,
         ],
         capture_output=True,
         text=True,

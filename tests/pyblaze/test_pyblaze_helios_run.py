@@ -222,3 +222,22 @@ def test_distributed_cpu_training_under_torchrun(tmp_path: pathlib.Path) -> None
     assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"])
     assert ranks[0]["counted"] == 8
     assert ranks[1]["counted"] is None  # rank_zero_only callbacks run on rank 0 only
+
+
+@pytest.mark.parametrize("override", [None, True])
+def test_trainer_summaries_are_off_unless_asked_for(make_model, dataset, capsys, override) -> None:
+    model = make_model()
+    options = {} if override is None else {"print_summaries": override}
+    model.fit(
+        dataset.loader(batch_size=10),
+        val_data=dataset.loader(batch_size=30),
+        epochs=2,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss=nn.CrossEntropyLoss(),
+        trainer_options=options,
+        gpu=False,
+    )
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    # pyblaze's console keeps its 1.1.6 format: helios's per-validation lines only on request.
+    assert ("Validation 1 (epoch 1" in printed) == (override is True)

@@ -163,13 +163,14 @@ def test_model_saver_killed_mid_write_leaves_no_truncated_file(tmp_path: pathlib
     torch.load(folder / "model_epoch-0.pt", weights_only=True)  # complete
 
 
-def _scripted(values: list[float]):
-    iterator = iter(values)
+class _scripted:  # noqa: N801 - used like a function
+    """Returns the given values, one per epoch (fit's check before training calls a copy)."""
 
-    def metric(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
-        return next(iterator)
+    def __init__(self, values: list[float]) -> None:
+        self.iterator = iter(list(values))
 
-    return metric
+    def __call__(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
+        return next(self.iterator)
 
 
 @pytest.mark.slow

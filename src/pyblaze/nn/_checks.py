@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from helios.plugins import Plugin
@@ -192,6 +193,8 @@ def check_batch_kwargs(
 
 # Trainer arguments that ``train`` derives from its own arguments.
 RESERVED_TRAINER_OPTIONS = ("train_unit", "total_steps", "valid_frequency", "use_cpu", "gpus")
+# Trainer arguments that ``train`` takes as arguments of its own (the engine uses them too).
+FIT_ARGUMENT_OPTIONS = {"precision": "precision", "enable_compile": "compile", "loggers": "loggers"}
 
 
 def check_plugins(plugins: Any) -> list[Plugin]:
@@ -217,7 +220,8 @@ def check_trainer_options(options: Any) -> dict[str, Any]:
 
     Raises:
         TypeError: if ``options`` is not a dict.
-        ValueError: if it sets an argument ``train`` derives itself, or one the Trainer
+        ValueError: if it sets an argument ``train`` derives itself or takes as an argument
+            of its own (``precision``, ``enable_compile``, ``loggers``), or one the Trainer
             does not have.
     """
     options = _check_dict("trainer_options", options, "a dict of helios Trainer arguments")
@@ -228,6 +232,13 @@ def check_trainer_options(options: Any) -> dict[str, Any]:
             f"trainer_options may not set {reserved}: fit derives them from epochs, "
             "val_data and gpu"
         )
+    own = sorted(set(options) & set(FIT_ARGUMENT_OPTIONS))
+    if own:
+        names = ", ".join(f"{FIT_ARGUMENT_OPTIONS[key]}=" for key in own)
+        raise ValueError(
+            f"trainer_options may not set {own}: pass fit's own argument(s) {names} instead "
+            "(the engine's training step follows them)"
+        )
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(
@@ -237,13 +248,121 @@ def check_trainer_options(options: Any) -> dict[str, Any]:
     return options
 
 
+def check_clip(name: str, value: Any) -> float | None:
+    """Check a gradient clipping limit: ``None`` or a number > 0.
+
+    Args:
+        name: the argument's name.
+        value: the value received.
+
+    Returns:
+        The limit as a float, or ``None``.
+
+    Raises:
+        TypeError: if it is not a number (a bool is not).
+        ValueError: if it is not > 0 (or not finite).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be None or a number > 0, but received {value!r}")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be None or a finite number > 0, but received {value!r}")
+    return float(value)
+
+
+def check_loss(name: str, loss: Any) -> None:
+    """Check a loss argument: a callable ``loss(y_pred, y_true)`` instance.
+
+    Args:
+        name: the argument's name (``"loss"``, ``"eval_loss"``).
+        loss: the value received.
+
+    Raises:
+        TypeError: for a string, a class (``nn.MSELoss`` instead of ``nn.MSELoss()``) or
+            anything else that is not callable.
+    """
+    if isinstance(loss, type):
+        raise TypeError(
+            f"{name} must be a loss instance, but received the class {loss.__name__}; "
+            f"pass {name}={loss.__name__}() instead of {name}={loss.__name__}"
+        )
+    if isinstance(loss, str) or not callable(loss):
+        raise TypeError(
+            f"{name} must be a callable loss(y_pred, y_true) such as nn.CrossEntropyLoss(), "
+            f"but received {loss!r} of type {type(loss).__name__}"
+        )
+
+
+def check_loss_shapes(loss: Any, prediction: Any, target: Any) -> None:
+    """Refuse predictions and targets that a loss would broadcast against each other.
+
+    Predictions of shape ``(N, 1)`` and targets of shape ``(N,)`` broadcast to ``(N, N)``:
+    an element-wise loss then compares every prediction with every target and trains on a
+    wrong value, with only a warning from torch. Shapes that differ in the way
+    classification losses expect (``(N, C)`` against ``(N,)``) pass.
+
+    Args:
+        loss: the loss (named in the message).
+        prediction: the model's output.
+        target: the target.
+
+    Raises:
+        ValueError: if both are tensors whose broadcast shape is neither of their shapes.
+    """
+    if not isinstance(prediction, torch.Tensor) or not isinstance(target, torch.Tensor):
+        return
+    shape, target_shape = prediction.shape, target.shape
+    if shape == target_shape:
+        return
+    try:
+        joint = torch.broadcast_shapes(shape, target_shape)
+    except RuntimeError:
+        return  # the loss decides (classification losses take other shapes)
+    if joint not in (shape, target_shape):
+        raise ValueError(
+            f"loss {loss!r} received predictions of shape {tuple(shape)} and targets of "
+            f"shape {tuple(target_shape)}, which broadcast to {tuple(joint)} and would give a "
+            "wrong loss; make them match (e.g. y_pred.squeeze(-1) or y.view(-1, 1))"
+        )
+
+
+def check_batches(data: Any, name: str = "data") -> None:
+    """Refuse a single tensor or array where an iterable of batches is expected.
+
+    ``evaluate`` and ``predict`` iterate their data batch by batch; iterating a tensor would
+    treat each of its rows as a batch.
+
+    Args:
+        data: the value received.
+        name: the argument's name.
+
+    Raises:
+        TypeError: if ``data`` is a tensor or a NumPy array.
+    """
+    if isinstance(data, torch.Tensor) or type(data).__module__ == "numpy":
+        shape = tuple(getattr(data, "shape", ()))
+        raise TypeError(
+            f"{name} must be an iterable of batches (a DataLoader, or a list of batches), but "
+            f"received a {type(data).__name__} of shape {shape}, whose rows would each be "
+            "taken as a batch; wrap it, e.g. DataLoader(TensorDataset(x, y), batch_size=...) "
+            "for evaluate or DataLoader(x, batch_size=...) for predict, or override "
+            "Estimator.prepare_input"
+        )
+
+
 __all__ = [
+    "FIT_ARGUMENT_OPTIONS",
     "RESERVED_TRAINER_OPTIONS",
     "check_batch_kwargs",
+    "check_batches",
     "check_callbacks",
+    "check_clip",
     "check_count",
     "check_instances",
     "check_loader",
+    "check_loss",
+    "check_loss_shapes",
     "check_metrics",
     "check_plugins",
     "check_trainer_options",

@@ -125,9 +125,15 @@ class LoaderDataModule(DataModule):
     def valid_dataloader(self) -> Any:
         """Build the validation loader and its sampler once per run; return the same pair.
 
+        Without validation data the "loader" is an empty list: helios still runs its
+        (empty) validation after every epoch, which is where the epoch's metrics go to the
+        experiment loggers.
+
         Returns:
-            ``(loader, sampler)``, or ``None`` without validation data.
+            ``(loader, sampler)``, or ``([], None)`` without validation data.
         """
+        if self._valid_spec is None:
+            return [], None
         return self._once("valid", super().valid_dataloader)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -32,6 +32,9 @@ class TrainSpec:
         val_metrics: the metrics computed on the validation data (``loss`` included).
         train_metrics: the metrics computed on the training data (``None``: none).
         train_data: the training loader (for ``train_metrics``).
+        val_data: the validation loader (for the check before training), if any.
+        clip_norm: clip the gradients to this total norm before each optimizer step.
+        clip_value: clip every gradient element to ``[-clip_value, clip_value]``.
     """
 
     epochs: int
@@ -41,6 +44,9 @@ class TrainSpec:
     val_metrics: dict[str, Metric]
     train_metrics: dict[str, Metric] | None
     train_data: DataLoader
+    val_data: DataLoader | None = None
+    clip_norm: float | None = None
+    clip_value: float | None = None
 
 
 @dataclasses.dataclass
@@ -95,13 +101,21 @@ class Epoch:
     def end_validation(self) -> None:
         """Compute the validation metrics; call ``after_predictions`` (here: nothing)."""
 
+    def conclude(self) -> Evaluation | None:
+        """Compute the epoch's metrics and append its history entry (once).
+
+        Returns:
+            The epoch's metrics; ``None`` for a skipped epoch.
+        """
+        return None
+
     def finish(self) -> Evaluation | None:
         """Close the epoch.
 
         Returns:
             The epoch's metrics for ``after_epoch``; ``None`` for a skipped epoch.
         """
-        return None
+        return self.conclude()
 
 
 class EpochRun(Epoch):
@@ -142,6 +156,7 @@ class EpochRun(Epoch):
         self._losses, self._sizes = recorder.losses, recorder.sizes
         self._size = 0
         self._outputs: list[Any] = []
+        self._metrics: Evaluation | None = None
 
     def train(self, batch: Any) -> Any:
         """Move a batch to the device and train on it with the engine.
@@ -190,12 +205,17 @@ class EpochRun(Epoch):
         )
         self._callbacks.prediction.call("after_predictions")
 
-    def finish(self) -> Evaluation:
+    def conclude(self) -> Evaluation:
         """Compute the training metrics (``eval_train``) and append the history entry.
+
+        Called at the end of the epoch's validation (so that the metrics reach the helios
+        model's ``metrics`` table before helios reports them); later calls return the same.
 
         Returns:
             The epoch's losses and metrics, for ``after_epoch``.
         """
+        if self._metrics is not None:
+            return self._metrics
         spec = self._spec
         if spec.train_metrics is not None:
             users = [c for c in self._callbacks.prediction if c is not self._engine]
@@ -207,7 +227,8 @@ class EpochRun(Epoch):
                 **spec.eval_kwargs,
             )
             self._recorder.add_metrics(train_eval.with_prefix("train_").to_dict(), "")
-        return self._recorder.end_epoch()
+        self._metrics = self._recorder.end_epoch()
+        return self._metrics
 
 
 __all__ = ["Epoch", "EpochRun", "RunCallbacks", "TrainSpec"]

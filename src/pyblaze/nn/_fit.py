@@ -12,11 +12,14 @@ from torch.utils.data import DataLoader
 from helios.core.distributed import is_using_torchrun
 from helios.plugins import Plugin
 from helios.trainer import Trainer
+from helios.trainer.arguments import check_bool, check_loggers, check_precision
 from pyblaze.nn._checks import (
     check_batch_kwargs,
     check_callbacks,
+    check_clip,
     check_count,
     check_loader,
+    check_loss,
     check_metrics,
     check_plugins,
     check_trainer_options,
@@ -41,6 +44,9 @@ class FitPlan:
         gpus: the GPU ids to train on (``[]``: the CPU).
         plugins: helios plug-ins to register.
         trainer_options: further arguments of the Trainer.
+        precision: the precision of the run (``Trainer(precision=...)``).
+        compile: compile the model (``Trainer(enable_compile=...)``).
+        loggers: the experiment loggers (``Trainer(loggers=...)``).
     """
 
     spec: TrainSpec
@@ -49,6 +55,9 @@ class FitPlan:
     gpus: list[int]
     plugins: list[Plugin]
     trainer_options: dict[str, Any]
+    precision: str = "32"
+    compile: bool = False
+    loggers: list[Any] = dataclasses.field(default_factory=list)
 
 
 def plan_fit(
@@ -66,6 +75,11 @@ def plan_fit(
     plugins: Any,
     trainer_options: Any,
     kwargs: Mapping[str, Any],
+    precision: Any = "32",
+    clip_norm: Any = None,
+    clip_value: Any = None,
+    compile: Any = False,
+    loggers: Any = None,
 ) -> FitPlan:
     """Check the arguments of :py:meth:`pyblaze.nn.BaseEngine.train` (same names).
 
@@ -91,11 +105,18 @@ def plan_fit(
     gpus = resolve_gpu(gpu, multiple=engine.supports_multiple_gpus())
     plugin_list = check_plugins(plugins)
     options = check_trainer_options(trainer_options)
+    precision = check_precision(precision, uses_cuda=bool(gpus))
+    norm, value = check_clip("clip_norm", clip_norm), check_clip("clip_value", clip_value)
+    compile = check_bool("compile", compile)
+    logger_list = check_loggers(loggers)
 
     train_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("eval_")}
     eval_kwargs = {k[len("eval_") :]: v for k, v in kwargs.items() if k.startswith("eval_")}
     name = type(engine).__name__
     check_batch_kwargs(engine.train_batch, f"{name}.train_batch", train_kwargs)
+    for key in ("loss", "eval_loss"):
+        if key in kwargs:
+            check_loss(key, kwargs[key])
     val_metrics = {}
     if val_data is not None:
         check_batch_kwargs(engine.eval_batch, f"{name}.eval_batch", eval_kwargs, "eval_")
@@ -110,8 +131,14 @@ def plan_fit(
         val_metrics=val_metrics,
         train_metrics=metric_fns if eval_train else None,
         train_data=train_data,
+        val_data=val_data,
+        clip_norm=norm,
+        clip_value=value,
     )
-    return FitPlan(spec, val_data, val_iterations, gpus, plugin_list, options)
+    return FitPlan(
+        spec, val_data, val_iterations, gpus, plugin_list, options, precision, compile,
+        logger_list,
+    )  # fmt: skip
 
 
 def run_fit(engine: BaseEngine, plan: FitPlan) -> list[dict[str, Any]]:
@@ -155,15 +182,22 @@ def _make_trainer(engine: BaseEngine, plan: FitPlan, seed: int) -> Trainer:
     kwargs: dict[str, Any] = {
         "print_banner": False,
         "enable_progress_bar": False,
+        # pyblaze's callbacks print its console lines (PyBlaze 1.1.6 format).
+        "print_summaries": False,
         "enable_deterministic": torch.are_deterministic_algorithms_enabled(),
         "random_seed": seed,
         "run_name": type(engine.model).__name__,
     }
     kwargs.update(plan.trainer_options)
     kwargs.update(
+        precision=plan.precision,
+        enable_compile=plan.compile,
+        loggers=plan.loggers,
         train_unit="epoch",
         total_steps=plan.spec.epochs,
-        valid_frequency=1 if plan.val_data is not None else None,
+        # Every epoch ends with a validation (an empty one without val_data): the
+        # epoch's metrics go to the loggers and the checkpoint retention from there.
+        valid_frequency=1,
         use_cpu=not plan.gpus,
         gpus=plan.gpus or None,
     )

@@ -2,31 +2,37 @@
 
 ``train`` (see :py:mod:`pyblaze.nn._fit`) hands an :py:class:`EngineRun` and a
 :py:class:`~pyblaze.nn._datamodule.LoaderDataModule` to :py:class:`helios.trainer.Trainer`
-(EPOCH unit, ``total_steps=epochs``, validation every epoch when there is validation
-data). The hooks map onto the engine and the PyBlaze callbacks, in helios's call order
-(plug-ins always run first)::
+(EPOCH unit, ``total_steps=epochs``, a validation after every epoch, an empty one without
+validation data). The hooks map onto the engine and the PyBlaze callbacks, in helios's
+call order (plug-ins always run first)::
 
-    setup                     model (and optimizer state) to the device; DDP when distributed
-    on_training_start         before_training(model, epochs)
+    setup                     model (and optimizer state) to the device; DDP when distributed;
+                              the engine takes the run's precision and clipping
+    on_training_start         [val data: the check before training, see _sanity.py];
+                              before_training(model, epochs); resumed callback states
     on_training_epoch_start   before_epoch(epoch, num_batches)
     train_step                engine.train_batch(batch, **train_kwargs)
     on_training_batch_end     after_batch(loss)        (loss averaged over ranks)
-    on_validation_start       before_predictions(model, num_val_batches)
+    on_validation_start       [val data] before_predictions(model, num_val_batches)
     valid_step                engine.eval_batch(batch); outputs kept on the CPU; after_batch(None)
-    on_validation_end         whole-set metrics -> val_*; after_predictions()
-    on_training_epoch_end     [eval_train: train_*]; history entry; after_epoch(Evaluation)
+    on_validation_end         [val data] whole-set metrics -> val_*; after_predictions();
+                              [eval_train: train_*]; history entry; its numbers -> metrics
+    on_training_epoch_end     after_epoch(Evaluation)
     should_training_stop      True once a callback raised CallbackException
     on_training_end           after_training(); verbose CallbackException printed
 
 The work of an epoch is done by an :py:class:`~pyblaze.nn._epoch.EpochRun`; an epoch that
 ``before_epoch`` stopped is an :py:class:`~pyblaze.nn._epoch.Epoch`, which does nothing.
-The model's ``state_dict`` (weights, optimizer states, history so far) is what helios
-checkpoints hold, so a run with ``trainer_options={"chkpt_root": ..., "chkpt_frequency":
-n}`` resumes from its newest checkpoint with its history.
+The epoch's numbers in the model's ``metrics`` table are what helios sends to the
+experiment loggers (``valid/<name>``) and ranks checkpoints by (``chkpt_best_metric``).
+The model's ``state_dict`` (weights, optimizer states, history so far, callback states) is
+what helios checkpoints hold, so a run with ``trainer_options={"chkpt_root": ...,
+"chkpt_frequency": n}`` resumes from its newest checkpoint as if never interrupted.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -37,6 +43,7 @@ from pyblaze.nn._epoch import Epoch, EpochRun, RunCallbacks, TrainSpec
 from pyblaze.nn._placement import ModelPlacement
 from pyblaze.nn._recorder import HistoryRecorder
 from pyblaze.nn._result_channel import ResultChannel
+from pyblaze.nn._sanity import sanity_check
 from pyblaze.nn.callbacks.base import CallbackException, PredictionCallback, TrainingCallback
 
 if TYPE_CHECKING:
@@ -58,12 +65,16 @@ class EngineRun(Model):
         super().__init__(f"pyblaze_{type(engine.model).__name__}")
         self._engine = engine
         self._spec = spec
-        optimizers = [
-            value
-            for _, value in sorted(spec.train_kwargs.items())
+        optimizers = {
+            key: value
+            for key, value in sorted(spec.train_kwargs.items())
             if isinstance(value, torch.optim.Optimizer)
-        ]
-        self.placement = ModelPlacement(engine, optimizers)
+        }
+        self.placement = ModelPlacement(engine, list(optimizers.values()))
+        # Where helios looks for networks and optimizers (the run summary, the learning
+        # rates sent to the loggers, ``enable_compile``): the plain model and the optimizers.
+        self.network = engine.model
+        self.optimizers = optimizers
         self.results = ResultChannel()
         self.recorder = HistoryRecorder(engine.collate_losses)
         self._epoch: Epoch = _SKIPPED
@@ -71,23 +82,79 @@ class EngineRun(Model):
         self._stop: CallbackException | None = None
         self._average_losses = False
         self._num_batches = self._num_val_batches = 0
+        self._epoch_open = False
+        self._resumed_callbacks: dict[str, Any] | None = None
+        self._resumed_epoch: dict[str, Any] | None = None
+        self._warned_unmatched = False
 
     # -- state ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the weights, the optimizer states and the history entries so far."""
+        """Return the weights, optimizer states, history and callback states so far.
+
+        ``callbacks`` holds the ``state_dict()`` of the engine and of every callback that
+        has one (EarlyStopping, the schedulers, ModelSaverCallback, TensorboardTracker and
+        any user callback with ``state_dict``/``load_state_dict``), by position and class.
+        ``open_epoch`` holds the batch losses of an epoch the checkpoint was written in
+        (a preemption), else ``None``.
+        """
         return {
             "module": self.placement.module.state_dict(),
             "optimizers": [o.state_dict() for o in self.placement.optimizers],
             "epochs": self.recorder.entries,
+            "callbacks": {key: c.state_dict() for key, c in self._stateful_callbacks()},
+            "open_epoch": (
+                {"losses": list(self.recorder.losses), "sizes": list(self.recorder.sizes)}
+                if self._epoch_open
+                else None
+            ),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any], fast_init: bool = False) -> None:
-        """Restore what :py:meth:`state_dict` returned (resuming, or a spawned run's result)."""
+        """Restore what :py:meth:`state_dict` returned (resuming, or a spawned run's result).
+
+        The callbacks get their states after ``before_training`` (which resets them), and
+        again after ``before_epoch`` when the checkpoint was written inside an epoch.
+        """
         self.placement.module.load_state_dict(state_dict["module"])
         for optimizer, state in zip(self.placement.optimizers, state_dict["optimizers"]):
             optimizer.load_state_dict(state)
         self.recorder.entries = [dict(entry) for entry in state_dict["epochs"]]
+        self._resumed_callbacks = state_dict.get("callbacks")
+        self._resumed_epoch = state_dict.get("open_epoch")
+        if self._trainer is not None and self.trainer.rank == 0:
+            # A finished run resumed in spawned processes trains nothing and never reaches
+            # on_training_end: send its state back now (a no-op unless spawned).
+            self.results.send(self.state_dict())
+
+    def _stateful_callbacks(self) -> list[tuple[str, Any]]:
+        """The engine and the user's callbacks that have a state, keyed by position/class."""
+        found = []
+        for index, callback in enumerate([self._engine, *self._spec.callbacks]):
+            if callable(getattr(callback, "state_dict", None)) and callable(
+                getattr(callback, "load_state_dict", None)
+            ):
+                found.append((f"{index}.{type(callback).__name__}", callback))
+        return found
+
+    def _restore_callbacks(self) -> None:
+        """Give the callbacks the states of the checkpoint the run resumed from."""
+        saved = self._resumed_callbacks
+        if saved is None:
+            return
+        callbacks = dict(self._stateful_callbacks())
+        for key, state in saved.items():
+            if key in callbacks:
+                callbacks[key].load_state_dict(state)
+        unmatched = sorted(set(saved) - set(callbacks))
+        if unmatched and not self._warned_unmatched:
+            self._warned_unmatched = True
+            warnings.warn(
+                f"the checkpoint holds states of callbacks {unmatched} (position.class) that "
+                "this fit does not have; pass the same callbacks, in the same order, to "
+                "resume them",
+                stacklevel=2,
+            )
 
     # -- helios hooks ----------------------------------------------------------------------
 
@@ -95,6 +162,8 @@ class EngineRun(Model):
         """Move the model and its optimizer state to the device; wrap it for DDP."""
         self.recorder = HistoryRecorder(self._engine.collate_losses)
         self.placement.place(self.device, self.is_distributed)
+        spec = self._spec
+        self._engine._start_run(self.trainer.precision, spec.clip_norm, spec.clip_value)
         # Losses go through helios's loss table only to be averaged over ranks.
         self._average_losses = self.is_distributed
 
@@ -120,7 +189,14 @@ class EngineRun(Model):
         self._num_batches = len(datamodule.train_dataloader()[0])  # type: ignore[index]
         valid = datamodule.valid_dataloader()
         self._num_val_batches = len(valid[0]) if valid is not None else 0
+        if self._spec.val_data is not None:
+            sanity_check(self._engine, self.placement.module, self._spec, self.device)
         self._callbacks.training.call("before_training", self.placement.module, self._spec.epochs)
+        self._restore_callbacks()
+        if self._resumed_epoch is not None:
+            # Resumed inside an epoch: helios may end it (an interrupted validation)
+            # without calling on_training_epoch_start again.
+            self._epoch = self._new_epoch()
 
     def on_training_epoch_start(self, current_epoch: int) -> None:
         """Call ``before_epoch``; a CallbackException skips the epoch and stops training."""
@@ -131,7 +207,13 @@ class EngineRun(Model):
             self._stop = self._stop or stop
             self._epoch = _SKIPPED
             return
-        self._epoch = EpochRun(
+        if self._resumed_epoch is not None:
+            self._restore_callbacks()  # their per-epoch state, which before_epoch reset
+        self._epoch = self._new_epoch()
+
+    def _new_epoch(self) -> EpochRun:
+        """Start the records of an epoch (with the losses of a resumed, open epoch)."""
+        epoch = EpochRun(
             self._engine,
             self.placement.module,
             self._spec,
@@ -140,6 +222,11 @@ class EngineRun(Model):
             self.recorder,
             self._num_val_batches,
         )
+        self._epoch_open = True
+        if self._resumed_epoch is not None:
+            self.recorder.losses.extend(self._resumed_epoch["losses"])
+            self.recorder.sizes.extend(self._resumed_epoch["sizes"])
+        return epoch
 
     def train_step(self, batch: Any, state: TrainingState) -> None:
         """Train on the batch with the engine."""
@@ -161,22 +248,37 @@ class EngineRun(Model):
         return self._stop is not None
 
     def on_validation_start(self, validation_cycle: int) -> None:
-        """Call ``before_predictions`` for the validation of this epoch."""
+        """Call ``before_predictions`` for the validation of this epoch (with val data)."""
         super().on_validation_start(validation_cycle)
-        self._epoch.start_validation()
+        if self._spec.val_data is not None:
+            self._epoch.start_validation()
 
     def valid_step(self, batch: Any, step: int) -> None:
         """Compute the model's outputs for a validation batch; keep them on the CPU."""
         self._epoch.validate(batch)
 
     def on_validation_end(self, validation_cycle: int) -> None:
-        """Compute the validation metrics on the whole set and call ``after_predictions``."""
+        """Compute the epoch's metrics; put them in the helios ``metrics`` table.
+
+        With validation data: the validation metrics on the whole set, then
+        ``after_predictions``. Then the training metrics (``eval_train``) and the history
+        entry; the entry's numbers (``train_loss``, ``val_*``, ``train_*``) become the
+        model's :py:attr:`~helios.model.Model.metrics`, which helios sends to the
+        experiment loggers and ranks checkpoints by (``chkpt_best_metric``).
+        """
         super().on_validation_end(validation_cycle)
-        self._epoch.end_validation()
+        if self._spec.val_data is not None:
+            self._epoch.end_validation()
+        evaluation = self._epoch.conclude()
+        if evaluation is not None:
+            self._metrics.clear()
+            self._metrics.update(evaluation.to_dict())
 
     def on_training_epoch_end(self, current_epoch: int) -> None:
         """Record the epoch in the history and call ``after_epoch``."""
         metrics = self._epoch.finish()
+        self._epoch_open = False
+        self._resumed_epoch = None
         if metrics is not None:
             self._stop = self._stop or self._callbacks.training.call_stoppable(
                 "after_epoch", metrics

@@ -28,11 +28,18 @@ def compute_metrics(
         ``name_key``. Values are Python numbers.
 
     Raises:
+        TypeError: if a metric returns ``None``.
         ValueError: if a metric returns a tensor with more than one element.
     """
     values: dict[str, Any] = {}
     for name, metric in metrics.items():
         result = metric(predictions, targets)
+        if result is None:
+            raise TypeError(
+                f"metric {name!r} ({metric!r}) returned None; a metric must return a number "
+                "(a float or a one-element tensor) or a dict of numbers. Did it forget a "
+                "return statement?"
+            )
         items = (
             {f"{name}_{k}": v for k, v in result.items()}
             if isinstance(result, Mapping)

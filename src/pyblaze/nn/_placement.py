@@ -30,6 +30,8 @@ class ModelPlacement:
         self.module = engine.model
         self.optimizers = list(optimizers)
         self._original_device = module_device(self.module)
+        # ``fit(compile=True)`` compiles the model in place for the run only.
+        self._compiled_call = getattr(self.module, "_compiled_call_impl", None)
 
     def place(self, device: torch.device, distributed: bool) -> None:
         """Put the model on ``device``; in a distributed run, wrap it for DDP.
@@ -52,8 +54,13 @@ class ModelPlacement:
         self._engine.model = self.module
 
     def restore(self) -> None:
-        """Unwrap the model and put it back on the device it had when ``train`` started."""
+        """Unwrap the model, undo the run's compile, put the model back on its device.
+
+        The device is the one the model had when ``train`` started.
+        """
         self.unwrap()
+        self.module._compiled_call_impl = self._compiled_call
+        self._engine._end_run()
         self._engine.device = None
         self.module.to(self._original_device)
         move_optimizer_state(self.optimizers)

@@ -39,9 +39,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from helios.core.precision import Precision
 from pyblaze.multiprocessing.prediction import predict_batches
 from pyblaze.nn._callback_list import CallbackList
-from pyblaze.nn._checks import check_callbacks, check_count, check_metrics, num_batches
+from pyblaze.nn._checks import (
+    check_batches,
+    check_callbacks,
+    check_count,
+    check_loss_shapes,
+    check_metrics,
+    num_batches,
+)
 from pyblaze.nn._fit import plan_fit, run_fit
 from pyblaze.nn._gpus import GpuArg, device_of, resolve_gpu
 from pyblaze.nn._metrics import Metric, compute_metrics, score_outputs
@@ -50,8 +58,10 @@ from pyblaze.nn.callbacks.base import PredictionCallback, TrainingCallback
 from pyblaze.nn.history import Evaluation, History
 
 if TYPE_CHECKING:
+    from helios.loggers import ExperimentLogger
     from helios.plugins import Plugin
 
+_FULL_PRECISION = Precision()
 _SEQUENCE = (list, tuple)  # a tuple: ``list | tuple`` would build a union on every batch
 
 
@@ -85,6 +95,14 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             ``DistributedDataParallel``.
         device: the device of the current train/evaluate/predict call (``None`` outside
             of one).
+        precision: the :py:class:`helios.core.precision.Precision` of the current
+            ``train`` call (full precision outside of one). A ``train_batch`` that runs its
+            forward pass and loss under ``precision.autocast()``, back-propagates with
+            ``precision.backward(loss)``, clips with ``precision.clip_gradients(...)`` and
+            steps with ``precision.step(optimizer)`` trains at every ``precision`` of
+            ``fit`` (as :py:class:`SupervisedEngine` does).
+        clip_norm: the ``clip_norm`` of the current ``train`` call (``None``: no clipping).
+        clip_value: the ``clip_value`` of the current ``train`` call (``None``: none).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -96,7 +114,24 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         self.model = model
         #: The device of the current ``train``/``evaluate``/``predict`` call (None outside).
         self.device: torch.device | None = None
+        #: The precision of the current ``train`` call (full precision outside of one).
+        self.precision = _FULL_PRECISION
+        #: Gradient clipping limits of the current ``train`` call.
+        self.clip_norm: float | None = None
+        self.clip_value: float | None = None
         self._in_train = False
+
+    def _start_run(
+        self, precision: Precision, clip_norm: float | None, clip_value: float | None
+    ) -> None:
+        """Take the precision and clipping of a ``train`` call (in each of its processes)."""
+        self.precision = precision
+        self.clip_norm, self.clip_value = clip_norm, clip_value
+
+    def _end_run(self) -> None:
+        """Forget the precision and clipping of the ``train`` call that ended."""
+        self.precision = _FULL_PRECISION
+        self.clip_norm = self.clip_value = None
 
     def supports_multiple_gpus(self) -> bool:
         """Tell whether ``train`` may use several GPUs at once.
@@ -123,6 +158,11 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         *,
         plugins: Sequence[Plugin] | None = None,
         trainer_options: Mapping[str, Any] | None = None,
+        precision: str = "32",
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
+        compile: bool = False,
+        loggers: Sequence[ExperimentLogger] | None = None,
         **kwargs: Any,
     ) -> History:
         """Train the model on a helios Trainer and return its history.
@@ -158,12 +198,22 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         process validates on the whole validation set, so metrics are exact.
 
         Any exception raised by a batch or a callback propagates out of ``train``; the
-        model is put back on its original device first.
+        model is put back on its original device first. Before the first epoch, the first
+        batch of ``val_data`` goes through :py:meth:`eval_batch` and every metric is
+        computed on it once (a copy of a metric object; a function itself), in eval mode,
+        without gradients and with every random generator put back, so a validation
+        loader of the wrong structure, a metric returning a vector or ``None``, or a
+        ``loss`` whose inputs broadcast wrongly fail in seconds, not after an epoch.
 
         Like every helios run, training seeds Python's, NumPy's and torch's global random
         generators; the seed is drawn from torch's generator, so ``torch.manual_seed``
         before ``fit`` makes the run reproducible. Checkpoints (``trainer_options``) hold
-        the weights, the optimizer states and the history, not the state of callbacks.
+        the weights, the optimizer states, the history and the state of the engine and of
+        every callback with ``state_dict``/``load_state_dict`` (EarlyStopping, the
+        schedulers, ModelSaverCallback, TensorboardTracker; matched by position and class,
+        so pass the same callbacks in the same order): a resumed ``fit`` stops at the same
+        epoch with the same history as an uninterrupted one, and a finished one trains
+        nothing when run again.
 
         Args:
             train_data: the training data.
@@ -181,7 +231,22 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
                 (``val_<name>``).
             gpu: the device(s) to train on (see the module docstring).
             plugins: helios plug-ins to register in the Trainer.
-            trainer_options: further arguments of :py:class:`helios.trainer.Trainer`.
+            trainer_options: further arguments of :py:class:`helios.trainer.Trainer`
+                (except those ``train`` sets itself or takes as its own arguments).
+            precision: ``"32"``, ``"bf16-mixed"`` or ``"fp16-mixed"`` (helios's
+                ``Trainer(precision=...)``, see :py:mod:`helios.core.precision`); the
+                engine's ``train_batch`` uses it through :py:attr:`precision`.
+            clip_norm: clip the gradients to this total norm before every optimizer step.
+            clip_value: clip every gradient element to ``[-clip_value, clip_value]``
+                before every optimizer step.
+            compile: compile the model with ``torch.compile`` for this run
+                (``Trainer(enable_compile=True)``; the model is compiled in place, keeps
+                its ``state_dict`` keys and is uncompiled again when ``train`` returns).
+            loggers: helios experiment loggers (:py:mod:`helios.loggers`:
+                ``CSVLogger``, ``MLflowLogger``, ``WandbLogger``). Every epoch's metrics
+                (``train_loss``, ``val_*``, ``train_*``, as in the history) go to them as
+                ``valid/<name>``, with the learning rates and the epoch times; their state is
+                part of the checkpoints.
             **kwargs: arguments of :py:meth:`train_batch` and (``eval_`` prefix)
                 :py:meth:`eval_batch`.
 
@@ -209,6 +274,11 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             plugins,
             trainer_options,
             kwargs,
+            precision,
+            clip_norm,
+            clip_value,
+            compile,
+            loggers,
         )
         start = time.perf_counter()
         self._in_train = True
@@ -248,10 +318,12 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             The metric values.
 
         Raises:
-            TypeError: for an argument of the wrong type.
+            TypeError: for an argument of the wrong type (``data`` a single tensor or
+                array: both ``evaluate`` and ``predict`` take an iterable of batches).
             ValueError: for an invalid ``gpu`` or ``iterations``, or a metric that does not
                 return a single number.
         """
+        check_batches(data)
         metric_fns = check_metrics(metrics)
         listed = CallbackList.select(PredictionCallback, self, check_callbacks(callbacks))
         outputs = self._run_batches(
@@ -286,9 +358,11 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             concatenated along the first dimension).
 
         Raises:
-            TypeError: for an argument of the wrong type.
+            TypeError: for an argument of the wrong type (``data`` a single tensor or
+                array: both ``evaluate`` and ``predict`` take an iterable of batches).
             ValueError: for an invalid ``gpu`` or ``iterations``.
         """
+        check_batches(data)
         if gpu is None:
             raise TypeError("predict needs a device: gpu must not be None")
         listed = CallbackList.select(PredictionCallback, self, check_callbacks(callbacks))
@@ -430,6 +504,17 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         return {"train_loss": losses}
 
 
+class _ShapeCheckedLoss:
+    """A loss whose call first refuses predictions and targets that broadcast wrongly."""
+
+    def __init__(self, loss: Callable[[Any, Any], Any]) -> None:
+        self._loss = loss
+
+    def __call__(self, prediction: Any, target: Any) -> Any:
+        check_loss_shapes(self._loss, prediction, target)
+        return self._loss(prediction, target)
+
+
 class SupervisedEngine(BaseEngine):
     """Engine for supervised learning on ``(x, y)`` batches.
 
@@ -438,6 +523,15 @@ class SupervisedEngine(BaseEngine):
     accepts ``gradient_accumulation_steps`` (default 1): gradients of that many batches
     are summed (each loss scaled by ``1 / steps``) before the optimizer steps, and the last
     batches of an epoch always step. The loss reported per batch is the unscaled loss.
+
+    With ``fit(precision="bf16-mixed")`` or ``"fp16-mixed"`` the forward pass and the loss
+    run under autocast and the backward pass goes through the run's grad scaler (fp16: a
+    step whose gradients hold inf/NaN is skipped and the scale lowered); with
+    ``clip_norm``/``clip_value`` the gradients are clipped (unscaled first) right before each
+    optimizer step. At ``precision="32"`` without clipping the step is the plain PyTorch
+    one; the choice is made once per ``fit``. On the first batch of a ``fit``, predictions
+    and targets whose shapes would broadcast into a wrong loss (``(N, 1)`` against ``(N,)``)
+    are refused with an error showing both shapes.
 
     ``evaluate`` batches are ``(x, y)``; ``predict`` batches are just ``x``.
 
@@ -454,6 +548,9 @@ class SupervisedEngine(BaseEngine):
         # autograd reuses the parameters' gradient accumulators instead of building new
         # ones for every batch.
         self._last_loss: torch.Tensor | None = None
+        # The training step of the current run (chosen by ``_start_run``).
+        self._chosen_step: Callable[..., float] = self._plain_step
+        self._step: Callable[..., float] = self._plain_step
 
     def before_epoch(self, current: int, num_iterations: int) -> None:
         """Reset the batch counter of the epoch."""
@@ -470,9 +567,32 @@ class SupervisedEngine(BaseEngine):
         self._iteration = None
         self._last_loss = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """Return the batch counter of the epoch (part of the run's checkpoints).
+
+        A run preempted inside an epoch resumes with the same gradient accumulation
+        boundaries.
+
+        Returns:
+            The state.
+        """
+        return {"iteration": self._iteration, "num_iterations": self._num_iterations}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :py:meth:`state_dict` returned.
+
+        Args:
+            state_dict: the state.
+        """
+        self._iteration = state_dict["iteration"]
+        self._num_iterations = int(state_dict["num_iterations"])
+
     def __getstate__(self) -> dict[str, Any]:
-        # A tensor with an autograd graph cannot be pickled (e.g. for spawned processes).
-        return {**self.__dict__, "_last_loss": None}
+        # A tensor with an autograd graph cannot be pickled (e.g. for spawned processes);
+        # the step methods are chosen again by each process's run.
+        state = {**self.__dict__, "_last_loss": None}
+        state["_step"] = state["_chosen_step"] = None
+        return state
 
     def train_batch(  # type: ignore[override]
         self,
@@ -512,15 +632,55 @@ class SupervisedEngine(BaseEngine):
             raise ValueError(
                 f"gradient_accumulation_steps must be an int >= 1, but received {steps!r}"
             )
-        if self._iteration % steps == 0:
+        return self._step(data, optimizer, loss, steps)
+
+    def _start_run(
+        self, precision: Precision, clip_norm: float | None, clip_value: float | None
+    ) -> None:
+        """Choose the training step of this ``train`` call, once (not per batch)."""
+        super()._start_run(precision, clip_norm, clip_value)
+        plain = precision.name == "32" and clip_norm is None and clip_value is None
+        self._chosen_step = self._plain_step if plain else self._precise_step
+        self._step = self._first_step
+
+    def _first_step(self, data: Any, optimizer: Any, loss: Any, steps: int) -> float:
+        """The first batch of a run: the chosen step, with the loss's shapes checked."""
+        self._step = self._chosen_step
+        return self._chosen_step(data, optimizer, _ShapeCheckedLoss(loss), steps)
+
+    def _plain_step(self, data: Any, optimizer: Any, loss: Any, steps: int) -> float:
+        """Train on a batch in float32, without clipping: the plain PyTorch step."""
+        if self._iteration % steps == 0:  # type: ignore[operator]
             optimizer.zero_grad()
         prediction, target = self.eval_batch(data)
         value = loss(prediction, target)
         (value / steps if steps > 1 else value).backward()
         self._last_loss = value
-        done = self._iteration + 1
+        done = self._iteration + 1  # type: ignore[operator]
         if done % steps == 0 or done == self._num_iterations:
             optimizer.step()
+        return float(value.item())
+
+    def _precise_step(self, data: Any, optimizer: Any, loss: Any, steps: int) -> float:
+        """Train on a batch with the run's precision helpers and gradient clipping.
+
+        The forward pass and the loss run under autocast; the backward pass scales the loss
+        when a grad scaler is in use; at the step boundary the gradients are clipped (after
+        unscaling) and the optimizer steps (skipped on inf/NaN gradients with a scaler).
+        """
+        precision = self.precision
+        if self._iteration % steps == 0:  # type: ignore[operator]
+            optimizer.zero_grad()
+        with precision.autocast():
+            prediction, target = self.eval_batch(data)
+            value = loss(prediction, target)
+        precision.backward(value / steps if steps > 1 else value)
+        self._last_loss = value
+        done = self._iteration + 1  # type: ignore[operator]
+        if done % steps == 0 or done == self._num_iterations:
+            if self.clip_norm is not None or self.clip_value is not None:
+                precision.clip_gradients(optimizer, self.clip_norm, self.clip_value)
+            precision.step(optimizer)
         return float(value.item())
 
     def eval_batch(self, data: Any) -> tuple[Any, Any]:  # type: ignore[override]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -103,6 +104,33 @@ class EarlyStopping(TrainingCallback):
                 f"Early stopping after epoch {self.epoch} (patience {self.patience}).",
                 verbose=True,
             )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return what a resumed ``fit`` needs: epochs seen, the counter, the best value.
+
+        It is part of the run's checkpoints (``fit(trainer_options={"chkpt_root": ...})``),
+        so a resumed run stops at the same epoch as an uninterrupted one.
+
+        Returns:
+            The state (with the best weights when ``restore_best`` kept them).
+        """
+        return {
+            "epoch": self.epoch,
+            "counter": self.counter,
+            "best": self.best,
+            "best_state": self._best_state,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :py:meth:`state_dict` returned.
+
+        Args:
+            state_dict: the state.
+        """
+        self.epoch = int(state_dict["epoch"])
+        self.counter = int(state_dict["counter"])
+        self.best = float(state_dict["best"])
+        self._best_state = state_dict["best_state"]
 
     def _watched_value(self, metrics: Evaluation) -> float:
         missing = [m for m in self.metrics if m not in metrics]

@@ -119,5 +119,24 @@ class ModelSaverCallback(TrainingCallback):
         """Forget the model."""
         self._model = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """Return the epoch and the files kept so far (part of the run's checkpoints).
+
+        Returns:
+            The state.
+        """
+        return {"epoch": self._epoch, "saved": [entry.to_dict() for entry in self._saved]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :py:meth:`state_dict` returned.
+
+        Args:
+            state_dict: the state.
+        """
+        from helios.trainer.retention import RetainedCheckpoint
+
+        self._epoch = int(state_dict["epoch"])
+        self._saved = [RetainedCheckpoint.from_dict(entry) for entry in state_dict["saved"]]
+
 
 __all__ = ["ModelSaverCallback"]

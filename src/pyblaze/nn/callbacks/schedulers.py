@@ -67,6 +67,25 @@ class LearningRateScheduler(TrainingCallback):
         else:
             self.scheduler.step(metrics[self.metric])
 
+    def state_dict(self) -> dict[str, Any]:
+        """Return the scheduler's state (part of the run's checkpoints).
+
+        Returns:
+            ``{"scheduler": scheduler.state_dict()}``, or an empty dict for a scheduler
+            without ``state_dict``.
+        """
+        state_dict = getattr(self.scheduler, "state_dict", None)
+        return {"scheduler": state_dict()} if callable(state_dict) else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :py:meth:`state_dict` returned.
+
+        Args:
+            state_dict: the state.
+        """
+        if "scheduler" in state_dict:
+            self.scheduler.load_state_dict(state_dict["scheduler"])
+
 
 class ParameterScheduler(TrainingCallback):
     """Update a scalar tensor in place after every epoch (or every batch).
@@ -134,6 +153,25 @@ class ParameterScheduler(TrainingCallback):
         """Update the parameter if it runs per epoch."""
         if not self.exec_after_batch:
             self._update(self._epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the step counters and the parameter's value (part of the checkpoints).
+
+        Returns:
+            The state.
+        """
+        return {"epoch": self._epoch, "batches": self._batches, "value": self.parameter.item()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :py:meth:`state_dict` returned (the parameter's value in place).
+
+        Args:
+            state_dict: the state.
+        """
+        self._epoch = int(state_dict["epoch"])
+        self._batches = int(state_dict["batches"])
+        with torch.no_grad():
+            self.parameter.fill_(state_dict["value"])
 
     def _update(self, step: int) -> None:
         with torch.no_grad():

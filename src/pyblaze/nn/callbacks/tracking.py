@@ -86,6 +86,23 @@ class TensorboardTracker(TrainingCallback):
         if self._writer is not None:
             self._writer.flush()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Return the step counters (part of the run's checkpoints).
+
+        Returns:
+            The state.
+        """
+        return {"batch": self._batch, "epoch": self._epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :py:meth:`state_dict` returned.
+
+        Args:
+            state_dict: the state.
+        """
+        self._batch = int(state_dict["batch"])
+        self._epoch = int(state_dict["epoch"])
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_writer"] = None
