@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from helios.plugins import optuna as hlpo
@@ -59,7 +60,12 @@ def wait_for_report(root: pathlib.Path, worker: subprocess.Popen[str], timeout: 
         if (root / "study.db").exists():
             try:
                 trials = load(root).trials
-            except (KeyError, optuna.exceptions.StorageInternalError):
+            except (
+                KeyError,
+                optuna.exceptions.StorageInternalError,
+                sqlalchemy.exc.SQLAlchemyError,
+            ):
+                # The worker may still be creating the database (Optuna's schema race).
                 trials = []
             if any(t.intermediate_values for t in trials):
                 return
