@@ -170,28 +170,35 @@ class Vectorizer:
         try:
             for rank in range(workers):
                 share = [(i, items[i]) for i in range(bounds[rank], bounds[rank + 1])]
-                process = context.Process(
-                    target=_share_worker,
-                    args=(
-                        rank,
-                        share,
-                        results_queue,
-                        done,
-                        self.worker_func,
-                        self.worker_init,
-                        self.init_kwargs,
-                        args,
-                    ),
-                    daemon=True,
+                processes.append(
+                    self._start(context, _share_worker, rank, share, results_queue, done, args)
                 )
-                process.start()
-                processes.append(process)
             return self._collect(results_queue, processes, lambda finished: finished == count)
         finally:
             done.set()
             terminate(*processes)
             results_queue.cancel_join_thread()
             results_queue.close()
+
+    def _start(
+        self,
+        context: Any,
+        target: Any,
+        rank: int,
+        source: Any,
+        results_queue: Any,
+        done: Any,
+        args: tuple[Any, ...],
+    ) -> Any:
+        """Start one worker process reading its items from ``source``."""
+        process = context.Process(
+            target=target,
+            args=(rank, source, results_queue, done, self.worker_func, self.worker_init,
+                  self.init_kwargs, args),
+            daemon=True,
+        )  # fmt: skip
+        process.start()
+        return process
 
     # -- other iterables: streamed through a task queue --------------------------------------
 
@@ -224,22 +231,9 @@ class Vectorizer:
 
         try:
             for rank in range(self.num_workers):
-                process = context.Process(
-                    target=_stream_worker,
-                    args=(
-                        rank,
-                        tasks,
-                        results_queue,
-                        done,
-                        self.worker_func,
-                        self.worker_init,
-                        self.init_kwargs,
-                        args,
-                    ),
-                    daemon=True,
+                processes.append(
+                    self._start(context, _stream_worker, rank, tasks, results_queue, done, args)
                 )
-                process.start()
-                processes.append(process)
             return self._collect(results_queue, processes, progress)
         finally:
             done.set()
