@@ -14,6 +14,7 @@ from helios.core.precision import Precision
 
 from . import default_state
 from .compile import compile_in_place
+from .sharding import LayerSelector, shard_network
 
 if TYPE_CHECKING:
     from helios.trainer import TrainingState
@@ -185,6 +186,50 @@ class Model(RunPlacement, abc.ABC):
             ValueError: if a name is not an ``nn.Module`` attribute of the model.
         """
         return compile_in_place(self, names, compile_kwargs)
+
+    def shard_network(
+        self,
+        network: torch.nn.Module,
+        layers: LayerSelector | None = None,
+        *,
+        reshard_after_forward: bool = True,
+    ) -> torch.nn.Module:
+        """Shard a network over the run's processes with FSDP2; call it in :py:meth:`setup`.
+
+        Every rank then holds its shard of the network's parameters, of their gradients and
+        of the optimizer state (create the optimizers after this call). ``fully_shard`` is
+        applied to each layer and to the network, with the run's mixed-precision policy
+        (:py:func:`helios.model.sharding.shard_network`). Checkpoints of a sharded model
+        are written by every rank through Distributed Checkpoint and resume on any number
+        of processes. In a run of one process without a process group the network is
+        returned as it is, so the same model trains anywhere.
+
+        .. code-block:: python
+
+            def setup(self, fast_init: bool = False) -> None:
+                self._net = self.shard_network(Net().to(self.device))
+                self._optimizer = torch.optim.AdamW(self._net.parameters(), lr=1e-3)
+
+        Args:
+            network: the network, on :py:attr:`device`.
+            layers: the submodules sharded as one unit each: ``nn.Module`` types or a
+                function of a module; ``None`` picks the entries of the network's
+                ``ModuleList``/``Sequential`` containers
+                (:py:func:`helios.model.sharding.default_layers`).
+            reshard_after_forward: free each layer's gathered parameters after its forward
+                pass.
+
+        Returns:
+            The network, sharded in place when the run is distributed.
+        """
+        if not self.is_distributed:
+            return network
+        return shard_network(
+            network,
+            layers=layers,
+            precision=self._run_precision().name,
+            reshard_after_forward=reshard_after_forward,
+        )
 
     @property
     def save_name(self) -> str:

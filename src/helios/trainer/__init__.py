@@ -28,6 +28,7 @@ listed in ``Trainer._checkpoint_parts``). The rest, in the order a run uses it:
 * ``run_folder.py``: one run per checkpoint folder (a lock naming its holder) and a
   writable folder checked before training.
 * ``progress.py``: progress bars.
+* ``sharded_checkpoint.py``: checkpoints of sharded models (Distributed Checkpoint folders).
 * ``state.py``: :py:class:`TrainingUnit` and :py:class:`TrainingState`.
 """
 
@@ -40,6 +41,7 @@ from .checkpoints import (
 from .nonfinite import NonFiniteError
 from .preemption import Preempted
 from .retention import find_best_checkpoint
+from .sharded_checkpoint import export_full_checkpoint
 from .state import TrainingState, TrainingUnit
 from .trainer import Trainer
 
@@ -50,6 +52,7 @@ __all__ = [
     "Trainer",
     "TrainingState",
     "TrainingUnit",
+    "export_full_checkpoint",
     "find_best_checkpoint",
     "find_last_checkpoint",
     "get_trainer_safe_types_for_load",

@@ -17,12 +17,14 @@ On-disk layout (a dict saved with ``torch.save``), compatible with Helios 1.2.7'
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import pathlib
 import re
+import shutil
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, Protocol, runtime_checkable
 
 import torch
@@ -32,6 +34,7 @@ from helios.core import logging, rng
 from helios.core.files import TEMPORARY_SUFFIX, write_atomically
 from helios.core.utils import safe_torch_load
 
+from . import sharded_checkpoint as sharded
 from .async_save import BackgroundWriter, CheckpointWriteError, SnapshotBuffers, snapshot
 from .retention import INDEX_NAME, CheckpointRetention, RetentionUpdate
 from .state import TrainingState
@@ -64,7 +67,7 @@ def checkpoint_position(path: pathlib.Path) -> tuple[int, int] | None:
     Returns:
         The position, or ``None`` if the name holds none.
     """
-    if path.suffix != CHECKPOINT_SUFFIX or path.name.startswith("."):
+    if path.suffix not in (CHECKPOINT_SUFFIX, sharded.SHARDED_SUFFIX) or path.name.startswith("."):
         return None
     match = _NAME_PATTERN.search(path.stem)
     if match is None:
@@ -84,7 +87,8 @@ def list_checkpoints(root: pathlib.Path | None) -> list[pathlib.Path]:
     if root is None or not root.is_dir():
         return []
     found = []
-    for path in root.glob(f"*{CHECKPOINT_SUFFIX}"):
+    candidates = [*root.glob(f"*{CHECKPOINT_SUFFIX}"), *root.glob(f"*{sharded.SHARDED_SUFFIX}")]
+    for path in candidates:
         position = checkpoint_position(path)
         if position is not None:
             found.append((position, path.name, path))
@@ -96,7 +100,9 @@ def find_last_checkpoint(root: pathlib.Path | None) -> pathlib.Path | None:
     """Find the newest checkpoint in a folder.
 
     Names must contain ``epoch_<e>_iter_<i>``; the newest is the one with the highest epoch,
-    then the highest iteration (``epoch_0_iter_0`` included).
+    then the highest iteration (``epoch_0_iter_0`` included). A checkpoint is a ``.pth``
+    file, or a ``.dcp`` folder for a sharded model
+    (:py:mod:`helios.trainer.sharded_checkpoint`).
 
     Args:
         root: the folder where the checkpoints are stored.
@@ -199,9 +205,16 @@ def remove_temporary_files(root: pathlib.Path | None) -> None:
     """
     if root is None or not root.is_dir():
         return
-    for pattern in (f".*{CHECKPOINT_SUFFIX}.*{TEMPORARY_SUFFIX}", f".{INDEX_NAME}.*.tmp"):
+    for pattern in (
+        f".*{CHECKPOINT_SUFFIX}.*{TEMPORARY_SUFFIX}",
+        f".{INDEX_NAME}.*.tmp",
+        f".*{sharded.SHARDED_SUFFIX}*{TEMPORARY_SUFFIX}",
+    ):
         for path in root.glob(pattern):
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def validate_checkpoint(state_dict: Any, path: pathlib.Path) -> None:
@@ -221,7 +234,8 @@ def validate_checkpoint(state_dict: Any, path: pathlib.Path) -> None:
             f"error: the checkpoint at {path} is not a valid helios checkpoint: expected a "
             f"dict, found {type(state_dict).__name__}"
         )
-    missing = [key for key in REQUIRED_KEYS if key not in state_dict]
+    present = {*state_dict, *state_dict.get(sharded.SHARDED_PARTS_KEY, ())}
+    missing = [key for key in REQUIRED_KEYS if key not in present]
     if missing:
         raise RuntimeError(
             f"error: the checkpoint at {path} is not a valid helios checkpoint: missing "
@@ -260,9 +274,12 @@ def load_newest_valid_checkpoint(
     """
     for path in list_checkpoints(root):
         try:
-            if not zipfile.is_zipfile(path):
+            if sharded.is_sharded_checkpoint(path):
+                state_dict = sharded.read_contents(path, map_location)
+            elif not zipfile.is_zipfile(path):
                 raise ValueError("not a torch.save archive (truncated or overwritten)")
-            state_dict = safe_torch_load(path, map_location=map_location)
+            else:
+                state_dict = safe_torch_load(path, map_location=map_location)
             validate_checkpoint(state_dict, path)
         except _CORRUPTION_ERRORS as error:
             message = (
@@ -505,6 +522,7 @@ class RunCheckpoint:
         # that stops the save (the non-finite guard), or None.
         self.check: Callable[[dict[str, Any], TrainingState], BaseException | None] | None
         self.check = None
+        self._warned_sync_shards = False
 
     def prepare_folder(self) -> None:
         """Create the folder and remove what interrupted saves left there (rank 0)."""
@@ -514,6 +532,9 @@ class RunCheckpoint:
 
     def save(self, state: TrainingState) -> pathlib.Path | None:
         """Save a checkpoint at ``state``; every rank calls this, rank 0 writes the file.
+
+        When a part is sharded (a model sharded with FSDP2), every rank also writes its
+        shards, into a checkpoint folder (:py:mod:`helios.trainer.sharded_checkpoint`).
 
         Args:
             state: the training state being saved.
@@ -526,6 +547,7 @@ class RunCheckpoint:
             Exception: what :py:attr:`check` returned for the gathered contents.
         """
         entry = self.rank_state.state_dict()
+        shards = self._sharded_states()
         path: pathlib.Path | None = None
         contents: dict[str, Any] = {}
         update: RetentionUpdate | None = None
@@ -535,8 +557,9 @@ class RunCheckpoint:
                 if self._writer is not None:
                     # At most one save in flight; its error (naming its file) surfaces here.
                     self._writer.wait()
-                contents = self._gather_parts()
-                path = self.folder / f"{self._name(state)}{CHECKPOINT_SUFFIX}"
+                contents = self._gather_parts(without=shards)
+                suffix = sharded.SHARDED_SUFFIX if shards else CHECKPOINT_SUFFIX
+                path = self.folder / f"{self._name(state)}{suffix}"
                 if self.retention is not None:
                     # The record saved in a checkpoint includes that checkpoint.
                     update = self.retention.register(
@@ -548,20 +571,28 @@ class RunCheckpoint:
                             contents[key] = record
                 if self.check is not None:
                     problem = self.check(contents, state)
+                if shards:
+                    sharded.prepare_temporary_folder(path)
             except CheckpointWriteError as error:
                 problem = error
+        if shards and self.check is not None and problem is None:
+            problem = self.check(shards, state)  # each rank checks its own shards
         if self._is_distributed:
-            # Rank 0's verdict travels with the gather, so every rank stops together.
-            gathered = _gather_to_rank0((entry, problem))
-            entries = [e for e, _ in gathered]
-            if gathered[0][1] is not None and problem is None:
-                problem = gathered[0][1]
+            # Rank 0's path and every rank's verdict travel with the gather, so every rank
+            # writes into the same folder, or stops together.
+            gathered = _gather_to_rank0((entry, problem, path))
+            entries = [e for e, _, _ in gathered]
+            problem = next((p for _, p, _ in gathered if p is not None), None)
+            if shards:
+                path = gathered[0][2]
         else:
             entries = [entry]
         if problem is not None:
             raise problem
         if path is None:
             return None
+        if shards:
+            return self._save_sharded(shards, path, contents, entries, update)
         contents["rng"] = entries[0]["rng"]
         contents["ranks"] = entries
         if self._writer is None:
@@ -573,11 +604,62 @@ class RunCheckpoint:
             self._writer.submit(lambda: _write_and_retain(copied, path, update), path)
         return path
 
-    def _gather_parts(self) -> dict[str, Any]:
+    def _sharded_states(self) -> dict[str, Any]:
+        """The states of the parts that are sharded now, by key (every rank, its shards)."""
+        if self.folder is None:
+            return {}
+        return {
+            key: part.state_dict()
+            for key, part in self.parts.items()
+            if getattr(part, "is_sharded", False)
+        }
+
+    def _save_sharded(
+        self,
+        shards: dict[str, Any],
+        path: pathlib.Path,
+        contents: dict[str, Any],
+        entries: list[Any],
+        update: RetentionUpdate | None,
+    ) -> pathlib.Path | None:
+        """Write every rank's shards, then rank 0 commits the folder; all ranks agree."""
+        if self._writer is not None and not self._warned_sync_shards:
+            self._warned_sync_shards = True
+            logging.get_root_logger().warning(
+                "chkpt_async: the shards of a sharded model are written synchronously"
+            )
+        error: BaseException | None = None
+        try:
+            sharded.write_shards(shards, path)
+        except Exception as failure:  # Distributed Checkpoint raises on every rank
+            error = CheckpointWriteError(
+                f"error: could not write the shards of checkpoint {path}: {failure}", path
+            )
+        if error is None and self._rank == 0:
+            contents["rng"] = entries[0]["rng"]
+            contents["ranks"] = entries
+            contents[sharded.SHARDED_PARTS_KEY] = sorted(shards)
+            try:
+                sharded.commit(contents, path)
+            except (CheckpointWriteError, OSError) as failure:
+                error = failure
+            else:
+                logging.get_root_logger().info(f"Saved checkpoint {path}")
+                if update is not None:
+                    update.apply()
+        if self._is_distributed:
+            error = next((e for e in _gather_to_rank0(error) if e is not None), None)
+        if error is not None:
+            raise error
+        return path if self._rank == 0 else None
+
+    def _gather_parts(self, without: Mapping[str, Any]) -> dict[str, Any]:
         import helios
 
         contents: dict[str, Any] = {"version": helios.__version__}
         for key, part in self.parts.items():
+            if key in without:
+                continue
             value = part.state_dict()
             if isinstance(part, FlatCheckpointPart):
                 contents.update({k: v for k, v in value.items() if v is not None})
@@ -610,8 +692,12 @@ class RunCheckpoint:
         if found is None:
             return None
         path, saved = found
+        sharded_keys = saved.get(sharded.SHARDED_PARTS_KEY, ())
         for key, part in self.parts.items():
-            restore_part(path, key, part, saved)
+            if key in sharded_keys:
+                restore_sharded_part(path, key, part)
+            else:
+                restore_part(path, key, part, saved)
         world_size = torch.distributed.get_world_size() if self._is_distributed else 1
         self.rank_state.load_state_dict(_rank_entry(saved, self._rank, world_size))
         return path
@@ -619,6 +705,20 @@ class RunCheckpoint:
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint that does not fit the run (a part's ``load_state_dict`` failed)."""
+
+
+@contextlib.contextmanager
+def _fitting(path: pathlib.Path, key: str) -> Iterator[None]:
+    """Turn a part's failure to take its entry into a :py:class:`CheckpointMismatchError`."""
+    try:
+        yield
+    except Exception as error:
+        raise CheckpointMismatchError(
+            f"error: the checkpoint {path} does not fit this run: restoring its '{key}' "
+            f"entry failed ({type(error).__name__}: {error}). If the {key} changed on "
+            f"purpose (a new architecture, say), start fresh: move or delete "
+            f"{path.parent}, or give the model a new save_name"
+        ) from error
 
 
 def restore_part(
@@ -636,15 +736,23 @@ def restore_part(
         CheckpointMismatchError: if the part refuses its entry (a changed architecture, say),
             naming the file and the part and saying how to start fresh.
     """
-    try:
+    with _fitting(path, key):
         if isinstance(part, FlatCheckpointPart):
             part.load_state_dict({k: saved.get(k) for k in part.checkpoint_keys})
         elif key in saved:
             part.load_state_dict(saved[key])
-    except Exception as error:
-        raise CheckpointMismatchError(
-            f"error: the checkpoint {path} does not fit this run: restoring its '{key}' "
-            f"entry failed ({type(error).__name__}: {error}). If the {key} changed on "
-            f"purpose (a new architecture, say), start fresh: move or delete "
-            f"{path.parent}, or give the model a new save_name"
-        ) from error
+
+
+def restore_sharded_part(path: pathlib.Path, key: str, part: CheckpointPart) -> None:
+    """Load one part from the shards of a sharded checkpoint (every rank calls this).
+
+    Args:
+        path: the checkpoint folder.
+        key: the part's key.
+        part: the part (its state is resharded to this run's ranks).
+
+    Raises:
+        CheckpointMismatchError: if the shards do not fit the part, naming the folder.
+    """
+    with _fitting(path, key):
+        sharded.load_sharded_part(path, key, part)

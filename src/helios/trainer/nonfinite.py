@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from helios.model.sharding import local_shard
+
 from .loops import agree_any
 
 if TYPE_CHECKING:
@@ -57,7 +59,8 @@ class NonFiniteError(RuntimeError):
 
 def _tensors(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
     if isinstance(obj, torch.Tensor):
-        yield prefix, obj
+        # A DTensor is checked by its local shard: no collective, each rank its own part.
+        yield prefix, local_shard(obj)
     elif isinstance(obj, dict):
         for key, value in obj.items():
             yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import shutil
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -182,7 +183,10 @@ class RetentionUpdate:
         for name in self.delete:
             path = self.folder / name
             try:
-                path.unlink(missing_ok=True)
+                if path.is_dir():  # a sharded checkpoint
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
             except OSError as error:
                 logging.get_root_logger().warning(
                     f"could not delete old checkpoint {path}: {error}"

@@ -15,6 +15,7 @@ from helios.core import distributed as dist
 from helios.core import logging, rng
 from helios.core.precision import Precision
 from helios.core.utils import get_env_info_str, get_from_optional, update_all_registries
+from helios.model import default_state, sharding
 from helios.model.model import register_model_types_for_safe_load
 from helios.plugins.plugin import validate_plugins
 
@@ -772,6 +773,22 @@ class _ModelPart:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._model.load_state_dict(state_dict, fast_init=self._fast_init)
+
+    @property
+    def is_sharded(self) -> bool:
+        """Whether a network of the model is sharded (its checkpoint entry is shards)."""
+        found, _ = default_state.find_state(self._model)
+        return any(
+            isinstance(obj, torch.nn.Module) and sharding.is_sharded_network(obj)
+            for obj in found.values()
+        )
+
+    def prepare_to_load(self) -> None:
+        """Give the model's optimizers the state tensors to load saved shards into."""
+        found, _ = default_state.find_state(self._model)
+        for obj in found.values():
+            if isinstance(obj, torch.optim.Optimizer):
+                sharding.initialize_optimizer_state(obj)
 
 
 def _log_uncaught(error: BaseException, mode: _Mode) -> None:

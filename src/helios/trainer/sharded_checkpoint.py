@@ -1,0 +1,331 @@
+"""Checkpoints of sharded models: a folder of Distributed Checkpoint shards plus the rest.
+
+A checkpoint whose model holds ``DTensor`` shards (:py:meth:`helios.model.Model.shard_network`)
+is a folder named like a checkpoint file but ending in ``.dcp``::
+
+    <save_name>_epoch_<e>_iter_<i>.dcp/
+        .metadata            Distributed Checkpoint's index of the shards (rank 0)
+        __<rank>_0.distcp    the shards each rank wrote
+        helios.pth           every other part, as in a one-file checkpoint (rank 0)
+
+The sharded parts (the model's networks and optimizers) go through
+``torch.distributed.checkpoint``; ``helios.pth`` holds the training state, every rank's RNG
+and sampler position, plug-ins, loggers and retention record, and lists the sharded parts
+under ``sharded_parts``.
+
+Atomic at the level of the whole checkpoint: everything is written into a hidden temporary
+folder (``.<name>.dcp.tmp``), synced, and the folder is renamed to its final name once every
+rank has written and rank 0 has added ``helios.pth``. A crash at any moment leaves the
+previous checkpoint the newest complete one; the trainer removes the temporary folder when
+the run starts again.
+
+Loading works on any number of processes, with or without a process group: Distributed
+Checkpoint reshards every tensor to the shards of the loading run
+(:py:func:`load_sharded_part`). :py:func:`export_full_checkpoint` turns a sharded checkpoint
+into a one-file checkpoint of full tensors, for inference or ONNX export.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import pathlib
+import shutil
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import torch
+
+from helios.core.files import TEMPORARY_SUFFIX, fsync_directory
+from helios.core.utils import safe_torch_load
+
+SHARDED_SUFFIX = ".dcp"
+CONTENTS_NAME = "helios.pth"
+SHARDED_PARTS_KEY = "sharded_parts"
+
+
+class ShardedPart(Protocol):
+    """A checkpoint part whose state may hold ``DTensor`` shards.
+
+    It may also have ``prepare_to_load()``, which creates the state a fresh object lacks
+    (an optimizer's moments) so there is something to load into.
+    """
+
+    def state_dict(self) -> Any:
+        """Return the state (every rank calls it for a sharded save)."""
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        """Restore a state."""
+
+
+def temporary_folder(path: pathlib.Path) -> pathlib.Path:
+    """Return the hidden folder a sharded checkpoint is written in before its rename."""
+    return path.parent / f".{path.name}{TEMPORARY_SUFFIX}"
+
+
+def prepare_temporary_folder(path: pathlib.Path) -> None:
+    """Empty the temporary folder of ``path`` (rank 0, before any rank writes into it)."""
+    folder = temporary_folder(path)
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+def write_shards(states: Mapping[str, Any], path: pathlib.Path) -> None:
+    """Write the sharded parts' states into the temporary folder of ``path`` (every rank).
+
+    Args:
+        states: the states by part key (each rank passes its own shards).
+        path: the final path of the checkpoint folder.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(
+        dict(states), storage_writer=dcp.FileSystemWriter(temporary_folder(path), sync_files=True)
+    )
+
+
+def commit(contents: dict[str, Any], path: pathlib.Path) -> None:
+    """Add ``helios.pth`` to the written shards and give the folder its final name (rank 0).
+
+    Call it once every rank has written its shards. A folder already at ``path`` (a rerun
+    saving the same position) is replaced.
+
+    Args:
+        contents: the unsharded parts, with ``sharded_parts`` naming the sharded ones.
+        path: the final path of the checkpoint folder.
+
+    Raises:
+        CheckpointWriteError: if a file cannot be written, naming it.
+    """
+    from .checkpoints import save_atomically
+
+    folder = temporary_folder(path)
+    save_atomically(contents, folder / CONTENTS_NAME)
+    fsync_directory(folder)
+    if path.exists():
+        previous = path.parent / f".{path.name}.previous{TEMPORARY_SUFFIX}"
+        os.replace(path, previous)
+        os.replace(folder, path)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        os.replace(folder, path)
+    fsync_directory(path.parent)
+
+
+def is_sharded_checkpoint(path: pathlib.Path) -> bool:
+    """Whether ``path`` names a sharded checkpoint (a ``.dcp`` folder)."""
+    return path.suffix == SHARDED_SUFFIX and path.is_dir()
+
+
+def _read_metadata(path: pathlib.Path) -> Any:
+    import torch.distributed.checkpoint as dcp
+
+    return dcp.FileSystemReader(path).read_metadata()
+
+
+def read_contents(path: pathlib.Path, map_location: Any = None) -> dict[str, Any]:
+    """Read the unsharded parts of a sharded checkpoint, after checking it is complete.
+
+    Complete means: ``helios.pth`` and the shards' index are readable, and every shard file
+    the index names exists and is long enough for the data it indexes.
+
+    Args:
+        path: the checkpoint folder.
+        map_location: passed to ``torch.load``.
+
+    Returns:
+        The contents of ``helios.pth``.
+
+    Raises:
+        ValueError: if a file is missing or truncated, naming it.
+    """
+    contents_file = path / CONTENTS_NAME
+    if not contents_file.is_file():
+        raise ValueError(f"{contents_file} is missing")
+    try:
+        metadata = _read_metadata(path)
+    except Exception as error:
+        raise ValueError(f"the shard index {path / '.metadata'} is unreadable: {error}") from error
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, size in needed.items():
+        shard = path / name
+        actual = shard.stat().st_size if shard.is_file() else -1
+        if actual < size:
+            what = "missing" if actual < 0 else f"truncated ({actual} of {size} bytes)"
+            raise ValueError(f"shard file {shard} is {what}")
+    contents = safe_torch_load(contents_file, map_location=map_location)
+    if not isinstance(contents, dict) or SHARDED_PARTS_KEY not in contents:
+        raise ValueError(f"{contents_file} lists no sharded parts")
+    return contents
+
+
+def _safe_load_planner() -> Any:
+    """A load planner that unpickles the checkpoint's objects with ``weights_only=True``."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    class SafeLoadPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            checked = io.BytesIO()
+            torch.save(safe_torch_load(value), checked)
+            checked.seek(0)
+            super().load_bytes(read_item, checked)
+
+    return SafeLoadPlanner()
+
+
+def _flat_keys(state_dict: dict[str, Any], metadata: Any) -> set[str]:
+    """The keys Distributed Checkpoint gives the leaves of a state dict."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    planner = DefaultLoadPlanner()
+    planner.set_up_planner(state_dict, metadata, False)
+    return set(planner.state_dict)
+
+
+def load_sharded_part(path: pathlib.Path, key: str, part: ShardedPart) -> None:
+    """Load one part's state from the shards of a checkpoint (every rank calls this).
+
+    The part's current ``state_dict()`` is the template: Distributed Checkpoint fills its
+    tensors in place, each with the shard this rank holds now (a full tensor when the part
+    is not sharded), whatever the number of processes that wrote the checkpoint. When the
+    checkpoint holds entries the template lacks (a fresh optimizer has no moments yet),
+    the part first creates them (its ``prepare_to_load()``).
+
+    Args:
+        path: the checkpoint folder.
+        key: the part's key.
+        part: the part.
+
+    Raises:
+        RuntimeError: if the checkpoint lacks entries the part needs (from
+            ``torch.distributed.checkpoint``).
+    """
+    import torch.distributed.checkpoint as dcp
+
+    metadata = _read_metadata(path)
+    template = {key: part.state_dict()}
+    saved = {name for name in metadata.state_dict_metadata if name.startswith(f"{key}.")}
+    prepare = getattr(part, "prepare_to_load", None)
+    if prepare is not None and not saved <= _flat_keys(template, metadata):
+        prepare()
+        template = {key: part.state_dict()}
+    dcp.load(
+        template,
+        storage_reader=dcp.FileSystemReader(path),
+        planner=_safe_load_planner(),
+        no_dist=not (torch.distributed.is_available() and torch.distributed.is_initialized()),
+    )
+    part.load_state_dict(template[key])
+
+
+def _set_nested(target: dict[str, Any], keys: tuple[Any, ...], value: Any) -> None:
+    """Set ``value`` at a path of dict keys and list indices, creating what is missing."""
+    node: Any = target
+    for here, after in itertools.pairwise(keys):
+        empty: Any = [] if isinstance(after, int) else {}
+        if isinstance(node, list):
+            while len(node) <= here:
+                node.append(None)
+            if node[here] is None:
+                node[here] = empty
+        else:
+            node.setdefault(here, empty)
+        node = node[here]
+    last = keys[-1]
+    if isinstance(node, list):
+        while len(node) <= last:
+            node.append(None)
+    node[last] = value
+
+
+def load_full_state(path: pathlib.Path) -> dict[str, Any]:
+    """Load every sharded part of a checkpoint as full tensors, on one process.
+
+    No process group is needed (nor used when one exists): the shards of all ranks are read
+    and joined.
+
+    Args:
+        path: the checkpoint folder.
+
+    Returns:
+        The sharded parts' states by key, nested as they were saved, with plain tensors.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = _read_metadata(path)
+    flat: dict[str, Any] = {}
+    for name, entry in metadata.state_dict_metadata.items():
+        if isinstance(entry, TensorStorageMetadata):
+            flat[name] = torch.empty(entry.size, dtype=entry.properties.dtype)
+        else:
+            flat[name] = None
+    dcp.load(
+        flat,
+        storage_reader=dcp.FileSystemReader(path),
+        planner=_safe_load_planner(),
+        no_dist=True,
+    )
+    nested: dict[str, Any] = {}
+    mappings = metadata.planner_data or {}
+    for name, value in flat.items():
+        _set_nested(nested, tuple(mappings.get(name, (name,))), value)
+    return nested
+
+
+def export_full_checkpoint(
+    path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None
+) -> pathlib.Path:
+    """Write a sharded checkpoint as one ordinary checkpoint file of full tensors.
+
+    The file holds every part of the checkpoint, with the model's networks and optimizers
+    unsharded: ``torch.load(output)["model"]`` loads into the unsharded networks (for
+    inference or ONNX export), and a trainer resumes from the file as from any checkpoint.
+    It runs on one process, without a process group.
+
+    Args:
+        path: the sharded checkpoint (a ``.dcp`` folder).
+        output: the file to write; ``None`` writes ``<path without .dcp>.pth`` next to it.
+
+    Returns:
+        The path of the written file.
+
+    Raises:
+        ValueError: if ``path`` is not a complete sharded checkpoint.
+        CheckpointWriteError: if the file cannot be written.
+    """
+    from .checkpoints import CHECKPOINT_SUFFIX, save_atomically
+
+    source = pathlib.Path(path)
+    if not is_sharded_checkpoint(source):
+        raise ValueError(
+            f"error: invalid path={str(source)!r}: expected a sharded checkpoint folder "
+            f"ending in {SHARDED_SUFFIX}"
+        )
+    target = pathlib.Path(output) if output is not None else source.with_suffix(CHECKPOINT_SUFFIX)
+    contents = read_contents(source, map_location="cpu")
+    contents.update(load_full_state(source))
+    del contents[SHARDED_PARTS_KEY]
+    save_atomically(contents, target)
+    return target
+
+
+__all__ = [
+    "CONTENTS_NAME",
+    "SHARDED_PARTS_KEY",
+    "SHARDED_SUFFIX",
+    "ShardedPart",
+    "commit",
+    "export_full_checkpoint",
+    "is_sharded_checkpoint",
+    "load_full_state",
+    "load_sharded_part",
+    "prepare_temporary_folder",
+    "read_contents",
+    "temporary_folder",
+    "write_shards",
+]
