@@ -13,6 +13,11 @@ On-disk layout (a dict saved with ``torch.save``), compatible with Helios 1.2.7'
   of flat parts (``log_path``, ``run_path``); a part whose state is ``None`` is left out.
 * ``ranks``: one entry per rank, ``{"rng": ..., "sampler": {"epoch", "start_iter"}}``
   (:py:class:`RankState`), and ``rng``: rank 0's RNG states, the reference key.
+
+A checkpoint of a sharded model is a ``.dcp`` folder instead: the parts whose state is
+sharded go through Distributed Checkpoint, every rank writing its shards, and the file
+above (``helios.pth`` in the folder) lists them under ``sharded_parts``
+(:py:mod:`helios.trainer.sharded_checkpoint`).
 """
 
 from __future__ import annotations
@@ -696,6 +701,9 @@ class RunCheckpoint:
         for key, part in self.parts.items():
             if key in sharded_keys:
                 restore_sharded_part(path, key, part)
+            elif key in saved and getattr(part, "is_sharded", False):
+                with _fitting(path, key):
+                    sharded.load_full_into_sharded(saved[key], part)
             else:
                 restore_part(path, key, part, saved)
         world_size = torch.distributed.get_world_size() if self._is_distributed else 1

@@ -27,12 +27,14 @@ into a one-file checkpoint of full tensors, for inference or ONNX export.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
 import pathlib
 import shutil
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -80,9 +82,29 @@ def write_shards(states: Mapping[str, Any], path: pathlib.Path) -> None:
     """
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(
-        dict(states), storage_writer=dcp.FileSystemWriter(temporary_folder(path), sync_files=True)
-    )
+    with _first_failure():
+        dcp.save(
+            dict(states),
+            storage_writer=dcp.FileSystemWriter(temporary_folder(path), sync_files=True),
+        )
+
+
+@contextlib.contextmanager
+def _first_failure() -> Iterator[None]:
+    """Raise the first rank's own error instead of Distributed Checkpoint's wrapper.
+
+    ``CheckpointException`` derives from ``BaseException`` (an ``except Exception`` misses
+    it) and names its failures only in a traceback dump.
+    """
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as error:
+        for _, (failure, _trace) in sorted(error.failures.items()):
+            if isinstance(failure, Exception):
+                raise failure from error
+        raise RuntimeError(str(error)) from error
 
 
 def commit(contents: dict[str, Any], path: pathlib.Path) -> None:
@@ -177,6 +199,26 @@ def _safe_load_planner() -> Any:
     return SafeLoadPlanner()
 
 
+def _has_process_group() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _load(state_dict: dict[str, Any], path: pathlib.Path, single_process: bool) -> None:
+    """Fill ``state_dict`` in place from the shards in ``path``."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        # Loading on one process is what we ask for, not an assumption to warn about.
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        with _first_failure():
+            dcp.load(
+                state_dict,
+                storage_reader=dcp.FileSystemReader(path),
+                planner=_safe_load_planner(),
+                no_dist=single_process,
+            )
+
+
 def _flat_keys(state_dict: dict[str, Any], metadata: Any) -> set[str]:
     """The keys Distributed Checkpoint gives the leaves of a state dict."""
     from torch.distributed.checkpoint import DefaultLoadPlanner
@@ -204,8 +246,6 @@ def load_sharded_part(path: pathlib.Path, key: str, part: ShardedPart) -> None:
         RuntimeError: if the checkpoint lacks entries the part needs (from
             ``torch.distributed.checkpoint``).
     """
-    import torch.distributed.checkpoint as dcp
-
     metadata = _read_metadata(path)
     template = {key: part.state_dict()}
     saved = {name for name in metadata.state_dict_metadata if name.startswith(f"{key}.")}
@@ -213,13 +253,48 @@ def load_sharded_part(path: pathlib.Path, key: str, part: ShardedPart) -> None:
     if prepare is not None and not saved <= _flat_keys(template, metadata):
         prepare()
         template = {key: part.state_dict()}
-    dcp.load(
-        template,
-        storage_reader=dcp.FileSystemReader(path),
-        planner=_safe_load_planner(),
-        no_dist=not (torch.distributed.is_available() and torch.distributed.is_initialized()),
-    )
+    _load(template, path, single_process=not _has_process_group())
     part.load_state_dict(template[key])
+
+
+def load_full_into_sharded(state: Any, part: ShardedPart) -> None:
+    """Load a part's full (unsharded) state into the part, sharded like its own state.
+
+    This is how a sharded run resumes from a one-file checkpoint: one written before the
+    model was sharded, or exported with :py:func:`export_full_checkpoint`. Every rank holds
+    the full state and keeps its shard of each tensor (a collective: every rank calls it).
+
+    Args:
+        state: the part's entry of the checkpoint (full tensors).
+        part: the part, whose current state gives each tensor's mesh and placements.
+    """
+    prepare = getattr(part, "prepare_to_load", None)
+    if prepare is not None:
+        prepare()  # an optimizer's state is replaced by the loaded one, empty or not
+    part.load_state_dict(_shard_like(state, part.state_dict()))
+
+
+def _shard_like(loaded: Any, template: Any) -> Any:
+    from helios.model.sharding import is_sharded_tensor
+
+    if is_sharded_tensor(template):
+        if not isinstance(loaded, torch.Tensor) or is_sharded_tensor(loaded):
+            return loaded
+        from torch.distributed.tensor import distribute_tensor
+
+        local = template.to_local()
+        full = loaded.to(device=local.device, dtype=template.dtype)
+        return distribute_tensor(full, template.device_mesh, template.placements)
+    if isinstance(loaded, Mapping) and isinstance(template, Mapping):
+        return {
+            key: _shard_like(value, template[key]) if key in template else value
+            for key, value in loaded.items()
+        }
+    if isinstance(loaded, list | tuple) and isinstance(template, list | tuple):
+        shaped = [_shard_like(a, b) for a, b in zip(loaded, template, strict=False)]
+        shaped += list(loaded[len(shaped) :])
+        return type(loaded)(shaped) if isinstance(loaded, tuple) else shaped
+    return loaded
 
 
 def _set_nested(target: dict[str, Any], keys: tuple[Any, ...], value: Any) -> None:
@@ -253,8 +328,8 @@ def load_full_state(path: pathlib.Path) -> dict[str, Any]:
 
     Returns:
         The sharded parts' states by key, nested as they were saved, with plain tensors.
+        Dict keys come back as strings, except the parameter keys of optimizer states.
     """
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     metadata = _read_metadata(path)
@@ -264,17 +339,30 @@ def load_full_state(path: pathlib.Path) -> dict[str, Any]:
             flat[name] = torch.empty(entry.size, dtype=entry.properties.dtype)
         else:
             flat[name] = None
-    dcp.load(
-        flat,
-        storage_reader=dcp.FileSystemReader(path),
-        planner=_safe_load_planner(),
-        no_dist=True,
-    )
+    _load(flat, path, single_process=True)
     nested: dict[str, Any] = {}
     mappings = metadata.planner_data or {}
     for name, value in flat.items():
         _set_nested(nested, tuple(mappings.get(name, (name,))), value)
+    _restore_optimizer_keys(nested)
     return nested
+
+
+def _restore_optimizer_keys(node: Any) -> None:
+    """Give optimizer states back their integer parameter keys.
+
+    Distributed Checkpoint records dict keys as strings, so ``{"state": {0: ...}}`` comes
+    back as ``{"state": {"0": ...}}``, which ``Optimizer.load_state_dict`` would not match
+    to a parameter. Other integer dict keys of a state stay strings.
+    """
+    if not isinstance(node, dict):
+        return
+    state = node.get("state")
+    if isinstance(state, dict) and isinstance(node.get("param_groups"), list):
+        node["state"] = {int(k) if k.isdigit() else k: v for k, v in state.items()}
+        return
+    for value in node.values():
+        _restore_optimizer_keys(value)
 
 
 def export_full_checkpoint(
@@ -285,7 +373,10 @@ def export_full_checkpoint(
     The file holds every part of the checkpoint, with the model's networks and optimizers
     unsharded: ``torch.load(output)["model"]`` loads into the unsharded networks (for
     inference or ONNX export), and a trainer resumes from the file as from any checkpoint.
-    It runs on one process, without a process group.
+    It runs on one process, without a process group; a sharded run on any number of
+    processes also resumes from it (:py:func:`load_full_into_sharded`). Types of your own in the
+    checkpoint must be registered for ``torch.load(weights_only=True)`` first (see
+    :py:meth:`helios.model.Model.types_for_safe_load`).
 
     Args:
         path: the sharded checkpoint (a ``.dcp`` folder).
@@ -298,8 +389,13 @@ def export_full_checkpoint(
         ValueError: if ``path`` is not a complete sharded checkpoint.
         CheckpointWriteError: if the file cannot be written.
     """
-    from .checkpoints import CHECKPOINT_SUFFIX, save_atomically
+    from .checkpoints import (
+        CHECKPOINT_SUFFIX,
+        register_trainer_types_for_safe_load,
+        save_atomically,
+    )
 
+    register_trainer_types_for_safe_load()
     source = pathlib.Path(path)
     if not is_sharded_checkpoint(source):
         raise ValueError(
@@ -322,6 +418,7 @@ __all__ = [
     "commit",
     "export_full_checkpoint",
     "is_sharded_checkpoint",
+    "load_full_into_sharded",
     "load_full_state",
     "load_sharded_part",
     "prepare_temporary_folder",

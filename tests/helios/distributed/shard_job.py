@@ -20,8 +20,8 @@ and 3 processes take the same steps up to float rounding.
 
 Each rank appends one JSON line per batch to ``batches<rank>.jsonl`` (iteration, sample
 ids, loss); rank 0 writes ``final.pt`` (the full weights at the end, gathered from the
-shards) and ``result.json`` (which modules were sharded, the parameter dtype of the
-forward pass, the world size).
+shards) and ``result.json`` (which modules were sharded, the dtypes of the output and of a
+block's weight in the forward pass, the world size).
 """
 
 from __future__ import annotations
@@ -81,8 +81,10 @@ class Block(nn.Module):
         self.norm = nn.LayerNorm(WIDTH)
         self.linear = nn.Linear(WIDTH, WIDTH)
         self.dropout = nn.Dropout(dropout)
+        self.weight_dtype = ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.weight_dtype = str(self.linear.weight.dtype)  # as gathered for the forward
         return x + self.dropout(torch.tanh(self.linear(self.norm(x))))
 
 
@@ -158,6 +160,7 @@ class ShardedModel(hlm.Model):
                     if isinstance(module, fsdp)
                 ),
                 "forward_dtype": self.forward_dtype,
+                "forward_weight_dtype": self.net.blocks[0].weight_dtype,
             }
             (self.args.workdir / "result.json").write_text(json.dumps(result))
 

@@ -1,0 +1,297 @@
+"""FSDP2 sharding under torchrun: 2 (and 3) CPU processes on gloo, and resuming on 1.
+
+Every test starts ``shard_job.py`` (next to this file), whose model shards its network with
+``Model.shard_network``, and compares what the runs wrote: the full weights at the end, the
+per-batch records, and the checkpoint folders.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import torch
+
+import helios.trainer as hlt
+from helios.trainer import sharded_checkpoint
+
+pytestmark = pytest.mark.slow
+
+JOB_PATH = pathlib.Path(__file__).with_name("shard_job.py")
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(JOB_PATH.parent))
+import shard_job  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("localhost", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(
+    workdir: pathlib.Path, *options: str, processes: int = 2, expect_ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the job with ``processes`` ranks under torchrun (1: a plain process)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    job = [str(JOB_PATH), str(workdir), *options]
+    if processes == 1:
+        command = [sys.executable, *job]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            f"--master_port={_free_port()}",
+            *job,
+        ]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    if expect_ok:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return done
+
+
+def _copy(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _weights(workdir: pathlib.Path) -> dict[str, torch.Tensor]:
+    return torch.load(workdir / "final.pt", weights_only=True)  # type: ignore[no-any-return]
+
+
+def _batches(workdir: pathlib.Path, rank: int) -> list[dict[str, Any]]:
+    lines = (workdir / f"batches{rank}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _folder(workdir: pathlib.Path) -> pathlib.Path:
+    return workdir / "chkpt" / shard_job.SAVE_NAME
+
+
+def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"weights differ in {key}"
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def _samples_after(workdir: pathlib.Path, first: int) -> dict[int, list[int]]:
+    """The sample ids of every iteration from ``first`` on, all ranks together.
+
+    A rank's file may hold records of a killed run before the resumed run's: the last
+    record of an iteration wins.
+    """
+    seen: dict[int, list[int]] = {}
+    for path in workdir.glob("batches*.jsonl"):
+        runs = {r["iteration"]: r["ids"] for r in _batches(workdir, int(path.stem[7:]))}
+        for iteration, ids in runs.items():
+            if iteration >= first:
+                seen.setdefault(iteration, []).extend(ids)
+    return {iteration: sorted(ids) for iteration, ids in seen.items()}
+
+
+@pytest.fixture(scope="module")
+def dropout_reference(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The uninterrupted 2-process run with dropout (each rank's RNG matters)."""
+    workdir = tmp_path_factory.mktemp("dropout_reference")
+    _run(workdir, "--dropout", "0.2")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def plain_reference(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The uninterrupted 2-process run without dropout (comparable across world sizes)."""
+    workdir = tmp_path_factory.mktemp("plain_reference")
+    _run(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def plain_killed(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The same run, rank 1 SIGKILLed when iteration 7 starts (mid-epoch: 4 per epoch)."""
+    workdir = tmp_path_factory.mktemp("plain_killed")
+    done = _run(workdir, "--kill-at", "7", expect_ok=False)
+    assert done.returncode != 0
+    return workdir
+
+
+def test_sharded_checkpoints_are_folders_of_every_ranks_shards(
+    dropout_reference: pathlib.Path,
+) -> None:
+    result = json.loads((dropout_reference / "result.json").read_text())
+    assert result["sharded"] == ["<root>", "blocks.0", "blocks.1", "blocks.2"]
+    folder = _folder(dropout_reference)
+    names = sorted(path.name for path in folder.iterdir())
+    expected = [f"sharded_epoch_{(i - 1) // 4 + 1}_iter_{i}.dcp" for i in range(1, 11)]
+    assert names == sorted(expected)
+    newest = hlt.find_last_checkpoint(folder)
+    assert newest == folder / "sharded_epoch_3_iter_10.dcp"
+    assert sorted(p.name for p in newest.iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+        "helios.pth",
+    ]
+    # Every rank wrote its own half of each network parameter.
+    full = _weights(dropout_reference)
+    own = sharded_checkpoint.load_full_state(newest)["model"]["net"]
+    _assert_identical(own, full)
+
+
+def test_killed_sharded_run_resumes_bit_identical(
+    dropout_reference: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    workdir = tmp_path / "run"
+    done = _run(workdir, "--dropout", "0.2", "--kill-at", "7", "--keep-last", "2", expect_ok=False)
+    assert done.returncode != 0
+    folder = _folder(workdir)
+    kept = sorted(p.name for p in folder.glob("*.dcp"))
+    assert kept == ["sharded_epoch_2_iter_5.dcp", "sharded_epoch_2_iter_6.dcp"]
+    assert not list(folder.glob(".*"))  # no temporary folder: every save was committed
+
+    _run(workdir, "--dropout", "0.2", "--keep-last", "2")
+
+    _assert_identical(_weights(workdir), _weights(dropout_reference))
+    for rank in (0, 1):
+        expected = [r for r in _batches(dropout_reference, rank) if r["iteration"] >= 7]
+        resumed = [r for r in _batches(workdir, rank) if r["iteration"] >= 7]
+        assert resumed == expected
+    kept = sorted(p.name for p in folder.glob("*.dcp"))
+    assert kept == ["sharded_epoch_3_iter_10.dcp", "sharded_epoch_3_iter_9.dcp"]
+
+
+def test_crash_between_shards_and_commit_keeps_the_previous_checkpoint(
+    dropout_reference: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    workdir = tmp_path / "run"
+    done = _run(workdir, "--dropout", "0.2", "--kill-in-commit", "4", expect_ok=False)
+    assert done.returncode != 0
+    folder = _folder(workdir)
+    # Iteration 4's shards were all written, but the folder was never committed.
+    unfinished = folder / ".sharded_epoch_1_iter_4.dcp.tmp"
+    assert (unfinished / ".metadata").is_file()
+    assert not (unfinished / sharded_checkpoint.CONTENTS_NAME).exists()
+    assert hlt.find_last_checkpoint(folder) == folder / "sharded_epoch_1_iter_3.dcp"
+
+    _run(workdir, "--dropout", "0.2")
+
+    assert not unfinished.exists()
+    _assert_identical(_weights(workdir), _weights(dropout_reference))
+
+
+def test_truncated_newest_shard_falls_back_to_the_previous_checkpoint(
+    plain_reference: pathlib.Path, plain_killed: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    workdir = _copy(plain_killed, tmp_path / "run")
+    newest = _folder(workdir) / "sharded_epoch_2_iter_6.dcp"
+    shard = newest / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+
+    done = _run(workdir)
+
+    assert f"checkpoint {newest} could not be read" in done.stderr
+    assert "is truncated" in done.stderr
+    _assert_identical(_weights(workdir), _weights(plain_reference))
+    resumed = _batches(workdir, 0)
+    assert [r["iteration"] for r in resumed[-5:]] == [6, 7, 8, 9, 10]
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_checkpoint_of_two_processes_resumes_on_another_number(
+    processes: int,
+    plain_reference: pathlib.Path,
+    plain_killed: pathlib.Path,
+    tmp_path: pathlib.Path,
+) -> None:
+    workdir = _copy(plain_killed, tmp_path / "run")
+    # One process has no process group: its model is not sharded, and it loads the
+    # shards as full tensors; it also reads them into a state_dict written by hand.
+    options = ["--explicit-state"] if processes == 1 else []
+
+    done = _run(workdir, *options, processes=processes)
+
+    assert "the checkpoint was written by 2 process(es)" in done.stderr
+    result = json.loads((workdir / "result.json").read_text())
+    assert result["world_size"] == processes
+    assert result["sharded"] == (
+        [] if processes == 1 else ["<root>", "blocks.0", "blocks.1", "blocks.2"]
+    )
+    # The same global batches, so the same weights up to float rounding.
+    assert _samples_after(workdir, 7) == _samples_after(plain_reference, 7)
+    _assert_close(_weights(workdir), _weights(plain_reference))
+
+
+def test_full_state_export_loads_into_the_unsharded_network(
+    plain_reference: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    newest = hlt.find_last_checkpoint(_folder(plain_reference))
+    assert newest is not None
+
+    exported = hlt.export_full_checkpoint(newest, tmp_path / "full.pth")
+
+    hlt.register_trainer_types_for_safe_load()
+    contents = torch.load(exported, weights_only=True)
+    assert contents["training_state"].current_iteration == shard_job.TOTAL_ITERATIONS
+    assert len(contents["ranks"]) == 2
+    assert "sharded_parts" not in contents
+    net = shard_job.Net()
+    net.load_state_dict(contents["model"]["net"])
+    _assert_identical(net.state_dict(), _weights(plain_reference))
+    moments = contents["model"]["optimizer"]["state"][0]["exp_avg"]
+    assert moments.shape == net.blocks[0].norm.weight.shape
+    assert type(moments) is torch.Tensor
+
+    onnx = pytest.importorskip("onnx")
+    from helios.onnx import export_to_onnx
+
+    x = torch.randn(2, shard_job.WIDTH)
+    export_to_onnx(net, x, tmp_path / "net.onnx", validate_output=True)
+    onnx.checker.check_model(str(tmp_path / "net.onnx"))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_exported_checkpoint_resumes_sharded_or_not(
+    processes: int,
+    plain_reference: pathlib.Path,
+    plain_killed: pathlib.Path,
+    tmp_path: pathlib.Path,
+) -> None:
+    workdir = _copy(plain_killed, tmp_path / "run")
+    folder = _folder(workdir)
+    newest = folder / "sharded_epoch_2_iter_6.dcp"
+    hlt.export_full_checkpoint(newest)
+    for path in folder.glob("*.dcp"):
+        shutil.rmtree(path)
+    assert hlt.find_last_checkpoint(folder) == folder / "sharded_epoch_2_iter_6.pth"
+
+    _run(workdir, processes=processes)
+
+    if processes == 2:  # every rank takes its shards of the full tensors: nothing changes
+        _assert_identical(_weights(workdir), _weights(plain_reference))
+    else:
+        _assert_close(_weights(workdir), _weights(plain_reference))
+
+
+def test_bf16_mixed_computes_in_bf16_and_keeps_float32_weights(tmp_path: pathlib.Path) -> None:
+    _run(tmp_path, "--precision", "bf16-mixed")
+
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["forward_dtype"] == "torch.bfloat16"
+    # FSDP2's policy gathers the weights in bf16 (autocast alone would leave them float32).
+    assert result["forward_weight_dtype"] == "torch.bfloat16"
+    weights = _weights(tmp_path)
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    assert all(torch.isfinite(w).all() for w in weights.values())
