@@ -91,6 +91,8 @@ _EXTERNAL = (
     "mlflow",
     "MlflowClient",
     "wandb",
+    "DeviceMesh",
+    "MixedPrecisionPolicy",
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"({'|'.join(_EXTERNAL)})(\..*)?"),
@@ -100,7 +102,7 @@ nitpick_ignore_regex = [
     # type variables and private base classes shown by show-inheritance
     (r"py:class", r"(.*\.)?(T|T_\w+|_[A-Z])"),
     # type aliases of signatures (written out where they are defined)
-    (r"py:class", r"(RunBody|GpuArg|Metric|DataLoader|SummaryWriter|Figure)"),
+    (r"py:class", r"(RunBody|GpuArg|Metric|DataLoader|SummaryWriter|Figure|LayerSelector)"),
 ]
 napoleon_use_ivar = True
 
@@ -208,6 +210,7 @@ def _write_api_pages(out: pathlib.Path) -> list[str]:
 
 
 _CLASS_NAMES: dict[str, str] = {}
+_FUNCTION_NAMES: dict[int, str] = {}
 
 
 def _documented_classes(objects: dict) -> dict[str, str]:  # type: ignore[type-arg]
@@ -220,6 +223,22 @@ def _documented_classes(objects: dict) -> dict[str, str]:  # type: ignore[type-a
             if inspect.isclass(obj):
                 _CLASS_NAMES[f"{obj.__module__}.{obj.__qualname__}"] = name
     return _CLASS_NAMES
+
+
+def _documented_function(obj: object, objects: dict) -> str | None:  # type: ignore[type-arg]
+    """The documented name of a function, wherever it is documented (``None`` if nowhere).
+
+    A function is documented once, at its shortest public path
+    (``helios.model.shard_network``); autodoc records no alias at its defining module, so
+    ``helios.model.sharding.shard_network`` is found by the function itself.
+    """
+    if not _FUNCTION_NAMES:
+        for name, entry in objects.items():
+            if entry.objtype == "function" and not entry.aliased:
+                found = _import_dotted(name)
+                if inspect.isfunction(found):
+                    _FUNCTION_NAMES[id(found)] = name
+    return _FUNCTION_NAMES.get(id(obj)) if inspect.isfunction(obj) else None
 
 
 def _import_dotted(name: str) -> object:
@@ -247,6 +266,11 @@ def _lookup(target: str, objects: dict, context_class: str | None, context_modul
         if name in objects:  # a canonical alias of a documented object
             node_id = objects[name].node_id
             return next(n for n in documented if objects[n].node_id == node_id)
+    # a function named by its defining module, documented at a shorter path
+    for prefix in (context_module, None):
+        obj = _import_dotted(f"{prefix}.{target}" if prefix else target)
+        if (name := _documented_function(obj, objects)) is not None:
+            return name
     # "Class.attr" or "attr" of the current class: find the attribute along the MRO
     head, _, attr = target.rpartition(".")
     owner = _lookup(head, objects, context_class, context_module) if head else context_class
