@@ -17,6 +17,7 @@ and 3 processes take the same steps up to float rounding.
   after every rank wrote its shards and before the checkpoint folder is committed.
 * ``--explicit-state``: the model writes ``state_dict``/``load_state_dict`` itself, as the
   seeds show, instead of the default state.
+* ``--replicate``: the network is wrapped in DDP instead of sharded (one-file checkpoints).
 
 Each rank appends one JSON line per batch to ``batches<rank>.jsonl`` (iteration, sample
 ids, loss); rank 0 writes ``final.pt`` (the full weights at the end, gathered from the
@@ -110,7 +111,11 @@ class ShardedModel(hlm.Model):
 
     def setup(self, fast_init: bool = False) -> None:
         torch.manual_seed(0)
-        self.net = self.shard_network(Net(self.args.dropout).to(self.device), layers=Block)
+        net = Net(self.args.dropout).to(self.device)
+        if self.args.replicate:
+            self.net = nn.parallel.DistributedDataParallel(net) if self.is_distributed else net
+        else:
+            self.net = self.shard_network(net, layers=Block)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=0.01, weight_decay=0.01)
 
     def train(self) -> None:
@@ -148,7 +153,12 @@ class ShardedModel(hlm.Model):
         self._metrics["error"] = self._val_scores.pop("error", 0.0)
 
     def on_training_end(self) -> None:
-        full = {key: _full(value) for key, value in self.net.state_dict().items()}
+        net = (
+            self.net.module
+            if isinstance(self.net, nn.parallel.DistributedDataParallel)
+            else self.net
+        )
+        full = {key: _full(value) for key, value in net.state_dict().items()}
         if self.rank == 0:
             torch.save(full, self.args.workdir / "final.pt")
             fsdp = torch.distributed.fsdp.FSDPModule
@@ -156,11 +166,11 @@ class ShardedModel(hlm.Model):
                 "world_size": int(os.environ.get("WORLD_SIZE", "1")),
                 "sharded": sorted(
                     name or "<root>"
-                    for name, module in self.net.named_modules()
+                    for name, module in net.named_modules()
                     if isinstance(module, fsdp)
                 ),
                 "forward_dtype": self.forward_dtype,
-                "forward_weight_dtype": self.net.blocks[0].weight_dtype,
+                "forward_weight_dtype": net.blocks[0].weight_dtype,
             }
             (self.args.workdir / "result.json").write_text(json.dumps(result))
 
@@ -210,6 +220,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kill-at", type=int, default=None)
     parser.add_argument("--kill-in-commit", type=int, default=None)
     parser.add_argument("--explicit-state", action="store_true")
+    parser.add_argument("--replicate", action="store_true")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--keep-last", type=int, default=None)

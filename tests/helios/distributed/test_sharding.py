@@ -285,6 +285,23 @@ def test_exported_checkpoint_resumes_sharded_or_not(
         _assert_close(_weights(workdir), _weights(plain_reference))
 
 
+def test_replicated_checkpoint_resumes_sharded(
+    plain_reference: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    workdir = tmp_path / "run"
+    done = _run(workdir, "--replicate", "--kill-at", "7", expect_ok=False)
+    assert done.returncode != 0
+    newest = hlt.find_last_checkpoint(_folder(workdir))
+    assert newest is not None
+    assert newest.name == "sharded_epoch_2_iter_6.pth"
+
+    _run(workdir)  # the same job, now sharding its network
+
+    assert json.loads((workdir / "result.json").read_text())["sharded"] != []
+    assert hlt.find_last_checkpoint(_folder(workdir)).suffix == ".dcp"  # type: ignore[union-attr]
+    _assert_close(_weights(workdir), _weights(plain_reference))
+
+
 def test_bf16_mixed_computes_in_bf16_and_keeps_float32_weights(tmp_path: pathlib.Path) -> None:
     _run(tmp_path, "--precision", "bf16-mixed")
 
