@@ -13,7 +13,8 @@ of processes in both modes).
 * ``--chkpt DIR``: checkpoint after every epoch into DIR (and resume from it).
 * ``--kill-after N``: rank 1 (rank 0 alone) sends itself SIGKILL in ``after_epoch`` of
   epoch N, before that epoch's checkpoint is written.
-* ``--more``: after the fit, one more epoch with ``shard=False`` and the same optimizer.
+* ``--more``: after the fit, one more epoch with ``shard=False``, then one with MODE's
+  ``shard``, with the same model and optimizer (whose state each fit takes over).
 
 Each rank writes ``result<rank>.pt``: the weights after the fit (and after ``--more``), the
 history, what a callback saw of the parameters and the optimizer state during the run, and
@@ -166,15 +167,17 @@ def main() -> None:
         "engine_model_is_model": model.engine.model is model,
     }
     if args.more:
-        torch.manual_seed(1)
-        model.fit(
-            DataLoader(data, batch_size=BATCH, shuffle=True),
-            epochs=1,
-            optimizer=optimizer,
-            loss=nn.MSELoss(),
-            gpu=False,
-        )
-        result["weights_after_more"] = {k: v.clone() for k, v in model.state_dict().items()}
+        for seed, shard in ((1, False), (2, args.mode == "shard")):
+            torch.manual_seed(seed)
+            model.fit(
+                DataLoader(data, batch_size=BATCH, shuffle=True),
+                epochs=1,
+                optimizer=optimizer,
+                loss=nn.MSELoss(),
+                gpu=False,
+                shard=shard,
+            )
+            result[f"weights_after_{seed}"] = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(result, os.path.join(args.workdir, f"result{rank}.pt"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -162,6 +163,7 @@ def run_fit(engine: BaseEngine, plan: FitPlan) -> list[dict[str, Any]]:
     """
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     run = EngineRun(engine, plan.spec, shard=plan.shard)
+    _refuse_sharded_checkpoint(plan, run.save_name)
     datamodule = LoaderDataModule(plan.spec.train_data, plan.val_data, seed, plan.val_iterations)
     trainer = _make_trainer(engine, plan, seed)
     for plugin in plan.plugins:
@@ -184,6 +186,27 @@ def run_fit(engine: BaseEngine, plan: FitPlan) -> list[dict[str, Any]]:
     if result is not None:
         run.load_state_dict(result)
     return run.recorder.entries
+
+
+def _refuse_sharded_checkpoint(plan: FitPlan, save_name: str) -> None:
+    """Refuse, before training, to resume a sharded checkpoint without ``shard=True``.
+
+    Raises:
+        ValueError: if the newest checkpoint of the run is a sharded one (a ``.dcp``
+            folder) and ``shard`` is false.
+    """
+    from helios.trainer.checkpoints import find_last_checkpoint
+    from helios.trainer.sharded_checkpoint import is_sharded_checkpoint
+
+    root = plan.trainer_options.get("chkpt_root")
+    if plan.shard or root is None:
+        return
+    newest = find_last_checkpoint(pathlib.Path(root) / save_name)
+    if newest is not None and is_sharded_checkpoint(newest):
+        raise ValueError(
+            f"the newest checkpoint {newest} holds a sharded model (written by a "
+            "distributed fit with shard=True); resume it with shard=True"
+        )
 
 
 def _make_trainer(engine: BaseEngine, plan: FitPlan, seed: int) -> Trainer:
