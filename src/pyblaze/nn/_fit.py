@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from pyblaze.nn._checks import (
 from pyblaze.nn._datamodule import LoaderDataModule
 from pyblaze.nn._epoch import TrainSpec
 from pyblaze.nn._gpus import GpuArg, resolve_gpu
-from pyblaze.nn._helios_run import EngineRun
+from pyblaze.nn._helios_run import EngineRun, RunRecords
 
 if TYPE_CHECKING:
     from pyblaze.nn.engines import BaseEngine
@@ -47,6 +48,7 @@ class FitPlan:
         precision: the precision of the run (``Trainer(precision=...)``).
         compile: compile the model (``Trainer(enable_compile=...)``).
         loggers: the experiment loggers (``Trainer(loggers=...)``).
+        shard: shard the model (FSDP2) instead of replicating it in a distributed run.
     """
 
     spec: TrainSpec
@@ -58,6 +60,7 @@ class FitPlan:
     precision: str = "32"
     compile: bool = False
     loggers: list[Any] = dataclasses.field(default_factory=list)
+    shard: bool = False
 
 
 def plan_fit(
@@ -80,6 +83,7 @@ def plan_fit(
     clip_value: Any = None,
     compile: Any = False,
     loggers: Any = None,
+    shard: Any = False,
 ) -> FitPlan:
     """Check the arguments of :py:meth:`pyblaze.nn.BaseEngine.train` (same names).
 
@@ -109,6 +113,7 @@ def plan_fit(
     norm, value = check_clip("clip_norm", clip_norm), check_clip("clip_value", clip_value)
     compile = check_bool("compile", compile)
     logger_list = check_loggers(loggers)
+    shard = check_bool("shard", shard)
 
     train_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("eval_")}
     eval_kwargs = {k[len("eval_") :]: v for k, v in kwargs.items() if k.startswith("eval_")}
@@ -137,7 +142,7 @@ def plan_fit(
     )
     return FitPlan(
         spec, val_data, val_iterations, gpus, plugin_list, options, precision, compile,
-        logger_list,
+        logger_list, shard,
     )  # fmt: skip
 
 
@@ -157,7 +162,8 @@ def run_fit(engine: BaseEngine, plan: FitPlan) -> list[dict[str, Any]]:
         RuntimeError: if the Trainer reports a failure without raising.
     """
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    run = EngineRun(engine, plan.spec)
+    run = EngineRun(engine, plan.spec, shard=plan.shard)
+    _refuse_sharded_checkpoint(plan, run.save_name)
     datamodule = LoaderDataModule(plan.spec.train_data, plan.val_data, seed, plan.val_iterations)
     trainer = _make_trainer(engine, plan, seed)
     for plugin in plan.plugins:
@@ -165,9 +171,13 @@ def run_fit(engine: BaseEngine, plan: FitPlan) -> list[dict[str, Any]]:
         plugin.configure_model(run)
         if plugin.plug_id not in trainer.plugins:
             plugin._register_in_trainer(trainer)
+    if plan.shard:
+        RunRecords(run)._register_in_trainer(trainer)
     try:
         with run.results.open(trainer.is_distributed and not is_using_torchrun()):
             succeeded = trainer.fit(run, datamodule)
+            if succeeded:
+                run.finish()
             result = run.results.receive() if succeeded else None
     finally:
         run.placement.restore()
@@ -176,6 +186,27 @@ def run_fit(engine: BaseEngine, plan: FitPlan) -> list[dict[str, Any]]:
     if result is not None:
         run.load_state_dict(result)
     return run.recorder.entries
+
+
+def _refuse_sharded_checkpoint(plan: FitPlan, save_name: str) -> None:
+    """Refuse, before training, to resume a sharded checkpoint without ``shard=True``.
+
+    Raises:
+        ValueError: if the newest checkpoint of the run is a sharded one (a ``.dcp``
+            folder) and ``shard`` is false.
+    """
+    from helios.trainer.checkpoints import find_last_checkpoint
+    from helios.trainer.sharded_checkpoint import is_sharded_checkpoint
+
+    root = plan.trainer_options.get("chkpt_root")
+    if plan.shard or root is None:
+        return
+    newest = find_last_checkpoint(pathlib.Path(root) / save_name)
+    if newest is not None and is_sharded_checkpoint(newest):
+        raise ValueError(
+            f"the newest checkpoint {newest} holds a sharded model (written by a "
+            "distributed fit with shard=True); resume it with shard=True"
+        )
 
 
 def _make_trainer(engine: BaseEngine, plan: FitPlan, seed: int) -> Trainer:

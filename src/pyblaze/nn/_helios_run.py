@@ -6,8 +6,9 @@
 validation data). The hooks map onto the engine and the PyBlaze callbacks, in helios's
 call order (plug-ins always run first)::
 
-    setup                     model (and optimizer state) to the device; DDP when distributed;
-                              the engine takes the run's precision and clipping
+    setup                     model (and optimizer state) to the device; DDP when distributed
+                              (or, with shard=True, a sharded copy, see _sharded.py); the
+                              engine takes the run's precision and clipping
     on_training_start         [val data: the check before training, see _sanity.py];
                               before_training(model, epochs); resumed callback states
     on_training_epoch_start   before_epoch(epoch, num_batches)
@@ -19,7 +20,8 @@ call order (plug-ins always run first)::
                               [eval_train: train_*]; history entry; its numbers -> metrics
     on_training_epoch_end     after_epoch(Evaluation)
     should_training_stop      True once a callback raised CallbackException
-    on_training_end           after_training(); verbose CallbackException printed
+    on_training_end           after_training(); verbose CallbackException printed; a
+                              sharded copy's full weights go back to the user's model
 
 The work of an epoch is done by an :py:class:`~pyblaze.nn._epoch.EpochRun`; an epoch that
 ``before_epoch`` stopped is an :py:class:`~pyblaze.nn._epoch.Epoch`, which does nothing.
@@ -28,6 +30,12 @@ experiment loggers (``valid/<name>``) and ranks checkpoints by (``chkpt_best_met
 The model's ``state_dict`` (weights, optimizer states, history so far, callback states) is
 what helios checkpoints hold, so a run with ``trainer_options={"chkpt_root": ...,
 "chkpt_frequency": n}`` resumes from its newest checkpoint as if never interrupted.
+
+With ``fit(shard=True)`` the model's entry holds only the weights and optimizer states
+(``DTensor`` shards in a distributed run, written by every rank through Distributed
+Checkpoint); the history and callback states, which may differ between ranks (callbacks
+that run on rank 0 only), are a checkpoint part of their own, :py:class:`RunRecords`,
+written by rank 0 like every unsharded part.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from helios.model import Model
+from helios.plugins import Plugin
 from pyblaze.nn._callback_list import CallbackList
 from pyblaze.nn._epoch import Epoch, EpochRun, RunCallbacks, TrainSpec
 from pyblaze.nn._placement import ModelPlacement
@@ -59,9 +68,12 @@ class EngineRun(Model):
     Args:
         engine: the engine.
         spec: the checked arguments of ``train``.
+        shard: ``fit(shard=True)``: shard the model in a distributed run, and keep the
+            history and callback states in a checkpoint part of their own
+            (:py:class:`RunRecords`).
     """
 
-    def __init__(self, engine: BaseEngine, spec: TrainSpec) -> None:
+    def __init__(self, engine: BaseEngine, spec: TrainSpec, shard: bool = False) -> None:
         super().__init__(f"pyblaze_{type(engine.model).__name__}")
         self._engine = engine
         self._spec = spec
@@ -70,7 +82,8 @@ class EngineRun(Model):
             for key, value in sorted(spec.train_kwargs.items())
             if isinstance(value, torch.optim.Optimizer)
         }
-        self.placement = ModelPlacement(engine, list(optimizers.values()))
+        self.placement = ModelPlacement(engine, list(optimizers.values()), shard)
+        self._records_apart = shard
         # Where helios looks for networks and optimizers (the run summary, the learning
         # rates sent to the loggers, ``enable_compile``): the plain model and the optimizers.
         self.network = engine.model
@@ -96,11 +109,21 @@ class EngineRun(Model):
         has one (EarlyStopping, the schedulers, ModelSaverCallback, TensorboardTracker and
         any user callback with ``state_dict``/``load_state_dict``), by position and class.
         ``open_epoch`` holds the batch losses of an epoch the checkpoint was written in
-        (a preemption), else ``None``.
+        (a preemption), else ``None``. With ``shard=True`` only ``module`` and
+        ``optimizers`` are here (shards in a distributed run); the rest is the state of
+        :py:class:`RunRecords`.
         """
-        return {
+        state = {
             "module": self.placement.module.state_dict(),
             "optimizers": [o.state_dict() for o in self.placement.optimizers],
+        }
+        if not self._records_apart:
+            state.update(self.records_state())
+        return state
+
+    def records_state(self) -> dict[str, Any]:
+        """Return the history so far, the callback states and the open epoch's losses."""
+        return {
             "epochs": self.recorder.entries,
             "callbacks": {key: c.state_dict() for key, c in self._stateful_callbacks()},
             "open_epoch": (
@@ -114,18 +137,61 @@ class EngineRun(Model):
         """Restore what :py:meth:`state_dict` returned (resuming, or a spawned run's result).
 
         The callbacks get their states after ``before_training`` (which resets them), and
-        again after ``before_epoch`` when the checkpoint was written inside an epoch.
+        again after ``before_epoch`` when the checkpoint was written inside an epoch. Full
+        weights and optimizer states (a one-file checkpoint) are sharded when this run
+        shards the model.
+
+        Raises:
+            ValueError: if the state lacks the history: a checkpoint of a ``shard=True``
+                fit, resumed by a fit without it.
         """
-        self.placement.module.load_state_dict(state_dict["module"])
-        for optimizer, state in zip(self.placement.optimizers, state_dict["optimizers"]):
-            optimizer.load_state_dict(state)
+        if "epochs" not in state_dict and not self._records_apart:
+            raise ValueError(
+                "the checkpoint was written by a fit with shard=True (its history and "
+                "callback states are a part of their own); resume it with shard=True"
+            )
+        self.placement.load_full_state(state_dict)
+        if "epochs" in state_dict:
+            self.load_records(state_dict)
+            self.send_resumed()
+
+    def load_records(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :py:meth:`records_state` returned."""
         self.recorder.entries = [dict(entry) for entry in state_dict["epochs"]]
         self._resumed_callbacks = state_dict.get("callbacks")
         self._resumed_epoch = state_dict.get("open_epoch")
-        if self._trainer is not None and self.trainer.rank == 0:
-            # A finished run resumed in spawned processes trains nothing and never reaches
-            # on_training_end: send its state back now (a no-op unless spawned).
-            self.results.send(self.state_dict())
+
+    def send_resumed(self) -> None:
+        """Send a resumed state back to the launching process (a no-op unless spawned).
+
+        A finished run resumed in spawned processes trains nothing and never reaches
+        ``on_training_end``: its state goes back now (every rank calls this; a sharded
+        model's weights are gathered first, a collective).
+        """
+        if self._trainer is None or not self.results.is_open:
+            return
+        full = self.placement.full_state() if self.placement.is_sharded else None
+        if self.trainer.rank == 0:
+            self.results.send(self._result_state(full))
+
+    def _result_state(self, full: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run's whole state, with full weights, for the launching process."""
+        if full is None:
+            full = {
+                "module": self.placement.module.state_dict(),
+                "optimizers": [o.state_dict() for o in self.placement.optimizers],
+            }
+        return {**full, **self.records_state()}
+
+    def finish(self) -> None:
+        """Give the user's model a sharded run's weights if the run has not (every rank).
+
+        A finished run that is run again resumes its last checkpoint and trains nothing,
+        without ``on_training_end``; its weights are gathered here, after ``fit``.
+        """
+        if self.placement.is_sharded:
+            self.placement.unwrap(self.placement.full_state())
+            self.network = self.placement.module
 
     def _stateful_callbacks(self) -> list[tuple[str, Any]]:
         """The engine and the user's callbacks that have a state, keyed by position/class."""
@@ -159,9 +225,11 @@ class EngineRun(Model):
     # -- helios hooks ----------------------------------------------------------------------
 
     def setup(self, fast_init: bool = False) -> None:
-        """Move the model and its optimizer state to the device; wrap it for DDP."""
+        """Move the model and its optimizer state to the device; wrap it for DDP or shard it."""
         self.recorder = HistoryRecorder(self._engine.collate_losses)
-        self.placement.place(self.device, self.is_distributed)
+        self.placement.place(self.device, self.is_distributed, self.trainer.precision.name)
+        # What helios's checkpoints see as the network: sharded or not.
+        self.network = self.placement.module
         spec = self._spec
         self._engine._start_run(self.trainer.precision, spec.clip_norm, spec.clip_value)
         # Losses go through helios's loss table only to be averaged over ranks.
@@ -285,14 +353,48 @@ class EngineRun(Model):
             )
 
     def on_training_end(self) -> None:
-        """Call ``after_training``; print a verbose stop message; send back the results."""
+        """Call ``after_training``; print a verbose stop message; send back the results.
+
+        A sharded model's full weights and optimizer states are gathered (every rank) and
+        loaded into the user's model and optimizers.
+        """
         self._callbacks.training.call("after_training")
         on_rank_zero = self.trainer.rank == 0
         if self._stop is not None and on_rank_zero:
             self._stop.print()
-        self.placement.unwrap()
+        final = self.placement.full_state() if self.placement.is_sharded else None
+        self.placement.unwrap(final)
+        self.network = self.placement.module
         if on_rank_zero:
-            self.results.send(self.state_dict())
+            self.results.send(self._result_state())
 
 
-__all__ = ["EngineRun"]
+class RunRecords(Plugin):
+    """The history and callback states of a ``fit(shard=True)`` run, as a checkpoint part.
+
+    Registered by ``fit(shard=True)``. As every unsharded part, rank 0 writes its state and
+    every rank of a resumed run loads it; the sharded model entry holds only weights and
+    optimizer states, which every rank writes.
+
+    Args:
+        run: the run whose records these are.
+    """
+
+    def __init__(self, run: EngineRun) -> None:
+        super().__init__("pyblaze_records")
+        self._run = run
+
+    def setup(self) -> None:
+        """Nothing to prepare."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the run's :py:meth:`EngineRun.records_state`."""
+        return self._run.records_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the run's records (after its weights: the model part loads first)."""
+        self._run.load_records(state_dict)
+        self._run.send_resumed()
+
+
+__all__ = ["EngineRun", "RunRecords"]

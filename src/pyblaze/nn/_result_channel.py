@@ -42,6 +42,11 @@ class ResultChannel:
             finally:
                 self._path = None
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the run trains in spawned processes (and sends its state back)."""
+        return self._path is not None
+
     def send(self, state: dict[str, Any]) -> None:
         """Write a run's state (a copy on the CPU); do nothing when the channel is closed.
 

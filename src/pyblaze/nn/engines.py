@@ -26,6 +26,9 @@ GPU selection (the ``gpu`` argument of ``train``, ``evaluate`` and ``predict``):
 
 Training on more than one GPU starts one process per GPU (helios's distributed launch, with
 ``DistributedDataParallel``); ``evaluate`` and ``predict`` use the first GPU of the list.
+A script started by ``torchrun`` trains distributed in the processes ``torchrun`` started,
+on the GPUs, or with ``gpu=False`` on the CPU (gloo). ``train(..., shard=True)`` shards the
+model over the processes with FSDP2 instead of replicating it (see :py:meth:`BaseEngine.train`).
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
 
     Attributes:
         model: the model. While a distributed run trains, this is the model wrapped in
-            ``DistributedDataParallel``.
+            ``DistributedDataParallel``, or, with ``train(shard=True)``, its sharded copy.
         device: the device of the current train/evaluate/predict call (``None`` outside
             of one).
         precision: the :py:class:`helios.core.precision.Precision` of the current
@@ -163,6 +166,7 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         clip_value: float | None = None,
         compile: bool = False,
         loggers: Sequence[ExperimentLogger] | None = None,
+        shard: bool = False,
         **kwargs: Any,
     ) -> History:
         """Train the model on a helios Trainer and return its history.
@@ -215,6 +219,29 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         epoch with the same history as an uninterrupted one, and a finished one trains
         nothing when run again.
 
+        With ``shard=True``, a distributed run (several GPUs, or several processes under
+        ``torchrun``) shards the model with FSDP2 instead of replicating it with DDP: every
+        process holds only its shard of the weights, gradients and optimizer state
+        (:py:func:`helios.model.sharding.shard_network`: each entry of the model's
+        ``ModuleList``/``Sequential`` containers and the model itself as units, with the
+        run's ``precision``). FSDP2 replaces a module's parameters for good, so each process
+        shards a *copy* of the model, made when the run starts, with rank 0's weights and
+        buffers (as DDP does); the optimizers (made before ``train`` on the model's
+        parameters) are pointed at the copy's parameters, matched by name, with any state
+        they have sharded too. While the run lasts, :py:attr:`model` and the model the
+        callbacks receive are that copy (its parameters are ``DTensor`` shards). At the end,
+        the full weights and optimizer states are gathered from the shards and loaded into
+        the model and the optimizers, which train the model's own parameters again: both
+        come back as they went in (the same objects, plain tensors), trained, and a further
+        ``train`` with or without ``shard`` continues from them. Buffers, which FSDP2 does
+        not shard, come back as rank 0 has them. A run that fails leaves the model and the
+        optimizers as they were before it. Checkpoints of a sharded run are folders
+        (``.dcp``) in which every process writes its shards through Distributed
+        Checkpoint; they resume, also on another number of processes, in fits with
+        ``shard=True`` (whose checkpoints keep the history and callback states apart from
+        the weights; a fit without ``shard`` refuses them). With one process there is
+        nothing to shard: ``shard=True`` trains as ``shard=False`` does.
+
         Args:
             train_data: the training data.
             val_data: the validation data, evaluated after every epoch.
@@ -247,6 +274,8 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
                 (``train_loss``, ``val_*``, ``train_*``, as in the history) go to them as
                 ``valid/<name>``, with the learning rates and the epoch times; their state is
                 part of the checkpoints.
+            shard: in a distributed run, shard the model over the processes (FSDP2)
+                instead of replicating it (DDP); see above.
             **kwargs: arguments of :py:meth:`train_batch` and (``eval_`` prefix)
                 :py:meth:`eval_batch`.
 
@@ -255,7 +284,7 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             ``train_*`` metrics per epoch.
 
         Raises:
-            TypeError: for an argument of the wrong type.
+            TypeError: for an argument of the wrong type (``shard`` not a bool, ...).
             ValueError: for an invalid value (``epochs`` < 1, an unknown GPU, a loader with
                 a custom sampler, a reserved ``trainer_options`` key, ...).
         """
@@ -279,6 +308,7 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             clip_value,
             compile,
             loggers,
+            shard,
         )
         start = time.perf_counter()
         self._in_train = True
