@@ -184,6 +184,36 @@ def local_shard(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def shard_like(value: Any, target: Any) -> Any:
+    """Turn a full tensor into this rank's shard, laid out like the ``DTensor`` ``target``.
+
+    Every rank must hold the same full tensor (read from the same checkpoint, say): each
+    keeps its own part, without communication.
+
+    Args:
+        value: a plain tensor, or anything else.
+        target: the ``DTensor`` whose mesh, placements and dtype the result takes.
+
+    Returns:
+        The shard as a ``DTensor`` when ``value`` is a plain tensor of ``target``'s global
+        shape and ``target`` is a ``DTensor``; ``value`` itself otherwise (scalars such
+        as Adam's step count stay as they are).
+    """
+    if not (is_sharded_tensor(target) and isinstance(value, torch.Tensor)):
+        return value
+    if is_sharded_tensor(value) or value.dim() == 0 or value.shape != target.shape:
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    local = local_shard(target)
+    return distribute_tensor(
+        value.to(device=local.device, dtype=target.dtype),
+        target.device_mesh,
+        target.placements,
+        src_data_rank=None,
+    )
+
+
 def holds_sharded_tensors(state: Any) -> bool:
     """Whether a (nested) state holds a ``DTensor`` anywhere.
 
@@ -249,5 +279,6 @@ __all__ = [
     "is_sharded_tensor",
     "local_shard",
     "mixed_precision_policy",
+    "shard_like",
     "shard_network",
 ]

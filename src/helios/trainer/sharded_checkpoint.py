@@ -275,16 +275,10 @@ def load_full_into_sharded(state: Any, part: ShardedPart) -> None:
 
 
 def _shard_like(loaded: Any, template: Any) -> Any:
-    from helios.model.sharding import is_sharded_tensor
+    from helios.model.sharding import is_sharded_tensor, shard_like
 
     if is_sharded_tensor(template):
-        if not isinstance(loaded, torch.Tensor) or is_sharded_tensor(loaded):
-            return loaded
-        from torch.distributed.tensor import distribute_tensor
-
-        local = template.to_local()
-        full = loaded.to(device=local.device, dtype=template.dtype)
-        return distribute_tensor(full, template.device_mesh, template.placements)
+        return shard_like(loaded, template)
     if isinstance(loaded, Mapping) and isinstance(template, Mapping):
         return {
             key: _shard_like(value, template[key]) if key in template else value

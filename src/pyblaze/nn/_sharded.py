@@ -19,34 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from helios.model.sharding import is_sharded_tensor, shard_network
-
-
-def distribute_like(value: Any, target: Any) -> Any:
-    """Turn a full tensor into this rank's shard, laid out like the ``DTensor`` ``target``.
-
-    Args:
-        value: a (plain) tensor, or anything else.
-        target: the ``DTensor`` whose mesh and placements the result takes.
-
-    Returns:
-        The shard as a ``DTensor`` when ``value`` is a plain tensor of ``target``'s (global)
-        shape and ``target`` is sharded; ``value`` itself otherwise (scalars such as
-        Adam's step count stay as they are).
-    """
-    if not (is_sharded_tensor(target) and isinstance(value, torch.Tensor)):
-        return value
-    if is_sharded_tensor(value) or value.dim() == 0 or value.shape != target.shape:
-        return value
-    from torch.distributed.tensor import distribute_tensor
-
-    # Every rank holds the same full tensor here: each takes its own part, no communication.
-    return distribute_tensor(
-        value.to(target.device),
-        target.device_mesh,
-        target.placements,
-        src_data_rank=None,
-    )
+from helios.model.sharding import is_sharded_tensor, shard_like, shard_network
 
 
 def shard_optimizer_state(state_dict: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> Any:
@@ -64,7 +37,7 @@ def shard_optimizer_state(state_dict: Mapping[str, Any], optimizer: torch.optim.
         by_index.update(zip(saved["params"], group["params"], strict=False))
     state = {
         index: (
-            {key: distribute_like(value, by_index[index]) for key, value in entry.items()}
+            {key: shard_like(value, by_index[index]) for key, value in entry.items()}
             if index in by_index
             else entry
         )
@@ -157,8 +130,7 @@ class ShardedCopy:
                 for old, new in zip(group["params"], params, strict=True):
                     if old in old_state:
                         new_state[new] = {
-                            key: distribute_like(value, new)
-                            for key, value in old_state[old].items()
+                            key: shard_like(value, new) for key, value in old_state[old].items()
                         }
                 group["params"] = params
             optimizer.state.clear()
@@ -197,7 +169,7 @@ class ShardedCopy:
         """
         current = self.copy.state_dict()
         saved_module = state["module"]
-        sharded = {k: distribute_like(v, current.get(k)) for k, v in saved_module.items()}
+        sharded = {k: shard_like(v, current.get(k)) for k, v in saved_module.items()}
         self.copy.load_state_dict(sharded)
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=False):
             optimizer.load_state_dict(shard_optimizer_state(saved, optimizer))
@@ -222,4 +194,4 @@ class ShardedCopy:
                 optimizer.load_state_dict(optimizer_state)
 
 
-__all__ = ["ShardedCopy", "distribute_like", "shard_optimizer_state"]
+__all__ = ["ShardedCopy", "shard_optimizer_state"]
