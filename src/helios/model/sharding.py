@@ -143,11 +143,14 @@ def shard_network(
 
     Raises:
         RuntimeError: if no process group is initialised and no mesh is given.
-        TypeError: if ``layers`` is neither module types nor a function.
+        TypeError: if ``network`` is not a module, or ``layers`` is neither module types
+            nor a function.
     """
     import torch.distributed as torch_dist
     from torch.distributed.fsdp import fully_shard
 
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"error: invalid network={network!r}: expected a torch.nn.Module to shard")
     if mesh is None:
         if not (torch_dist.is_available() and torch_dist.is_initialized()):
             raise RuntimeError(

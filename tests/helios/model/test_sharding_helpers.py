@@ -83,6 +83,11 @@ def test_mixed_precision_policies() -> None:
         sharding.mixed_precision_policy("16")
 
 
+def test_shard_network_refuses_what_is_not_a_module() -> None:
+    with pytest.raises(TypeError, match=r"invalid network=\[1\]: expected a torch.nn.Module"):
+        sharding.shard_network([1])  # type: ignore[arg-type]
+
+
 def test_shard_network_needs_a_process_group() -> None:
     with pytest.raises(RuntimeError, match="needs an initialised process group"):
         sharding.shard_network(Net())
