@@ -18,6 +18,8 @@ and 3 processes take the same steps up to float rounding.
 * ``--explicit-state``: the model writes ``state_dict``/``load_state_dict`` itself, as the
   seeds show, instead of the default state.
 * ``--replicate``: the network is wrapped in DDP instead of sharded (one-file checkpoints).
+* ``--test``: after training, ``Trainer.test`` of the newest checkpoint; each rank appends
+  the sample ids and outputs of its test batches to ``tested<rank>.jsonl``.
 
 Each rank appends one JSON line per batch to ``batches<rank>.jsonl`` (iteration, sample
 ids, loss); rank 0 writes ``final.pt`` (the full weights at the end, gathered from the
@@ -74,6 +76,7 @@ class Data(hld.DataModule):
         self._train_dataset = self._create_dataset(Samples(), batch)
         valid = hld.DataLoaderParams(batch_size=4, shuffle=False)
         self._valid_dataset = self._create_dataset(Samples(8, seed=99), valid)
+        self._test_dataset = self._create_dataset(Samples(8, seed=5), valid)
 
 
 class Block(nn.Module):
@@ -174,6 +177,13 @@ class ShardedModel(hlm.Model):
             }
             (self.args.workdir / "result.json").write_text(json.dumps(result))
 
+    def test_step(self, batch: Any, step: int) -> None:
+        ids, x, _ = batch
+        with torch.no_grad():
+            out = self.net(x.to(self.device))
+        record = {"ids": ids.tolist(), "outputs": out.flatten().tolist()}
+        _append(self.args.workdir / f"tested{self.rank}.jsonl", json.dumps(record))
+
 
 class ExplicitStateModel(ShardedModel):
     """The same model, with the ``state_dict`` a user writes (as the seeds show)."""
@@ -224,6 +234,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--precision", default="32")
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--keep-last", type=int, default=None)
+    parser.add_argument("--test", action="store_true")
     args = parser.parse_args(argv)
     if args.kill_in_commit is not None and os.environ.get("RANK", "0") == "0":
         _kill_in_commit(args.kill_in_commit)
@@ -244,6 +255,8 @@ def main(argv: list[str]) -> int:
         print_summaries=False,
     )
     trainer.fit(model, Data())
+    if args.test:
+        trainer.test(model, Data())
     return 0
 
 

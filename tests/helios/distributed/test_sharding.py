@@ -115,7 +115,7 @@ def dropout_reference(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 def plain_reference(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """The uninterrupted 2-process run without dropout (comparable across world sizes)."""
     workdir = tmp_path_factory.mktemp("plain_reference")
-    _run(workdir)
+    _run(workdir, "--test")
     return workdir
 
 
@@ -232,6 +232,21 @@ def test_checkpoint_of_two_processes_resumes_on_another_number(
     # The same global batches, so the same weights up to float rounding.
     assert _samples_after(workdir, 7) == _samples_after(plain_reference, 7)
     _assert_close(_weights(workdir), _weights(plain_reference))
+
+
+def test_testing_loads_the_newest_sharded_checkpoint(plain_reference: pathlib.Path) -> None:
+    net = shard_job.Net()
+    net.load_state_dict(_weights(plain_reference))
+    samples = shard_job.Samples(8, seed=5)
+    tested: dict[int, float] = {}
+    for rank in (0, 1):
+        for line in (plain_reference / f"tested{rank}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            tested.update(zip(record["ids"], record["outputs"], strict=True))
+    assert sorted(tested) == list(range(8))
+    with torch.no_grad():
+        expected = net(samples.x).flatten()
+    torch.testing.assert_close(torch.tensor([tested[i] for i in range(8)]), expected)
 
 
 def test_full_state_export_loads_into_the_unsharded_network(
