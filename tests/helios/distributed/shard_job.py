@@ -8,9 +8,9 @@ group::
 
 It trains a stack of residual MLP blocks (``Model.shard_network``: one FSDP unit per block
 and the root) with AdamW, in the ITERATION unit, with a checkpoint after every iteration
-and a validation every 4. The global batch is ``GLOBAL_BATCH`` whatever the number of
-processes (each rank takes ``GLOBAL_BATCH / world_size`` samples per step), so runs on 1, 2
-and 3 processes take the same steps up to float rounding.
+(``--chkpt-every``) and a validation every 4. The global batch is ``GLOBAL_BATCH`` whatever
+the number of processes (each rank takes ``GLOBAL_BATCH / world_size`` samples per step), so
+runs on 1, 2 and 3 processes take the same steps up to float rounding.
 
 * ``--kill-at N``: rank 1 (rank 0 alone) sends itself SIGKILL when iteration N starts.
 * ``--kill-in-commit N``: rank 0 sends itself SIGKILL at the N-th save of this process,
@@ -18,6 +18,8 @@ and 3 processes take the same steps up to float rounding.
 * ``--explicit-state``: the model writes ``state_dict``/``load_state_dict`` itself, as the
   seeds show, instead of the default state.
 * ``--replicate``: the network is wrapped in DDP instead of sharded (one-file checkpoints).
+* ``--term-at N``: rank 0 sends itself SIGTERM when iteration N starts (a preemption).
+* ``--chkpt-every N``: a checkpoint every N iterations instead of every one.
 * ``--test``: after training, ``Trainer.test`` of the newest checkpoint; each rank appends
   the sample ids and outputs of its test batches to ``tested<rank>.jsonl``.
 
@@ -132,6 +134,8 @@ class ShardedModel(hlm.Model):
             1, int(os.environ.get("WORLD_SIZE", "1")) - 1
         ):
             os.kill(os.getpid(), signal.SIGKILL)
+        if state.global_iteration == self.args.term_at and self.rank == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
         ids, x, y = batch
@@ -235,6 +239,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--keep-last", type=int, default=None)
     parser.add_argument("--test", action="store_true")
+    parser.add_argument("--term-at", type=int, default=None)
+    parser.add_argument("--chkpt-every", type=int, default=1)
     args = parser.parse_args(argv)
     if args.kill_in_commit is not None and os.environ.get("RANK", "0") == "0":
         _kill_in_commit(args.kill_in_commit)
@@ -244,7 +250,7 @@ def main(argv: list[str]) -> int:
         train_unit=hlt.TrainingUnit.ITERATION,
         total_steps=TOTAL_ITERATIONS,
         valid_frequency=4,
-        chkpt_frequency=1,
+        chkpt_frequency=args.chkpt_every,
         chkpt_keep_last=args.keep_last,
         chkpt_root=args.workdir / "chkpt",
         use_cpu=True,

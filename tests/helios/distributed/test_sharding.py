@@ -173,6 +173,27 @@ def test_killed_sharded_run_resumes_bit_identical(
     assert kept == ["sharded_epoch_3_iter_10.dcp", "sharded_epoch_3_iter_9.dcp"]
 
 
+def test_preempted_sharded_run_saves_where_it_stopped_and_resumes_bit_identical(
+    dropout_reference: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    workdir = tmp_path / "run"
+    options = ["--dropout", "0.2", "--chkpt-every", "5"]
+    done = _run(workdir, *options, "--term-at", "6", expect_ok=False)
+    assert done.returncode != 0
+    assert "exitcode  : 143" in done.stderr or "exitcode: 143" in done.stderr, done.stderr[-3000:]
+    folder = _folder(workdir)
+    # The regular save at 5; the ranks agree to stop at the next validation (iteration 8,
+    # with one every 4), and every rank writes its shards of the preemption's save there.
+    assert sorted(p.name for p in folder.glob("*.dcp")) == [
+        "sharded_epoch_2_iter_5.dcp",
+        "sharded_epoch_2_iter_8.dcp",
+    ]
+
+    _run(workdir, *options)
+
+    _assert_identical(_weights(workdir), _weights(dropout_reference))
+
+
 def test_crash_between_shards_and_commit_keeps_the_previous_checkpoint(
     dropout_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
