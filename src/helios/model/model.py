@@ -210,6 +210,17 @@ class Model(RunPlacement, abc.ABC):
                 self._net = self.shard_network(Net().to(self.device))
                 self._optimizer = torch.optim.AdamW(self._net.parameters(), lr=1e-3)
 
+        A network too large for one device can be built on the meta device and
+        materialised after sharding, each rank allocating only its shards:
+
+        .. code-block:: python
+
+            with torch.device("meta"):
+                net = Net()
+            self._net = self.shard_network(net)
+            self._net.to_empty(device=self.device)
+            self._net.reset_parameters()  # your initialisation, on each rank's shards
+
         Args:
             network: the network, on :py:attr:`device`.
             layers: the submodules sharded as one unit each: ``nn.Module`` types or a
@@ -226,6 +237,7 @@ class Model(RunPlacement, abc.ABC):
             return network
         return shard_network(
             network,
+            device_type=self.device.type,
             layers=layers,
             precision=self._run_precision().name,
             reshard_after_forward=reshard_after_forward,

@@ -117,6 +117,7 @@ def shard_network(
     network: nn.Module,
     *,
     mesh: DeviceMesh | None = None,
+    device_type: str | None = None,
     layers: LayerSelector | None = None,
     precision: str = "32",
     reshard_after_forward: bool = True,
@@ -130,7 +131,11 @@ def shard_network(
     Args:
         network: the network (on the device it trains on, or on the CPU for a CPU mesh).
         mesh: the device mesh to shard over; ``None`` makes a one-dimensional mesh of all
-            ranks of the default process group on the network's device type.
+            ranks of the default process group on ``device_type``.
+        device_type: ``"cpu"`` or ``"cuda"``, for the mesh made when none is given;
+            ``None`` takes the network's device type, and for a network on the meta device
+            (built without memory, to be materialised after sharding with ``to_empty``)
+            ``"cuda"`` when CUDA is available, else ``"cpu"``.
         layers: which submodules are sharded (and gathered) as one unit: ``nn.Module``
             types, or a function of a module; ``None`` picks :py:func:`default_layers`.
         precision: the run's precision; it sets the mixed-precision policy
@@ -159,8 +164,11 @@ def shard_network(
             )
         from torch.distributed.device_mesh import init_device_mesh
 
-        device = next(network.parameters(), torch.empty(0)).device
-        mesh = init_device_mesh(device.type, (torch_dist.get_world_size(),))
+        if device_type is None:
+            device_type = next(network.parameters(), torch.empty(0)).device.type
+            if device_type == "meta":
+                device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        mesh = init_device_mesh(device_type, (torch_dist.get_world_size(),))
     options: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     policy = mixed_precision_policy(precision)
     if policy is not None:

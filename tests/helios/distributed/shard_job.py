@@ -17,6 +17,8 @@ runs on 1, 2 and 3 processes take the same steps up to float rounding.
   after every rank wrote its shards and before the checkpoint folder is committed.
 * ``--explicit-state``: the model writes ``state_dict``/``load_state_dict`` itself, as the
   seeds show, instead of the default state.
+* ``--meta-init``: the network is built on the meta device, sharded, then materialised
+  (each rank allocates only its shards) and initialised.
 * ``--replicate``: the network is wrapped in DDP instead of sharded (one-file checkpoints).
 * ``--term-at N``: rank 0 sends itself SIGTERM when iteration N starts (a preemption).
 * ``--chkpt-every N``: a checkpoint every N iterations instead of every one.
@@ -116,6 +118,16 @@ class ShardedModel(hlm.Model):
 
     def setup(self, fast_init: bool = False) -> None:
         torch.manual_seed(0)
+        if self.args.meta_init:
+            with torch.device("meta"):
+                net = Net(self.args.dropout)
+            self.net = self.shard_network(net, layers=Block)
+            self.net.to_empty(device=self.device)
+            for module in self.net.modules():
+                if isinstance(module, nn.Linear | nn.LayerNorm):
+                    module.reset_parameters()
+            self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=0.01)
+            return
         net = Net(self.args.dropout).to(self.device)
         if self.args.replicate:
             self.net = nn.parallel.DistributedDataParallel(net) if self.is_distributed else net
@@ -235,6 +247,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kill-in-commit", type=int, default=None)
     parser.add_argument("--explicit-state", action="store_true")
     parser.add_argument("--replicate", action="store_true")
+    parser.add_argument("--meta-init", action="store_true")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--keep-last", type=int, default=None)

@@ -338,6 +338,21 @@ def test_replicated_checkpoint_resumes_sharded(
     _assert_close(_weights(workdir), _weights(plain_reference))
 
 
+def test_network_built_on_the_meta_device_is_sharded_then_materialised(
+    tmp_path: pathlib.Path,
+) -> None:
+    reference = tmp_path / "reference"
+    _run(reference, "--meta-init")
+    workdir = tmp_path / "run"
+    _run(workdir, "--meta-init", "--kill-at", "7", expect_ok=False)
+
+    _run(workdir, "--meta-init")
+
+    result = json.loads((workdir / "result.json").read_text())
+    assert result["sharded"] == ["<root>", "blocks.0", "blocks.1", "blocks.2"]
+    _assert_identical(_weights(workdir), _weights(reference))
+
+
 def test_bf16_mixed_computes_in_bf16_and_keeps_float32_weights(tmp_path: pathlib.Path) -> None:
     _run(tmp_path, "--precision", "bf16-mixed")
 
