@@ -11,10 +11,13 @@ reports for a process killed by that signal. A second Ctrl-C aborts at once with
 ``KeyboardInterrupt``.
 
 Agreement across ranks costs one all-reduce of one integer every :py:data:`AGREE_EVERY`
-polls, and one more after every iteration or epoch that validated or saved a checkpoint
-(points where the ranks synchronise anyway). A rank that got the signal therefore stops at
-most that many iterations later, together with the others; the work done until then is in
-the checkpoint. In one process the poll is an attribute test.
+polls. It is started without waiting and read at the next agreement point, by when it has
+long completed, so no rank waits for another mid-loop (on a GPU, the result reaches the host
+through an asynchronous copy: no device synchronisation either). After every iteration or
+epoch that validated or saved a checkpoint (points where the ranks synchronise anyway) the
+next poll agrees at once. A rank that got the signal therefore stops at most
+``2 * AGREE_EVERY`` iterations later, together with the others; the work done until then is
+in the checkpoint. In one process the poll is an attribute test.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-AGREE_EVERY = 16
+AGREE_EVERY = 8
 """Polls between two agreements across ranks in a distributed run."""
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -74,6 +77,9 @@ class Preemption:
         self.unit_end_pending = False
         self._collective_device = collective_device
         self._polls_to_agreement = AGREE_EVERY
+        self._agree_now = False
+        # The agreement in flight: the tensor its result lands in, and how to wait for it.
+        self._pending: tuple[torch.Tensor, Callable[[], Any]] | None = None
 
     @contextlib.contextmanager
     def handling_signals(self) -> Iterator[None]:
@@ -109,16 +115,43 @@ class Preemption:
         if self._polls_to_agreement:
             return False
         self._polls_to_agreement = AGREE_EVERY
-        return self._agree()
+        if self._settle():
+            return True
+        if self._agree_now:
+            self._agree_now = False
+            self._start_agreement()
+            return self._settle()
+        self._start_agreement()
+        return False
 
     def agree_soon(self) -> None:
-        """Make the next poll agree across ranks (after a save or a validation)."""
+        """Make the next poll agree across ranks at once (after a save or a validation)."""
         self._polls_to_agreement = 1
+        self._agree_now = True
 
-    def _agree(self) -> bool:
+    def _start_agreement(self) -> None:
+        """All-reduce this rank's signal (the largest wins) without waiting for it."""
         flag = torch.tensor([self.signal_number or 0], device=self._collective_device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        agreed = int(flag.item())
+        work = torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, async_op=True)
+        assert work is not None
+        if flag.is_cuda:
+            work.wait()  # orders the copy after the reduction on the stream; the host goes on
+            host = torch.empty(1, dtype=flag.dtype, pin_memory=True)
+            host.copy_(flag, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+            self._pending = (host, copied.synchronize)
+        else:
+            self._pending = (flag, work.wait)
+
+    def _settle(self) -> bool:
+        """Read the agreement in flight, if any; return whether it says stop."""
+        if self._pending is None:
+            return False
+        result, wait = self._pending
+        self._pending = None
+        wait()
+        agreed = int(result.item())
         if agreed and self.signal_number is None:
             self.signal_number = agreed
         return agreed != 0
