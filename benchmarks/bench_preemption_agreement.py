@@ -1,15 +1,18 @@
 """Cost of agreeing on a preemption signal across ranks, under torchrun on gloo.
 
 In a distributed run every rank polls the preemption request at each iteration boundary;
-one poll in :py:data:`helios.trainer.preemption.AGREE_EVERY` is an all-reduce of one integer
-(plus one after each save or validation). This measures, in 2 gloo processes started by
-``torchrun``:
+one poll in :py:data:`helios.trainer.preemption.AGREE_EVERY` starts an all-reduce of one
+integer, read at the next agreement point (plus an immediate one after each save or
+validation). This measures, in 2 gloo processes started by ``torchrun``:
 
-* ``agreement``: the time of one agreeing poll (the all-reduce),
-* ``poll``: the mean time of a poll, amortised over ``AGREE_EVERY`` polls,
-* ``step``: the time of one DDP training step of seed 000's network at the given batch size,
+* ``poll``: the mean time of a poll when polls follow each other with nothing in between,
+  amortised over ``AGREE_EVERY`` polls: every all-reduce is waited for at once, the
+  upper bound of the cost;
+* ``step``: the time of one DDP training step of seed 000's network at the given batch size;
+* ``in the loop``: the median step time with a poll after every step minus the median
+  without, in interleaved blocks, where the all-reduce completes during the next steps;
 
-and prints the amortised cost per iteration as a share of the step::
+and prints both costs per iteration as a share of the step::
 
     python benchmarks/bench_preemption_agreement.py [--batch-size 32] [--steps 200]
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import time
@@ -63,19 +67,30 @@ def worker(args: argparse.Namespace) -> None:
 
     for _ in range(5):
         step()
-    torch.distributed.barrier()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    step_seconds = (time.perf_counter() - start) / args.steps
+    block = AGREE_EVERY * 4
+    timings: dict[bool, list[float]] = {False: [], True: []}
+    for index in range(2 * max(1, args.steps // block)):
+        polling = index % 2 == 1
+        torch.distributed.barrier()
+        start = time.perf_counter()
+        for _ in range(block):
+            step()
+            if polling:
+                preemption.poll()
+        timings[polling].append((time.perf_counter() - start) / block)
+    step_seconds = statistics.median(timings[False])
+    in_loop = statistics.median(timings[True]) - step_seconds
     if rank == 0:
         print(
-            f"agreement (one all-reduce) {agreement_seconds * 1e6:.1f} us; "
-            f"poll amortised over {AGREE_EVERY}: {poll_seconds * 1e6:.2f} us; "
+            f"agreement waited at once {agreement_seconds * 1e6:.1f} us, amortised over "
+            f"{AGREE_EVERY} polls {poll_seconds * 1e6:.2f} us "
+            f"({poll_seconds / step_seconds:.3%} of a step); "
             f"DDP step at batch {args.batch_size}: {step_seconds * 1e3:.2f} ms; "
-            f"agreement cost per iteration: {poll_seconds / step_seconds:.4%} of a step",
+            f"in the loop: {in_loop * 1e6:+.1f} us per iteration "
+            f"({in_loop / step_seconds:+.3%} of a step)",
             flush=True,
         )
+    getattr(preemption, 'settle', lambda: None)()
     dist.shutdown_dist()
 
 

@@ -115,12 +115,12 @@ class Preemption:
         if self._polls_to_agreement:
             return False
         self._polls_to_agreement = AGREE_EVERY
-        if self._settle():
+        if self.settle():
             return True
         if self._agree_now:
             self._agree_now = False
             self._start_agreement()
-            return self._settle()
+            return self.settle()
         self._start_agreement()
         return False
 
@@ -144,8 +144,12 @@ class Preemption:
         else:
             self._pending = (flag, work.wait)
 
-    def _settle(self) -> bool:
-        """Read the agreement in flight, if any; return whether it says stop."""
+    def settle(self) -> bool:
+        """Wait for the agreement in flight, if any; return whether it says stop.
+
+        The end of training calls it, so no collective is left pending when the run goes on
+        to other collectives or the process group is destroyed.
+        """
         if self._pending is None:
             return False
         result, wait = self._pending

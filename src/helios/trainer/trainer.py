@@ -706,6 +706,7 @@ class Trainer:
                 checkpoint.close(raise_errors=False)
                 raise
             checkpoint.close()
+            self._preemption.settle()
         hooks.call_plugins("on_training_end")
         self.model.on_training_end()
         logging.flush_default_loggers()
