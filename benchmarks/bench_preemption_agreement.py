@@ -90,7 +90,7 @@ def worker(args: argparse.Namespace) -> None:
             f"({in_loop / step_seconds:+.3%} of a step)",
             flush=True,
         )
-    getattr(preemption, 'settle', lambda: None)()
+    preemption.settle()
     dist.shutdown_dist()
 
 
