@@ -478,6 +478,26 @@ def _write_and_retain(
         update.apply()
 
 
+def _unexpected_shards(contents: Mapping[str, Any]) -> RuntimeError | None:
+    """The error for ``DTensor`` shards in a part saved by rank 0 alone, if there are any.
+
+    Rank 0's shards without the other ranks' would be a checkpoint that cannot be resumed.
+    A part is saved as shards when it says so (``is_sharded``: for the model, a network
+    found among its attributes holds ``DTensor`` parameters).
+    """
+    from helios.model.sharding import holds_sharded_tensors
+
+    keys = [key for key, value in contents.items() if holds_sharded_tensors(value)]
+    if not keys:
+        return None
+    return RuntimeError(
+        f"error: the checkpoint entries {keys} hold DTensor shards, but helios did not find "
+        "a sharded network among the model's attributes, so only rank 0's shards would be "
+        "saved. Keep each sharded network in an attribute of the model (or a list or dict "
+        "attribute), as the default state_dict finds them"
+    )
+
+
 def _gather_to_rank0(entry: Any) -> list[Any]:
     gathered: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, entry)
@@ -574,7 +594,8 @@ class RunCheckpoint:
                     for key, part in self.parts.items():
                         if part is self.retention and record is not None:
                             contents[key] = record
-                if self.check is not None:
+                problem = _unexpected_shards(contents)
+                if self.check is not None and problem is None:
                     problem = self.check(contents, state)
                 if shards:
                     sharded.prepare_temporary_folder(path)

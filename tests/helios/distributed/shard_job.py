@@ -19,6 +19,8 @@ runs on 1, 2 and 3 processes take the same steps up to float rounding.
   seeds show, instead of the default state.
 * ``--meta-init``: the network is built on the meta device, sharded, then materialised
   (each rank allocates only its shards) and initialised.
+* ``--hidden-network``: the sharded network is kept two levels deep in a dict attribute,
+  where the trainer does not find it (its first save must fail, on every rank).
 * ``--replicate``: the network is wrapped in DDP instead of sharded (one-file checkpoints).
 * ``--term-at N``: rank 0 sends itself SIGTERM when iteration N starts (a preemption).
 * ``--chkpt-every N``: a checkpoint every N iterations instead of every one.
@@ -201,6 +203,23 @@ class ShardedModel(hlm.Model):
         _append(self.args.workdir / f"tested{self.rank}.jsonl", json.dumps(record))
 
 
+class HiddenNetworkModel(ShardedModel):
+    """The sharded network kept where the default state does not look (two levels deep)."""
+
+    def setup(self, fast_init: bool = False) -> None:
+        super().setup(fast_init)
+        self.parts = {"inner": {"net": self.net}}
+        del self.net
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "net":
+            return self.__dict__["parts"]["inner"]["net"]
+        raise AttributeError(name)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+
 class ExplicitStateModel(ShardedModel):
     """The same model, with the ``state_dict`` a user writes (as the seeds show)."""
 
@@ -248,6 +267,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--explicit-state", action="store_true")
     parser.add_argument("--replicate", action="store_true")
     parser.add_argument("--meta-init", action="store_true")
+    parser.add_argument("--hidden-network", action="store_true")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--keep-last", type=int, default=None)
@@ -257,7 +277,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.kill_in_commit is not None and os.environ.get("RANK", "0") == "0":
         _kill_in_commit(args.kill_in_commit)
-    model = (ExplicitStateModel if args.explicit_state else ShardedModel)(args)
+    model_type = ExplicitStateModel if args.explicit_state else ShardedModel
+    model = (HiddenNetworkModel if args.hidden_network else model_type)(args)
     trainer = hlt.Trainer(
         run_name="shard",
         train_unit=hlt.TrainingUnit.ITERATION,
@@ -273,9 +294,10 @@ def main(argv: list[str]) -> int:
         precision=args.precision,
         print_summaries=False,
     )
-    trainer.fit(model, Data())
-    if args.test:
-        trainer.test(model, Data())
+    if not trainer.fit(model, Data()):
+        return 1
+    if args.test and not trainer.test(model, Data()):
+        return 1
     return 0
 
 

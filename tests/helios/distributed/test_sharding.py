@@ -353,6 +353,19 @@ def test_network_built_on_the_meta_device_is_sharded_then_materialised(
     _assert_identical(_weights(workdir), _weights(reference))
 
 
+def test_shards_the_trainer_cannot_find_fail_the_save_on_every_rank(
+    tmp_path: pathlib.Path,
+) -> None:
+    done = _run(tmp_path, "--hidden-network", expect_ok=False)
+
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "hold DTensor shards, but helios did not find a sharded network" in output
+    assert "['model']" in output
+    assert output.count("did not find a sharded network") >= 2  # rank 0 and rank 1
+    assert not list(_folder(tmp_path).glob("*_iter_*"))
+
+
 def test_bf16_mixed_computes_in_bf16_and_keeps_float32_weights(tmp_path: pathlib.Path) -> None:
     _run(tmp_path, "--precision", "bf16-mixed")
 
