@@ -376,3 +376,22 @@ def test_bf16_mixed_computes_in_bf16_and_keeps_float32_weights(tmp_path: pathlib
     weights = _weights(tmp_path)
     assert {w.dtype for w in weights.values()} == {torch.float32}
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_fp16_mixed_sharded_run_resumes_bit_identical(tmp_path: pathlib.Path) -> None:
+    # The gradient scaler (a checkpoint part of its own) checks the sharded gradients for
+    # inf/NaN across the ranks, and its scale resumes with the shards.
+    reference = tmp_path / "reference"
+    _run(reference, "--precision", "fp16-mixed")
+    workdir = tmp_path / "run"
+    _run(workdir, "--precision", "fp16-mixed", "--kill-at", "7", expect_ok=False)
+    newest = hlt.find_last_checkpoint(_folder(workdir))
+    assert newest is not None
+    hlt.register_trainer_types_for_safe_load()
+    scaler = sharded_checkpoint.read_contents(newest)["precision"]["scaler"]
+    assert scaler["scale"] < 2.0**16  # steps were skipped: the resume depends on the scale
+
+    _run(workdir, "--precision", "fp16-mixed")
+
+    assert json.loads((workdir / "result.json").read_text())["forward_dtype"] == "torch.float16"
+    _assert_identical(_weights(workdir), _weights(reference))
