@@ -21,6 +21,7 @@ runs on 1, 2 and 3 processes take the same steps up to float rounding.
   (each rank allocates only its shards) and initialised.
 * ``--hidden-network``: the sharded network is kept two levels deep in a dict attribute,
   where the trainer does not find it (its first save must fail, on every rank).
+* ``--async-save``: ``chkpt_async=True``.
 * ``--replicate``: the network is wrapped in DDP instead of sharded (one-file checkpoints).
 * ``--term-at N``: rank 0 sends itself SIGTERM when iteration N starts (a preemption).
 * ``--chkpt-every N``: a checkpoint every N iterations instead of every one.
@@ -268,6 +269,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--replicate", action="store_true")
     parser.add_argument("--meta-init", action="store_true")
     parser.add_argument("--hidden-network", action="store_true")
+    parser.add_argument("--async-save", action="store_true")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--keep-last", type=int, default=None)
@@ -286,6 +288,7 @@ def main(argv: list[str]) -> int:
         valid_frequency=4,
         chkpt_frequency=args.chkpt_every,
         chkpt_keep_last=args.keep_last,
+        chkpt_async=args.async_save,
         chkpt_root=args.workdir / "chkpt",
         use_cpu=True,
         random_seed=7,

@@ -395,3 +395,15 @@ def test_fp16_mixed_sharded_run_resumes_bit_identical(tmp_path: pathlib.Path) ->
 
     assert json.loads((workdir / "result.json").read_text())["forward_dtype"] == "torch.float16"
     _assert_identical(_weights(workdir), _weights(reference))
+
+
+def test_async_saves_write_the_shards_synchronously_and_say_so(
+    plain_reference: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    done = _run(tmp_path, "--async-save")
+
+    assert (done.stdout + done.stderr).count(
+        "the shards of a sharded model are written synchronously"
+    ) == 1
+    assert len(list(_folder(tmp_path).glob("*.dcp"))) == shard_job.TOTAL_ITERATIONS
+    _assert_identical(_weights(tmp_path), _weights(plain_reference))
