@@ -225,6 +225,35 @@ def shard_like(value: Any, target: Any) -> Any:
     )
 
 
+def shard_state_like(state: Any, template: Any) -> Any:
+    """Shard the full tensors of a nested state like the ``DTensor`` leaves of ``template``.
+
+    :py:func:`shard_like` for every leaf of ``state`` whose place in ``template`` (the
+    current ``state_dict()`` of the sharded object) holds a ``DTensor``; every other leaf is
+    kept. Give an optimizer its state first (:py:func:`initialize_optimizer_state`), so its
+    template has the tensors to shard like.
+
+    Args:
+        state: a full state (mappings, lists and tuples of tensors and other values).
+        template: the sharded state it is loaded into.
+
+    Returns:
+        The state, with the matching full tensors replaced by this rank's shards.
+    """
+    if is_sharded_tensor(template):
+        return shard_like(state, template)
+    if isinstance(state, Mapping) and isinstance(template, Mapping):
+        return {
+            key: shard_state_like(value, template[key]) if key in template else value
+            for key, value in state.items()
+        }
+    if isinstance(state, list | tuple) and isinstance(template, list | tuple):
+        shaped = [shard_state_like(a, b) for a, b in zip(state, template, strict=False)]
+        shaped += list(state[len(shaped) :])
+        return type(state)(shaped) if isinstance(state, tuple) else shaped
+    return state
+
+
 def holds_sharded_tensors(state: Any) -> bool:
     """Whether a (nested) state holds a ``DTensor`` anywhere.
 
@@ -292,4 +321,5 @@ __all__ = [
     "mixed_precision_policy",
     "shard_like",
     "shard_network",
+    "shard_state_like",
 ]

@@ -271,24 +271,9 @@ def load_full_into_sharded(state: Any, part: ShardedPart) -> None:
     prepare = getattr(part, "prepare_to_load", None)
     if prepare is not None:
         prepare()  # an optimizer's state is replaced by the loaded one, empty or not
-    part.load_state_dict(_shard_like(state, part.state_dict()))
+    from helios.model.sharding import shard_state_like
 
-
-def _shard_like(loaded: Any, template: Any) -> Any:
-    from helios.model.sharding import is_sharded_tensor, shard_like
-
-    if is_sharded_tensor(template):
-        return shard_like(loaded, template)
-    if isinstance(loaded, Mapping) and isinstance(template, Mapping):
-        return {
-            key: _shard_like(value, template[key]) if key in template else value
-            for key, value in loaded.items()
-        }
-    if isinstance(loaded, list | tuple) and isinstance(template, list | tuple):
-        shaped = [_shard_like(a, b) for a, b in zip(loaded, template, strict=False)]
-        shaped += list(loaded[len(shaped) :])
-        return type(loaded)(shaped) if isinstance(loaded, tuple) else shaped
-    return loaded
+    part.load_state_dict(shard_state_like(state, part.state_dict()))
 
 
 def _set_nested(target: dict[str, Any], keys: tuple[Any, ...], value: Any) -> None:

@@ -19,31 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from helios.model.sharding import is_sharded_tensor, shard_like, shard_network
-
-
-def shard_optimizer_state(state_dict: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> Any:
-    """Shard the state tensors of a full optimizer ``state_dict`` like the optimizer's params.
-
-    Args:
-        state_dict: an optimizer state dict of full (plain) tensors.
-        optimizer: the optimizer, whose parameters are ``DTensor`` shards.
-
-    Returns:
-        The state dict with every parameter-shaped state tensor sharded.
-    """
-    by_index: dict[Any, Any] = {}
-    for saved, group in zip(state_dict["param_groups"], optimizer.param_groups, strict=False):
-        by_index.update(zip(saved["params"], group["params"], strict=False))
-    state = {
-        index: (
-            {key: shard_like(value, by_index[index]) for key, value in entry.items()}
-            if index in by_index
-            else entry
-        )
-        for index, entry in state_dict["state"].items()
-    }
-    return {**state_dict, "state": state}
+from helios.model.sharding import (
+    initialize_optimizer_state,
+    is_sharded_tensor,
+    shard_like,
+    shard_network,
+    shard_state_like,
+)
 
 
 def _full(value: Any, device: torch.device) -> Any:
@@ -167,12 +149,10 @@ class ShardedCopy:
             state: ``{"module": ..., "optimizers": [...]}`` as :py:meth:`full_state` returns
                 (or a one-file checkpoint holds).
         """
-        current = self.copy.state_dict()
-        saved_module = state["module"]
-        sharded = {k: shard_like(v, current.get(k)) for k, v in saved_module.items()}
-        self.copy.load_state_dict(sharded)
+        self.copy.load_state_dict(shard_state_like(state["module"], self.copy.state_dict()))
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=False):
-            optimizer.load_state_dict(shard_optimizer_state(saved, optimizer))
+            initialize_optimizer_state(optimizer)  # its tensors to shard like; then replaced
+            optimizer.load_state_dict(shard_state_like(saved, optimizer.state_dict()))
 
     def release(self, state: Mapping[str, Any] | None) -> None:
         """Point the optimizers at the user's parameters again; load ``state`` if given.
@@ -194,4 +174,4 @@ class ShardedCopy:
                 optimizer.load_state_dict(optimizer_state)
 
 
-__all__ = ["ShardedCopy", "shard_optimizer_state"]
+__all__ = ["ShardedCopy"]
