@@ -19,7 +19,7 @@ What a migration changes:
   rank rank 0's RNG state.
 * The ``TrainingState`` class is re-recorded under its current module (Helios 1.2.7 pickled
   it as ``helios.trainer.TrainingState``), and ``"version"`` becomes the installed version,
-  so :py:func:`helios.trainer.checkpoints.load_newest_valid_checkpoint` accepts the file.
+  so :py:func:`helios.trainer.checkpoint.io.load_newest_valid_checkpoint` accepts the file.
 * Paths written on the other kind of system (``WindowsPath`` on Linux, ``PosixPath`` on
   Windows) in ``log_path`` / ``run_path`` cannot name a file here: they are dropped with a
   warning, so the resumed run starts a new log file and TensorBoard run.
@@ -47,11 +47,8 @@ from packaging import version as _version
 
 import helios
 from helios.core.utils import safe_torch_load
-from helios.trainer.checkpoints import (
-    CHECKPOINT_SUFFIX,
-    get_trainer_safe_types_for_load,
-    save_atomically,
-)
+from helios.trainer.checkpoint.io import get_trainer_safe_types_for_load, save_atomically
+from helios.trainer.checkpoint.layout import CHECKPOINT_SUFFIX
 from helios.trainer.state import TrainingState
 
 __all__ = ["migrate_checkpoint", "migrate_checkpoints_to_current_version"]

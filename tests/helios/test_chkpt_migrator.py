@@ -31,7 +31,7 @@ import helios.model as hlm
 import helios.trainer as hlt
 from helios import chkpt_migrator
 from helios.core import rng
-from helios.trainer import checkpoints
+from helios.trainer.checkpoint import io as checkpoints
 from helios.trainer.state import TrainingState
 
 SRC = pathlib.Path(__file__).resolve().parents[2] / "src"

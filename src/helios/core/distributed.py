@@ -319,6 +319,24 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return result
 
 
+def agree_any(flag: bool, device: torch.device | None) -> bool:
+    """Return True on every rank if any rank's flag is True (one all-reduce of one int).
+
+    Args:
+        flag: this rank's decision.
+        device: the device for the collective (the CPU for gloo), or ``None`` when not
+            distributed: then the flag is returned as it is.
+
+    Returns:
+        The agreed decision.
+    """
+    if device is None:
+        return flag
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
 def global_print(*args: Any, global_rank: int = 0, **kwargs: Any) -> None:
     """Print only on the process with the given global rank (always when not distributed).
 

@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from helios.core import distributed as dist
+import helios.core.distributed as dist
 from helios.core.utils import get_from_optional
 
 if TYPE_CHECKING:

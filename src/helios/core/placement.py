@@ -1,15 +1,63 @@
-"""Where a Model or Plugin runs: the state the Trainer sets on both before a run."""
+"""Where a Model or Plugin runs: the state a run sets on both before it starts.
+
+:py:class:`RunTrainer` is the trainer as the model, the plug-ins and the data module see it
+(:py:class:`helios.trainer.Trainer` is one). It is a Protocol so that these lower packages
+name the trainer's type without importing the trainer: imports go one way, from the
+trainer down to the model, the plug-ins, the data and the core.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
+from .precision import Precision
 from .utils import get_from_optional
 
-if TYPE_CHECKING:
-    from helios.trainer import Trainer
+
+class RunTrainer(Protocol):
+    """What a model, plug-in or data module may read from the trainer that runs it."""
+
+    @property
+    def precision(self) -> Precision:
+        """The precision of the current run (autocast settings and gradient scaler)."""
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Batches per iteration."""
+
+    @property
+    def rank(self) -> int:
+        """The global rank of this process."""
+
+    @property
+    def local_rank(self) -> int:
+        """The rank of this process on its node."""
+
+    @property
+    def plugins(self) -> dict[str, Any]:
+        """The registered plug-ins, keyed by their id."""
+
+    @property
+    def train_exceptions(self) -> list[type[Exception]]:
+        """Exception types that ``fit`` re-raises."""
+
+    @property
+    def test_exceptions(self) -> list[type[Exception]]:
+        """Exception types that ``test`` re-raises."""
+
+    @property
+    def queue(self) -> Any:
+        """The queue for results of spawned ranks (``None`` in one process or torchrun)."""
+
+    @property
+    def model(self) -> Any:
+        """The model of the current run."""
+
+    @property
+    def datamodule(self) -> Any:
+        """The data module of the current run."""
 
 
 class RunPlacement:
@@ -24,7 +72,7 @@ class RunPlacement:
 
     def __init__(self, owner: str) -> None:
         self._owner = owner
-        self._trainer: Trainer | None = None
+        self._trainer: RunTrainer | None = None
         self._is_distributed = False
         self._map_loc: str | dict[str, str] = ""
         self._device: torch.device | None = None
@@ -71,7 +119,7 @@ class RunPlacement:
         self._rank = r
 
     @property
-    def trainer(self) -> Trainer:
+    def trainer(self) -> RunTrainer:
         """The trainer of the current run.
 
         Raises:
@@ -85,5 +133,5 @@ class RunPlacement:
         return self._trainer
 
     @trainer.setter
-    def trainer(self, t: Trainer) -> None:
+    def trainer(self, t: RunTrainer) -> None:
         self._trainer = t

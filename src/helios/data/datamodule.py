@@ -26,7 +26,7 @@ from .samplers import (
 )
 
 if typing.TYPE_CHECKING:
-    from helios.trainer import Trainer
+    from helios.core.placement import RunTrainer
 
 _DEFAULT_SEED = rng.get_default_seed()
 
@@ -407,12 +407,16 @@ class DataModule(abc.ABC):
     loader and sampler for every epoch (``sampler.set_epoch(e)`` before each one).
     """
 
+    # The model's default state skips a data module it holds: data has no training state
+    # (helios.model.default_state).
+    _state_kept_apart: typing.ClassVar[bool] = True
+
     def __init__(self) -> None:
         self._is_distributed = False
         self._train_dataset: Dataset | None = None
         self._valid_dataset: Dataset | None = None
         self._test_dataset: Dataset | None = None
-        self._trainer: Trainer | None = None
+        self._trainer: RunTrainer | None = None
 
     @property
     def is_distributed(self) -> bool:
@@ -424,7 +428,7 @@ class DataModule(abc.ABC):
         self._is_distributed = is_distributed
 
     @property
-    def trainer(self) -> Trainer:
+    def trainer(self) -> RunTrainer:
         """The trainer running this data module.
 
         Raises:
@@ -433,7 +437,7 @@ class DataModule(abc.ABC):
         return get_from_optional(self._trainer)
 
     @trainer.setter
-    def trainer(self, trainer: Trainer) -> None:
+    def trainer(self, trainer: RunTrainer) -> None:
         self._trainer = trainer
 
     @property

@@ -10,9 +10,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+import helios.metrics.functional as F  # noqa: N812
 from helios.core.utils import Registry
-
-from . import functional as F  # noqa: N812
 
 METRICS_REGISTRY = Registry("metrics")
 """Registry of metrics, pre-filled with the metric modules of this module."""

@@ -9,7 +9,7 @@ process group and mixed-precision policy.
 
 The networks' and optimizers' ``state_dict`` then hold ``DTensor`` shards. The trainer
 writes such a state through Distributed Checkpoint, every rank its own shards
-(:py:mod:`helios.trainer.sharded_checkpoint`), and loads it back on any number of processes.
+(:py:mod:`helios.trainer.checkpoint.sharded`), and loads it back on any number of processes.
 """
 
 from __future__ import annotations

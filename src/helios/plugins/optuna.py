@@ -35,8 +35,8 @@ from helios.core.files import write_atomically
 from .plugin import PLUGIN_REGISTRY, Plugin
 
 if TYPE_CHECKING:
+    from helios.core.placement import RunTrainer
     from helios.model import Model
-    from helios.trainer import Trainer
 
 _PRUNED_KEY = "ddp_hl:pruned"
 _CYCLE_KEY = "ddp_hl:cycle"
@@ -786,7 +786,7 @@ class OptunaPlugin(Plugin):
         """Whether this process talks to the trial (always, when not distributed)."""
         return not self.is_distributed or dist.get_global_rank() == 0
 
-    def configure_trainer(self, trainer: Trainer) -> None:
+    def configure_trainer(self, trainer: RunTrainer) -> None:
         """Register the plug-in and make ``fit`` re-raise :py:class:`optuna.TrialPruned`.
 
         Args:

@@ -14,7 +14,7 @@ import torch
 
 from helios.core.precision import PRECISIONS
 
-from .retention import RetentionPolicy
+from .checkpoint.retention import RetentionPolicy
 from .state import TrainingUnit
 
 

@@ -9,6 +9,7 @@ methods of :py:class:`~helios.model.Model`, :py:class:`~helios.plugins.Plugin` a
 
 from __future__ import annotations
 
+import logging as _std_logging
 import pathlib
 import sys
 import traceback
@@ -16,6 +17,8 @@ import types
 from typing import TextIO
 
 import helios
+from helios.core import distributed as dist
+from helios.core import logging
 
 _HELIOS_ROOT = pathlib.Path(helios.__file__).resolve().parent
 
@@ -132,4 +135,17 @@ def report_failure(
     return text
 
 
-__all__ = ["failure_summary", "find_hook", "format_failure", "report_failure"]
+def log_uncaught(error: BaseException, action: str) -> None:
+    """Show an unlisted exception on stderr (traceback and summary) and in the log file.
+
+    Args:
+        error: the exception.
+        action: what failed (``"fit"`` or ``"test"``).
+    """
+    rank = dist.get_global_rank() if dist.is_dist_active() else None
+    text = report_failure(error, action, rank)
+    if logging.is_root_logger_active():
+        logging.get_root_logger().log_to_file(_std_logging.ERROR, text.rstrip("\n"))
+
+
+__all__ = ["failure_summary", "find_hook", "format_failure", "log_uncaught", "report_failure"]

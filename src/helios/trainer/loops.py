@@ -4,8 +4,9 @@ Reading order for one training step: :py:meth:`TrainingLoop.run` (epochs) ->
 :py:meth:`TrainingLoop._train_epoch` (the batch step) -> :py:meth:`TrainingLoop._end_unit`
 (validation, checkpoint, stop decisions). The unit only changes *when* a unit ends: after
 the last batch of an epoch (EPOCH) or after every ``accumulation_steps`` batches
-(ITERATION). Saving goes through the ``save`` function the Trainer passes in (see
-:py:mod:`helios.trainer.checkpoints`).
+(ITERATION). Saving goes through the ``save`` function the run passes in (see
+:py:mod:`helios.trainer.checkpoint`); the run (:py:mod:`helios.trainer.run`) builds the loop
+and calls :py:meth:`TrainingLoop.run` between the training hooks.
 
 This docstring is the single statement of the order in which the Trainer calls hooks; the
 tests in ``tests/helios/trainer/test_call_order.py`` pin it. ``P`` stands for every
@@ -80,8 +81,8 @@ test::
         M.on_testing_batch_start(step); M.test_step(batch, step); M.on_testing_batch_end(step)
     P.on_testing_end(); M.on_testing_end()
 
-Checkpoint management (see :py:mod:`helios.trainer.retention`,
-:py:mod:`helios.trainer.async_save`, :py:mod:`helios.trainer.nonfinite`): with the
+Checkpoint management (see :py:mod:`helios.trainer.checkpoint.retention`,
+:py:mod:`helios.trainer.checkpoint.async_save`, :py:mod:`helios.trainer.nonfinite`): with the
 non-finite guard on, each batch's losses are checked (CPU) or recorded (GPU) after
 ``M.on_training_batch_end``, and the records are read before each validation, before each
 save and at the end of training; the model's state is checked inside the save, before
@@ -112,10 +113,11 @@ import torch
 from helios.core import cuda as core_cuda
 from helios.core import distributed as dist
 from helios.core import logging
+from helios.core.distributed import agree_any
 from helios.data.samplers import place_sampler
 
-from . import progress
 from .preemption import Preempted, Preemption, ValidationInterruptedError
+from .progress import make_bar
 from .reporting import RunReport
 from .run_end import EARLY_STOPPING, STOP_REQUESTED, TOTAL_STEPS, RunEnd
 from .state import TrainingState, TrainingUnit
@@ -125,7 +127,7 @@ if TYPE_CHECKING:
     from helios.model import Model
     from helios.plugins import Plugin
 
-    from .checkpoints import RankState
+    from .checkpoint.rank_state import RankState
     from .nonfinite import NonFiniteGuard
 
 
@@ -218,23 +220,6 @@ class Hooks:
             return any(check() for check in self._stop_checks)
         answers = [check() for check in self._stop_checks]
         return agree_any(any(answers), self.collective_device)
-
-
-def agree_any(flag: bool, device: torch.device | None) -> bool:
-    """Return True on every rank if any rank's flag is True.
-
-    Args:
-        flag: this rank's decision.
-        device: the device for the collective, or ``None`` when not distributed.
-
-    Returns:
-        The agreed decision.
-    """
-    if device is None:
-        return flag
-    tensor = torch.tensor([int(flag)], device=device)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return bool(tensor.item())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,7 +322,7 @@ class TrainingLoop:
             self._rank_state.track_sampler(sampler)
         self.model.train()
         total = self.options.total_steps
-        self._bar = progress.make_bar(
+        self._bar = make_bar(
             self.options.show_progress, None if total == math.inf else total,
             "Training epochs" if self._epoch_unit else "Training iterations",
             "epoch" if self._epoch_unit else "it", initial=self._unit_index(state),
@@ -454,7 +439,7 @@ class TrainingLoop:
 
     def _epoch_bar(self, state: TrainingState, batches: int) -> Any:
         """The transient bar of an epoch's batches (EPOCH unit, on a terminal)."""
-        return progress.make_bar(
+        return make_bar(
             self.options.show_progress and self._epoch_unit, batches,
             f"Epoch {state.global_epoch}", "iter", initial=state.dataset_iter, leave=False,
         )  # fmt: skip
@@ -643,7 +628,7 @@ class EvaluationLoop:
         stop_requested: Callable[[], bool] | None = None,
     ) -> None:
         """Feed every batch of a loader through its hooks, without grad."""
-        bar = progress.make_bar(self._show_progress, _safe_len(loader), label, "it", leave=False)
+        bar = make_bar(self._show_progress, _safe_len(loader), label, "it", leave=False)
         with torch.no_grad():
             for step, batch in enumerate(loader):
                 if process is not None:
@@ -677,4 +662,4 @@ def _safe_len(loader: Any) -> int | None:
         return None
 
 
-__all__ = ["EvaluationLoop", "Hooks", "LoopOptions", "TrainingLoop", "agree_any", "overrides"]
+__all__ = ["EvaluationLoop", "Hooks", "LoopOptions", "TrainingLoop", "overrides"]

@@ -2,7 +2,7 @@
 
 What is checked, and when (``Trainer(nonfinite_guard=True)``, the default):
 
-* The losses of every batch (the model's ``_loss_items`` table, after
+* The losses of every batch (the model's ``loss_items``, its ``_loss_items`` table, after
   ``on_training_batch_end``). A loss on the CPU is checked at once: reading a CPU scalar
   costs no synchronisation. A loss on another device (a GPU) is not read back every step:
   the guard keeps a detached reference to it (no kernel for a scalar loss; every 256 steps
@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from helios.core.distributed import agree_any
 from helios.model.sharding import local_shard
-
-from .loops import agree_any
 
 if TYPE_CHECKING:
     from helios.model import Model
@@ -112,7 +111,7 @@ class NonFiniteGuard:
         """
         if not self._check_losses:
             return
-        for key, loss in self._model._loss_items.items():
+        for key, loss in self._model.loss_items.items():
             if isinstance(loss, torch.Tensor):
                 if loss.is_cpu and self.read_cpu_losses_at_once:  # is_cpu: cheaper than .device
                     if loss.numel() == 1:

@@ -57,7 +57,7 @@ from pyblaze.nn.callbacks.base import CallbackException, PredictionCallback, Tra
 
 if TYPE_CHECKING:
     from helios.trainer import TrainingState
-    from pyblaze.nn.engines import BaseEngine
+    from pyblaze.nn._protocols import Engine
 
 _SKIPPED = Epoch()
 
@@ -73,7 +73,7 @@ class EngineRun(Model):
             (:py:class:`RunRecords`).
     """
 
-    def __init__(self, engine: BaseEngine, spec: TrainSpec, shard: bool = False) -> None:
+    def __init__(self, engine: Engine, spec: TrainSpec, shard: bool = False) -> None:
         super().__init__(f"pyblaze_{type(engine.model).__name__}")
         self._engine = engine
         self._spec = spec
@@ -231,7 +231,7 @@ class EngineRun(Model):
         # What helios's checkpoints see as the network: sharded or not.
         self.network = self.placement.module
         spec = self._spec
-        self._engine._start_run(self.trainer.precision, spec.clip_norm, spec.clip_value)
+        self._engine.start_run(self.trainer.precision, spec.clip_norm, spec.clip_value)
         # Losses go through helios's loss table only to be averaged over ranks.
         self._average_losses = self.is_distributed
 
@@ -254,7 +254,7 @@ class EngineRun(Model):
         self._stop = None
         self._epoch = _SKIPPED
         datamodule = self.trainer.datamodule
-        self._num_batches = len(datamodule.train_dataloader()[0])  # type: ignore[index]
+        self._num_batches = len(datamodule.train_dataloader()[0])
         valid = datamodule.valid_dataloader()
         self._num_val_batches = len(valid[0]) if valid is not None else 0
         if self._spec.val_data is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pyblaze.nn.callbacks import TrainingCallback
+from pyblaze.nn.callbacks.base import TrainingCallback
 
 
 def _loss_values(loss: Any) -> dict[str, float]:
