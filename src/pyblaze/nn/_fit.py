@@ -172,7 +172,7 @@ def run_fit(engine: Engine, plan: FitPlan) -> list[dict[str, Any]]:
         if plugin.plug_id not in trainer.plugins:
             plugin._register_in_trainer(trainer)
     if plan.shard:
-        RunRecords(run)._register_in_trainer(trainer)
+        trainer.add_checkpoint_part(RunRecords.name, RunRecords(run))
     try:
         with run.results.open(trainer.is_distributed and not is_using_torchrun()):
             succeeded = trainer.fit(run, datamodule)

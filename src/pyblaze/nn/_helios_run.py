@@ -34,7 +34,7 @@ what helios checkpoints hold, so a run with ``trainer_options={"chkpt_root": ...
 With ``fit(shard=True)`` the model's entry holds only the weights and optimizer states
 (``DTensor`` shards in a distributed run, written by every rank through Distributed
 Checkpoint); the history and callback states, which may differ between ranks (callbacks
-that run on rank 0 only), are a checkpoint part of their own, :py:class:`RunRecords`,
+that run on rank 0 only), are an extra checkpoint part of their own, :py:class:`RunRecords`,
 written by rank 0 like every unsharded part.
 """
 
@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from helios.model import Model
-from helios.plugins import Plugin
 from pyblaze.nn._callback_list import CallbackList
 from pyblaze.nn._epoch import Epoch, EpochRun, RunCallbacks, TrainSpec
 from pyblaze.nn._placement import ModelPlacement
@@ -369,23 +368,23 @@ class EngineRun(Model):
             self.results.send(self._result_state())
 
 
-class RunRecords(Plugin):
+class RunRecords:
     """The history and callback states of a ``fit(shard=True)`` run, as a checkpoint part.
 
-    Registered by ``fit(shard=True)``. As every unsharded part, rank 0 writes its state and
-    every rank of a resumed run loads it; the sharded model entry holds only weights and
-    optimizer states, which every rank writes.
+    ``fit(shard=True)`` adds it to the Trainer as the extra checkpoint part
+    ``pyblaze_records`` (:py:meth:`helios.trainer.Trainer.add_checkpoint_part`). As every
+    unsharded part, rank 0 writes its state and every rank of a resumed run loads it, after
+    the model; the sharded model entry holds only weights and optimizer states, which every
+    rank writes.
 
     Args:
         run: the run whose records these are.
     """
 
-    def __init__(self, run: EngineRun) -> None:
-        super().__init__("pyblaze_records")
-        self._run = run
+    name = "pyblaze_records"
 
-    def setup(self) -> None:
-        """Nothing to prepare."""
+    def __init__(self, run: EngineRun) -> None:
+        self._run = run
 
     def state_dict(self) -> dict[str, Any]:
         """Return the run's :py:meth:`EngineRun.records_state`."""

@@ -129,9 +129,7 @@ class RunCheckpoint:
 
     def _gather(
         self, state: TrainingState, folder: pathlib.Path, shards: Mapping[str, Any]
-    ) -> tuple[
-        pathlib.Path | None, dict[str, Any], list[Callable[[], None]], BaseException | None
-    ]:
+    ) -> tuple[pathlib.Path | None, dict[str, Any], list[Callable[[], None]], BaseException | None]:
         """Rank 0: the path, the shared parts' states, what follows the write, any problem."""
         import helios
 

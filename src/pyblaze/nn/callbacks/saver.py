@@ -23,8 +23,9 @@ class ModelSaverCallback(TrainingCallback):
     folders are created and every file is written atomically (a temporary file, synced,
     renamed over the final name), so a crash never leaves a truncated file.
 
-    Retention follows helios' checkpoint retention (:py:mod:`helios.trainer.checkpoint.retention`, the
-    rule of ``Trainer(chkpt_keep_last=..., chkpt_keep_best=...)``): with ``keep_last`` or
+    Retention follows helios' checkpoint retention
+    (:py:mod:`helios.trainer.checkpoint.retention`, the rule of
+    ``Trainer(chkpt_keep_last=..., chkpt_keep_best=...)``): with ``keep_last`` or
     ``keep_best`` only the newest file, the newest ``keep_last`` ones and the ``keep_best``
     ones with the best ``best_metric`` (a metric of the epoch's evaluation) are kept; an
     older file is deleted only after the new one is on disk. Files written by earlier
@@ -90,7 +91,11 @@ class ModelSaverCallback(TrainingCallback):
     def after_epoch(self, metrics: Evaluation) -> None:
         """Save the model, then delete the files the retention no longer keeps."""
         from helios.trainer.checkpoint.io import save_atomically
-        from helios.trainer.checkpoint.retention import RetainedCheckpoint, metric_value, select_kept
+        from helios.trainer.checkpoint.retention import (
+            RetainedCheckpoint,
+            metric_value,
+            select_kept,
+        )
 
         if self._model is None:
             return
