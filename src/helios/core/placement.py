@@ -127,7 +127,7 @@ class RunPlacement:
         """
         if self._trainer is None:
             raise RuntimeError(
-                f"error: the trainer has not been set on {self._owner}; the Trainer sets it "
+                f"the trainer has not been set on {self._owner}; the Trainer sets it "
                 "when fit/test starts"
             )
         return self._trainer

@@ -57,7 +57,7 @@ class Precision:
     ) -> None:
         if name not in PRECISIONS:
             raise ValueError(
-                f"error: invalid precision={name!r}. Expected one of "
+                f"invalid precision={name!r}. Expected one of "
                 + ", ".join(repr(p) for p in PRECISIONS)
             )
         self._name = name
@@ -151,10 +151,10 @@ class Precision:
             ValueError: if neither limit is given or a limit is not positive.
         """
         if max_norm is None and max_value is None:
-            raise ValueError("error: clip_gradients needs max_norm or max_value; neither given")
+            raise ValueError("clip_gradients needs max_norm or max_value; neither given")
         for arg, value in (("max_norm", max_norm), ("max_value", max_value)):
             if value is not None and not value > 0:
-                raise ValueError(f"error: {arg} must be > 0, but received {value!r}")
+                raise ValueError(f"{arg} must be > 0, but received {value!r}")
         self.unscale(optimizer)
         params = _parameters_with_grads(optimizer)
         if max_value is not None:

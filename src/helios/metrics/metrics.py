@@ -24,7 +24,7 @@ def create_metric(type_name: str, *args: Any, **kwargs: Any) -> nn.Module:
 
 def _input_type_error(a: object, b: object) -> TypeError:
     return TypeError(
-        "error: expected two torch.Tensor or two numpy.ndarray inputs, got "
+        "expected two torch.Tensor or two numpy.ndarray inputs, got "
         f"{type(a).__name__} and {type(b).__name__}"
     )
 

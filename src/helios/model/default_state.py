@@ -186,7 +186,7 @@ def restore(model: Any, state_dict: dict[str, Any], fast_init: bool) -> None:
     unknown = [key for key in state_dict if key not in saved]
     if missing or unknown:
         raise KeyError(
-            f"error: the saved state of model '{model.save_name}' does not match its "
+            f"the saved state of model '{model.save_name}' does not match its "
             f"attributes: saved but not on the model: {unknown or 'none'}; on the model but "
             f"not saved: {missing or 'none'}"
         )

@@ -643,7 +643,7 @@ def register_model_types_for_safe_load(model: Model) -> None:
     types = model.types_for_safe_load()
     if not isinstance(types, (list, tuple)) or not all(isinstance(t, type) for t in types):
         raise TypeError(
-            f"error: {type(model).__name__}.types_for_safe_load() must return a list of "
+            f"{type(model).__name__}.types_for_safe_load() must return a list of "
             f"types (classes), got {types!r}"
         )
     if types:

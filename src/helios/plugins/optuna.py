@@ -25,7 +25,7 @@ try:
     from optuna.trial import TrialState
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
-        "error: helios.plugins.optuna requires Optuna, which is not installed. Install it "
+        "helios.plugins.optuna requires Optuna, which is not installed. Install it "
         'with: pip install "helios-blaze[tune]"'
     ) from exc
 
@@ -74,29 +74,29 @@ def _sqlite_path(study_args: dict[str, Any]) -> pathlib.Path:
     """Check the arguments given to :py:func:`resume_study` and return the database path."""
     if not isinstance(study_args, dict):
         raise TypeError(
-            f"error: expected 'study_args' to be a dict of arguments for "
+            f"expected 'study_args' to be a dict of arguments for "
             f"optuna.create_study, got {type(study_args).__name__}"
         )
     if "storage" not in study_args:
         raise StudyArgumentsError(
-            "error: 'study_args' must contain the key 'storage' set to an SQLite URL such as "
+            "'study_args' must contain the key 'storage' set to an SQLite URL such as "
             "'sqlite:///study.db'"
         )
     storage = study_args["storage"]
     if not isinstance(storage, str):
         raise TypeError(
-            "error: expected study_args['storage'] to be an SQLite URL string such as "
+            "expected study_args['storage'] to be an SQLite URL string such as "
             f"'sqlite:///study.db', got {type(storage).__name__}"
         )
     path_str = storage.removeprefix(_SQLITE_PREFIX).split("?", 1)[0]
     if not storage.startswith(_SQLITE_PREFIX) or path_str in ("", ":memory:"):
         raise ValueError(
-            f"error: expected study_args['storage'] to be the URL of an SQLite file, "
+            f"expected study_args['storage'] to be the URL of an SQLite file, "
             f"starting with '{_SQLITE_PREFIX}', got {storage!r}"
         )
     if study_args.get("load_if_exists") is not True:
         raise LoadIfExistsError(
-            "error: study_args['load_if_exists'] must be True so the existing study is "
+            "study_args['load_if_exists'] must be True so the existing study is "
             f"loaded, got {study_args.get('load_if_exists')!r}"
         )
     return pathlib.Path(path_str).resolve()
@@ -107,11 +107,11 @@ def _check_failed_states(failed_states: Sequence[TrialState]) -> frozenset[Trial
     for state in states:
         if not isinstance(state, TrialState):
             raise TypeError(
-                f"error: expected 'failed_states' to hold optuna TrialState values, got {state!r}"
+                f"expected 'failed_states' to hold optuna TrialState values, got {state!r}"
             )
         if state not in (TrialState.FAIL, TrialState.RUNNING):
             raise ValueError(
-                f"error: 'failed_states' may only hold TrialState.FAIL and "
+                f"'failed_states' may only hold TrialState.FAIL and "
                 f"TrialState.RUNNING, got {state}: finished trials are kept and waiting "
                 "trials run anyway"
             )
@@ -208,7 +208,7 @@ def _retry_on_schema_race(action: Callable[[], Any], what: str) -> Any:
         except retried as error:
             if attempt == _OPEN_ATTEMPTS:
                 raise RuntimeError(
-                    f"error: could not {what} after {_OPEN_ATTEMPTS} tries, the last one "
+                    f"could not {what} after {_OPEN_ATTEMPTS} tries, the last one "
                     f"failed with {type(error).__name__}: {error}"
                 ) from error
             time.sleep(pause)
@@ -383,12 +383,11 @@ def _check_heartbeat(heartbeat_interval: int | None, grace_period: int | None) -
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ValueError(
-                f"error: expected '{name}' to be a positive number of seconds or None, "
-                f"got {value!r}"
+                f"expected '{name}' to be a positive number of seconds or None, got {value!r}"
             )
     if grace_period is not None and heartbeat_interval is None:
         raise ValueError(
-            f"error: 'grace_period' ({grace_period}) needs 'heartbeat_interval', which is None"
+            f"'grace_period' ({grace_period}) needs 'heartbeat_interval', which is None"
         )
     if (
         grace_period is not None
@@ -396,7 +395,7 @@ def _check_heartbeat(heartbeat_interval: int | None, grace_period: int | None) -
         and grace_period <= heartbeat_interval
     ):
         raise ValueError(
-            f"error: expected 'grace_period' to be longer than 'heartbeat_interval' "
+            f"expected 'grace_period' to be longer than 'heartbeat_interval' "
             f"({heartbeat_interval}), got {grace_period}: a live trial would look dead"
         )
 
@@ -752,13 +751,9 @@ class OptunaPlugin(Plugin):
     def __init__(self, trial: optuna.Trial, metric_name: str) -> None:
         super().__init__(self.plugin_id)
         if not isinstance(trial, optuna.trial.BaseTrial):
-            raise TypeError(
-                f"error: expected 'trial' to be an optuna Trial, got {type(trial).__name__}"
-            )
+            raise TypeError(f"expected 'trial' to be an optuna Trial, got {type(trial).__name__}")
         if not isinstance(metric_name, str) or not metric_name:
-            raise TypeError(
-                f"error: expected 'metric_name' to be a non-empty string, got {metric_name!r}"
-            )
+            raise TypeError(f"expected 'metric_name' to be a non-empty string, got {metric_name!r}")
         self._trial = trial
         self._metric_name = metric_name
         self._last_cycle = 0
@@ -843,7 +838,7 @@ class OptunaPlugin(Plugin):
         }
         if type_name not in suggesters:
             raise UnknownSuggestionTypeError(
-                f"error: unknown suggestion type '{type_name}' for parameter '{name}'; "
+                f"unknown suggestion type '{type_name}' for parameter '{name}'; "
                 f"expected one of {', '.join(repr(k) for k in sorted(suggesters))}"
             )
         if not self.is_distributed:
@@ -866,7 +861,7 @@ class OptunaPlugin(Plugin):
         backend = getattr(storage, "_backend", storage)
         if not isinstance(backend, optuna.storages.RDBStorage):
             raise ValueError(
-                "error: distributed training with OptunaPlugin needs the study to be stored "
+                "distributed training with OptunaPlugin needs the study to be stored "
                 "in a database (e.g. storage='sqlite:///study.db'), got storage of type "
                 f"{type(backend).__name__}"
             )
@@ -997,7 +992,7 @@ class OptunaPlugin(Plugin):
         if differing:
             details = ", ".join(f"{k}: {state_dict[k]!r} != {current[k]!r}" for k in differing)
             raise RuntimeError(
-                "error: the checkpoint was written by a trial with different parameters than "
+                "the checkpoint was written by a trial with different parameters than "
                 f"trial {_trial_identity(self._trial)} ({details}); remove the stale "
                 "checkpoint folder or give the model another save name"
             )

@@ -105,7 +105,7 @@ def validate_plugins(plugins: Mapping[str, Plugin]) -> None:
 
 def _clash_message(flag: str, plug_id: str, other_id: str) -> str:
     return (
-        f"error: plug-in '{plug_id}' sets the unique override '{flag}', which plug-in "
+        f"plug-in '{plug_id}' sets the unique override '{flag}', which plug-in "
         f"'{other_id}' already sets; only one registered plug-in may set each flag of "
         "UniquePluginOverrides"
     )
@@ -338,9 +338,7 @@ class Plugin(RunPlacement, abc.ABC):
                 :py:attr:`unique_overrides` that this plug-in sets.
         """
         if self._plug_id in trainer.plugins:
-            raise KeyError(
-                f"error: a plug-in with id '{self._plug_id}' has already been registered"
-            )
+            raise KeyError(f"a plug-in with id '{self._plug_id}' has already been registered")
         clash = _find_override_clash(self, trainer.plugins)
         if clash is not None:
             raise ValueError(_clash_message(clash[0], self._plug_id, clash[1]))
@@ -354,7 +352,7 @@ def _extend_exceptions(
 ) -> None:
     for entry in convert_to_list(exc):
         if not (isinstance(entry, type) and issubclass(entry, Exception)):
-            raise TypeError(f"error: expected '{arg_name}' to hold exception types, got {entry!r}")
+            raise TypeError(f"expected '{arg_name}' to hold exception types, got {entry!r}")
         if entry not in target:
             target.append(entry)
 
@@ -431,7 +429,7 @@ class CUDAPlugin(Plugin):
                     batch[key] = value.to(device, non_blocking=True)
             return batch
         raise TypeError(
-            f"error: CUDAPlugin cannot move a batch of type {type(batch).__name__}; "
+            f"CUDAPlugin cannot move a batch of type {type(batch).__name__}; "
             "expected a Tensor, list, tuple or dict (override _move_collection_to_device "
             "to handle other types)"
         )

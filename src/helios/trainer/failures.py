@@ -4,7 +4,7 @@ The summary names the hook the exception came from, found by walking the traceba
 methods of :py:class:`~helios.model.Model`, :py:class:`~helios.plugins.Plugin` and
 :py:class:`~helios.data.DataModule` subclasses, e.g.::
 
-    error: fit failed in MyModel.train_step: ValueError: shapes do not match
+    fit failed in MyModel.train_step: ValueError: shapes do not match
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def failure_summary(error: BaseException, action: str = "fit", rank: int | None 
         rank: the global rank the error was raised on, if distributed.
 
     Returns:
-        ``error: <action> failed[ on rank <rank>] in <Class>.<hook>: <Type>: <first line of
+        ``<action> failed[ on rank <rank>] in <Class>.<hook>: <Type>: <first line of
         the message>`` (without ``in ...`` when no hook is found).
     """
     hook = find_hook(error)
@@ -87,7 +87,7 @@ def failure_summary(error: BaseException, action: str = "fit", rank: int | None 
         where += f" in {hook}"
     message = str(error).strip().splitlines()
     detail = f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
-    return f"error: {action} failed{where}: {detail}"
+    return f"{action} failed{where}: {detail}"
 
 
 def format_failure(error: BaseException, action: str = "fit", rank: int | None = None) -> str:

@@ -244,7 +244,7 @@ def _read_first_report(error_queue: Any) -> ErrorReport | None:
 
 def _log_failure(report: ErrorReport) -> None:
     """Show a rank's traceback and summary on stderr, and append them to the run's log file."""
-    summary = report.summary or f"error: rank {report.rank} failed"
+    summary = report.summary or f"rank {report.rank} failed"
     text = f"{report.traceback.rstrip(chr(10))}\n{summary}\n"
     try:
         sys.stderr.write(text)

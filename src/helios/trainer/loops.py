@@ -314,7 +314,7 @@ class TrainingLoop:
         train = self._datamodule.train_dataloader()
         if train is None:
             raise RuntimeError(
-                "error: the datamodule has no training split: train_dataloader() returned "
+                "the datamodule has no training split: train_dataloader() returned "
                 "None. Set self._train_dataset in DataModule.setup()"
             )
         loader, sampler = train
@@ -650,7 +650,7 @@ class EvaluationLoop:
 
 def _no_batches_error() -> RuntimeError:
     return RuntimeError(
-        "error: the training dataloader produced no batches; with drop_last=True the dataset "
+        "the training dataloader produced no batches; with drop_last=True the dataset "
         "must hold at least one full batch"
     )
 

@@ -132,7 +132,7 @@ class NonFiniteGuard:
     def _fail_loss(self, key: str, value: float, iteration: int, epoch: int | None) -> None:
         where = f"global iteration {iteration}" + (f" (epoch {epoch})" if epoch else "")
         raise NonFiniteError(
-            f"error: non-finite loss {key!r} = {value} at {where}; training stopped and no "
+            f"non-finite loss {key!r} = {value} at {where}; training stopped and no "
             "checkpoint was written from this state: the newest checkpoint saved before "
             "stays the resume point",
             iteration,
@@ -221,7 +221,7 @@ class NonFiniteGuard:
             if bool(flag) or bool(torch.isfinite(tensor).all()):
                 continue
             return NonFiniteError(
-                f"error: non-finite model state at global iteration {state.global_iteration} "
+                f"non-finite model state at global iteration {state.global_iteration} "
                 f"(epoch {state.global_epoch}): state_dict entry {name!r} holds "
                 f"{_first_non_finite(tensor)}; the checkpoint was not written: the newest "
                 "checkpoint saved before stays the resume point",
@@ -233,7 +233,7 @@ class NonFiniteGuard:
         device = self._collective_device
         if device is not None and agree_any(error is not None, device) and error is None:
             error = NonFiniteError(
-                "error: another rank found a non-finite loss or model state by global "
+                "another rank found a non-finite loss or model state by global "
                 f"iteration {state.global_iteration}; training stopped",
                 state.global_iteration,
             )

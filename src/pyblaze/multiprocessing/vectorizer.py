@@ -112,13 +112,12 @@ class Vectorizer:
             ("callback_func", callback_func),
         ):
             if value is not None and not callable(value):
-                raise TypeError(f"error: {name} must be callable, got {value!r}")
+                raise TypeError(f"{name} must be callable, got {value!r}")
         if worker_func is None:
-            raise TypeError("error: worker_func must be callable, got None")
+            raise TypeError("worker_func must be callable, got None")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < -1:
             raise ValueError(
-                f"error: num_workers must be -1 (one per CPU core) or an int >= 0, got "
-                f"{num_workers!r}"
+                f"num_workers must be -1 (one per CPU core) or an int >= 0, got {num_workers!r}"
             )
         self.num_workers = available_cores() if num_workers == -1 else num_workers
         self.worker_func = worker_func
@@ -257,7 +256,7 @@ class Vectorizer:
             if kind == "error":
                 where = "in worker_init" if index is None else f"on item {index}"
                 raise WorkerError(
-                    f"error: Vectorizer worker {rank} failed {where}:\n{payload}",
+                    f"Vectorizer worker {rank} failed {where}:\n{payload}",
                     rank,
                     index,
                     payload,
@@ -276,7 +275,7 @@ class Vectorizer:
                 for rank, process in enumerate(processes):
                     if process.exitcode not in (None, 0):
                         raise WorkerError(
-                            f"error: Vectorizer worker {rank} died with exit code "
+                            f"Vectorizer worker {rank} died with exit code "
                             f"{process.exitcode} before finishing its items",
                             rank,
                             None,

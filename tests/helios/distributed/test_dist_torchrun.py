@@ -331,7 +331,7 @@ def test_exception_on_rank1_ends_the_job_quickly_with_its_traceback(
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
     assert elapsed < 45, output
-    assert "error: fit failed on rank 1 in " in output
+    assert "fit failed on rank 1 in " in output
     assert "RuntimeError: planted failure on rank 1 at iteration 3" in output
     assert 'dist_job.py", line' in output
     # After the failure the process group is gone; a new fit says so instead of hanging.

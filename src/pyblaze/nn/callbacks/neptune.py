@@ -46,7 +46,7 @@ class NeptuneTracker(TrainingCallback):
             self._legacy = False
         else:
             raise TypeError(
-                "error: experiment must be a neptune run (neptune.init_run()) or have a "
+                "experiment must be a neptune run (neptune.init_run()) or have a "
                 f"log_metric(name, value) method, got {kind.__name__}"
             )
         self.experiment = experiment
