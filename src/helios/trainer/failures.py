@@ -69,20 +69,22 @@ def find_hook(error: BaseException) -> str | None:
     return fallback
 
 
-def failure_summary(error: BaseException, action: str = "fit", rank: int | None = None) -> str:
+def failure_summary(
+    error: BaseException, action: str = "fit", global_rank: int | None = None
+) -> str:
     """Return the one-line summary of a failure.
 
     Args:
         error: the exception.
         action: what failed (``"fit"`` or ``"test"``).
-        rank: the global rank the error was raised on, if distributed.
+        global_rank: the global rank the error was raised on, if distributed.
 
     Returns:
-        ``<action> failed[ on rank <rank>] in <Class>.<hook>: <Type>: <first line of
+        ``<action> failed[ on rank <global_rank>] in <Class>.<hook>: <Type>: <first line of
         the message>`` (without ``in ...`` when no hook is found).
     """
     hook = find_hook(error)
-    where = f" on rank {rank}" if rank is not None else ""
+    where = f" on rank {global_rank}" if global_rank is not None else ""
     if hook is not None:
         where += f" in {hook}"
     message = str(error).strip().splitlines()
@@ -90,26 +92,28 @@ def failure_summary(error: BaseException, action: str = "fit", rank: int | None 
     return f"{action} failed{where}: {detail}"
 
 
-def format_failure(error: BaseException, action: str = "fit", rank: int | None = None) -> str:
+def format_failure(
+    error: BaseException, action: str = "fit", global_rank: int | None = None
+) -> str:
     """Return the full traceback of ``error`` followed by its summary line.
 
     Args:
         error: the exception.
         action: what failed (``"fit"`` or ``"test"``).
-        rank: the global rank the error was raised on (named in the summary), if distributed.
+        global_rank: the global rank the error was raised on (named in the summary), if distributed.
 
     Returns:
         The text, ending with a newline.
     """
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    summary = failure_summary(error, action, rank)
+    summary = failure_summary(error, action, global_rank)
     return f"{text}{summary}\n"
 
 
 def report_failure(
     error: BaseException,
     action: str = "fit",
-    rank: int | None = None,
+    global_rank: int | None = None,
     file: TextIO | None = None,
 ) -> str:
     """Write the traceback and the summary of a failure to stderr.
@@ -119,13 +123,13 @@ def report_failure(
     Args:
         error: the exception.
         action: what failed (``"fit"`` or ``"test"``).
-        rank: the global rank the error was raised on, if distributed.
+        global_rank: the global rank the error was raised on, if distributed.
         file: where to write; ``None`` is the current ``sys.stderr``.
 
     Returns:
         The text written (see :py:func:`format_failure`).
     """
-    text = format_failure(error, action, rank)
+    text = format_failure(error, action, global_rank)
     stream = file if file is not None else sys.stderr
     try:
         stream.write(text)
@@ -142,8 +146,8 @@ def log_uncaught(error: BaseException, action: str) -> None:
         error: the exception.
         action: what failed (``"fit"`` or ``"test"``).
     """
-    rank = dist.get_global_rank() if dist.is_dist_active() else None
-    text = report_failure(error, action, rank)
+    global_rank = dist.get_global_rank() if dist.is_dist_active() else None
+    text = report_failure(error, action, global_rank)
     if logging.is_root_logger_active():
         logging.get_root_logger().log_to_file(_std_logging.ERROR, text.rstrip("\n"))
 

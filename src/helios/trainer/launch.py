@@ -164,7 +164,7 @@ class ErrorReport:
     """What a failed rank sends to the calling process.
 
     Args:
-        rank: the rank that failed.
+        global_rank: the rank that failed.
         traceback: the formatted traceback.
         listed: whether the exception's type is in the trainer's list for the current mode.
         log_path: the log file of the run, if file logging was enabled.
@@ -172,7 +172,7 @@ class ErrorReport:
         summary: the one-line summary naming the hook (see :py:mod:`helios.trainer.failures`).
     """
 
-    rank: int
+    global_rank: int
     traceback: str
     listed: bool = False
     log_path: pathlib.Path | None = None
@@ -194,20 +194,20 @@ class ErrorReporter:
     """Sends the first exception of a spawned rank to the calling process.
 
     Args:
-        rank: the rank of this process.
-        error_queue: the queue read by :py:func:`run_spawned`.
+        global_rank: the rank of this process.
+        error_queue: the queue read by :py:func:`launch`.
         listed: the exception types that the Trainer re-raises for the current mode.
         action: what runs (``"fit"`` or ``"test"``), for the summary line.
     """
 
     def __init__(
         self,
-        rank: int,
+        global_rank: int,
         error_queue: Any,
         listed: Sequence[type[Exception]],
         action: str = "fit",
     ) -> None:
-        self._rank = rank
+        self._global_rank = global_rank
         self._queue = error_queue
         self._listed = tuple(listed)
         self._action = action
@@ -220,11 +220,11 @@ class ErrorReporter:
         self._sent = True
         root = logging.get_root_logger() if logging.is_root_logger_active() else None
         report = ErrorReport(
-            rank=self._rank,
+            global_rank=self._global_rank,
             traceback=format_exception(error)[-_MAX_REPORT_BYTES // 2 :],
             listed=isinstance(error, self._listed),
             log_path=root.log_file if root is not None else None,
-            summary=failure_summary(error, self._action, self._rank),
+            summary=failure_summary(error, self._action, self._global_rank),
         )
         try:
             pickled = pickle.dumps(error)
@@ -244,7 +244,7 @@ def _read_first_report(error_queue: Any) -> ErrorReport | None:
 
 def _log_failure(report: ErrorReport) -> None:
     """Show a rank's traceback and summary on stderr, and append them to the run's log file."""
-    summary = report.summary or f"rank {report.rank} failed"
+    summary = report.summary or f"rank {report.global_rank} failed"
     text = f"{report.traceback.rstrip(chr(10))}\n{summary}\n"
     try:
         sys.stderr.write(text)
@@ -384,9 +384,9 @@ def _spawn_failed(spawn_error: Exception, error_queue: Any) -> bool:
         error = report.error()
         if error is None:
             raise DistributedRunError(
-                f"rank {report.rank} failed with:\n{report.traceback}"
+                f"rank {report.global_rank} failed with:\n{report.traceback}"
             ) from None
-        error.add_note(f"Raised on rank {report.rank}:\n{report.traceback}")
+        error.add_note(f"Raised on rank {report.global_rank}:\n{report.traceback}")
         raise error from None
     _log_failure(report)
     return False

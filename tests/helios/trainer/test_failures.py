@@ -85,7 +85,7 @@ def test_summary_names_the_outermost_hook(call: Any, summary: str) -> None:
 
 def test_summary_with_rank_action_and_empty_message() -> None:
     error = _driver(lambda: Net().train_step(None, None))
-    assert failures.failure_summary(error, "test", rank=1).startswith(
+    assert failures.failure_summary(error, "test", global_rank=1).startswith(
         "test failed on rank 1 in Net.train_step: ValueError"
     )
     assert failures.failure_summary(RuntimeError()) == "fit failed: RuntimeError"
@@ -128,8 +128,7 @@ def test_failing_program_exits_non_zero_with_the_traceback_on_stderr(
     assert err.startswith("Traceback (most recent call last):"), err
     assert 'failing_job.py", line' in err and "in _check" in err
     assert err.rstrip("\n").splitlines()[-1] == (
-        "fit failed in MyModel.train_step: ValueError: the targets do not match the "
-        "predictions"
+        "fit failed in MyModel.train_step: ValueError: the targets do not match the predictions"
     )
     assert "Traceback" not in result.stdout
     (log,) = (tmp_path / "logs").iterdir()
