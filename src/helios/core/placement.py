@@ -17,7 +17,27 @@ from .utils import get_from_optional
 
 
 class RunTrainer(Protocol):
-    """What a model, plug-in or data module may read from the trainer that runs it."""
+    """What a model, plug-in or data module may read from the trainer that runs it.
+
+    Attributes:
+        rank: the global rank of this process.
+        local_rank: the rank of this process on its node.
+        plugins: the registered plug-ins, keyed by their id.
+        train_exceptions: exception types that ``fit`` re-raises.
+        test_exceptions: exception types that ``test`` re-raises.
+        queue: the queue for results of spawned ranks (``None`` in one process).
+        model: the model of the current run.
+        datamodule: the data module of the current run.
+    """
+
+    rank: int
+    local_rank: int
+    plugins: dict[str, Any]
+    train_exceptions: list[type[Exception]]
+    test_exceptions: list[type[Exception]]
+    queue: Any
+    model: Any
+    datamodule: Any
 
     @property
     def precision(self) -> Precision:
@@ -26,38 +46,6 @@ class RunTrainer(Protocol):
     @property
     def accumulation_steps(self) -> int:
         """Batches per iteration."""
-
-    @property
-    def rank(self) -> int:
-        """The global rank of this process."""
-
-    @property
-    def local_rank(self) -> int:
-        """The rank of this process on its node."""
-
-    @property
-    def plugins(self) -> dict[str, Any]:
-        """The registered plug-ins, keyed by their id."""
-
-    @property
-    def train_exceptions(self) -> list[type[Exception]]:
-        """Exception types that ``fit`` re-raises."""
-
-    @property
-    def test_exceptions(self) -> list[type[Exception]]:
-        """Exception types that ``test`` re-raises."""
-
-    @property
-    def queue(self) -> Any:
-        """The queue for results of spawned ranks (``None`` in one process or torchrun)."""
-
-    @property
-    def model(self) -> Any:
-        """The model of the current run."""
-
-    @property
-    def datamodule(self) -> Any:
-        """The data module of the current run."""
 
 
 class RunPlacement:

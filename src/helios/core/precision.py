@@ -128,9 +128,10 @@ class Precision:
     def clip_gradients(
         self,
         optimizer: torch.optim.Optimizer,
+        *,
+        norm_type: float = 2.0,
         max_norm: float | None = None,
         max_value: float | None = None,
-        norm_type: float = 2.0,
     ) -> torch.Tensor | None:
         """Clip the gradients of ``optimizer``'s parameters, unscaling them first.
 
@@ -139,9 +140,9 @@ class Precision:
 
         Args:
             optimizer: the optimizer whose parameters' gradients are clipped.
+            norm_type: the type of norm for ``max_norm`` (``math.inf`` for the max norm).
             max_norm: scale the gradients so that their total norm is at most this.
             max_value: clamp every gradient element to ``[-max_value, max_value]``.
-            norm_type: the type of norm for ``max_norm`` (``math.inf`` for the max norm).
 
         Returns:
             The total norm of the gradients before norm clipping (``None`` when only

@@ -147,7 +147,9 @@ class Model(RunPlacement, abc.ABC):
         Raises:
             ValueError: if neither limit is given or a limit is not positive.
         """
-        return self._run_precision().clip_gradients(optimizer, max_norm, max_value, norm_type)
+        return self._run_precision().clip_gradients(
+            optimizer, max_norm=max_norm, max_value=max_value, norm_type=norm_type
+        )
 
     def optimizer_step(self, *optimizers: torch.optim.Optimizer) -> None:
         """Step the optimizers at the run's precision.

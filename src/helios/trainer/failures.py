@@ -92,24 +92,6 @@ def failure_summary(
     return f"{action} failed{where}: {detail}"
 
 
-def format_failure(
-    error: BaseException, action: str = "fit", global_rank: int | None = None
-) -> str:
-    """Return the full traceback of ``error`` followed by its summary line.
-
-    Args:
-        error: the exception.
-        action: what failed (``"fit"`` or ``"test"``).
-        global_rank: the global rank the error was raised on (named in the summary), if distributed.
-
-    Returns:
-        The text, ending with a newline.
-    """
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    summary = failure_summary(error, action, global_rank)
-    return f"{text}{summary}\n"
-
-
 def report_failure(
     error: BaseException,
     action: str = "fit",
@@ -127,9 +109,10 @@ def report_failure(
         file: where to write; ``None`` is the current ``sys.stderr``.
 
     Returns:
-        The text written (see :py:func:`format_failure`).
+        The text written: the full traceback, then the summary line, ending with a newline.
     """
-    text = format_failure(error, action, global_rank)
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    text = f"{trace}{failure_summary(error, action, global_rank)}\n"
     stream = file if file is not None else sys.stderr
     try:
         stream.write(text)
@@ -152,4 +135,4 @@ def log_uncaught(error: BaseException, action: str) -> None:
         logging.get_root_logger().log_to_file(_std_logging.ERROR, text.rstrip("\n"))
 
 
-__all__ = ["failure_summary", "find_hook", "format_failure", "log_uncaught", "report_failure"]
+__all__ = ["failure_summary", "find_hook", "log_uncaught", "report_failure"]

@@ -114,7 +114,16 @@ class Run:
         self._logger_states = LoggerStates([], TrainingState())
 
     def main(self, index: int | None = None, spawn: launch.Spawn | None = None) -> bool:
-        """The whole body of the run in one process (see the module docstring)."""
+        """The whole body of the run in one process (see the module docstring).
+
+        Args:
+            index: the rank of a spawned process (``None``: this process, alone or one of
+                ``torchrun``'s).
+            spawn: what a spawned process got from the calling process.
+
+        Returns:
+            Whether the run succeeded (an unlisted exception was shown and swallowed).
+        """
         raise NotImplementedError
 
     @property
@@ -280,13 +289,8 @@ class FitRun(Run):
 
     action = "fit"
 
-    def main(self, index: int | None = None, spawn: launch.Spawn | None = None) -> bool:
-        """Fit in this process (see the module docstring); return whether it succeeded.
-
-        Args:
-            index: the rank of a spawned process (``None``: this process).
-            spawn: what a spawned process got from the caller.
-        """
+    def main(self, index: int | None = None, spawn: launch.Spawn | None = None) -> bool:  # noqa: D102
+        # The fit of one process, top to bottom (see the module docstring and loops.py).
         with self._process(index, spawn) as outcome:
             self._configure_environment()
             with self._folder_claimed():
@@ -413,13 +417,8 @@ class TestRun(Run):
 
     action = "test"
 
-    def main(self, index: int | None = None, spawn: launch.Spawn | None = None) -> bool:
-        """Test in this process (see the module docstring); return whether it succeeded.
-
-        Args:
-            index: the rank of a spawned process (``None``: this process).
-            spawn: what a spawned process got from the caller.
-        """
+    def main(self, index: int | None = None, spawn: launch.Spawn | None = None) -> bool:  # noqa: D102
+        # The test of one process: set up, load the newest checkpoint's weights, test.
         with self._process(index, spawn) as outcome:
             self._configure_environment()
             self._setup(fast_init=True)

@@ -41,10 +41,11 @@ class RunLogs(CheckpointPart):
         runs_root: the folder of TensorBoard runs, or ``None`` when TensorBoard is off.
     """
 
+    name = "logs"
+
     def __init__(
         self, run_name: str, log_root: pathlib.Path | None, runs_root: pathlib.Path | None
     ) -> None:
-        super().__init__("logs")
         self._run_name = run_name
         self._log_root = log_root
         self._runs_root = runs_root

@@ -169,9 +169,7 @@ class Vectorizer:
         try:
             for rank in range(workers):
                 share = [(i, items[i]) for i in range(bounds[rank], bounds[rank + 1])]
-                processes.append(
-                    self._start(context, _share_worker, rank, share, results_queue, done, args)
-                )
+                processes.append(self._start(context, rank, share, results_queue, done, args))
             return self._collect(results_queue, processes, lambda finished: finished == count)
         finally:
             done.set()
@@ -182,7 +180,6 @@ class Vectorizer:
     def _start(
         self,
         context: Any,
-        target: Any,
         rank: int,
         source: Any,
         results_queue: Any,
@@ -191,7 +188,7 @@ class Vectorizer:
     ) -> Any:
         """Start one worker process reading its items from ``source``."""
         process = context.Process(
-            target=target,
+            target=_worker,
             args=(rank, source, results_queue, done, self.worker_func, self.worker_init,
                   self.init_kwargs, args),
             daemon=True,
@@ -230,9 +227,7 @@ class Vectorizer:
 
         try:
             for rank in range(self.num_workers):
-                processes.append(
-                    self._start(context, _stream_worker, rank, tasks, results_queue, done, args)
-                )
+                processes.append(self._start(context, rank, tasks, results_queue, done, args))
             return self._collect(results_queue, processes, progress)
         finally:
             done.set()
@@ -298,19 +293,9 @@ def _as_args(value: Any) -> tuple[Any, ...]:
     return (value,)
 
 
-def _init_worker(
-    rank: int, init: Callable[..., Any] | None, kwargs: dict[str, Any], results: Any
-) -> tuple[Any, ...] | None:
-    try:
-        return _as_args(_call_init(init, rank, kwargs))
-    except BaseException:
-        results.put(("error", rank, None, traceback.format_exc()))
-        return None
-
-
-def _share_worker(
+def _worker(
     rank: int,
-    share: list[tuple[int, Any]],
+    source: Any,
     results: Any,
     done: Any,
     func: Callable[..., Any],
@@ -318,10 +303,18 @@ def _share_worker(
     kwargs: dict[str, Any],
     args: tuple[Any, ...],
 ) -> None:
-    extra = _init_worker(rank, init, kwargs, results)
-    if extra is None:
+    """Body of one worker: ``init`` once, then ``func`` on each ``(index, item)``.
+
+    ``source`` is the worker's share of a sequence (a list), or the task queue of a
+    streamed iterable (``None`` ends it). A failure is reported on ``results`` and ends
+    the worker.
+    """
+    try:
+        extra = _as_args(_call_init(init, rank, kwargs))
+    except BaseException:
+        results.put(("error", rank, None, traceback.format_exc()))
         return
-    for index, item in share:
+    for index, item in source if isinstance(source, list) else iter(source.get, None):
         try:
             value = func(item, *args, *extra)
         except BaseException:
@@ -330,33 +323,6 @@ def _share_worker(
         results.put(("ok", rank, index, value))
     # Tensors in the results are shared through this process: keep it alive until the
     # calling process has received them all.
-    done.wait()
-
-
-def _stream_worker(
-    rank: int,
-    tasks: Any,
-    results: Any,
-    done: Any,
-    func: Callable[..., Any],
-    init: Callable[..., Any] | None,
-    kwargs: dict[str, Any],
-    args: tuple[Any, ...],
-) -> None:
-    extra = _init_worker(rank, init, kwargs, results)
-    if extra is None:
-        return
-    while True:
-        task = tasks.get()
-        if task is None:
-            break
-        index, item = task
-        try:
-            value = func(item, *args, *extra)
-        except BaseException:
-            results.put(("error", rank, index, traceback.format_exc()))
-            return
-        results.put(("ok", rank, index, value))
     done.wait()
 
 

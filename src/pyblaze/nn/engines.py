@@ -725,7 +725,9 @@ class SupervisedEngine(BaseEngine):
         done = self._iteration + 1  # type: ignore[operator]
         if done % steps == 0 or done == self._num_iterations:
             if self.clip_norm is not None or self.clip_value is not None:
-                precision.clip_gradients(optimizer, self.clip_norm, self.clip_value)
+                precision.clip_gradients(
+                    optimizer, max_norm=self.clip_norm, max_value=self.clip_value
+                )
             precision.step(optimizer)
         return float(value.item())
 

@@ -28,8 +28,9 @@ class ModelPart(CheckpointPart):
             only).
     """
 
+    name = "model"
+
     def __init__(self, model: Model, fast_init: bool) -> None:
-        super().__init__("model")
         self._model = model
         self._fast_init = fast_init
 
@@ -65,8 +66,9 @@ class RunningLossesPart(CheckpointPart):
         model: the model (its :py:attr:`~helios.model.Model.running_losses`).
     """
 
+    name = "running_losses"
+
     def __init__(self, model: Model) -> None:
-        super().__init__("running_losses")
         self._model = model
 
     def state_dict(self) -> dict[str, Any] | None:

@@ -70,18 +70,15 @@ class StateOwner(Protocol):
 class CheckpointPart:
     """One named part of every checkpoint of a run (see the module docstring).
 
-    Subclasses implement :py:meth:`state_dict` and :py:meth:`load_state_dict`; every other
-    hook has a default.
-
-    Args:
-        name: the part's key in the checkpoint.
+    Subclasses give the part its :py:attr:`name` and implement :py:meth:`state_dict` and
+    :py:meth:`load_state_dict`; every other hook has a default.
     """
+
+    name: str
+    """The part's key in the checkpoint (a class attribute of helios's own parts)."""
 
     per_rank = False
     """Whether every rank saves its own state (in its entry of ``ranks``), not rank 0."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
 
     def state_dict(self) -> Any:
         """Return the state to save (``None``: the checkpoint gets no entry)."""
@@ -148,7 +145,7 @@ class OwnedPart(CheckpointPart):
     """
 
     def __init__(self, name: str, owner: StateOwner) -> None:
-        super().__init__(name)
+        self.name = name
         self.owner = owner
 
     def state_dict(self) -> Any:

@@ -39,20 +39,20 @@ class RankState(CheckpointPart):
         seed: the run's random seed (for RNG states that must be re-derived).
     """
 
+    name = "rank"
     per_rank = True
 
     def __init__(
         self, state: TrainingState, global_rank: int = 0, world_size: int = 1, seed: int = 0
     ) -> None:
-        super().__init__("rank")
         self._state = state
-        self._global_rank = global_rank
-        self._world_size = world_size
-        self._seed = seed
+        self._global_rank, self._world_size, self._seed = global_rank, world_size, seed
+        # A loaded entry waits for the resume point; RNG states held during a validation.
         self._loaded = False
         self._saved_rng: dict[str, Any] | None = None
         self._saved_sampler: dict[str, int] | None = None
         self._held_rng: dict[str, Any] | None = None
+        # The training sampler, and where its pass over the epoch began.
         self._sampler: Any = None
         self._pass_base = (0, 0)
 

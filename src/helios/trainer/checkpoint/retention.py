@@ -211,13 +211,14 @@ class CheckpointRetention(CheckpointPart):
         metrics: returns the model's ``metrics`` table.
     """
 
+    name = "checkpoint_retention"
+
     def __init__(
         self,
         policy: RetentionPolicy,
         folder: pathlib.Path | None,
         metrics: Callable[[], Mapping[str, Any]],
     ) -> None:
-        super().__init__("checkpoint_retention")
         self.policy = policy
         self.folder = folder
         self._metrics = metrics

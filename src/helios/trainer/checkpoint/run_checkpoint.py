@@ -67,15 +67,12 @@ class RunCheckpoint:
         asynchronous: bool = False,
         check: Check | None = None,
     ) -> None:
-        self.folder = folder
-        self.parts = parts
+        self.folder, self.parts, self.check = folder, parts, check
         self._name = name
-        self._global_rank = global_rank
-        self._world_size = world_size
+        self._global_rank, self._world_size = global_rank, world_size
         self._map_location = map_location
         self._writer = BackgroundWriter() if asynchronous else None
         self._buffers = SnapshotBuffers()
-        self.check = check
         self._warned_sync_shards = False
 
     def prepare_folder(self) -> None:
@@ -209,7 +206,7 @@ class RunCheckpoint:
         if error is None and self._global_rank == 0:
             contents[SHARDED_PARTS_KEY] = sorted(shards)
             try:
-                _commit_then(contents, path, after)
+                _write_then(contents, path, after, commit_sharded)
             except (CheckpointWriteError, OSError) as failure:
                 error = failure
         error = next((e for e in self._gather_from_ranks(error) if e is not None), None)
@@ -262,20 +259,16 @@ class RunCheckpoint:
 
 
 def _write_then(
-    contents: dict[str, Any], path: pathlib.Path, after: list[Callable[[], None]]
+    contents: dict[str, Any],
+    path: pathlib.Path,
+    after: list[Callable[[], None]],
+    write: Callable[[dict[str, Any], pathlib.Path], None] = save_atomically,
 ) -> None:
-    """Write a checkpoint durably, then do what the parts wanted done once it is."""
-    save_atomically(contents, path)
-    logging.get_root_logger().info(f"Saved checkpoint {path}")
-    for action in after:
-        action()
+    """Write a checkpoint durably, then do what the parts wanted done once it is.
 
-
-def _commit_then(
-    contents: dict[str, Any], path: pathlib.Path, after: list[Callable[[], None]]
-) -> None:
-    """Commit a sharded checkpoint's folder, then do what the parts wanted done once it is."""
-    commit_sharded(contents, path)
+    ``write`` writes a file; a sharded checkpoint's folder passes its commit.
+    """
+    write(contents, path)
     logging.get_root_logger().info(f"Saved checkpoint {path}")
     for action in after:
         action()
