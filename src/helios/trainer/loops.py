@@ -427,9 +427,23 @@ class TrainingLoop:
                 preemption.signal_number is not None if solo else preemption.poll()
             ):
                 self._stop_for_signal(state)
+        return self._batches_done(state, bar, stop, batches_at_start, resumed_inside_epoch)
+
+    def _batches_done(
+        self, state: TrainingState, bar: Any, stop: bool, started_at: int, resumed: bool
+    ) -> bool:
+        """Close the epoch's bar and end the epoch (EPOCH: its unit); return whether to stop.
+
+        Args:
+            state: the training state.
+            bar: the epoch's bar, if any.
+            stop: whether a stop was requested during the epoch.
+            started_at: ``state.global_iteration`` when the epoch's batches began.
+            resumed: whether the epoch was resumed inside (it may have no batches left).
+        """
         if bar is not None:
             bar.close()
-        if state.global_iteration == batches_at_start and not resumed_inside_epoch:
+        if state.global_iteration == started_at and not resumed:
             raise _no_batches_error()
         state.dataset_iter = 0
         if self._epoch_unit:
