@@ -222,6 +222,36 @@ class Hooks:
         return agree_any(any(answers), self.collective_device)
 
 
+def gradient_accumulators(model: object) -> list[Any]:
+    """Return the gradient accumulators of the model's trainable parameters, to hold.
+
+    Autograd gives every parameter one node that accumulates its gradient, alive as long as
+    something references it. A training step written as a function (``train_step``) drops
+    its graph when it returns, so without a holder autograd would build these nodes anew at
+    every step; the training loop holds them (as ``DistributedDataParallel`` does) and every
+    step reuses them. Networks found as the default model state finds them
+    (:py:mod:`helios.model.default_state`); sharded networks are left alone.
+
+    Args:
+        model: the model.
+
+    Returns:
+        The accumulator nodes.
+    """
+    from helios.model import default_state, sharding
+
+    found, _ = default_state.find_state(model)
+    held = []
+    with torch.enable_grad():
+        for network in found.values():
+            if isinstance(network, torch.nn.Module) and not sharding.is_sharded_network(network):
+                for parameter in network.parameters():
+                    node = parameter.view_as(parameter).grad_fn if parameter.requires_grad else None
+                    if node is not None:
+                        held.append(node.next_functions[0][0])
+    return held
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopOptions:
     """What the training loop needs to know of the Trainer's arguments.
@@ -321,6 +351,7 @@ class TrainingLoop:
         if self._rank_state is not None:
             self._rank_state.track_sampler(sampler)
         self.model.train()
+        accumulators = gradient_accumulators(self.model)  # noqa: F841 - held until the end
         total = self.options.total_steps
         self._bar = make_bar(
             self.options.show_progress, None if total == math.inf else total,
@@ -676,4 +707,11 @@ def _safe_len(loader: Any) -> int | None:
         return None
 
 
-__all__ = ["EvaluationLoop", "Hooks", "LoopOptions", "TrainingLoop", "overrides"]
+__all__ = [
+    "EvaluationLoop",
+    "Hooks",
+    "LoopOptions",
+    "TrainingLoop",
+    "gradient_accumulators",
+    "overrides",
+]
