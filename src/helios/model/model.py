@@ -253,12 +253,12 @@ class Model(RunPlacement, abc.ABC):
 
     @property
     def loss_items(self) -> dict[str, torch.Tensor]:
-        """The losses of the current batch: the ``_loss_items`` table ``train_step`` fills."""
+        """The losses of the current batch (the ``_loss_items`` table ``train_step`` fills)."""
         return self._loss_items
 
     @property
     def running_losses(self) -> RunningLosses:
-        """The sums of the losses since the last validation: the ``_running_losses`` table.
+        """The sums of the losses since the last validation (the ``_running_losses`` table).
 
         A checkpoint part of its own (:py:class:`~helios.model.running_losses.RunningLosses`).
         """

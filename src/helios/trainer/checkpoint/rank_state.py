@@ -58,7 +58,7 @@ class RankState(CheckpointPart):
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """The keys of a rank's entry: ``rng`` and ``sampler``."""
+        """The keys of a rank's entry (``rng`` and ``sampler``)."""
         return ("rng", "sampler")
 
     def write(self, contents: dict[str, Any]) -> None:
