@@ -45,7 +45,7 @@ from helios.model.model import register_model_types_for_safe_load
 from .checkpoint.io import register_trainer_types_for_safe_load
 from .checkpoint.layout import checkpoint_name
 from .checkpoint.model_part import ModelPart, RunningLossesPart
-from .checkpoint.parts import CheckpointPart, OwnedPart, PartTable, StateOwner
+from .checkpoint.parts import CheckpointPart, OwnedPart, PartTable, StateOwner, add_extra_parts
 from .checkpoint.rank_state import RankState
 from .checkpoint.retention import CheckpointRetention
 from .checkpoint.run_checkpoint import RunCheckpoint
@@ -264,10 +264,7 @@ class Run:
             RunningLossesPart(self.job.model),
             OwnedPart("precision", self.precision),
         )
-        for plug_id, plugin in self.job.plugins.items():
-            table.add_extra(OwnedPart(plug_id, plugin), f"plug-in {plug_id!r}")
-        for name, owner in self.job.extra_parts.items():
-            table.add_extra(OwnedPart(name, owner), f"the extra checkpoint part {name!r}")
+        add_extra_parts(table, self.job.plugins, self.job.extra_parts)
         table.add(
             state,
             OwnedPart("preemption", self._preemption),

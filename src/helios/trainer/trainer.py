@@ -16,7 +16,13 @@ from helios.core.training_state import TrainingUnit
 from helios.core.utils import get_from_optional
 from helios.plugins.plugin import validate_plugins
 
-from .checkpoint.parts import StateOwner, check_part_name
+from .checkpoint.parts import (
+    PartTable,
+    StateOwner,
+    add_extra_parts,
+    check_part_name,
+    extra_part_owner,
+)
 from .config import build_config
 from .failures import log_uncaught
 from .run import FitRun, Job, Run, TestRun
@@ -348,7 +354,7 @@ class Trainer:
             ValueError: if ``name`` is empty, one of helios's own keys (``model``,
                 ``training_state``, ...), or already taken by another extra part.
         """
-        owner = f"the extra checkpoint part {name!r} ({type(part).__name__})"
+        owner = extra_part_owner(name, part)
         taken = {
             key: f"another extra part ({type(value).__name__})"
             for key, value in self._extra_parts.items()
@@ -425,25 +431,17 @@ class Trainer:
         from helios.data import DataModule
         from helios.model import Model
 
-        for name, value, expected in (
-            ("model", model, Model),
-            ("datamodule", datamodule, DataModule),
+        for name, value, expected, path in (
+            ("model", model, Model, "helios.model.Model"),
+            ("datamodule", datamodule, DataModule, "helios.data.DataModule"),
         ):
             if not isinstance(value, expected):
                 raise TypeError(
-                    f"{kind.action}() expects a {expected.__module__.rsplit('.', 1)[0]}."
-                    f"{expected.__name__} as {name}, but received {type(value).__name__}"
+                    f"{kind.action}() expects a {path} as {name}, but received "
+                    f"{type(value).__name__}"
                 )
         validate_plugins(self._plugins)
-        taken: dict[str, str] = {}
-        for plug_id, plugin in self._plugins.items():
-            taken[
-                check_part_name(plug_id, f"plug-in {plug_id!r} ({type(plugin).__name__})", taken)
-            ] = f"plug-in {plug_id!r}"
-        for name, owner in self._extra_parts.items():
-            check_part_name(
-                name, f"the extra checkpoint part {name!r} ({type(owner).__name__})", taken
-            )
+        add_extra_parts(PartTable(), self._plugins, self._extra_parts)  # refuses bad names
         self._model, self._datamodule = model, datamodule
         job = Job(
             self, model, datamodule, dict(self._plugins), dict(self._extra_parts), tuple(listed)

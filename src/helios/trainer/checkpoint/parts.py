@@ -248,11 +248,39 @@ class PartTable:
         return [*self._shared, *self._per_rank]
 
 
+def add_extra_parts(
+    table: PartTable, plugins: Mapping[str, StateOwner], extras: Mapping[str, StateOwner]
+) -> None:
+    """Add a run's plug-ins, then its extra parts, to a table (in that restore order).
+
+    Args:
+        table: the table.
+        plugins: the plug-ins by id.
+        extras: the extra parts by name
+            (:py:meth:`helios.trainer.Trainer.add_checkpoint_part`).
+
+    Raises:
+        ValueError: if a name is reserved or taken, naming both parts.
+    """
+    for plug_id, plugin in plugins.items():
+        owner = f"plug-in {plug_id!r} ({type(plugin).__name__})"
+        table.add_extra(OwnedPart(plug_id, plugin), owner)
+    for name, extra in extras.items():
+        table.add_extra(OwnedPart(name, extra), extra_part_owner(name, extra))
+
+
+def extra_part_owner(name: str, owner: object) -> str:
+    """How messages name an extra part."""
+    return f"the extra checkpoint part {name!r} ({type(owner).__name__})"
+
+
 __all__ = [
     "RESERVED_NAMES",
     "CheckpointPart",
     "OwnedPart",
     "PartTable",
     "StateOwner",
+    "add_extra_parts",
     "check_part_name",
+    "extra_part_owner",
 ]
