@@ -91,7 +91,9 @@ class RunPlacement:
         Raises:
             AssertionError: if the trainer has not set the device yet.
         """
-        return get_from_optional(self._device)
+        device = self._device
+        # Read in every train_step (often twice): one attribute test, no call, when set.
+        return device if device is not None else get_from_optional(device)
 
     @device.setter
     def device(self, dev: torch.device) -> None:

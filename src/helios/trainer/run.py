@@ -227,12 +227,16 @@ class Run:
         component.trainer = self.job.trainer
 
     def _checkpoint(self, state: TrainingState, fast_init: bool) -> RunCheckpoint:
-        """The run's checkpoints, with its table of parts (every owner made here, once)."""
+        """The run's checkpoints, with its table of parts (every owner made here, once).
+
+        A test run (``fast_init``) restores the networks only; its loggers log nothing.
+        """
         config, context, model = self.config, self._context, self.job.model
         folder = config.chkpt_root / model.save_name if config.chkpt_root is not None else None
         self._preemption = Preemption(context.collective_device)
         self._run_end = RunEnd()
-        self._logger_states = LoggerStates(config.loggers if not fast_init else [], state)
+        loggers = [] if fast_init else config.loggers
+        self._logger_states = LoggerStates(loggers, state)
         self._rank_state = RankState(
             state, context.global_rank, context.world_size, config.random_seed
         )
