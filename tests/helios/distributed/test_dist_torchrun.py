@@ -458,12 +458,12 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
     # newer ones, wherever the signal happened to stop the job.
     folder = tmp_path / "chkpt" / "dist"
     inside = []
-    for path in hlt.checkpoints.list_checkpoints(folder):
+    for path in hlt.checkpoint.list_checkpoints(folder):
         saved = torch.load(path, weights_only=True)
         if 0 < saved["ranks"][0]["sampler"]["consumed"] < 20:
             inside.append((path, saved))
     newest, saved = inside[0]
-    for path in hlt.checkpoints.list_checkpoints(folder):
+    for path in hlt.checkpoint.list_checkpoints(folder):
         if path == newest:
             break
         path.unlink()
