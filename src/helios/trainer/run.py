@@ -44,6 +44,7 @@ from helios.model.model import register_model_types_for_safe_load
 
 from .checkpoint.io import register_trainer_types_for_safe_load
 from .checkpoint.layout import checkpoint_name
+from .checkpoint.loader_state import LoaderState
 from .checkpoint.model_part import ModelPart, RunningLossesPart
 from .checkpoint.parts import CheckpointPart, OwnedPart, PartTable, StateOwner, add_extra_parts
 from .checkpoint.rank_state import RankState
@@ -240,6 +241,7 @@ class Run:
         self._rank_state = RankState(
             state, context.global_rank, context.world_size, config.random_seed
         )
+        self._loader_state = LoaderState(state, context.global_rank)
         self.parts = self._part_table(
             ModelPart(model, fast_init),
             OwnedPart("training_state", state),
@@ -276,6 +278,7 @@ class Run:
             OwnedPart("run_end", self._run_end),
             retention,
             self._rank_state,
+            self._loader_state,
         )
         return table
 
@@ -391,6 +394,7 @@ class FitRun(Run):
         return TrainingLoop(
             config.loop_options(self.shows_progress), self._loop_hooks, self.job.datamodule,
             checkpoint.save, self._rank_state, self._preemption, report, self._run_end, guard,
+            self._loader_state,
         )  # fmt: skip
 
     @contextlib.contextmanager

@@ -98,7 +98,8 @@ class RankState(CheckpointPart):
             "world_size": self._world_size,
         }
         batch_size = getattr(self._sampler, "batch_size", None)
-        if isinstance(batch_size, int):
+        # A position in the global order: samplers only (a stream's is its loader's).
+        if isinstance(batch_size, int) and hasattr(self._sampler, "global_start"):
             consumed, first_iter = self._pass_base
             batches = state.dataset_iter - first_iter
             position["consumed"] = consumed + batches * batch_size * self._world_size
