@@ -166,7 +166,11 @@ class StreamModel(hlm.Model):
         self._loss_items["loss"] = loss.detach()
 
     def weights(self) -> dict[str, torch.Tensor]:
-        net = self.net.module if isinstance(self.net, nn.parallel.DistributedDataParallel) else self.net
+        net = (
+            self.net.module
+            if isinstance(self.net, nn.parallel.DistributedDataParallel)
+            else self.net
+        )
         return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
@@ -197,7 +201,10 @@ def main(argv: list[str]) -> int:
     data = StreamDataModule(args.workers, args.stateless, args.stream_resume)
     if not make_trainer(args.workdir, args.total_steps).fit(model, data):
         return 1
-    torch.save(model.weights(), args.workdir / f"final{dist.get_global_rank() if dist.is_dist_active() else rank}.pt")
+    torch.save(
+        model.weights(),
+        args.workdir / f"final{dist.get_global_rank() if dist.is_dist_active() else rank}.pt",
+    )
     return 0
 
 
