@@ -38,7 +38,6 @@ from torch.utils.data import IterableDataset
 import helios.data as hld
 import helios.model as hlm
 import helios.trainer as hlt
-from helios.core import distributed as dist
 from helios.core import rng
 
 NUM_SAMPLES = 48
@@ -125,11 +124,16 @@ class StreamModel(hlm.Model):
             self.net = nn.parallel.DistributedDataParallel(self.net)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.05, momentum=0.9)
 
+    def _plain_net(self) -> nn.Module:
+        net = self.net
+        return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
     def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+        # The plain network's weights: a checkpoint of any number of processes loads.
+        return {"net": self._plain_net().state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any], fast_init: bool = False) -> None:
-        self.net.load_state_dict(state_dict["net"])
+        self._plain_net().load_state_dict(state_dict["net"])
         self.optimizer.load_state_dict(state_dict["optimizer"])
 
     def train(self) -> None:
@@ -203,7 +207,7 @@ def main(argv: list[str]) -> int:
         return 1
     torch.save(
         model.weights(),
-        args.workdir / f"final{dist.get_global_rank() if dist.is_dist_active() else rank}.pt",
+        args.workdir / f"final{rank}.pt",
     )
     return 0
 
