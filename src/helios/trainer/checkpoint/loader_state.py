@@ -61,7 +61,7 @@ class LoaderState(CheckpointPart):
             self._warn_stateless(loader)
         if not self._state.dataset_iter:
             return None  # the end of an epoch: the next one starts the stream afresh
-        return loader.state_dict()  # type: ignore[no-any-return]
+        return loader.state_dict()
 
     def load_state_dict(self, state_dict: Any) -> None:
         """Keep a saved position to apply at the resume point."""
