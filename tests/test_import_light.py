@@ -19,6 +19,8 @@ HEAVY = [
     "skimage",
     "mlflow",
     "wandb",
+    "datasets",
+    "torchdata",
 ]
 
 
