@@ -20,7 +20,6 @@ HEAVY = [
     "mlflow",
     "wandb",
     "datasets",
-    "torchdata",
 ]
 
 

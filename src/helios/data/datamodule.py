@@ -369,7 +369,6 @@ def _create_stream_loader(
         num_workers=num_workers,
         pin_memory=pin_memory and torch.cuda.is_available(),
         drop_last=drop_last,
-        worker_init_fn=_seed_worker,
         collate_fn=collate_fn,
         generator=generator,
     )

@@ -28,9 +28,9 @@ samples in the same order each time it is iterated in an epoch (it may depend on
 epoch and, when the dataset has them, the dataset's own ``state_dict()`` (restored with
 ``load_state_dict()`` before it is iterated again: the stateful protocol of torchdata's
 ``StatefulDataLoader``). The loader (:py:class:`helios.data.stream_loader.StreamLoader`)
-gathers the readers' states batch by batch, so its ``state_dict()`` is the position after
-the last batch it handed out, however far its workers have read ahead. Restoring it never
-replays batches.
+receives each reader's state with each of its batches, so its ``state_dict()`` is the
+position after the last batch it handed out, however far its workers have read ahead.
+Restoring it never replays batches.
 
 **A stream without state** (no ``state_dict``/``load_state_dict``) cannot be put back where
 it was. ``resume="restart"`` (the default) starts the epoch's stream again from its
@@ -61,6 +61,7 @@ import torch.utils.data as tud
 from .seeding import sample_seed, seed_reader
 
 STREAM_RESUME_CHOICES = ("restart", "skip")
+_OWN_ATTRIBUTES = ("dataset", "_pending", "_generator", "_reading", "rotation", "_epoch")
 """What a stream without state does when a run resumes inside an epoch."""
 
 
@@ -73,7 +74,8 @@ class StreamPart:
         count: the number of parts, ``world_size * num_workers``.
         rank: the rank of the reader's process.
         world_size: the number of processes.
-        worker: the loader worker (0 with ``num_workers=0``).
+        worker: the reader among its process's (the loader worker that reads, 0 with
+            ``num_workers=0``).
         num_workers: the loader workers per process (at least 1).
     """
 
@@ -153,7 +155,10 @@ class ResumableStream(tud.IterableDataset):
         self.dataset = dataset
         self._epoch = 0
         self._position = 0
-        self._pending: Mapping[str, Any] | None = None
+        # Positions loaded for the next pass, by reader; the reader loader worker 0 plays.
+        self._pending: dict[int, Mapping[str, Any]] = {}
+        self.rotation = 0
+        self._reading: Iterator[Any] | None = None
         self._generator: torch.Generator | None = None
 
     @property
@@ -187,21 +192,44 @@ class ResumableStream(tud.IterableDataset):
         self.set_epoch(self._epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        """Return this reader's position: epoch, samples yielded, the dataset's state.
+        """Return the calling reader's position: epoch, samples yielded, the dataset's state.
 
         Returns:
-            ``{"epoch", "position", "dataset"}`` (``dataset`` is ``None`` without state).
+            ``{"reader", "epoch", "position", "dataset"}`` (``dataset`` is ``None`` for a
+            dataset without state).
         """
+        reader = self.part().worker
+        if self._reading is None and reader in self._pending:
+            return dict(self._pending[reader])  # loaded, not yet read from
         dataset_state = self.dataset.state_dict() if self.is_stateful else None  # type: ignore[attr-defined]
-        return {"epoch": self._epoch, "position": self._position, "dataset": dataset_state}
+        return {
+            "reader": reader,
+            "epoch": self._epoch,
+            "position": self._position,
+            "dataset": dataset_state,
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Keep a position for the next pass (applied when the stream is iterated).
+        """Keep a reader's position for the next pass (applied when it is read from).
 
         Args:
             state_dict: a state from :py:meth:`state_dict`.
         """
-        self._pending = state_dict
+        self._pending[int(state_dict.get("reader", 0))] = state_dict
+        self._reading = None
+
+    def prepare_pass(self, readers: Mapping[int, Mapping[str, Any]], rotation: int = 0) -> None:
+        """Set the positions the readers of the next pass start from, and their order.
+
+        Args:
+            readers: each reader's saved position (a reader without one starts the epoch).
+            rotation: the reader that loader worker 0 plays (worker ``w`` plays reader
+                ``(w + rotation) % num_workers``), so the loader's round of workers goes
+                on with the reader that was next when the position was saved.
+        """
+        self._pending = {int(reader): state for reader, state in readers.items()}
+        self.rotation = rotation
+        self._reading = None
 
     def part(self) -> StreamPart:
         """Return the part of the stream the calling reader reads."""
@@ -216,9 +244,24 @@ class ResumableStream(tud.IterableDataset):
             num_workers=workers,
         )
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> ResumableStream:
+        """Begin a pass over the epoch (from a loaded position, if one waits).
+
+        The stream is its own iterator: a loader holds one pass at a time, and its state
+        is then the iterator's (one object to ask, once per batch).
+        """
+        self._reading = None
+        return self
+
+    def __next__(self) -> Any:
+        if self._reading is None:
+            self._reading = self._start_pass()
+        return next(self._reading)
+
+    def _start_pass(self) -> Iterator[Any]:
+        """Open this reader's part of the epoch, where a loaded position says."""
         part, in_worker = self.part(), tud.get_worker_info() is not None
-        pending, self._pending = self._pending, None
+        pending = self._pending.pop(part.worker, None)
         position = 0
         if pending is not None and pending.get("epoch") == self._epoch:
             position = int(pending.get("position", 0))
@@ -270,7 +313,7 @@ class ResumableStream(tud.IterableDataset):
 
     def __getattr__(self, name: str) -> Any:
         # Attributes of the user's dataset stay reachable through ``loader.dataset``.
-        if name.startswith("__") or name in ("dataset", "_pending", "_generator"):
+        if name.startswith("__") or name in _OWN_ATTRIBUTES:
             raise AttributeError(name)
         return getattr(self.dataset, name)
 

@@ -95,6 +95,22 @@ def test_a_saved_position_resumes_the_same_samples_and_augmentations(workers: in
             assert torch.equal(a, b)
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
+@pytest.mark.parametrize("stop", [1, 5, 9, 12])
+def test_readers_of_unequal_length_resume_in_their_turn(stop: int) -> None:
+    # 50 samples, 3 readers of 17, 17 and 16 samples: 5, 5 and 4 batches (the last ones
+    # short); reader 2 is exhausted after batch 12 of 14.
+    loader, _ = _loader(job.NoisyStream(size=50), 3)
+    uninterrupted = [batch[0].tolist() for batch in loader]
+    iterator = iter(loader)
+    before = [next(iterator)[0].tolist() for _ in range(stop)]
+    saved = loader.state_dict()
+    del iterator
+    resumed, _ = _loader(job.NoisyStream(size=50), 3)
+    resumed.load_state_dict(saved)
+    assert before + [batch[0].tolist() for batch in resumed] == uninterrupted
+
+
 def test_a_position_is_restored_not_replayed() -> None:
     loader, _ = _loader(job.NoisyStream(), 0)
     iterator = iter(loader)
@@ -102,7 +118,7 @@ def test_a_position_is_restored_not_replayed() -> None:
         next(iterator)
     saved = loader.state_dict()
     resumed, _ = _loader(job.NoisyStream(), 0)
-    dataset = resumed.dataset.dataset
+    dataset = resumed.stream.dataset
     made = []
     original = dataset.__class__.__iter__
 
