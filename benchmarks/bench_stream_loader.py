@@ -27,19 +27,31 @@ the stream's state, not read there); then the loader's ``state_dict()`` is loade
 new loader and the time to its first batch is measured, with 0 and 2 workers (``--repeats``
 times each, median). Restoring never replays: both positions cost about the same.
 
+**Instructions** (``--callgrind``, several minutes): each side and number of workers runs one
+pass under ``valgrind --tool=callgrind --instr-atstart=no`` (the workers are forked under the
+same valgrind and counted too: every process's totals are added); counting is switched on
+right before the loader is made and off after the pass, and the difference between a pass
+over ``--callgrind-windows`` and twice as many windows per shard cancels what a pass costs
+once (starting the workers). The ratio plain / helios of these differences is what helios
+adds per sample, free of the noise of a shared machine.
+
 Usage (from the repository root)::
 
     python benchmarks/bench_stream_loader.py
     python benchmarks/bench_stream_loader.py --repeats 9 --windows 4000
+    python benchmarks/bench_stream_loader.py --callgrind --skip-throughput --skip-resume
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
+import re
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -200,6 +212,75 @@ def resume_time(position: int, workers: int, args: argparse.Namespace) -> float:
     return statistics.median(times)
 
 
+def _make_loader(side: str, paths: list[pathlib.Path], workers: int, batch_size: int) -> Any:
+    if side == "plain":
+        return tud.DataLoader(TextShards(paths), batch_size=batch_size, num_workers=workers)
+    loader, _ = hld.create_dataloader(TextShards(paths), batch_size=batch_size, num_workers=workers)
+    return loader
+
+
+def callgrind_child(side: str, workers: int, windows: int, args: argparse.Namespace) -> None:
+    """One pass of one side, with counting switched on around it by the parent."""
+    paths = write_shards(pathlib.Path.cwd(), args.shards, windows)
+    one_pass(_make_loader(side, paths, workers, args.batch_size))  # the same heap history
+
+    def handshake(word: str) -> None:
+        sys.__stdout__.write(f"{word} {os.getpid()}\n")  # type: ignore[union-attr]
+        sys.__stdout__.flush()  # type: ignore[union-attr]
+        sys.stdin.readline()
+
+    handshake("@@READY")
+    one_pass(_make_loader(side, paths, workers, args.batch_size))
+    handshake("@@DONE")
+
+
+def count_instructions(side: str, workers: int, windows: int, args: argparse.Namespace) -> int:
+    """Instructions of one pass (every process), counted by callgrind."""
+    with tempfile.TemporaryDirectory() as folder:
+        command = [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no",
+            f"--callgrind-out-file={folder}/callgrind.%p", sys.executable, __file__,
+            "--callgrind-child", side, str(workers), str(windows),
+            "--shards", str(args.shards), "--batch-size", str(args.batch_size),
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+        child = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, cwd=folder, env=env,
+        )  # fmt: skip
+        assert child.stdin is not None and child.stdout is not None
+        for word, switch in (("@@READY", "on"), ("@@DONE", "off")):
+            line = child.stdout.readline()
+            assert line.startswith(word), f"the callgrind child said {line!r}"
+            pid = line.split()[1]
+            subprocess.run(
+                ["callgrind_control", "-i", switch, pid], check=True, capture_output=True
+            )
+            child.stdin.write("\n")
+            child.stdin.flush()
+        assert child.wait() == 0, f"the callgrind child ({side}, {workers}) failed"
+        total = 0
+        for path in pathlib.Path(folder).glob("callgrind.*"):
+            match = re.search(r"^(?:totals|summary):\s+(\d+)", path.read_text(), re.MULTILINE)
+            total += int(match.group(1)) if match else 0
+        return total
+
+
+def callgrind(args: argparse.Namespace) -> None:
+    n = args.callgrind_windows
+    for workers in (0, 2):
+        extra = {}
+        for side in ("plain", "helios"):
+            small, large = (count_instructions(side, workers, w, args) for w in (n, 2 * n))
+            extra[side] = large - small
+        samples = n * args.shards
+        print(
+            f"instructions, num_workers={workers}: per sample plain "
+            f"{extra['plain'] / samples:,.0f}, helios {extra['helios'] / samples:,.0f}; "
+            f"ratio {extra['plain'] / extra['helios']:.4f}"
+        )
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=int, default=8)
@@ -208,20 +289,30 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--resume-samples", type=int, default=2_000_000)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-resume", action="store_true")
+    parser.add_argument("--callgrind", action="store_true")
+    parser.add_argument("--callgrind-windows", type=int, default=150)
+    parser.add_argument("--callgrind-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     rng.seed_rngs(0)
     torch.set_num_threads(1)
+    if args.callgrind_child:
+        side, workers, windows = args.callgrind_child
+        callgrind_child(side, int(workers), int(windows), args)
+        return 0
     if not args.skip_throughput:
         with tempfile.TemporaryDirectory() as folder:
             paths = write_shards(pathlib.Path(folder), args.shards, args.windows)
             for workers in (0, 2):
                 throughput(paths, workers, args)
-    for workers in (0, 2):
+    for workers in () if args.skip_resume else (0, 2):
         near, far = (resume_time(p, workers, args) for p in (1_000, 1_000_000))
         print(
             f"resume, num_workers={workers}: at sample 1,000 {near * 1000:.1f} ms, at "
             f"sample 1,000,000 {far * 1000:.1f} ms (ratio {far / near:.2f})"
         )
+    if args.callgrind:
+        callgrind(args)
     return 0
 
 
