@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import pyblaze.nn as xnn
 
 JOB = pathlib.Path(__file__).with_name("shard_fit_job.py")
-SRC = pathlib.Path(__file__).resolve().parents[2] / "src"
+SRC = pathlib.Path(__file__).resolve().parents[3] / "src"
 
 
 class Net(xnn.Estimator, nn.Module):

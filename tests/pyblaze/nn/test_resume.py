@@ -162,7 +162,7 @@ def test_callback_states_are_in_the_checkpoint(tmp_path: pathlib.Path) -> None:
 SCRIPT = """
 import json, os, signal, sys
 sys.path.insert(0, {tests!r})
-from test_pyblaze_resume import Preempt, _run, xnn
+from test_resume import Preempt, _run, xnn
 
 class Kill(xnn.TrainingCallback):
     def __init__(self):
