@@ -11,14 +11,11 @@ from typing import Any
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 from torch import nn
-from torch.utils.data import TensorDataset
 
-import helios.data as hld
-import helios.model as hlm
 import helios.trainer as hlt
+import toys
 from helios.plugins import optuna as hlpo
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -123,34 +120,7 @@ def test_a_file_that_holds_no_sampler_is_refused(tmp_path: pathlib.Path) -> None
 # -- trial folders ------------------------------------------------------------------------------
 
 
-class Data(hld.DataModule):
-    def setup(self) -> None:
-        x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
-        data = TensorDataset(x, x.sum(dim=1, keepdim=True))
-        self._train_dataset = self._create_dataset(data, hld.DataLoaderParams(batch_size=8))
-        self._valid_dataset = self._create_dataset(data, hld.DataLoaderParams(batch_size=8))
-
-
-class Tuned(hlm.Model):
-    def setup(self, fast_init: bool = False) -> None:
-        plugin = self.trainer.plugins[hlpo.OptunaPlugin.plugin_id]
-        assert isinstance(plugin, hlpo.OptunaPlugin)
-        self.plugin = plugin
-        self.net = nn.Linear(4, 1)
-        lr = plugin.suggest("float", "lr", low=1e-3, high=1e-1, log=True)
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict()}
-
-    def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
-        x, y = batch
-        self.optimizer.zero_grad()
-        loss = nn.functional.mse_loss(self.net(x), y)
-        loss.backward()
-        self.optimizer.step()
-        self._loss_items["loss"] = loss.detach()
-
+class Tuned(toys.TunedRegressor):
     def valid_step(self, batch: Any, step: int) -> None:
         x, y = batch
         self._val_scores["loss"] = nn.functional.mse_loss(self.net(x), y).item()
@@ -186,7 +156,7 @@ def test_trial_folders_are_pruned_and_finished_trials_removed(tmp_path: pathlib.
         plugin.configure_model(model)
         if trial.number == 2:
             raise RuntimeError("a failed trial keeps its folder for resume_study")
-        assert trainer.fit(model, Data())
+        assert trainer.fit(model, toys.RegressionData(16, "sum", 8, 8, shuffle=False))
         return float(model.metrics["loss"])
 
     study.optimize(objective, n_trials=4, catch=(RuntimeError,))
