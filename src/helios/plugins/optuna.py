@@ -294,9 +294,14 @@ def _requeue_failed_trials(
         def mark_failed(trial_id: int = trial_id) -> None:
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
-        # Another worker may finish or fail it first: then it is no longer ours to fail.
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        try:
             _retry_on_schema_race(mark_failed, f"mark the dead trial {trial.number} as failed")
+        except RuntimeError:
+            # Another worker finished or failed it first: then it is no longer ours to fail
+            # (Optuna raises UpdateFinishedTrialError, a plain RuntimeError before 4.9).
+            if not storage.get_trial(trial_id).state.is_finished():
+                raise
+        else:
             marked.add(trial_id)
 
     trials = study.get_trials(deepcopy=False)
@@ -340,6 +345,16 @@ def _requeue_failed_trials(
         )
 
 
+# The RDBStorage argument of the callback for trials whose heartbeat stopped: Optuna 4.9
+# renamed failed_trial_callback (which 6.0 removes) to heartbeat_stale_trial_callback.
+_STALE_TRIAL_CALLBACK = (
+    "heartbeat_stale_trial_callback"
+    if "heartbeat_stale_trial_callback"
+    in inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    else "failed_trial_callback"
+)
+
+
 def _open_study(
     study_args: dict[str, Any],
     storage_path: pathlib.Path,
@@ -363,6 +378,8 @@ def _open_study(
 
         callback = requeue_stale
 
+    callback_argument: dict[str, Any] = {_STALE_TRIAL_CALLBACK: callback}
+
     def make_storage() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -372,7 +389,7 @@ def _open_study(
                 engine_kwargs={"connect_args": {"timeout": 60}},
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=callback,
+                **callback_argument,
             )
 
     args["storage"] = _retry_on_schema_race(make_storage, f"open the study storage {url}")
