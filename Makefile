@@ -69,7 +69,7 @@ check-latest:
 	rm -rf $(LATEST_VENV)
 	$(MAKE) --no-print-directory $(LATEST_VENV)/.dev VENV=$(LATEST_VENV) LATEST=1
 	@$(LATEST_VENV)/bin/python -m pip freeze --all --exclude-editable | tr 'A-Z_' 'a-z-' \
-		| sort > $(LATEST_VENV)/newest.txt
+		| grep -v '^pip==' | sort > $(LATEST_VENV)/newest.txt
 	@grep '==' $(LOCK) | tr 'A-Z_' 'a-z-' | sort > $(LATEST_VENV)/locked.txt
 	@echo "check-latest: newest releases that differ from $(LOCK) (< locked, > newest):"
 	@diff $(LATEST_VENV)/locked.txt $(LATEST_VENV)/newest.txt | grep '^[<>]' || echo "  none"
