@@ -559,7 +559,7 @@ def checkpoint_sampler(trial: optuna.Trial, chkpt_root: pathlib.Path) -> pathlib
             _SamplerPickler(file).dump(sampler)
         except (pickle.PicklingError, TypeError, AttributeError) as error:
             raise TypeError(
-                f"error: cannot checkpoint the sampler {type(sampler).__name__} to {path}: {error}"
+                f"cannot checkpoint the sampler {type(sampler).__name__} to {path}: {error}"
             ) from error
 
     write_atomically(path, write)
