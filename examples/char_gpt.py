@@ -13,13 +13,14 @@ self-attention, a linear head.
 
 Run it from the repository root::
 
-    python examples/char_gpt.py [--root DIR] [--steps N] [--workers W] [--step-sleep S]
+    python examples/char_gpt.py [--root DIR] [--steps N] [--workers W] [--windows L]
 
-It trains ``N`` iterations (default 150; an epoch ends when the stream runs out, after 100)
-with a checkpoint every 10 (``DIR/chkpt/char_gpt``), prints the loss now and then, writes
-the final weights to ``DIR/final.pt`` and prints a sample of generated text. ``DIR``
-defaults to ``./char_gpt_run``; the shards go to ``DIR/shards``. Under
-``torchrun --nproc_per_node=2`` each process reads its own part of the shards.
+It trains ``N`` iterations (default 150; an epoch ends when the stream runs out: 4 shards of
+``L`` windows, default 200, make 100 batches) with a checkpoint every 10
+(``DIR/chkpt/char_gpt``), prints the loss now and then, writes the final weights to
+``DIR/final.pt`` and prints a sample of generated text. ``DIR`` defaults to
+``./char_gpt_run``; the shards go to ``DIR/shards``. Under ``torchrun --nproc_per_node=2``
+each process reads its own part of the shards.
 
 Needs Hugging Face datasets: ``pip install "helios-blaze[streams]"``.
 """
@@ -167,7 +168,7 @@ class CharGPT(hlm.Model):
         loss.backward()
         self.optimizer.step()
         self._loss_items["loss"] = loss.detach()
-        self.last_loss = float(loss)
+        self.last_loss = float(loss.detach())
         if self.step_sleep:
             time.sleep(self.step_sleep)
 
@@ -192,11 +193,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--root", type=pathlib.Path, default=pathlib.Path("char_gpt_run"))
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--windows", type=int, default=200, help="windows per shard")
     parser.add_argument("--step-sleep", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     shards = args.root / "shards"
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not shards.exists():
-        write_corpus(shards)
+        write_corpus(shards, windows=args.windows)
     while not (shards / "part-003.jsonl").exists():  # the other processes of a torchrun
         time.sleep(0.1)
     model = CharGPT(step_sleep=args.step_sleep)
