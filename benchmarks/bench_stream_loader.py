@@ -261,7 +261,11 @@ def count_instructions(side: str, workers: int, windows: int, args: argparse.Nam
         assert child.wait() == 0, f"the callgrind child ({side}, {workers}) failed"
         total = 0
         for path in pathlib.Path(folder).glob("callgrind.*"):
-            match = re.search(r"^(?:totals|summary):\s+(\d+)", path.read_text(), re.MULTILINE)
+            # "totals:" (at the end) counts the events; "summary:" near the top may be 0.
+            text = path.read_text()
+            match = re.search(r"^totals:\s+(\d+)", text, re.MULTILINE) or re.search(
+                r"^summary:\s+(\d+)", text, re.MULTILINE
+            )
             total += int(match.group(1)) if match else 0
         return total
 
