@@ -7,6 +7,8 @@ rank and world size (the torchrun tests run real ranks).
 from __future__ import annotations
 
 import itertools
+import json
+import pathlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +19,7 @@ from torch.utils.data import IterableDataset
 
 import helios.data as hld
 from helios.core import rng
-from helios.data.stream_loader import StreamLoaderMismatchError
+from helios.data.stream_loader import StreamLoader, StreamLoaderMismatchError
 from helios.data.streams import ResumableStream
 
 
@@ -222,3 +224,41 @@ def test_replacement_sampler_drives_a_loader_that_resumes_mid_epoch() -> None:
     full = [batch.tolist() for batch in loader]
     sampler.load_state_dict({"epoch": 0, "start_iter": 3})
     assert [batch.tolist() for batch in loader] == full[3:]
+
+
+def _hugging_face_stream(folder: Any) -> Any:
+    import datasets
+
+    folder.mkdir()
+    for shard in range(4):
+        rows = [json.dumps({"id": shard * 10 + i}) for i in range(10)]
+        (folder / f"part-{shard}.jsonl").write_text("\n".join(rows) + "\n")
+    files = sorted(str(path) for path in folder.glob("*.jsonl"))
+    stream = datasets.load_dataset("json", data_files=files, split="train", streaming=True)
+    return stream.with_format("torch")
+
+
+def test_a_hugging_face_stream_is_split_and_resumed_per_rank_and_worker(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Its shards split among 2 ranks (helios) and 2 workers each (itself); its own state."""
+    hf = _hugging_face_stream(tmp_path / "shards")
+
+    def rank_loader(rank: int) -> StreamLoader:
+        stream = ResumableStream(hf, batch_size=3, rank=rank, world_size=2)
+        return StreamLoader(stream, batch_size=3, num_workers=2)
+
+    seen: list[int] = []
+    for rank in range(2):
+        uninterrupted = [batch["id"].tolist() for batch in rank_loader(rank)]
+        seen += [i for ids in uninterrupted for i in ids]
+        loader = rank_loader(rank)
+        iterator = iter(loader)
+        before = [next(iterator)["id"].tolist() for _ in range(3)]
+        saved = loader.state_dict()
+        del iterator
+        resumed = rank_loader(rank)
+        resumed.load_state_dict(saved)
+        after = [batch["id"].tolist() for batch in resumed]
+        assert before + after == uninterrupted, f"rank {rank} resumed at its position"
+    assert sorted(seen) == list(range(40)), "every row once, in 4 parts"
