@@ -243,7 +243,7 @@ class Run:
         self.parts = self._part_table(
             ModelPart(model, fast_init),
             OwnedPart("training_state", state),
-            CheckpointRetention(config.retention, folder, lambda: model.metrics),
+            CheckpointRetention(config.retention, folder, lambda: model.metrics, model.save_name),
         )
         return RunCheckpoint(
             folder,

@@ -15,7 +15,11 @@ The rule, for the checkpoints a run wrote, oldest first:
 Durability: the record inside checkpoint ``N`` already lists what ``N`` makes obsolete
 (``pending_deletion``); those files are deleted only once ``N`` is on disk (fsynced and
 renamed), and a run resumed from ``N`` deletes any of them a crash left behind. Checkpoints
-the run never recorded (written without retention, or by hand) are never deleted.
+the run never recorded (written without retention, or by hand) are never deleted, and the
+names in a record or the index are trusted only when they are bare checkpoint names of
+this run (:py:func:`~helios.trainer.checkpoint.layout.is_checkpoint_name`): a record that
+names ``../..``, an absolute path, a hidden file or another run's checkpoint deletes
+nothing, and the index never sends :py:func:`find_best_checkpoint` outside the folder.
 
 The index ``checkpoints.json`` in the checkpoint folder (written atomically after every save)
 names the kept checkpoints with their metric, the best one and the newest one, so the best
@@ -37,7 +41,7 @@ from helios.core import logging
 from helios.core.files import write_atomically
 from helios.core.training_state import TrainingState
 
-from .layout import INDEX_NAME
+from .layout import INDEX_NAME, is_checkpoint_name, is_sharded_checkpoint
 from .parts import CheckpointPart
 
 _INDEX_VERSION = 1
@@ -179,12 +183,19 @@ class RetentionUpdate:
     folder: pathlib.Path
     delete: tuple[str, ...]
     index: dict[str, Any]
+    save_name: str | None = None
 
     def apply(self) -> None:
-        """Write the index, then delete the obsolete checkpoints (call once durable)."""
+        """Write the index, then delete the obsolete checkpoints (call once durable).
+
+        Only bare checkpoint names of the run are deleted, and never through a link.
+        """
         write_json_atomically(self.index, self.folder / INDEX_NAME)
         for name in self.delete:
             path = self.folder / name
+            if not is_checkpoint_name(name, self.save_name) or path.is_symlink():
+                _refuse_name(name, self.folder)
+                continue
             try:
                 if path.is_dir():  # a sharded checkpoint
                     shutil.rmtree(path)
@@ -209,6 +220,8 @@ class CheckpointRetention(CheckpointPart):
         policy: what to keep.
         folder: the checkpoint folder of the run.
         metrics: returns the model's ``metrics`` table.
+        save_name: the model's save name: a name in a resumed record that is not a
+            checkpoint name of this run (:py:func:`~.layout.is_checkpoint_name`) is dropped.
     """
 
     name = "checkpoint_retention"
@@ -218,9 +231,11 @@ class CheckpointRetention(CheckpointPart):
         policy: RetentionPolicy,
         folder: pathlib.Path | None,
         metrics: Callable[[], Mapping[str, Any]],
+        save_name: str | None = None,
     ) -> None:
         self.policy = policy
         self.folder = folder
+        self.save_name = save_name
         self._metrics = metrics
         self._entries: list[RetainedCheckpoint] = []
         # Deletions the newest saved checkpoint made due (saved with it), and those a
@@ -248,11 +263,17 @@ class CheckpointRetention(CheckpointPart):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore the record of a resumed run.
 
-        Entries ranked by another metric or direction than this run's lose their rank.
+        Entries ranked by another metric or direction than this run's lose their rank. A
+        name that is not a checkpoint name of this run is dropped with a warning: the record
+        comes from a file, and nothing it names outside the run's checkpoints is deleted.
         """
         if not isinstance(state_dict, Mapping):
             return
-        entries = [RetainedCheckpoint.from_dict(e) for e in state_dict.get("entries", [])]
+        entries = []
+        for data in _list(state_dict.get("entries")):
+            name = data.get("name") if isinstance(data, Mapping) else data
+            if self._trusted(name):
+                entries.append(RetainedCheckpoint.from_dict(data))
         same_ranking = (
             state_dict.get("best_metric") == self.policy.best_metric
             and state_dict.get("best_mode") == self.policy.best_mode
@@ -260,8 +281,14 @@ class CheckpointRetention(CheckpointPart):
         if not same_ranking:
             entries = [dataclasses.replace(e, metric=None) for e in entries]
         self._entries = entries
-        self._pending = [str(name) for name in state_dict.get("pending_deletion", [])]
+        self._pending = [n for n in _list(state_dict.get("pending_deletion")) if self._trusted(n)]
         self._leftover = list(self._pending)
+
+    def _trusted(self, name: Any) -> bool:
+        if is_checkpoint_name(name, self.save_name):
+            return True
+        _refuse_name(name, self.folder)
+        return False
 
     def _current_metric(self) -> float | None:
         name = self.policy.best_metric
@@ -316,7 +343,7 @@ class CheckpointRetention(CheckpointPart):
         delete = tuple(dict.fromkeys(n for n in [*self._leftover, *dropped] if n not in kept_names))
         self._entries = kept
         self._pending, self._leftover = list(delete), []
-        return RetentionUpdate(path.parent, delete, self._index())
+        return RetentionUpdate(path.parent, delete, self._index(), self.save_name)
 
     def _index(self) -> dict[str, Any]:
         return {
@@ -327,6 +354,20 @@ class CheckpointRetention(CheckpointPart):
             "newest": self._entries[-1].name if self._entries else None,
             "checkpoints": [e.to_dict() for e in self._entries],
         }
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _refuse_name(name: Any, folder: pathlib.Path | None) -> None:
+    message = (
+        f"the retention record names {name!r}, which is not a checkpoint name of this run "
+        f"in {folder}; it is left alone (a retention record deletes only the run's own "
+        "checkpoints, by their bare names)"
+    )
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    logging.get_root_logger().warning(message)
 
 
 def read_index(root: pathlib.Path) -> dict[str, Any] | None:
@@ -356,15 +397,20 @@ def find_best_checkpoint(root: pathlib.Path | None) -> pathlib.Path | None:
         root: the checkpoint folder (``<chkpt_root>/<save_name>``).
 
     Returns:
-        The path of the best checkpoint, or ``None`` if no index names one that exists.
+        The path of the best checkpoint (a file, or a sharded checkpoint's folder), or
+        ``None`` if no index names one that exists. A name that is not a bare checkpoint
+        name, or a link, is never followed.
     """
     if root is None:
         return None
     index = read_index(root)
-    if index is None or not isinstance(index.get("best"), str):
+    best = None if index is None else index.get("best")
+    if not is_checkpoint_name(best):
         return None
-    path = root / index["best"]
-    return path if path.is_file() else None
+    path = root / str(best)
+    if path.is_symlink() or not (path.is_file() or is_sharded_checkpoint(path)):
+        return None
+    return path
 
 
 __all__ = [
