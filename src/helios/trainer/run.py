@@ -240,10 +240,11 @@ class Run:
         self._rank_state = RankState(
             state, context.global_rank, context.world_size, config.random_seed
         )
+        self._retention = CheckpointRetention(
+            config.retention, folder, lambda: model.metrics, model.save_name
+        )
         self.parts = self._part_table(
-            ModelPart(model, fast_init),
-            OwnedPart("training_state", state),
-            CheckpointRetention(config.retention, folder, lambda: model.metrics, model.save_name),
+            ModelPart(model, fast_init), OwnedPart("training_state", state), self._retention
         )
         return RunCheckpoint(
             folder,
@@ -381,6 +382,9 @@ class FitRun(Run):
             config.loggers if on_rank_zero else [],
             show=on_rank_zero and config.print_summaries,
             defer_epoch_times=config.train_unit == TrainingUnit.ITERATION,
+            accumulation_steps=(
+                config.accumulation_steps if config.train_unit == TrainingUnit.ITERATION else 1
+            ),
         )
         guard = None
         if config.nonfinite_guard:
@@ -391,6 +395,7 @@ class FitRun(Run):
         return TrainingLoop(
             config.loop_options(self.shows_progress), self._loop_hooks, self.job.datamodule,
             checkpoint.save, self._rank_state, self._preemption, report, self._run_end, guard,
+            after_validation=self._retention.validated,
         )  # fmt: skip
 
     @contextlib.contextmanager

@@ -9,8 +9,24 @@ The rule, for the checkpoints a run wrote, oldest first:
 * without ``keep_last`` and ``keep_best`` every checkpoint is kept (as before retention);
 * otherwise the newest checkpoint (the resume point) is always kept, plus the newest
   ``keep_last`` ones, plus the ``keep_best`` ones with the best ``best_metric`` (ties: the
-  older one wins). A checkpoint saved while the metric was missing from the model's
-  ``metrics`` table (or not a finite number) only counts as one of the last.
+  older one wins).
+
+Which checkpoints are ranked (carry a metric), pinned by ``tests/helios/trainer/
+test_retention_ranking.py``:
+
+* Only a checkpoint written at the position of a validation that ran in this process
+  (same batch count: the save that follows the validation at the end of its unit) carries
+  ``best_metric``: the value in the model's ``metrics`` table when it is saved. Any other
+  checkpoint (one saved between validations, a preemption checkpoint mid-epoch or during
+  a validation cycle that a signal cut short) is unranked: it only counts as one of the
+  last, whatever stale value the table still holds.
+* A typo: when the first validation cycle of a process ends and its ``metrics`` table has
+  no ``best_metric`` entry, :py:meth:`CheckpointRetention.validated` raises ``ValueError``
+  naming the metrics there are, before that unit's checkpoint is written and before
+  anything is deleted.
+* A metric missing at a later validation, or not a finite number (NaN, inf, a tensor
+  with several elements, a string), leaves that checkpoint unranked, with one warning per
+  run.
 
 Durability: the record inside checkpoint ``N`` already lists what ``N`` makes obsolete
 (``pending_deletion``); those files are deleted only once ``N`` is on disk (fsynced and
@@ -243,6 +259,8 @@ class CheckpointRetention(CheckpointPart):
         self._pending: list[str] = []
         self._leftover: list[str] = []
         self._warned_missing = False
+        # The batch count of the last validation that ran in this process (None: none yet).
+        self._validated_at: int | None = None
 
     @property
     def entries(self) -> list[RetainedCheckpoint]:
@@ -290,18 +308,42 @@ class CheckpointRetention(CheckpointPart):
         _refuse_name(name, self.folder)
         return False
 
-    def _current_metric(self) -> float | None:
+    def validated(self, state: TrainingState) -> None:
+        """Note that a validation cycle ended at ``state``; check the metric's name once.
+
+        The checkpoint saved at this position (same batch count) carries the metric.
+
+        Args:
+            state: the training state at the end of the cycle.
+
+        Raises:
+            ValueError: at the first validation of the process, if the model's ``metrics``
+                table has no ``best_metric`` entry (a typo, before anything is deleted).
+        """
         name = self.policy.best_metric
-        if name is None:
-            return None
+        if name is not None and self._validated_at is None:
+            metrics = self._metrics()
+            if name not in metrics:
+                raise ValueError(
+                    f"chkpt_best_metric={name!r} is not in the model's metrics table after "
+                    f"the first validation cycle; the metrics there are {sorted(metrics)}. "
+                    "Pass the name of one of them (nothing was deleted)"
+                )
+        self._validated_at = state.global_iteration
+
+    def _current_metric(self, state: TrainingState) -> float | None:
+        """The metric a checkpoint at ``state`` carries (``None``: it is unranked)."""
+        name = self.policy.best_metric
+        if name is None or self._validated_at != state.global_iteration:
+            return None  # not written right after a validation: any value would be stale
         metrics = self._metrics()
         value = metric_value(metrics, name)
         if value is None and not self._warned_missing:
             self._warned_missing = True
             message = (
                 f"chkpt_best_metric={name!r} is not a finite number in the model's metrics "
-                f"table (keys: {sorted(metrics)}) when a checkpoint is saved; such "
-                "checkpoints are not ranked as best"
+                f"table after a validation cycle ({metrics.get(name, 'missing')!r}; keys: "
+                f"{sorted(metrics)}); the checkpoints saved then are not ranked as best"
             )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             logging.get_root_logger().warning(message)
@@ -318,23 +360,29 @@ class CheckpointRetention(CheckpointPart):
             Applies the retention update (index, deletions) once the checkpoint is durable;
             ``None`` without retention.
         """
-        update = self.register(path, state.global_epoch, state.current_iteration)
+        if not self.policy.is_active:
+            return None
+        metric = self._current_metric(state)
+        update = self.register(path, state.global_epoch, state.current_iteration, metric)
         return update.apply if update is not None else None
 
-    def register(self, path: pathlib.Path, epoch: int, iteration: int) -> RetentionUpdate | None:
+    def register(
+        self, path: pathlib.Path, epoch: int, iteration: int, metric: float | None = None
+    ) -> RetentionUpdate | None:
         """Record a checkpoint about to be written and decide what it makes obsolete.
 
         Args:
             path: the path of the new checkpoint.
             epoch: its global epoch.
             iteration: its iteration.
+            metric: the value of ``best_metric`` it carries (``None``: unranked).
 
         Returns:
             What to do once the new file is durable (``None`` without retention).
         """
         if not self.policy.is_active:
             return None
-        entry = RetainedCheckpoint(path.name, epoch, iteration, self._current_metric())
+        entry = RetainedCheckpoint(path.name, epoch, iteration, metric)
         candidates = [e for e in self._entries if e.name != entry.name] + [entry]
         kept = select_kept(candidates, self.policy)
         kept_names = {e.name for e in kept}
