@@ -50,6 +50,7 @@ from .checkpoint.rank_state import RankState
 from .checkpoint.retention import CheckpointRetention
 from .checkpoint.run_checkpoint import RunCheckpoint
 from .failures import log_uncaught
+from .loader_seed import LoaderSeed
 from .loops import EvaluationLoop, Hooks, TrainingLoop
 from .nonfinite import NonFiniteGuard
 from .preemption import Preemption
@@ -268,6 +269,7 @@ class Run:
             model,
             RunningLossesPart(self.job.model),
             OwnedPart("precision", self.precision),
+            LoaderSeed(self.job.datamodule, self.config.random_seed),
         )
         add_extra_parts(table, self.job.plugins, self.job.extra_parts)
         table.add(
