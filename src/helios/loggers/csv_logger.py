@@ -10,7 +10,7 @@ import pathlib
 import warnings
 from typing import IO, Any
 
-from .base import ExperimentLogger
+from .base import ExperimentLogger, LoggerDestinationError
 
 STEP_COLUMN = "step"
 """Name of the first column of the file, which holds the step of each row."""
@@ -80,6 +80,23 @@ class CSVLogger(ExperimentLogger):
     def params_path(self) -> pathlib.Path:
         """The JSON file of the parameters."""
         return self._path.with_name(self._path.stem + ".params.json")
+
+    def destination_folder(self) -> pathlib.Path:
+        """The folder of the CSV file (the resumed run's file after a resume)."""
+        return self._target().parent
+
+    def _target(self) -> pathlib.Path:
+        saved = self.saved_state
+        if saved is not None and saved.get("run_id") is not None and "path" in saved:
+            return pathlib.Path(saved["path"])
+        return self._path
+
+    def _check_target(self) -> None:
+        target = self._target()
+        if target.exists() and not target.is_file():
+            raise LoggerDestinationError(
+                f"the CSVLogger writes the regular file {target}, but it is not one"
+            )
 
     # -- hooks -------------------------------------------------------------------------------
 
