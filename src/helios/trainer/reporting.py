@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from helios.loggers import ExperimentLogger
     from helios.model import Model
 
+    from .logger_runs import LoggerStates
     from .state import TrainingState
 
 BAR_REFRESH_SECONDS = 1.0
@@ -89,6 +90,8 @@ class RunReport:
         defer_epoch_times: log epoch times with the next iteration (ITERATION unit).
         accumulation_steps: batches per iteration (1 in the EPOCH unit, where every batch
             counts as an iteration).
+        logger_states: the loggers' part: told when the loggers first logged and when one
+            fails (``None``: a failing logger is only warned about and left out).
     """
 
     def __init__(
@@ -98,8 +101,10 @@ class RunReport:
         show: bool,
         defer_epoch_times: bool = False,
         accumulation_steps: int = 1,
+        logger_states: LoggerStates | None = None,
     ) -> None:
         self._model = model
+        self._logger_states = logger_states
         self._accumulation = accumulation_steps
         self._loggers = list(loggers)
         self._show = show
@@ -202,10 +207,21 @@ class RunReport:
         return metrics
 
     def _log(self, metrics: Mapping[str, float], state: TrainingState) -> None:
+        """Send metrics to every logger; one that raises is warned about and left out."""
         if not metrics:
             return
-        for logger in self._loggers:
-            logger.log_metrics(metrics, step=state.current_iteration)
+        for logger in list(self._loggers):
+            try:
+                logger.log_metrics(metrics, step=state.current_iteration)
+            except Exception as error:
+                self._loggers.remove(logger)
+                if self._logger_states is not None:
+                    self._logger_states.failed(logger, error)
+                else:
+                    message = f"the {type(logger).__name__} failed ({error}); left out"
+                    logging.get_root_logger().warning(message)
+        if self._logger_states is not None:
+            self._logger_states.logged()
 
 
 def _is_number(value: Any) -> bool:
@@ -214,46 +230,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-class LoggerStates:
-    """The experiment loggers' part of a checkpoint: one state per logger, in order.
-
-    On resume each logger is told to drop what it logged after the checkpoint's step.
-
-    Args:
-        loggers: the run's loggers.
-        state: the training state (its ``current_iteration`` is the step of a checkpoint).
-    """
-
-    def __init__(self, loggers: Sequence[ExperimentLogger], state: TrainingState) -> None:
-        self._loggers = list(loggers)
-        self._state = state
-
-    def state_dict(self) -> list[dict[str, Any]] | None:
-        """Return every logger's state (``None`` without loggers)."""
-        if not self._loggers:
-            return None
-        return [logger.state_dict() for logger in self._loggers]
-
-    def load_state_dict(self, state_dict: list[dict[str, Any]]) -> None:
-        """Continue each logger's run from the checkpoint's step."""
-        for logger, saved in zip(self._loggers, state_dict, strict=False):
-            logger.load_state_dict(saved)
-
-    def resume_from_checkpoint_step(self) -> None:
-        """Drop the points logged after the checkpoint the run resumed from."""
-        for logger in self._loggers:
-            if logger.saved_state is not None:
-                logger.resume_from(self._state.current_iteration)
-
-    def flush_and_close(self) -> None:
-        """Flush and close every logger."""
-        for logger in self._loggers:
-            logger.close()
-
-
 __all__ = [
     "BAR_REFRESH_SECONDS",
-    "LoggerStates",
     "RunReport",
     "find_optimizers",
     "run_summary",
