@@ -231,6 +231,7 @@ class DistModel(hlm.Model):
             "epoch": state.global_epoch,
             "ids": ids.tolist(),
             "local_loss": float(loss.item()),
+            "py_draw": py_draw,
         }
 
     def on_training_batch_end(self, state: hlt.TrainingState, should_log: bool = False) -> None:

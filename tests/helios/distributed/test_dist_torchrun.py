@@ -485,6 +485,24 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
     assert f"written by 2 process(es) and this run has {new_world_size}" in output
     if new_world_size == 3:
         assert "ranks [2] have no saved RNG states" in output
+        # Rank 2 has no saved streams: its first draws come from (seed, iteration, rank),
+        # never from another rank's streams; ranks 0 and 1 continue their own.
+        import random as python_random
+
+        from helios.core import rng
+        from helios.data.datamodule import sample_seed
+
+        first = {}
+        for rank in range(3):
+            resumed_records = [
+                r for r in _records(tmp_path, rank, "main", keep_pid=True)
+                if r["pid"] not in first_launch and r["gi"] == done + 1
+            ]  # fmt: skip
+            first[rank] = resumed_records[-1]["py_draw"]
+        seed = sample_seed(rng.get_default_seed(), done, "rank2")
+        assert first[2] == python_random.Random(seed).random()
+        # (Ranks 0 and 1 share Python's stream in this job: only their torch draws differ.)
+        assert first[2] != first[0], first
     after = [
         i
         for pid, ids in _ids_by_launch(tmp_path, epoch, new_world_size).items()
