@@ -130,6 +130,11 @@ def test_a_best_metric_the_first_validation_does_not_produce_is_an_error_before_
     assert sorted(p.name for p in folder.glob("*.pth")) == before
 
 
+def test_keeping_the_best_without_validations_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match=r"valid_frequency=None never validates"):
+        hlt.Trainer(chkpt_keep_best=2, chkpt_best_metric="score", use_cpu=True)
+
+
 class Scored(job.ResumeModel):
     """Its score after cycle ``c`` is ``scores[c]``; ``None`` leaves the entry out."""
 
