@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import warnings
+from collections.abc import Mapping
 from typing import IO, Any
 
 from .base import ExperimentLogger, LoggerDestinationError
@@ -80,6 +81,38 @@ class CSVLogger(ExperimentLogger):
     def params_path(self) -> pathlib.Path:
         """The JSON file of the parameters."""
         return self._path.with_name(self._path.stem + ".params.json")
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a saved state; a file outside this logger's folder is not continued.
+
+        The state comes from a checkpoint (a file): its ``path`` is continued (rewritten
+        and appended to) only when it is a file in the folder of this logger's ``path`` (or
+        below it) and not a link; otherwise a warning says so and a new file is started.
+
+        Args:
+            state: the saved state.
+        """
+        super().load_state_dict(state)
+        saved = state.get("path")
+        if state.get("run_id") is None or self._in_own_folder(saved):
+            return
+        warnings.warn(
+            f"the saved CSVLogger state names the file {saved!r}, outside this logger's folder "
+            f"{self._path.parent} (or a link): it is not continued; a new file is started",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        self._loaded = None
+        self._run_id = self._last_step = None
+
+    def _in_own_folder(self, saved: object) -> bool:
+        if not isinstance(saved, str) or not saved:
+            return False
+        path = pathlib.Path(saved)
+        if path.is_symlink():
+            return False
+        folder = self._path.parent.resolve()
+        return folder in path.resolve().parents
 
     def destination_folder(self) -> pathlib.Path:
         """The folder of the CSV file (the resumed run's file after a resume)."""

@@ -300,3 +300,31 @@ def test_an_unreadable_holder_is_an_unknown_holder(
     assert f"the checkpoint folder {folder} is in use by another run" in err
     assert f"held by an unknown holder: {path} names no readable process" in err
     assert "RecursionError" not in err
+
+
+# -- a logger state naming a file elsewhere -------------------------------------------------
+
+
+def test_a_logger_state_naming_a_file_elsewhere_never_rewrites_it(tmp_path: pathlib.Path) -> None:
+    from helios.loggers import CSVLogger
+
+    def fit(crash_at: int | None = None) -> bool:
+        model = job.ResumeModel(crash_at=crash_at)
+        logger = CSVLogger(tmp_path / "logs" / "metrics.csv")
+        trainer = job.make_trainer(
+            tmp_path, UNIT, 2, ACCUMULATION, loggers=[logger], print_frequency=1
+        )
+        return trainer.fit(model, job.ResumeDataModule())
+
+    assert fit(crash_at=5) is False  # epoch 1 saved at step 3, then a crash
+    victim = tmp_path / "victim.csv"
+    text = "step,x\n" + "".join(f"{step},{step}\n" for step in range(1, 10))
+    victim.write_text(text)
+    hlt.register_trainer_types_for_safe_load()
+    checkpoint = job.checkpoint_dir(tmp_path) / _name(1)
+    contents = torch.load(checkpoint, weights_only=True)
+    contents["loggers"][0]["path"] = f"{tmp_path}/logs/../victim.csv"
+    torch.save(contents, checkpoint)
+    with pytest.warns(RuntimeWarning, match="outside this logger's folder"):
+        assert fit()
+    assert victim.read_text() == text
