@@ -130,6 +130,30 @@ def test_a_dotted_name_in_an_allowed_module_is_refused(tmp_path: pathlib.Path) -
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_a_shard_index_read_through_a_url_is_read_safely_too(tmp_path: pathlib.Path) -> None:
+    # The reader a store's backend hands Distributed Checkpoint (fsspec, here file://):
+    # a real index loads; a planted one, global or rank-local, runs nothing.
+    import torch.distributed.checkpoint as dcp
+
+    from helios.trainer.checkpoint.shard_index import shard_reader
+
+    folder = tmp_path / "c.dcp"
+    dcp.save({"w": torch.arange(4.0)}, checkpoint_id=folder, no_dist=True)
+    loaded = {"w": torch.zeros(4)}
+    dcp.load(loaded, storage_reader=shard_reader(f"file://{folder}"), no_dist=True)
+    assert torch.equal(loaded["w"], torch.arange(4.0))
+
+    marker = tmp_path / "payload-ran"
+    index = _hostile_indexes(marker)["a bare call"]
+    (folder / ".metadata").write_bytes(index)
+    (folder / "__0.metadata").write_bytes(index)  # the rank-local index torch falls back to
+    with pytest.raises(dcp.CheckpointException, match=r"names posix\.mkdir") as raised:
+        dcp.load(loaded, storage_reader=shard_reader(f"file://{folder}"), no_dist=True)
+    assert "__0.metadata names posix.mkdir" in str(raised.value)
+    assert not marker.exists()
+
+
 # -- names from the retention record and the index ------------------------------------------
 
 

@@ -9,7 +9,8 @@ classes, ``torch.Size``, dtypes, layouts, memory formats, paths) and refuses any
 global with :py:class:`ShardIndexError`, before anything is called.
 
 :py:func:`shard_reader` is the storage reader handed to ``torch.distributed.checkpoint.load``:
-Distributed Checkpoint's own reader with the index read this way. A reader for another
+Distributed Checkpoint's own reader (of a local folder, or of a URL through fsspec) with the
+index read this way. A reader for another
 storage (a subclass of ``FileSystemReader``) gets the same reading by mixing in
 :py:class:`SafeIndexReading`.
 """
@@ -20,6 +21,7 @@ import importlib
 import io
 import pathlib
 import pickle
+from collections.abc import Mapping
 from typing import IO, Any
 
 import torch
@@ -148,21 +150,35 @@ class SafeIndexReading:
         return index
 
 
-def shard_reader(path: pathlib.Path) -> Any:
+def shard_reader(
+    path: str | pathlib.Path, storage_options: Mapping[str, Any] | None = None
+) -> Any:
     """Return Distributed Checkpoint's reader of a checkpoint folder, its index read safely.
 
     Args:
-        path: the checkpoint folder.
+        path: the checkpoint folder: a local path, or a URL (``s3://...``, ``file://...``)
+            read through fsspec.
+        storage_options: for a URL, the options of its fsspec file system.
 
     Returns:
-        A ``torch.distributed.checkpoint.FileSystemReader``.
+        A ``torch.distributed.checkpoint.FileSystemReader`` (local) or ``FsspecReader`` (URL)
+        whose :py:meth:`~SafeIndexReading.read_metadata` is :py:class:`SafeIndexReading`'s.
     """
     import torch.distributed.checkpoint as dcp
 
-    class SafeFileSystemReader(SafeIndexReading, dcp.FileSystemReader):
+    if isinstance(path, pathlib.Path):
+
+        class SafeFileSystemReader(SafeIndexReading, dcp.FileSystemReader):
+            pass
+
+        return SafeFileSystemReader(path)
+
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+    class SafeFsspecReader(SafeIndexReading, FsspecReader):
         pass
 
-    return SafeFileSystemReader(path)
+    return SafeFsspecReader(path, **dict(storage_options or {}))
 
 
 __all__ = [
