@@ -150,9 +150,7 @@ class SafeIndexReading:
         return index
 
 
-def shard_reader(
-    path: str | pathlib.Path, storage_options: Mapping[str, Any] | None = None
-) -> Any:
+def shard_reader(path: str | pathlib.Path, storage_options: Mapping[str, Any] | None = None) -> Any:
     """Return Distributed Checkpoint's reader of a checkpoint folder, its index read safely.
 
     Args:
