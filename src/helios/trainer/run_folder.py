@@ -7,10 +7,12 @@ start time and command). A second run started on the same folder while the first
 holder, instead of deleting the live run's in-flight temporary file. The lock belongs to the
 open file, so the operating system drops it when the holding process dies: the leftovers of
 a killed run never hold the folder. On a clean end the holder removes the file. The lock
-file is opened without following links, and one that is not a regular file (a symbolic
-link to another file, a FIFO, a folder) is refused with a message, never written through. Locks live
-in the kernel of one machine; on a network file system they are only as good as its
-``flock`` support (NFSv4 maps them to its own locks; some file systems ignore them).
+file is opened without following links, and one that is not a regular file (a symbolic link
+to another file, a FIFO, a folder) is refused with a message, never written through. Its
+record is untrusted data (:py:func:`parse_holder`): one that cannot be read names an unknown
+holder (:py:func:`describe_holder`). Locks live in the kernel of one machine; on a network
+file system they are only as good as its ``flock`` support (NFSv4 maps them to its own
+locks; some file systems ignore them).
 
 Before anything trains, the folder is created if needed and a probe file is written and
 removed in it, so a folder that cannot be written fails ``fit`` at once rather than at the
@@ -30,6 +32,7 @@ import socket
 import stat
 import sys
 import tempfile
+from typing import Any
 
 LOCK_NAME = ".helios-run.lock"
 """The name of the lock file in a checkpoint folder."""
@@ -147,17 +150,51 @@ def _write_holder(fd: int) -> None:
 
 
 def _read_holder(fd: int, path: pathlib.Path) -> str:
-    """Describe the holder the lock file names, or say it is unknown (never raises)."""
     try:
-        holder = json.loads(os.pread(fd, 65536, 0).decode())
-        fields = [holder[key] for key in ("pid", "host", "started", "command")]
-    except (OSError, ValueError, RecursionError, KeyError, TypeError):
-        fields = []
-    if len(fields) == 4 and isinstance(fields[0], int) and _all_str(fields[1:]):
-        pid, host, started, command = fields
-        return f"pid {pid} on host {host}, started {started}: {command}"
+        data = os.pread(fd, 65536, 0)
+    except OSError:
+        data = b""
+    return describe_holder(data, path)
+
+
+def parse_holder(data: bytes) -> dict[str, Any] | None:
+    """Parse the record a lock's holder wrote, as untrusted data (never raises).
+
+    The record is JSON written by :py:class:`RunFolderLock` (or by a store's lock, which
+    adds fields of its own); whatever else a file holds (not UTF-8, not JSON, JSON nested
+    too deeply to parse, not an object) is no record.
+
+    Args:
+        data: the bytes of the lock file (or lock object).
+
+    Returns:
+        The record, or ``None`` if the data is not one.
+    """
+    try:
+        holder = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def describe_holder(data: bytes, where: str | pathlib.Path) -> str:
+    """Describe the holder a lock's record names, or say it is unknown (never raises).
+
+    Args:
+        data: the bytes of the lock file (or lock object).
+        where: the lock's path or URL, named when the holder is unknown.
+
+    Returns:
+        ``pid <pid> on host <host>, started <time>: <command>``, or a sentence saying the
+        lock is held by an unknown holder, naming ``where``.
+    """
+    holder = parse_holder(data) or {}
+    fields = [holder.get(key) for key in ("pid", "host", "started", "command")]
+    pid = fields[0]
+    if isinstance(pid, int) and not isinstance(pid, bool) and _all_str(fields[1:]):
+        return f"pid {pid} on host {fields[1]}, started {fields[2]}: {fields[3]}"
     return (
-        f"held by an unknown holder: {path} names no readable process (the holder is "
+        f"held by an unknown holder: {where} names no readable process (the holder is "
         "still starting, or the file was written by something else)"
     )
 
@@ -202,4 +239,10 @@ def _unusable(folder: pathlib.Path, error: OSError) -> CheckpointFolderError:
     )
 
 
-__all__ = ["LOCK_NAME", "CheckpointFolderError", "RunFolderLock"]
+__all__ = [
+    "LOCK_NAME",
+    "CheckpointFolderError",
+    "RunFolderLock",
+    "describe_holder",
+    "parse_holder",
+]

@@ -326,6 +326,25 @@ def test_an_unreadable_holder_is_an_unknown_holder(
     assert "RecursionError" not in err
 
 
+def test_a_lock_record_read_elsewhere_is_parsed_as_untrusted_data() -> None:
+    # The functions a lock kept elsewhere (a store's lock object) reads its record with.
+    from helios.trainer.run_folder import describe_holder, parse_holder
+
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    assert parse_holder(deep) is None
+    assert parse_holder(b"\xff") is None and parse_holder(b"[1]") is None
+    record = {"pid": 7, "host": "h", "started": "s", "command": "c", "lease_seconds": 60}
+    assert parse_holder(json.dumps(record).encode()) == record
+    assert (
+        describe_holder(json.dumps(record).encode(), "s3://b/run")
+        == "pid 7 on host h, started s: c"
+    )
+    assert describe_holder(deep, "s3://b/run/.helios-run.lock") == (
+        "held by an unknown holder: s3://b/run/.helios-run.lock names no readable process "
+        "(the holder is still starting, or the file was written by something else)"
+    )
+
+
 # -- a logger state naming a file elsewhere -------------------------------------------------
 
 
