@@ -1,0 +1,105 @@
+"""helios fit from a config file: the same run as in Python, and resuming with a changed config."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from cli_support import EXAMPLES, mlp_config, run_helios
+
+from helios.core import safe_torch_load
+
+pytestmark = pytest.mark.slow
+
+
+def _model_state(path: pathlib.Path) -> dict:
+    from helios.trainer import register_trainer_types_for_safe_load
+
+    register_trainer_types_for_safe_load()
+    return safe_torch_load(path, map_location="cpu")["model"]
+
+
+def _assert_bit_identical(a: dict, b: dict) -> None:
+    for key in ("net", "optimizer"):
+        left = dict(_flat(a[key]))
+        right = dict(_flat(b[key]))
+        assert left.keys() == right.keys()
+        for name, tensor in left.items():
+            assert tensor.dtype == right[name].dtype, name
+            assert torch.equal(tensor.view(torch.int32), right[name].view(torch.int32)), name
+
+
+def _flat(value: object, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        return [(prefix, value)] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in _flat(v, f"{prefix}.{k}")]
+    if isinstance(value, list):
+        return [pair for i, v in enumerate(value) for pair in _flat(v, f"{prefix}.{i}")]
+    return []
+
+
+def test_digits_config_run_equals_the_python_run_and_resumes_with_checked_changes(
+    tmp_path: pathlib.Path,
+) -> None:
+    config = EXAMPLES / "digits_config.yaml"
+    short = ["--trainer.total_steps=1", "--model.args.epochs=1"]
+    quiet = ["--trainer.enable_progress_bar=false", "--trainer.print_banner=false"]
+    result = run_helios("fit", config, *short, *quiet, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    python = subprocess.run(
+        [sys.executable, str(EXAMPLES / "digits_classifier.py"), "--root", "py", "--epochs", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert python.returncode == 0, python.stderr
+    name = "classifier_epoch_1_iter_89.pth"
+    from_config = tmp_path / "digits_run" / "chkpt" / "classifier" / name
+    _assert_bit_identical(
+        _model_state(from_config), _model_state(tmp_path / "py/chkpt/classifier" / name)
+    )
+
+    # Resuming with a changed learning rate would not continue the same run: refused,
+    # naming the key, before anything trains.
+    longer = ["--trainer.total_steps=2", "--model.args.epochs=1"]
+    changed = run_helios(
+        "fit", config, *longer, *quiet, "--model.args.optimizer.args.lr=0.05", cwd=tmp_path
+    )
+    assert changed.returncode == 2
+    assert "model.args.optimizer.args.lr: 0.01 -> 0.05" in changed.stderr
+    assert "--allow-change model.args.optimizer.args.lr" in changed.stderr
+    assert "trainer.total_steps" not in changed.stderr  # raising total_steps is allowed
+    assert not (from_config.parent / "classifier_epoch_2_iter_178.pth").exists()
+
+    allowed = run_helios(
+        "fit", config, *longer, *quiet, "--model.args.optimizer.args.lr=0.05",
+        "--allow-change", "model.args.optimizer.args.lr", cwd=tmp_path,
+    )  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+    assert "trainer.total_steps: 1 -> 2" in allowed.stderr
+    newest = from_config.parent / "classifier_epoch_2_iter_178.pth"
+    summary = json.loads(run_helios("inspect", newest, "--json", cwd=tmp_path).stdout)
+    assert summary["config"]["model"]["args"]["optimizer"]["args"]["lr"] == 0.05
+    assert summary["config_changes"] == [
+        {"model.args.optimizer.args.lr": [0.01, 0.05], "trainer.total_steps": [1, 2]}
+    ]
+    assert summary["environment"]["torch"] == str(torch.__version__)
+
+    # helios test loads the newest checkpoint (the digits module has no test split: the
+    # trainer says so and testing runs no batch).
+    tested = run_helios("test", config, *longer, *quiet, cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    assert f"Testing using checkpoint {newest.relative_to(tmp_path)}" in tested.stdout
+
+
+def test_python_m_helios_is_the_same_command(tmp_path: pathlib.Path) -> None:
+    config = mlp_config(tmp_path, total_steps=5, chkpt_frequency=5)
+    result = subprocess.run(
+        [sys.executable, "-m", "helios", "fit", config], cwd=tmp_path, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "chkpt" / "mlp" / "mlp_epoch_1_iter_5.pth").exists()
