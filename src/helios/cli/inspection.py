@@ -18,6 +18,7 @@ import os
 import pathlib
 import pickle
 import re
+import sys
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -72,6 +73,8 @@ def _allowed_types(extra: Sequence[str]) -> list[Any]:
         t for t in get_trainer_safe_types_for_load() if t.__name__ != f"{_foreign_path()}"
     ]
     allowed += _legacy_names()
+    if extra and str(pathlib.Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(pathlib.Path.cwd()))  # as for a config's imports
     for name in extra:
         module_name, _, attribute = name.rpartition(".")
         try:
@@ -93,7 +96,7 @@ def _reading(path: pathlib.Path) -> Iterator[None]:
     try:
         yield
     except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(error))
         what = found.group(1) if found else _first_line(error)
         raise CheckpointReadError(
             f"error: {path} holds a type that is not allowed for safe loading ({what}). "

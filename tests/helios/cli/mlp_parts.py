@@ -75,3 +75,10 @@ class LeakyCounter(MLPClassifier):
     def loss_scale(self) -> float:
         self._steps += 1
         return 1.0 + 0.01 * (self._steps % 7)
+
+
+class Marker:
+    """A type of the model's own in a checkpoint (not allowed for safe loading by default)."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
