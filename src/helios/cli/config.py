@@ -514,14 +514,26 @@ def _parse(parser: Any, given: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _value_error(value: Any, error: Exception) -> str:
-    expected = []
-    for line in str(error).splitlines():
-        line = line.strip().removeprefix("- ")
-        if line.startswith("Expected"):
-            line = re.sub(r"<(?:class|enum) '([\w.]+)'>", r"\1", line)
-            expected.append(line.removeprefix("Expected ").removeprefix("a ").removeprefix("an "))
+    text = str(error)
+    subtypes = re.search(r"Subtypes: \[(.*)\]", text)
+    if subtypes:
+        names = re.findall(r"<(?:class|enum) '([\w.]+)'>", subtypes.group(1))
+        expected = [name.rpartition(".")[2] for name in names]
+        for index, name in enumerate(names):
+            members = re.search(rf"member of <enum '{re.escape(name)}'>: (\{{.*\}})", text)
+            if members:
+                expected[index] += f" {members.group(1)}"
+    else:
+        expected = []
+        for line in text.splitlines():
+            line = line.strip().removeprefix("- ")
+            if line.startswith("Expected"):
+                line = re.sub(r"<(?:class|enum) '([\w.]+)'>", r"\1", line)
+                expected.append(
+                    line.removeprefix("Expected ").removeprefix("a ").removeprefix("an ")
+                )
     if not expected:
-        expected = [str(error).strip().splitlines()[-1]]
+        expected = [text.strip().splitlines()[-1]]
     return f"invalid value {_show(value)}: expected {' or '.join(expected)}"
 
 

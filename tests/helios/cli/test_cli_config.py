@@ -59,8 +59,8 @@ def test_a_spec_builds_its_registered_type_with_its_arguments() -> None:
         ),
         (
             "--trainer.train_unit=3",
-            r"error: trainer\.train_unit: invalid value 3 \(int\): expected member of "
-            r"TrainingUnit",
+            r"error: trainer\.train_unit: invalid value 3 \(int\): expected TrainingUnit "
+            r"\{ITERATION,EPOCH\} or str",
         ),
         (
             "--model.args.optimizer.type=Adamm",
@@ -69,7 +69,8 @@ def test_a_spec_builds_its_registered_type_with_its_arguments() -> None:
         ),
         (
             "--model.args.optimizer.args.lr=fast",
-            r"error: model\.args\.optimizer\.args\.lr: invalid value 'fast': expected float",
+            r"error: model\.args\.optimizer\.args\.lr: invalid value 'fast': expected float or "
+            r"Tensor",
         ),
         (
             "--model.args.network.args.layers=2",
