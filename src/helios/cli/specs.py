@@ -162,58 +162,58 @@ class Spec:
 
 
 class NetworkSpec(Spec):
-    """A network of :py:data:`helios.nn.NETWORK_REGISTRY`."""
+    """A network of :py:data:`helios.nn.utils.NETWORK_REGISTRY`."""
 
     kind = "network"
 
 
 class OptimizerSpec(Spec):
-    """An optimizer of :py:data:`helios.optim.OPTIMIZER_REGISTRY`; ``build(parameters)``."""
+    """An optimizer of :py:data:`helios.optim.utils.OPTIMIZER_REGISTRY`; ``build(parameters)``."""
 
     kind = "optimizer"
     supplied = 1
 
 
 class SchedulerSpec(Spec):
-    """A scheduler of :py:data:`helios.scheduler.SCHEDULER_REGISTRY`; ``build(optimizer)``."""
+    """A scheduler of :py:data:`helios.scheduler.utils.SCHEDULER_REGISTRY`; ``build(optimizer)``."""
 
     kind = "scheduler"
     supplied = 1
 
 
 class LossSpec(Spec):
-    """A loss of :py:data:`helios.losses.LOSS_REGISTRY`."""
+    """A loss of :py:data:`helios.losses.utils.LOSS_REGISTRY`."""
 
     kind = "loss"
 
 
 class MetricSpec(Spec):
-    """A metric of :py:data:`helios.metrics.METRICS_REGISTRY`."""
+    """A metric of :py:data:`helios.metrics.metrics.METRICS_REGISTRY`."""
 
     kind = "metric"
 
 
 class DatasetSpec(Spec):
-    """A dataset of :py:data:`helios.data.DATASET_REGISTRY`."""
+    """A dataset of :py:data:`helios.data.datamodule.DATASET_REGISTRY`."""
 
     kind = "dataset"
 
 
 class SamplerSpec(Spec):
-    """A sampler of :py:data:`helios.data.SAMPLER_REGISTRY`; ``build(dataset)``."""
+    """A sampler of :py:data:`helios.data.samplers.SAMPLER_REGISTRY`; ``build(dataset)``."""
 
     kind = "sampler"
     supplied = 1
 
 
 class TransformSpec(Spec):
-    """A transform of :py:data:`helios.data.TRANSFORM_REGISTRY`."""
+    """A transform of :py:data:`helios.data.transforms.TRANSFORM_REGISTRY`."""
 
     kind = "transform"
 
 
 class CollateFnSpec(Spec):
-    """A collate function of :py:data:`helios.data.COLLATE_FN_REGISTRY`.
+    """A collate function of :py:data:`helios.data.datamodule.COLLATE_FN_REGISTRY`.
 
     :py:meth:`build` follows :py:func:`helios.data.create_collate_fn`: a registered plain
     function without arguments is returned as it is.
