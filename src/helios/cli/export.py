@@ -63,7 +63,7 @@ def export_onnx(
     checked = config.model
     model = checked.target(**checked.kwargs)
     exports = getattr(model, "onnx_exports", None)
-    if exports is None:
+    if not callable(exports):
         raise ConfigError(
             "model",
             f"{type(model).__name__} defines no ONNX export: give it a method onnx_exports() "

@@ -63,6 +63,16 @@ class MLPClassifier(hlm.Model):
     def loss_scale(self) -> float:
         return 1.0
 
+    def onnx_exports(self) -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
+        return {"net": (self._net, torch.zeros(1, 64))}
+
+
+@hlm.MODEL_REGISTRY.register
+class NoExport(MLPClassifier):
+    """Defines no ONNX export."""
+
+    onnx_exports = None  # type: ignore[assignment]
+
 
 @hlm.MODEL_REGISTRY.register
 class LeakyCounter(MLPClassifier):

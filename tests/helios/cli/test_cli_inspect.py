@@ -117,6 +117,31 @@ def test_inspect_and_export_a_sharded_checkpoint_folder(
     assert "is not a sharded checkpoint (a .dcp folder): it is one file already" in again.stderr
 
 
+def test_export_the_networks_of_a_checkpoint_to_onnx(
+    trained: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    onnx = pytest.importorskip("onnx")
+    config = trained.parents[2] / "mlp.yaml"
+    result = run_helios(
+        "export", trained, "--onnx", tmp_path / "mlp.onnx", "--config", config, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    graph = onnx.load(str(tmp_path / "mlp.onnx")).graph
+    weights = {init.name: list(init.dims) for init in graph.initializer}
+    assert [16, 64] in weights.values()  # the trained network, checked against PyTorch
+    other = mlp_config(tmp_path, model="NoExport")
+    without = run_helios(
+        "export", trained, "--onnx", tmp_path / "x.onnx", "--config", other, cwd=tmp_path
+    )
+    assert without.returncode == 2
+    assert "error: model: NoExport defines no ONNX export: give it a method onnx_exports()" in (
+        without.stderr
+    )
+    bare = run_helios("export", trained, "--onnx", tmp_path / "y.onnx", cwd=tmp_path)
+    assert bare.returncode == 2
+    assert "export --onnx needs the run's --config" in bare.stderr
+
+
 def _write_helios_127(source: pathlib.Path, target: pathlib.Path) -> None:
     """The layout Helios 1.2.7 wrote: no ranks, its rng keys, TrainingState under its old name."""
     contents = _load(source)
