@@ -227,18 +227,23 @@ def _describe_model(model: Any, sharded: bool) -> dict[str, Any]:
                 for tensor, t in value.items()
             }
         elif _is_optimizer_state(value):
-            groups = value["param_groups"]
-            optimizers[name] = {
-                "param_groups": len(groups),
-                "parameters": sum(len(g.get("params", ())) for g in groups),
-                "state_tensors": sum(1 for _ in _tensors(value["state"])),
-                "hyperparameters": [
-                    {k: _plain(v) for k, v in g.items() if k != "params"} for g in groups
-                ],
-            }
+            optimizers[name] = _describe_optimizer(value)
+        elif isinstance(value, list | tuple) and value and all(map(_is_optimizer_state, value)):
+            for index, entry in enumerate(value):  # a list of optimizers (pyblaze)
+                optimizers[f"{name}.{index}"] = _describe_optimizer(entry)
         else:
             other[name] = _plain(value) if _small(value) else f"{type(value).__name__}"
     return {"networks": networks, "optimizers": optimizers, "other": other}
+
+
+def _describe_optimizer(value: Mapping[str, Any]) -> dict[str, Any]:
+    groups = value["param_groups"]
+    return {
+        "param_groups": len(groups),
+        "parameters": sum(len(g.get("params", ())) for g in groups),
+        "state_tensors": sum(1 for _ in _tensors(value["state"])),
+        "hyperparameters": [{k: _plain(v) for k, v in g.items() if k != "params"} for g in groups],
+    }
 
 
 def _small(value: Any) -> bool:
@@ -396,7 +401,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             lines.append(f"  {shown}")
     for name, value in model.get("other", {}).items():
         if name != "metrics":
-            lines.append(f"model entry {name}: {value}")
+            shown = str(value)
+            lines.append(f"model entry {name}: {shown[:200]}{'...' if len(shown) > 200 else ''}")
     if summary["metrics"]:
         lines.append(f"metrics: {summary['metrics']}")
     retention = summary.get("retention")

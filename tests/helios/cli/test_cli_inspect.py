@@ -240,3 +240,42 @@ def test_inspect_never_unpickles_code_and_allows_own_types_by_name(
     )
     assert allowed.returncode == 0, allowed.stderr
     assert "model entry marker: <mlp_parts.Marker object" in allowed.stdout
+
+
+def test_a_pyblaze_run_is_inspectable(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import pyblaze.nn as xnn
+
+    class Net(xnn.Estimator, nn.Module):
+        __engine__ = xnn.SupervisedEngine
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    model = Net()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        model.fit(
+            DataLoader(data, batch_size=16), epochs=1, loss=nn.CrossEntropyLoss(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), gpu=False,
+            trainer_options={"chkpt_root": tmp_path, "chkpt_frequency": 1},
+        )  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    (path,) = (tmp_path / "pyblaze_Net").glob("*.pth")
+    capsys.readouterr()
+    assert main(["inspect", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["position"]["global_epoch"] == 1
+    assert summary["model"]["networks"]["module"]["fc.weight"]["shape"] == [2, 4]
+    assert summary["model"]["optimizers"]["optimizers.0"]["parameters"] == 2
