@@ -103,3 +103,22 @@ def test_python_m_helios_is_the_same_command(tmp_path: pathlib.Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "chkpt" / "mlp" / "mlp_epoch_1_iter_5.pth").exists()
+
+
+def test_the_same_command_under_torchrun(tmp_path: pathlib.Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    config = mlp_config(tmp_path, total_steps=10, chkpt_frequency=10, use_cpu=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={port}", "-m", "helios", "fit", config],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    checkpoint = tmp_path / "chkpt" / "mlp" / "mlp_epoch_1_iter_10.pth"
+    summary = json.loads(run_helios("inspect", checkpoint, "--json", cwd=tmp_path).stdout)
+    assert summary["world_size"] == 2
+    assert summary["config"]["trainer"]["use_cpu"] is True
