@@ -64,6 +64,22 @@ class ConfigError(ValueError):
 # -- loading and overrides -------------------------------------------------------------------
 
 
+def require_cli_extra() -> None:
+    """Check that the config library is installed.
+
+    Raises:
+        ImportError: naming the extra that installs it.
+    """
+    try:
+        import jsonargparse  # noqa: F401
+        import yaml  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            f"error: the helios command needs {error.name}: install the cli extra with "
+            'pip install "helios-blaze[cli]"'
+        ) from error
+
+
 def load_config_file(path: pathlib.Path) -> dict[str, Any]:
     """Read a YAML or JSON config file into a dictionary.
 
@@ -662,6 +678,7 @@ def resolve_config(path: pathlib.Path, overrides: Sequence[tuple[str, Any]] = ()
     from helios.plugins import PLUGIN_REGISTRY, Plugin
     from helios.trainer import Trainer
 
+    require_cli_extra()
     config = load_config_file(path)
     for key, value in overrides:
         apply_override(config, key, value)
@@ -788,6 +805,7 @@ __all__ = [
     "load_config_file",
     "parse_override_value",
     "parse_overrides",
+    "require_cli_extra",
     "resolve_config",
     "resolve_type",
 ]

@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return _export(args, parser)
         return _migrate(args)
-    except ConfigError as error:
+    except (ConfigError, ImportError) as error:
         print(error, file=sys.stderr)
         return USAGE_ERROR
 
