@@ -486,11 +486,11 @@ def check_arguments(
         elif _is_plain(param.default):
             plain[param.name] = _plain(param.default)
     given_typed = {name: args[name] for name in typed if name in args}
-    parsed = _parse(parser, given_typed, key)
+    parsed, built = _parse(parser, given_typed, key)
     for name in typed:
         value = parsed.get(name)
         if name in args:
-            kwargs[name] = value
+            kwargs[name] = built.get(name, value)
         if name in args or _is_plain(value):
             plain[name] = _plain(value)
     for name in unknown:  # taken by **kwargs
@@ -513,11 +513,14 @@ def _add_typed_argument(parser: Any, param: inspect.Parameter, hint: Any) -> boo
     return True
 
 
-def _parse(parser: Any, given: dict[str, Any], key: str) -> dict[str, Any]:
+def _parse(parser: Any, given: dict[str, Any], key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check the given values; return them as parsed (plain) and as built (for the call)."""
     from jsonargparse import ArgumentError
 
     try:
         namespace = parser.parse_object(given)
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+        built = instantiate(namespace)  # ``instantiate`` from jsonargparse 4.49 on
     except ArgumentError as error:
         # Find the first key that fails on its own, to name it.
         for name, value in given.items():
@@ -526,7 +529,8 @@ def _parse(parser: Any, given: dict[str, Any], key: str) -> dict[str, Any]:
             except ArgumentError as single:
                 raise ConfigError(f"{key}.{name}", _value_error(value, single)) from None
         raise ConfigError(key, str(error)) from None
-    return dict(vars(namespace))
+    plain: dict[str, Any] = namespace.as_dict()  # nested namespaces as dicts
+    return plain, {name: getattr(built, name) for name in plain}
 
 
 def _value_error(value: Any, error: Exception) -> str:

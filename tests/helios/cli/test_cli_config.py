@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import re
@@ -144,3 +145,24 @@ def test_print_config_shows_the_resolved_config_with_overrides_and_defaults(
     again = run_helios("fit", tmp_path / "resolved.yaml", "--print-config=json", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == resolved
+
+
+@dataclasses.dataclass
+class Window:
+    size: int = 1
+    label: str = "w"
+
+
+class Reader:
+    def __init__(self, window: Window, root: pathlib.Path | None = None) -> None:
+        pass
+
+
+def test_a_dataclass_argument_is_built_from_its_mapping_and_checked() -> None:
+    from helios.cli.config import check_arguments
+
+    checked = check_arguments(Reader, {"window": {"size": 5}, "root": "data"}, "datamodule.args")
+    assert checked.kwargs == {"window": Window(5, "w"), "root": pathlib.Path("data")}
+    assert checked.plain == {"window": {"size": 5, "label": "w"}, "root": "data"}
+    with pytest.raises(ConfigError, match=r"datamodule\.args\.window: invalid value"):
+        check_arguments(Reader, {"window": {"size": "big"}}, "datamodule.args")
