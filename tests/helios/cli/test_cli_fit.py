@@ -43,7 +43,7 @@ def _flat(value: object, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
     return []
 
 
-def test_digits_config_run_equals_the_python_run_and_resumes_with_checked_changes(
+def test_a_config_file_run_of_the_digits_classifier_equals_the_python_run(
     tmp_path: pathlib.Path,
 ) -> None:
     config = EXAMPLES / "digits_config.yaml"
@@ -61,38 +61,6 @@ def test_digits_config_run_equals_the_python_run_and_resumes_with_checked_change
     _assert_bit_identical(
         _model_state(from_config), _model_state(tmp_path / "py/chkpt/classifier" / name)
     )
-
-    # Resuming with a changed learning rate would not continue the same run: refused,
-    # naming the key, before anything trains.
-    longer = ["--trainer.total_steps=2", "--model.args.epochs=1"]
-    changed = run_helios(
-        "fit", config, *longer, *quiet, "--model.args.optimizer.args.lr=0.05", cwd=tmp_path
-    )
-    assert changed.returncode == 2
-    assert "model.args.optimizer.args.lr: 0.01 -> 0.05" in changed.stderr
-    assert "--allow-change model.args.optimizer.args.lr" in changed.stderr
-    assert "trainer.total_steps" not in changed.stderr  # raising total_steps is allowed
-    assert not (from_config.parent / "classifier_epoch_2_iter_178.pth").exists()
-
-    allowed = run_helios(
-        "fit", config, *longer, *quiet, "--model.args.optimizer.args.lr=0.05",
-        "--allow-change", "model.args.optimizer.args.lr", cwd=tmp_path,
-    )  # fmt: skip
-    assert allowed.returncode == 0, allowed.stderr
-    assert "trainer.total_steps: 1 -> 2" in allowed.stderr
-    newest = from_config.parent / "classifier_epoch_2_iter_178.pth"
-    summary = json.loads(run_helios("inspect", newest, "--json", cwd=tmp_path).stdout)
-    assert summary["config"]["model"]["args"]["optimizer"]["args"]["lr"] == 0.05
-    assert summary["config_changes"] == [
-        {"model.args.optimizer.args.lr": [0.01, 0.05], "trainer.total_steps": [1, 2]}
-    ]
-    assert summary["environment"]["torch"] == str(torch.__version__)
-
-    # helios test loads the newest checkpoint (the digits module has no test split: the
-    # trainer says so and testing runs no batch).
-    tested = run_helios("test", config, *longer, *quiet, cwd=tmp_path)
-    assert tested.returncode == 0, tested.stderr
-    assert f"Testing using checkpoint {newest.relative_to(tmp_path)}" in tested.stdout
 
 
 def test_python_m_helios_is_the_same_command(tmp_path: pathlib.Path) -> None:
@@ -122,3 +90,41 @@ def test_the_same_command_under_torchrun(tmp_path: pathlib.Path) -> None:
     summary = json.loads(run_helios("inspect", checkpoint, "--json", cwd=tmp_path).stdout)
     assert summary["world_size"] == 2
     assert summary["config"]["trainer"]["use_cpu"] is True
+
+
+def test_a_resume_with_a_changed_config_is_refused_unless_allowed_by_name(
+    tmp_path: pathlib.Path,
+) -> None:
+    config = mlp_config(tmp_path, total_steps=10, chkpt_frequency=10)
+    first = run_helios("fit", config, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "chkpt" / "mlp"
+
+    # A changed learning rate would not continue the same run: refused, naming the key,
+    # before anything trains. Raising total_steps alone is allowed.
+    longer = ["--trainer.total_steps=20", "--model.args.optimizer.args.lr=0.05"]
+    changed = run_helios("fit", config, *longer, cwd=tmp_path)
+    assert changed.returncode == 2
+    assert "model.args.optimizer.args.lr: 0.01 -> 0.05" in changed.stderr
+    assert "--allow-change model.args.optimizer.args.lr" in changed.stderr
+    assert "trainer.total_steps" not in changed.stderr
+    assert sorted(p.name for p in folder.glob("*.pth")) == ["mlp_epoch_1_iter_10.pth"]
+
+    allowed = run_helios(
+        "fit", config, *longer, "--allow-change", "model.args.optimizer", cwd=tmp_path
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert "trainer.total_steps: 10 -> 20" in allowed.stderr
+    newest = folder / "mlp_epoch_1_iter_20.pth"
+    summary = json.loads(run_helios("inspect", newest, "--json", cwd=tmp_path).stdout)
+    assert summary["config"]["model"]["args"]["optimizer"]["args"]["lr"] == 0.05
+    assert summary["config_changes"] == [
+        {"model.args.optimizer.args.lr": [0.01, 0.05], "trainer.total_steps": [10, 20]}
+    ]
+    assert summary["environment"]["torch"] == str(torch.__version__)
+
+    # helios test loads the newest checkpoint (the data module has no test split: the
+    # trainer says so and tests no batch).
+    tested = run_helios("test", config, *longer, cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    assert "Testing using checkpoint chkpt/mlp/mlp_epoch_1_iter_20.pth" in tested.stdout

@@ -118,7 +118,7 @@ def test_inspect_and_export_a_sharded_checkpoint_folder(
 
 
 def test_export_the_networks_of_a_checkpoint_to_onnx(
-    trained: pathlib.Path, tmp_path: pathlib.Path
+    trained: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     onnx = pytest.importorskip("onnx")
     config = trained.parents[2] / "mlp.yaml"
@@ -130,16 +130,14 @@ def test_export_the_networks_of_a_checkpoint_to_onnx(
     weights = {init.name: list(init.dims) for init in graph.initializer}
     assert [16, 64] in weights.values()  # the trained network, checked against PyTorch
     other = mlp_config(tmp_path, model="NoExport")
-    without = run_helios(
-        "export", trained, "--onnx", tmp_path / "x.onnx", "--config", other, cwd=tmp_path
+    assert (
+        main(["export", str(trained), "--onnx", str(tmp_path / "x.onnx"), "--config", other]) == 2
     )
-    assert without.returncode == 2
-    assert "error: model: NoExport defines no ONNX export: give it a method onnx_exports()" in (
-        without.stderr
-    )
-    bare = run_helios("export", trained, "--onnx", tmp_path / "y.onnx", cwd=tmp_path)
-    assert bare.returncode == 2
-    assert "export --onnx needs the run's --config" in bare.stderr
+    message = "error: model: NoExport defines no ONNX export: give it a method onnx_exports()"
+    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse's usage error
+        main(["export", str(trained), "--onnx", str(tmp_path / "y.onnx")])
+    assert "export --onnx needs the run's --config" in capsys.readouterr().err
 
 
 def _write_helios_127(source: pathlib.Path, target: pathlib.Path) -> None:
