@@ -57,7 +57,7 @@ class ConfigError(ValueError):
     """
 
     def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"error: {key}: {message}" if key else f"error: {message}")
+        super().__init__(f"{key}: {message}" if key else message)
         self.key = key
 
 
@@ -75,7 +75,7 @@ def require_cli_extra() -> None:
         import yaml  # noqa: F401
     except ImportError as error:
         raise ImportError(
-            f"error: the helios command needs {error.name}: install the cli extra with "
+            f"the helios command needs {error.name}: install the cli extra with "
             'pip install "helios-blaze[cli]"'
         ) from error
 

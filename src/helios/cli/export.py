@@ -30,13 +30,13 @@ def export_single_file(path: pathlib.Path, output: pathlib.Path | None) -> pathl
 
     if not (path.is_dir() and path.suffix == ".dcp"):
         raise CheckpointReadError(
-            f"error: {path} is not a sharded checkpoint (a .dcp folder): it is one file "
+            f"{path} is not a sharded checkpoint (a .dcp folder): it is one file "
             "already. To export its networks to ONNX, pass --onnx OUT.onnx --config CONFIG"
         )
     try:
         return export_full_checkpoint(path, output)
     except ValueError as error:
-        raise CheckpointReadError(f"error: {path}: {error}") from error
+        raise CheckpointReadError(f"{path}: {error}") from error
 
 
 def export_onnx(

@@ -25,8 +25,9 @@ import torch
 from helios.plugins import Plugin
 
 if TYPE_CHECKING:
+    from helios.core.placement import RunTrainer
     from helios.model import Model
-    from helios.trainer import Trainer, TrainingState
+    from helios.trainer import TrainingState
 
 PLUGIN_ID = "verify_resume_fingerprint"
 
@@ -86,7 +87,7 @@ class FingerprintPlugin(Plugin):
         self._path = pathlib.Path(path)
         self._file: IO[str] | None = None
 
-    def configure_trainer(self, trainer: Trainer) -> None:
+    def configure_trainer(self, trainer: RunTrainer) -> None:
         """Register the plug-in."""
         self._register_in_trainer(trainer)
 

@@ -81,7 +81,7 @@ def _allowed_types(extra: Sequence[str]) -> list[Any]:
             allowed.append(getattr(importlib.import_module(module_name), attribute))
         except (ImportError, AttributeError, ValueError) as error:
             raise CheckpointReadError(
-                f"error: --allow-type {name}: cannot import it ({error}); expected a dotted "
+                f"--allow-type {name}: cannot import it ({error}); expected a dotted "
                 "module.Class path"
             ) from error
     return allowed
@@ -99,13 +99,13 @@ def _reading(path: pathlib.Path) -> Iterator[None]:
         found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(error))
         what = found.group(1) if found else _first_line(error)
         raise CheckpointReadError(
-            f"error: {path} holds a type that is not allowed for safe loading ({what}). "
+            f"{path} holds a type that is not allowed for safe loading ({what}). "
             "If you trust the file and the type is the model's own, allow it with --allow-type "
             "module.Class"
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointReadError(
-            f"error: {path} is not a readable checkpoint ({type(error).__name__}: "
+            f"{path} is not a readable checkpoint ({type(error).__name__}: "
             f"{_first_line(error)}): truncated, overwritten or not written by torch.save"
         ) from error
 
@@ -116,10 +116,10 @@ def _first_line(error: BaseException) -> str:
 
 def _load_file(path: pathlib.Path, allowed: list[Any]) -> Any:
     if not path.is_file():
-        raise CheckpointReadError(f"error: no checkpoint file at {path}")
+        raise CheckpointReadError(f"no checkpoint file at {path}")
     if not zipfile.is_zipfile(path):
         raise CheckpointReadError(
-            f"error: {path} is not a readable checkpoint: not a torch.save archive "
+            f"{path} is not a readable checkpoint: not a torch.save archive "
             "(truncated, overwritten or another kind of file)"
         )
     with _reading(path), torch.serialization.safe_globals(allowed):
@@ -147,7 +147,7 @@ def read_checkpoint(
     if path.is_dir():
         if path.suffix != SHARDED_SUFFIX:
             raise CheckpointReadError(
-                f"error: {path} is a folder but not a sharded checkpoint (a {SHARDED_SUFFIX} "
+                f"{path} is a folder but not a sharded checkpoint (a {SHARDED_SUFFIX} "
                 "folder); name a checkpoint file or folder inside it"
             )
         contents = _load_file(path / CONTENTS_NAME, allowed)
@@ -155,20 +155,19 @@ def read_checkpoint(
         sharded = True
     else:
         if not path.exists():
-            raise CheckpointReadError(f"error: no checkpoint at {path}")
+            raise CheckpointReadError(f"no checkpoint at {path}")
         contents = _load_file(path, allowed)
         files = {path.name: path.stat().st_size}
         sharded = False
     if not isinstance(contents, dict):
         raise CheckpointReadError(
-            f"error: {path} is not a helios checkpoint: it holds a {type(contents).__name__}, "
-            "not a dict"
+            f"{path} is not a helios checkpoint: it holds a {type(contents).__name__}, not a dict"
         )
     missing = [k for k in ("training_state", "model") if k not in contents]
     missing = [k for k in missing if k not in contents.get(SHARDED_PARTS_KEY, ())]
     if missing:
         raise CheckpointReadError(
-            f"error: {path} is not a helios checkpoint: missing {missing}; keys present: "
+            f"{path} is not a helios checkpoint: missing {missing}; keys present: "
             f"{sorted(map(str, contents))}"
         )
     return LoadedCheckpoint(path, contents, sharded, files)
@@ -179,7 +178,7 @@ def read_checkpoint(
 _TRAINER_KEYS = {
     "version", "training_state", "model", "rng", "ranks", "running_losses", "precision",
     "log_path", "run_path", "tensorboard_events", "preemption", "loggers", "run_end",
-    "checkpoint_retention", SHARDED_PARTS_KEY,
+    "environment", "checkpoint_retention", SHARDED_PARTS_KEY,
 }  # fmt: skip
 
 
@@ -335,11 +334,7 @@ def summarize(loaded: LoadedCheckpoint) -> dict[str, Any]:
         ],
         "run_end": _plain(contents.get("run_end")),
         "preemption": _plain(contents.get("preemption")),
-        "plugins": sorted(
-            str(k)
-            for k in contents
-            if k not in _TRAINER_KEYS and k not in ("config", "environment")
-        ),
+        "plugins": sorted(str(k) for k in contents if k not in _TRAINER_KEYS and k != "config"),
         "config": _plain(config.get("config")) if isinstance(config, Mapping) else None,
         "config_changes": _plain(config.get("changes", [])) if isinstance(config, Mapping) else [],
         "environment": _plain(contents.get("environment")),
@@ -430,7 +425,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         for earlier in env.get("earlier", []):
             lines.append(f"  earlier: {', '.join(f'{k} {v}' for k, v in earlier.items())}")
     else:
-        lines.append("environment: not recorded (written by Python code or an older helios)")
+        lines.append("environment: not recorded (written by an older helios)")
     if config:
         from .config import dump_config
 

@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args, parser)
         return _migrate(args)
     except (ConfigError, ImportError) as error:
-        print(error, file=sys.stderr)
+        _report(error)
         return USAGE_ERROR
 
 
@@ -172,7 +172,7 @@ def _config_command(args: argparse.Namespace, extra: list[str]) -> int:
             workdir=args.workdir, timeout=args.timeout, model_types=model.types_for_safe_load(),
         )  # fmt: skip
     except RunFailedError as error:
-        print(error, file=sys.stderr)
+        _report(error)
         return 1
 
 
@@ -182,7 +182,7 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         summary = summarize(read_checkpoint(args.checkpoint, args.allow_type))
     except CheckpointReadError as error:
-        print(error, file=sys.stderr)
+        _report(error)
         return 1
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -206,7 +206,7 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             return 0
         print(f"wrote {export_single_file(args.checkpoint, args.output)}")
     except CheckpointReadError as error:
-        print(error, file=sys.stderr)
+        _report(error)
         return 1
     return 0
 
@@ -219,9 +219,14 @@ def _migrate(args: argparse.Namespace) -> int:
     try:
         migrate_checkpoints_to_current_version(args.root)
     except (OSError, RuntimeError, pickle.UnpicklingError) as error:
-        print(error, file=sys.stderr)
+        _report(error)
         return 1
     return 0
+
+
+def _report(error: BaseException) -> None:
+    """Show why the command failed, on stderr, as command-line tools do (``error: ...``)."""
+    print(f"error: {error}", file=sys.stderr)
 
 
 def console_main() -> None:

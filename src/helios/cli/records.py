@@ -1,41 +1,24 @@
-"""What a run started by the ``helios`` command records in every checkpoint.
+"""What a run started by the ``helios`` command records in every checkpoint: its config.
 
-Two named checkpoint parts:
+The ``config`` part (:py:class:`ConfigRecord`) is the resolved config of the run, added with
+:py:meth:`helios.trainer.Trainer.add_checkpoint_part`. On resume the new config is compared
+with the saved one; the keys that changed are listed, and a change that could make the
+resumed run differ from an uninterrupted one is refused unless the user allows it by name
+(``--allow-change trainer.total_steps``). Raising ``trainer.total_steps`` is always allowed,
+and so are keys that cannot change what is trained (:py:data:`HARMLESS_KEYS`).
 
-* ``config`` (:py:class:`ConfigRecord`): the resolved config of the run. On resume the new
-  config is compared with the saved one; the keys that changed are listed, and a change
-  that could make the resumed run differ from an uninterrupted one is refused unless the
-  user allows it by name (``--allow-change trainer.total_steps``). Raising
-  ``trainer.total_steps`` is always allowed, and so are keys that cannot change what is
-  trained (:py:data:`HARMLESS_KEYS`).
-* ``environment`` (:py:class:`EnvironmentRecord`): the helios, torch and Python versions,
-  the platform and the device kind the checkpoint was written in, and the distinct
-  environments of earlier segments of the run.
-
-They are attached to a trainer by :py:func:`attach_parts`, the one place that knows how a
-front end adds a named part to the trainer's checkpoints (today: a plug-in whose state is
-the part's; a plug-in's state is saved in every checkpoint under its id).
+The environment a checkpoint was written in is not the command's: the trainer records it in
+every checkpoint (:py:mod:`helios.trainer.checkpoint.environment`).
 """
 
 from __future__ import annotations
 
 import math
-import platform
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
-
-import torch
-
-from helios.plugins import Plugin
-
-if TYPE_CHECKING:
-    from helios.trainer import Trainer
+from typing import Any
 
 CONFIG_PART = "config"
 """The key of the resolved config in a checkpoint."""
-
-ENVIRONMENT_PART = "environment"
-"""The key of the environment record in a checkpoint."""
 
 HARMLESS_KEYS = (
     "trainer.print_banner",
@@ -56,55 +39,6 @@ HARMLESS_KEYS = (
     "loggers",
 )
 """Keys whose change cannot make a resumed run train differently (listed, not refused)."""
-
-
-class RunPart(Protocol):
-    """A named part of every checkpoint (the trainer's part protocol)."""
-
-    def state_dict(self) -> Any:
-        """Return the state to save."""
-
-    def load_state_dict(self, state_dict: Any) -> None:
-        """Restore a saved state."""
-
-
-class _PartPlugin(Plugin):
-    """Carries a part into the checkpoints as a plug-in with the part's name as its id."""
-
-    def __init__(self, name: str, part: RunPart) -> None:
-        super().__init__(name)
-        self._part = part
-
-    def configure_trainer(self, trainer: Trainer) -> None:
-        self._register_in_trainer(trainer)
-
-    def setup(self) -> None:
-        bind = getattr(self._part, "bind", None)
-        if bind is not None:
-            bind(self.device)
-
-    def state_dict(self) -> Any:
-        return self._part.state_dict()
-
-    def load_state_dict(self, state_dict: Any) -> None:
-        self._part.load_state_dict(state_dict)
-
-
-def attach_parts(trainer: Trainer, parts: Mapping[str, RunPart]) -> None:
-    """Add named parts to every checkpoint the trainer writes, restored when it resumes.
-
-    Args:
-        trainer: the trainer.
-        parts: the parts by checkpoint key.
-
-    Raises:
-        KeyError: if a plug-in of the trainer already uses one of the names.
-    """
-    for name, part in parts.items():
-        _PartPlugin(name, part).configure_trainer(trainer)
-
-
-# -- the resolved config ---------------------------------------------------------------------
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -186,7 +120,7 @@ def refusal_message(path: Any, refused: Mapping[str, Any]) -> str:
     """The message that refuses a resume, naming each refused key and how to allow it."""
     flags = " ".join(f"--allow-change {key}" for key in refused)
     return (
-        f"error: the config differs from the one saved in {path} in keys that can change "
+        f"the config differs from the one saved in {path} in keys that can change "
         f"what is trained, so the resumed run would not continue the same run:\n"
         f"{describe_changes(refused)}\n"
         f"Run with the saved values, allow the changes by name ({flags}), or start a new "
@@ -228,80 +162,14 @@ class ConfigRecord:
             self.history.append(changes)
 
 
-# -- the environment -------------------------------------------------------------------------
-
-
-def environment(device: torch.device | None = None) -> dict[str, Any]:
-    """Describe the software and the device a run executes on.
-
-    Args:
-        device: the run's device (``None``: the CPU).
-
-    Returns:
-        ``helios``, ``torch``, ``python``, ``platform``, ``device`` (``"cpu"`` or the GPU's
-        name), and ``cuda``/``cudnn`` versions on a GPU.
-    """
-    import helios
-
-    record: dict[str, Any] = {
-        "helios": str(helios.__version__),
-        "torch": str(torch.__version__),  # a TorchVersion, which safe loading refuses
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": "cpu",
-    }
-    if device is not None and device.type == "cuda":
-        record["device"] = f"cuda: {torch.cuda.get_device_name(device)}"
-        record["cuda"] = str(torch.version.cuda)
-        record["cudnn"] = str(torch.backends.cudnn.version())
-    elif device is not None and device.type != "cpu":
-        record["device"] = device.type
-    return record
-
-
-class EnvironmentRecord:
-    """The environment each checkpoint was written in, and those of earlier segments."""
-
-    def __init__(self) -> None:
-        self._device: torch.device | None = None
-        self.earlier: list[dict[str, Any]] = []
-
-    def bind(self, device: torch.device) -> None:
-        """Note the run's device (called when the run is set up)."""
-        self._device = device
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return this environment, with ``earlier`` listing the other ones of the run."""
-        return {**environment(self._device), "earlier": list(self.earlier)}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Keep the saved environment in ``earlier`` when it differs from this one."""
-        earlier = [dict(e) for e in state_dict.get("earlier", [])]
-        previous = {k: v for k, v in state_dict.items() if k != "earlier"}
-        if previous and previous != environment(self._device) and previous not in earlier:
-            earlier.append(previous)
-        self.earlier = earlier
-
-
-def run_parts(config: Mapping[str, Any], allowed: Sequence[str]) -> dict[str, RunPart]:
-    """The parts a run of the ``helios`` command adds to its checkpoints, by key."""
-    return {CONFIG_PART: ConfigRecord(config, allowed), ENVIRONMENT_PART: EnvironmentRecord()}
-
-
 __all__ = [
     "CONFIG_PART",
-    "ENVIRONMENT_PART",
     "HARMLESS_KEYS",
     "ConfigChangedError",
     "ConfigRecord",
-    "EnvironmentRecord",
-    "RunPart",
-    "attach_parts",
     "config_changes",
     "describe_changes",
-    "environment",
     "flatten",
     "refusal_message",
     "refused_changes",
-    "run_parts",
 ]

@@ -77,7 +77,7 @@ def build_run(config: ResolvedConfig, extra_plugins: Sequence[Plugin] = ()) -> R
     try:
         trainer = Trainer(**config.trainer, loggers=loggers or None)
     except (TypeError, ValueError, RuntimeError) as error:
-        message = str(error).removeprefix("error: ")
+        message = str(error)
         named = re.match(r"\w+", message)
         key = f"trainer.{named.group()}" if named and named.group() in config.trainer else "trainer"
         raise ConfigError(key, message) from error
@@ -89,7 +89,7 @@ def build_run(config: ResolvedConfig, extra_plugins: Sequence[Plugin] = ()) -> R
             plugin.configure_trainer(trainer)
             plugin.configure_model(model)
         except (KeyError, ValueError, TypeError) as error:
-            raise ConfigError(f"plugins.{index}", str(error).removeprefix("error: ")) from error
+            raise ConfigError(f"plugins.{index}", str(error)) from error
     root = config.trainer.get("chkpt_root")
     return Run(model, datamodule, trainer, plugins, pathlib.Path(root) if root else None)
 
@@ -140,7 +140,7 @@ def check_resume(run: Run, config: ResolvedConfig, allowed: Sequence[str]) -> li
     changes = records.config_changes(record["config"], config.data)
     refused = records.refused_changes(changes, allowed)
     if refused:
-        raise ConfigError("", records.refusal_message(path, refused).removeprefix("error: "))
+        raise ConfigError("", records.refusal_message(path, refused))
     return [f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()]
 
 
@@ -167,13 +167,17 @@ def fit(
         ConfigError: for a config that cannot run or a refused change.
     """
     run = build_run(config, extra_plugins)
+    taken = run.trainer.plugins.get(records.CONFIG_PART)
+    if taken is not None:
+        raise ConfigError(
+            "plugins",
+            f"the plug-in {type(taken).__name__} has the id {records.CONFIG_PART!r}, the key "
+            "the helios command saves the run's config under: give the plug-in another id",
+        )
     changes = check_resume(run, config, allowed)
     if changes and _is_main_process():
         print("Resuming with a changed config:\n  " + "\n  ".join(changes), file=sys.stderr)
-    try:
-        records.attach_parts(run.trainer, records.run_parts(config.data, allowed))
-    except KeyError as error:
-        raise ConfigError("plugins", str(error).strip("'\"").removeprefix("error: ")) from error
+    run.trainer.add_checkpoint_part(records.CONFIG_PART, records.ConfigRecord(config.data, allowed))
     return 0 if run.trainer.fit(run.model, run.datamodule) else 1
 
 

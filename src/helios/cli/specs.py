@@ -82,7 +82,7 @@ def _registry(kind: str) -> Registry:
         from helios.model import MODEL_REGISTRY
 
         return MODEL_REGISTRY
-    raise ValueError(f"error: unknown kind of part {kind!r}")
+    raise ValueError(f"unknown kind of part {kind!r}")
 
 
 class Spec:
@@ -106,12 +106,12 @@ class Spec:
     def __init__(self, type: str, args: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if not isinstance(type, str) or not type:
             raise TypeError(
-                f"error: {self.__class__.__name__} type must be a registered name (a "
+                f"{self.__class__.__name__} type must be a registered name (a "
                 f"non-empty str), got {type!r}"
             )
         if args is not None and not isinstance(args, Mapping):
             raise TypeError(
-                f"error: {self.__class__.__name__} args must be a mapping of argument names "
+                f"{self.__class__.__name__} args must be a mapping of argument names "
                 f"to values, got {args!r}"
             )
         self.type = type

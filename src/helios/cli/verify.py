@@ -146,7 +146,7 @@ class Runner:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
                     raise RunFailedError(
-                        f"error: an attempt ran longer than {self.timeout:.0f}s; see "
+                        f"an attempt ran longer than {self.timeout:.0f}s; see "
                         f"{self.folder / 'output.log'}"
                     )
                 time.sleep(0.005)
@@ -393,7 +393,7 @@ def verify_resume(
     done = reference.run()
     if done.returncode != 0:
         raise RunFailedError(
-            f"error: the uninterrupted run failed (exit {done.returncode}); see "
+            f"the uninterrupted run failed (exit {done.returncode}); see "
             f"{reference.folder / 'output.log'}"
         )
     reference_steps = read_fingerprints(reference.fingerprint)
@@ -408,7 +408,7 @@ def verify_resume(
         expected = {-signal.SIGKILL, 128 + signal.SIGTERM, 0}
         if attempt.returncode not in expected:
             raise RunFailedError(
-                f"error: the interrupted run failed (exit {attempt.returncode}) after "
+                f"the interrupted run failed (exit {attempt.returncode}) after "
                 f"{attempt.signal or 'no signal'}; see {interrupted.folder / 'output.log'}"
             )
         print(
@@ -418,7 +418,7 @@ def verify_resume(
     final = interrupted.run()
     if final.returncode != 0:
         raise RunFailedError(
-            f"error: the resumed run failed (exit {final.returncode}); see "
+            f"the resumed run failed (exit {final.returncode}); see "
             f"{interrupted.folder / 'output.log'}"
         )
     print(f"interrupted: finished after {len(interrupted.attempts) - 1} interruption(s)")
@@ -427,7 +427,7 @@ def verify_resume(
     a = _newest_checkpoint(reference.folder / "chkpt")
     b = _newest_checkpoint(interrupted.folder / "chkpt")
     if a is None or b is None:
-        raise RunFailedError(f"error: a run wrote no final checkpoint; see {work}")
+        raise RunFailedError(f"a run wrote no final checkpoint; see {work}")
     final_difference = compare_checkpoints(a, b, model_types)
     if divergence is None and final_difference is None:
         print(
