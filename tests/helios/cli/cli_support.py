@@ -9,6 +9,8 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 EXAMPLES = HERE.parents[2] / "examples"
 HELIOS = pathlib.Path(sys.executable).with_name("helios")
+MLP_CHECKPOINT = pathlib.Path("chkpt", "mlp", "mlp_epoch_1_iter_10.pth")
+"""The checkpoint of the session's MLP run, in the run's folder (the ``mlp_run`` fixture)."""
 
 
 def run_helios(

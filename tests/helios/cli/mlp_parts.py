@@ -7,11 +7,13 @@ after the resume on.
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
 import typing
 
+import numpy as np
 import torch
 import torch.utils.data as tud
-from sklearn.datasets import load_digits
 
 import helios.data as hld
 import helios.model as hlm
@@ -26,15 +28,29 @@ class TinyMLP(torch.nn.Sequential):
         super().__init__(torch.nn.Linear(64, width), torch.nn.ReLU(), torch.nn.Linear(width, 10))
 
 
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digits (64 pixels 0..16, label), read from its data file.
+
+    As ``sklearn.datasets.load_digits`` reads them, without importing scikit-learn (and
+    SciPy): a second of start-up saved in every process the tests start.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    assert spec is not None and spec.origin is not None, "the tests need scikit-learn"
+    data = np.loadtxt(
+        pathlib.Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz", delimiter=","
+    )
+    return data[:, :-1], data[:, -1].astype(int)
+
+
 class SmallDigits(hld.DataModule):
     def __init__(self, batch_size: int = 32) -> None:
         super().__init__()
         self._batch_size = batch_size
 
     def setup(self) -> None:
-        digits = load_digits()
+        pixels, labels = load_digits()
         data = tud.TensorDataset(
-            torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
+            torch.tensor(pixels, dtype=torch.float32) / 16.0, torch.tensor(labels)
         )
         params = hld.DataLoaderParams(batch_size=self._batch_size, shuffle=True)
         self._train_dataset = self._create_dataset(data, params)

@@ -124,7 +124,7 @@ def test_a_missing_config_file_and_a_broken_one_are_errors(
 
 @pytest.mark.slow
 def test_print_config_shows_the_resolved_config_with_overrides_and_defaults(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = run_helios(
         "fit", mlp_config(tmp_path), "--trainer.total_steps=7",
@@ -142,9 +142,22 @@ def test_print_config_shows_the_resolved_config_with_overrides_and_defaults(
     assert not (tmp_path / "chkpt").exists()
     # The printed config is a config file that resolves to itself; JSON works too.
     (tmp_path / "resolved.yaml").write_text(result.stdout)
-    again = run_helios("fit", tmp_path / "resolved.yaml", "--print-config=json", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout) == resolved
+    capsys.readouterr()
+    assert main(["fit", str(tmp_path / "resolved.yaml"), "--print-config=json"]) == 0
+    assert json.loads(capsys.readouterr().out) == resolved
+
+
+@pytest.mark.slow
+def test_the_installed_command_reports_a_bad_key_without_a_traceback(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The errors are tested in this process above; the command prints them the same way."""
+    result = run_helios("fit", mlp_config(tmp_path), "--trainer.total_stepz=3", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: trainer.total_stepz: unknown key (value 3 (int))")
+    assert "did you mean 'total_steps'?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "chkpt").exists()
 
 
 @dataclasses.dataclass

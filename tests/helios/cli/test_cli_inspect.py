@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from cli_support import HERE, mlp_config, run_helios
+from cli_support import HERE, MLP_CHECKPOINT, mlp_config, run_helios
 
 from helios.cli.config import import_modules
 from helios.cli.main import main
@@ -21,17 +21,13 @@ from helios.trainer.state import TrainingState
 
 pytestmark = pytest.mark.slow
 
-NAME = "mlp_epoch_1_iter_10.pth"
+NAME = MLP_CHECKPOINT.name
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+@pytest.fixture
+def trained(mlp_run: pathlib.Path) -> pathlib.Path:
     """A real checkpoint of a run started by the command (10 iterations of the MLP)."""
-    folder = tmp_path_factory.mktemp("inspect")
-    config = mlp_config(folder, total_steps=10, chkpt_frequency=10)
-    result = run_helios("fit", config, cwd=folder)
-    assert result.returncode == 0, result.stderr
-    return folder / "chkpt" / "mlp" / NAME
+    return mlp_run / MLP_CHECKPOINT
 
 
 def _load(path: pathlib.Path) -> dict:
@@ -40,12 +36,23 @@ def _load(path: pathlib.Path) -> dict:
 
 
 def _inspect_json(path: pathlib.Path, cwd: pathlib.Path, *extra: str) -> dict:
+    """``helios inspect --json``, run as the installed command."""
     result = run_helios("inspect", path, "--json", *extra, cwd=cwd)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
-def test_inspect_a_single_file_checkpoint(trained: pathlib.Path, tmp_path: pathlib.Path) -> None:
+def _main(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """The command in this process (what the installed one runs): status, stdout, stderr."""
+    capsys.readouterr()
+    status = main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_inspect_a_single_file_checkpoint(
+    trained: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     summary = _inspect_json(trained, tmp_path)
     assert summary["kind"] == "file"
     assert summary["position"]["current_iteration"] == 10
@@ -66,14 +73,15 @@ def test_inspect_a_single_file_checkpoint(trained: pathlib.Path, tmp_path: pathl
     assert env["torch"] == str(torch.__version__)
     assert env["device"] == "cpu"
     assert {"helios", "python", "platform"} <= set(env)
+    assert env["earlier"] == []
 
-    text = run_helios("inspect", trained, cwd=tmp_path)
-    assert text.returncode == 0, text.stderr
-    assert "position: epoch 1, iteration 10" in text.stdout
-    assert "network _net:\n  0.weight: (16, 64) float32" in text.stdout
-    assert "optimizer _optimizer: 1 param group(s), 4 parameters" in text.stdout
-    assert "environment: helios" in text.stdout
-    assert "  type: MLPClassifier" in text.stdout
+    status, text, err = _main(capsys, "inspect", trained)
+    assert status == 0, err
+    assert "position: epoch 1, iteration 10" in text
+    assert "network _net:\n  0.weight: (16, 64) float32" in text
+    assert "optimizer _optimizer: 1 param group(s), 4 parameters" in text
+    assert "environment: helios" in text
+    assert "  type: MLPClassifier" in text
 
 
 def _write_dcp(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
@@ -91,7 +99,7 @@ def _write_dcp(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
 
 
 def test_inspect_and_export_a_sharded_checkpoint_folder(
-    trained: pathlib.Path, tmp_path: pathlib.Path
+    trained: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = _write_dcp(trained, tmp_path)
     summary = _inspect_json(folder, tmp_path)
@@ -100,21 +108,22 @@ def test_inspect_and_export_a_sharded_checkpoint_folder(
     assert summary["parts"]["model"] == {"sharded": True}
     assert {"helios.pth", ".metadata", "__0_0.distcp"} <= set(summary["files"])
     assert summary["position"]["current_iteration"] == 10
-    text = run_helios("inspect", folder, cwd=tmp_path).stdout
-    assert "model: sharded (in the shard files)" in text
+    assert "model: sharded (in the shard files)" in _main(capsys, "inspect", folder)[1]
 
     exported = run_helios("export", folder, "-o", tmp_path / "full.pth", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
-    full = _inspect_json(tmp_path / "full.pth", tmp_path)
-    assert full["model"]["networks"] == _inspect_json(trained, tmp_path)["model"]["networks"]
+    full = json.loads(_main(capsys, "inspect", tmp_path / "full.pth", "--json")[1])
+    mine = json.loads(_main(capsys, "inspect", trained, "--json")[1])
+    assert full["model"]["networks"] == mine["model"]["networks"]
     original, restored = (
         _load(trained)["model"]["_net"],
         _load(tmp_path / "full.pth")["model"]["_net"],
     )
     assert all(torch.equal(original[k], restored[k]) for k in original)
-    again = run_helios("export", trained, cwd=tmp_path)
-    assert again.returncode == 1
-    assert "is not a sharded checkpoint (a .dcp folder): it is one file already" in again.stderr
+    status, _, err = _main(capsys, "export", trained)
+    assert status == 1
+    assert "error: " in err
+    assert "is not a sharded checkpoint (a .dcp folder): it is one file already" in err
 
 
 def test_export_the_networks_of_a_checkpoint_to_onnx(
@@ -122,10 +131,11 @@ def test_export_the_networks_of_a_checkpoint_to_onnx(
 ) -> None:
     onnx = pytest.importorskip("onnx")
     config = trained.parents[2] / "mlp.yaml"
-    result = run_helios(
-        "export", trained, "--onnx", tmp_path / "mlp.onnx", "--config", config, cwd=tmp_path
+    status, out, err = _main(
+        capsys, "export", trained, "--onnx", tmp_path / "mlp.onnx", "--config", config
     )
-    assert result.returncode == 0, result.stderr
+    assert status == 0, err
+    assert f"wrote {tmp_path / 'mlp.onnx'}" in out
     graph = onnx.load(str(tmp_path / "mlp.onnx")).graph
     weights = {init.name: list(init.dims) for init in graph.initializer}
     assert [16, 64] in weights.values()  # the trained network, checked against PyTorch
@@ -158,7 +168,7 @@ def _write_helios_127(source: pathlib.Path, target: pathlib.Path) -> None:
 
 
 def test_inspect_a_helios_127_checkpoint_and_migrate_it(
-    trained: pathlib.Path, tmp_path: pathlib.Path
+    trained: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "old"
     folder.mkdir()
@@ -168,12 +178,13 @@ def test_inspect_a_helios_127_checkpoint_and_migrate_it(
     assert summary["layout"] == "helios 1.x (no per-rank entries)"
     assert summary["position"]["current_iteration"] == 10
     assert summary["config"] is None and summary["environment"] is None
-    text = run_helios("inspect", folder / NAME, cwd=tmp_path).stdout
+    text = _main(capsys, "inspect", folder / NAME)[1]
     assert "config: not recorded" in text
+    assert "environment: not recorded (written by an older helios)" in text
 
-    migrated = run_helios("migrate", folder, cwd=tmp_path)
-    assert migrated.returncode == 0, migrated.stderr
-    assert _inspect_json(folder / NAME, tmp_path)["layout"] == "current"
+    status, _, err = _main(capsys, "migrate", folder)
+    assert status == 0, err
+    assert json.loads(_main(capsys, "inspect", folder / NAME, "--json")[1])["layout"] == "current"
 
 
 def test_inspect_a_damaged_or_foreign_file_is_a_clear_error(
@@ -212,7 +223,7 @@ class _Exploit:
 
 
 def test_inspect_never_unpickles_code_and_allows_own_types_by_name(
-    trained: pathlib.Path, tmp_path: pathlib.Path
+    trained: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     contents = _load(trained)
     contents["model"]["exploit"] = _Exploit()
@@ -228,10 +239,10 @@ def test_inspect_never_unpickles_code_and_allows_own_types_by_name(
     contents = _load(trained)
     contents["model"]["marker"] = mlp_parts.Marker(3)
     torch.save(contents, tmp_path / "own.pth", pickle_module=pickle)
-    refused = run_helios("inspect", tmp_path / "own.pth", cwd=tmp_path)
-    assert refused.returncode == 1
-    assert "not allowed for safe loading (mlp_parts.Marker)" in refused.stderr
-    assert "--allow-type module.Class" in refused.stderr
+    status, _, err = _main(capsys, "inspect", tmp_path / "own.pth")
+    assert status == 1
+    assert "not allowed for safe loading (mlp_parts.Marker)" in err
+    assert "--allow-type module.Class" in err
     shutil.copy(HERE / "mlp_parts.py", tmp_path / "mlp_parts.py")
     allowed = run_helios(
         "inspect", tmp_path / "own.pth", "--allow-type", "mlp_parts.Marker", cwd=tmp_path
@@ -277,3 +288,4 @@ def test_a_pyblaze_run_is_inspectable(
     assert summary["position"]["global_epoch"] == 1
     assert summary["model"]["networks"]["module"]["fc.weight"]["shape"] == [2, 4]
     assert summary["model"]["optimizers"]["optimizers.0"]["parameters"] == 2
+    assert summary["environment"]["torch"] == str(torch.__version__)  # every checkpoint has it
