@@ -175,11 +175,12 @@ def read_checkpoint(
 
 # -- the summary -----------------------------------------------------------------------------
 
-_TRAINER_KEYS = {
-    "version", "training_state", "model", "rng", "ranks", "running_losses", "precision",
-    "log_path", "run_path", "tensorboard_events", "preemption", "loggers", "run_end",
-    "environment", "checkpoint_retention", SHARDED_PARTS_KEY,
-}  # fmt: skip
+
+def _helios_keys() -> set[str]:
+    """The keys helios keeps its own state under (every other key is a plug-in's or a part's)."""
+    from helios.trainer.checkpoint.parts import RESERVED_NAMES
+
+    return {*RESERVED_NAMES, SHARDED_PARTS_KEY}
 
 
 def _tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -311,6 +312,7 @@ def summarize(loaded: LoadedCheckpoint) -> dict[str, Any]:
     if isinstance(model, Mapping) and isinstance(model.get("metrics"), Mapping):
         metrics = _plain(model["metrics"])
     layout = "helios 1.x (no per-rank entries)" if ranks is None else "current"
+    helios_keys = _helios_keys()
     summary: dict[str, Any] = {
         "path": str(loaded.path),
         "kind": "sharded folder" if loaded.sharded else "file",
@@ -334,7 +336,7 @@ def summarize(loaded: LoadedCheckpoint) -> dict[str, Any]:
         ],
         "run_end": _plain(contents.get("run_end")),
         "preemption": _plain(contents.get("preemption")),
-        "plugins": sorted(str(k) for k in contents if k not in _TRAINER_KEYS and k != "config"),
+        "plugins": sorted(str(k) for k in contents if k not in helios_keys and k != "config"),
         "config": _plain(config.get("config")) if isinstance(config, Mapping) else None,
         "config_changes": _plain(config.get("changes", [])) if isinstance(config, Mapping) else [],
         "environment": _plain(contents.get("environment")),
