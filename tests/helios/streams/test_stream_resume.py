@@ -145,14 +145,16 @@ def test_a_stream_without_state_warns_at_the_first_checkpoint_and_resumes_as_cho
     resume: str, tmp_path: pathlib.Path
 ) -> None:
     workers = 2
-    ok, uninterrupted = _fit(tmp_path / "reference", workers, resume)
+    with pytest.warns(RuntimeWarning, match="StatelessStream has no state_dict"):
+        ok, uninterrupted = _fit(tmp_path / "reference", workers, resume)
     assert ok
     with pytest.warns(RuntimeWarning, match="StatelessStream has no state_dict") as warned:
         crashed, _ = _fit(tmp_path / "run", workers, resume, crash_at=5)
     assert crashed is False
     assert len([w for w in warned if "no state_dict" in str(w.message)]) == 1, "once"
     message = str(next(w.message for w in warned if "no state_dict" in str(w.message)))
-    ok, resumed = _fit(tmp_path / "run", workers, resume)
+    with pytest.warns(RuntimeWarning, match="no state_dict"):  # once per run: this one too
+        ok, resumed = _fit(tmp_path / "run", workers, resume)
     assert ok
     first = resumed.records[0]
     assert first["gi"] == 5, "resumed after the checkpoint of iteration 4"
