@@ -44,7 +44,7 @@ def shell_words(text: str) -> list[str]:
 def exports(text: str) -> dict[str, str]:
     """Return the variables that ``export NAME=VALUE`` lines of ``text`` set."""
     found = {}
-    for line in text.splitlines():
+    for line in text.replace("\\\n", " ").splitlines():
         words = shell_words(line)
         if len(words) == 2 and words[0] == "export" and "=" in words[1]:
             name, value = words[1].split("=", 1)

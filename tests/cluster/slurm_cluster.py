@@ -157,8 +157,8 @@ class SlurmCluster:
         env = {**self.env(), "DIR": str(self.workdir), "NODE": self.node}
         with (self.workdir / "supervisor.out").open("wb") as out:
             self._supervisor = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-c"]
-                + [_SUPERVISOR],
+                ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+                + ["bash", "-c", _SUPERVISOR],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -168,9 +168,14 @@ def _init_from_environment(
     every attempt, so a restarted worker can read the address a dead worker of the previous
     attempt published and fail with "Connection refused" (or wait on it). The keys of each
     attempt therefore get a prefix of their own, from ``TORCHELASTIC_RESTART_COUNT``.
+
+    Without the agent's store (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, which a job needs
+    for a replacement node to join a restart) every round of the rendezvous gets a new store
+    on a new port, so there are no keys of an earlier attempt; the prefix is then left out,
+    as the restart counts of the nodes differ (a replacement node starts at 0).
     """
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if restart is None:
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "False":
         dist.init_process_group(backend, device_id=device, **_timeout_kwarg(timeout))
         return
     store, rank, world_size = next(dist.rendezvous("env://", **_timeout_kwarg(timeout)))
