@@ -57,6 +57,9 @@ def _die_with_parent() -> None:
     libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+# A PID namespace whose first process ends with unshare, which ends with the test process.
+_NAMESPACE = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+
 _SUPERVISOR = r"""
 set -e
 cd "$DIR"
@@ -77,12 +80,16 @@ class SlurmCluster:
         cpus: the CPUs the node offers.
         kill_wait: seconds between SIGTERM and SIGKILL when a job is cancelled
             (``KillWait``).
+        jobs_per_cpu: how many jobs may share a CPU (the tests' jobs mostly sleep).
     """
 
-    def __init__(self, workdir: pathlib.Path, cpus: int = 2, kill_wait: int = 10) -> None:
+    def __init__(
+        self, workdir: pathlib.Path, cpus: int = 2, kill_wait: int = 10, jobs_per_cpu: int = 4
+    ) -> None:
         self.workdir = workdir
         self.cpus = cpus
         self.kill_wait = kill_wait
+        self.jobs_per_cpu = jobs_per_cpu
         self.node = socket.gethostname()
         self._supervisor: subprocess.Popen[bytes] | None = None
 
@@ -147,7 +154,10 @@ class SlurmCluster:
         }
         lines = [f"{key}={value}" for key, value in settings.items()]
         lines.append(f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN")
-        lines.append("PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
+        lines.append(
+            "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP "
+            f"OverSubscribe=FORCE:{self.jobs_per_cpu}"
+        )
         self.conf.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 60) -> SlurmCluster:
@@ -157,8 +167,7 @@ class SlurmCluster:
         env = {**self.env(), "DIR": str(self.workdir), "NODE": self.node}
         with (self.workdir / "supervisor.out").open("wb") as out:
             self._supervisor = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
-                + ["bash", "-c", _SUPERVISOR],
+                [*_NAMESPACE, "bash", "-c", _SUPERVISOR],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -199,14 +208,11 @@ class SlurmCluster:
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is None:
             return
-        # unshare --kill-child SIGKILLs the namespace's first process, which takes every
-        # process of the namespace (daemons, slurmstepd, job scripts, tasks) with it.
-        supervisor.send_signal(signal.SIGTERM)
-        try:
-            supervisor.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            supervisor.kill()
-            supervisor.wait(timeout=20)
+        # unshare ignores SIGTERM while it waits; killed, it takes the namespace's first
+        # process with it (--kill-child), and with that every process of the namespace
+        # (daemons, slurmstepd, job scripts, tasks).
+        supervisor.kill()
+        supervisor.wait(timeout=30)
 
     def __enter__(self) -> SlurmCluster:
         return self.start()
@@ -236,13 +242,19 @@ class SlurmCluster:
 
     def job(self, job_id: int) -> dict[str, str]:
         """Return ``scontrol show job`` of a job as a dict (empty once it is forgotten)."""
-        result = self.client("scontrol", "-o", "show", "job", str(job_id), check=False)
-        if result.returncode != 0:
-            return {}
-        fields: dict[str, str] = {}
-        for match in re.finditer(r"(\w+(?::\w+)?)=(\S*)", result.stdout):
-            fields.setdefault(match.group(1), match.group(2))
-        return fields
+        return self.jobs().get(job_id, {})
+
+    def jobs(self) -> dict[int, dict[str, str]]:
+        """Return ``scontrol show job`` of every job the controller knows, by job id."""
+        result = self.client("scontrol", "-o", "show", "job", check=False)
+        found: dict[int, dict[str, str]] = {}
+        for line in result.stdout.splitlines() if result.returncode == 0 else []:
+            fields: dict[str, str] = {}
+            for match in re.finditer(r"(\w+(?::\w+)?)=(\S*)", line):
+                fields.setdefault(match.group(1), match.group(2))
+            if fields.get("JobId", "").isdigit():
+                found[int(fields["JobId"])] = fields
+        return found
 
     def wait_for(
         self, job_id: int, states: Sequence[str], timeout: float, restarts: int | None = None
