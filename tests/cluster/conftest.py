@@ -80,7 +80,7 @@ def postgres(hosts: Any) -> Iterator[Any]:
     # A folder of its own under /tmp: the server's account must reach it, and pytest's
     # temp folders are private to root.
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="helios-pg-"))
-    server = pg_server.PostgresServer(workdir / "server", listen=[hosts.root_address])
+    server = pg_server.PostgresServer(workdir, listen=[hosts.root_address])
     try:
         server.start()
         yield server
