@@ -203,11 +203,14 @@ class Classifier(hlm.Model):
 def count_instructions(on: bool) -> None:
     """Switch callgrind's counting on or off in this process, if it runs under callgrind."""
     if os.environ.get("BENCH_CALLGRIND") and os.environ.get("RANK", "0") == "0":
-        subprocess.run(
+        done = subprocess.run(
             ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())],
-            check=True,
             capture_output=True,
+            text=True,
         )
+        # callgrind_control exits with 0 even when it did not reach the process.
+        if done.returncode != 0 or "Error" in done.stdout + done.stderr:
+            raise RuntimeError(f"error: callgrind_control failed: {done.stdout}{done.stderr}")
 
 
 def run_worker(out: pathlib.Path, samples: int, epochs: int, batch_size: int) -> None:
@@ -352,15 +355,15 @@ def _job_commands(
     setup: Setup, worker: list[str], folder: str, hosts: Any, callgrind: str | None
 ) -> dict[int | None, list[str]]:
     launch = [sys.executable, "-m", "torch.distributed.run"]
-    program = [sys.executable, *worker, "--out", folder]
+    if setup.processes == 1:
+        return {None: [sys.executable, *worker, "--out", folder]}
+    program = [*worker, "--out", folder]  # torchrun adds the interpreter
     if callgrind is not None:
         wrapper = pathlib.Path(folder) / "rank0_under_callgrind.sh"
         wrapper.write_text(_CALLGRIND_WRAPPER)
         wrapper.chmod(0o755)
         launch.append("--no-python")
-        program = [str(wrapper), *program]
-    if setup.processes == 1:
-        return {None: program}
+        program = [str(wrapper), sys.executable, *program]
     if hosts is None:
         launch += [f"--nproc_per_node={setup.processes}", f"--master_port={_free_port()}"]
         return {None: [*launch, *program]}
@@ -424,8 +427,9 @@ def _measure(
 
 def _callgrind_total(path: pathlib.Path) -> int:
     """The instructions (Ir) callgrind counted in its output file."""
+    # "summary:" can stay 0 when counting starts switched off; "totals:" has the count.
     for line in path.read_text().splitlines():
-        if line.startswith(("totals:", "summary:")):
+        if line.startswith("totals:"):
             return int(line.split()[1])
     raise RuntimeError(f"error: no totals in {path}")
 
