@@ -18,6 +18,7 @@ of its current trial.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import pathlib
@@ -139,6 +140,17 @@ def run_queued_trials(study: optuna.Study, objective: Any) -> None:
             return
 
 
+def release_group() -> None:
+    """Destroy the group this script made, once the trials' models (which hold it) are gone.
+
+    A gloo group still held by a DDP model when the interpreter exits can abort the process
+    ("terminate called without an active exception"); the models sit in reference cycles
+    with their trainers until a collection.
+    """
+    gc.collect()
+    dist.shutdown_dist()
+
+
 def main(argv: list[str]) -> None:
     study_py, url, chkpt_root = pathlib.Path(argv[0]), argv[1], pathlib.Path(argv[2])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -148,7 +160,7 @@ def main(argv: list[str]) -> None:
         study = optuna.load_study(study_name="digits", storage=url)
         while (trial_id := dist.broadcast_object(None)) is not None:
             train(optuna.Trial(study, trial_id), chkpt_root)
-        dist.shutdown_dist()
+        release_group()
         return
 
     spec = importlib.util.spec_from_file_location("study", study_py)
@@ -166,7 +178,7 @@ def main(argv: list[str]) -> None:
 
     run_queued_trials(study, objective)
     dist.broadcast_object(None)
-    dist.shutdown_dist()
+    release_group()
 
 
 if __name__ == "__main__":
