@@ -7,6 +7,7 @@ processes: rank 1 never joins rank 0's all-reduce, which must then fail after th
 
 import datetime
 import json
+import os
 import pathlib
 import socket
 import subprocess
@@ -91,11 +92,12 @@ def _worker(rank: int, out: pathlib.Path, port: int) -> None:
         error = str(exc)
     waited = time.monotonic() - start
     (out / "rank0.json").write_text(json.dumps({"error": error, "waited": waited}))
+    # A group whose collective failed cannot be torn down cleanly (torch aborts the process
+    # at exit, "terminate called without an active exception"); leave at once.
+    os._exit(0)
 
 
 def _main() -> None:
-    import os
-
     import torch.multiprocessing as mp
 
     out, port = pathlib.Path(sys.argv[1]), int(sys.argv[2])
