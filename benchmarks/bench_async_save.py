@@ -44,7 +44,7 @@ def run_once(
     import helios.data as hld
     import helios.model as hlm
     import helios.trainer as hlt
-    from helios.trainer import checkpoints
+    from helios.trainer.checkpoint import run_checkpoint as checkpoints
 
     width = int(math.sqrt(args.params / args.layers))
     blocked: list[float] = []

@@ -19,7 +19,7 @@ What a migration changes:
   rank rank 0's RNG state.
 * The ``TrainingState`` class is re-recorded under its current module (Helios 1.2.7 pickled
   it as ``helios.trainer.TrainingState``), and ``"version"`` becomes the installed version,
-  so :py:func:`helios.trainer.checkpoints.load_newest_valid_checkpoint` accepts the file.
+  so :py:func:`helios.trainer.checkpoint.io.load_newest_valid_checkpoint` accepts the file.
 * Paths written on the other kind of system (``WindowsPath`` on Linux, ``PosixPath`` on
   Windows) in ``log_path`` / ``run_path`` cannot name a file here: they are dropped with a
   warning, so the resumed run starts a new log file and TensorBoard run.
@@ -47,11 +47,8 @@ from packaging import version as _version
 
 import helios
 from helios.core.utils import safe_torch_load
-from helios.trainer.checkpoints import (
-    CHECKPOINT_SUFFIX,
-    get_trainer_safe_types_for_load,
-    save_atomically,
-)
+from helios.trainer.checkpoint.io import get_trainer_safe_types_for_load, save_atomically
+from helios.trainer.checkpoint.layout import CHECKPOINT_SUFFIX
 from helios.trainer.state import TrainingState
 
 __all__ = ["migrate_checkpoint", "migrate_checkpoints_to_current_version"]
@@ -113,7 +110,7 @@ def _load(path: pathlib.Path) -> Any:
             return safe_torch_load(path, map_location="cpu")
         except pickle.UnpicklingError as error:
             raise pickle.UnpicklingError(
-                f"error: the checkpoint {path} holds a type that is not registered for "
+                f"the checkpoint {path} holds a type that is not registered for "
                 "torch.load(weights_only=True); register it with "
                 f"torch.serialization.add_safe_globals([...]) before migrating ({error})"
             ) from error
@@ -127,12 +124,12 @@ def _training_state(value: Any, where: str) -> TrainingState:
         unknown = sorted(set(value) - names)
         if unknown:
             raise RuntimeError(
-                f"error: the training_state of {where} has unknown fields {unknown}; "
+                f"the training_state of {where} has unknown fields {unknown}; "
                 f"expected a subset of {sorted(names)}"
             )
         return TrainingState(**value)
     raise RuntimeError(
-        f"error: the training_state of {where} is a {type(value).__name__}; expected a "
+        f"the training_state of {where} is a {type(value).__name__}; expected a "
         "TrainingState or a dict of its fields"
     )
 
@@ -154,13 +151,13 @@ def migrate_checkpoint(state_dict: dict[str, Any], where: str = "checkpoint") ->
     """
     if not isinstance(state_dict, dict):
         raise RuntimeError(
-            f"error: {where} is not a helios checkpoint: expected a dict, found "
+            f"{where} is not a helios checkpoint: expected a dict, found "
             f"{type(state_dict).__name__}"
         )
     missing = [key for key in ("training_state", "model", "rng") if key not in state_dict]
     if missing:
         raise RuntimeError(
-            f"error: {where} is not a helios checkpoint: missing keys {missing}; keys "
+            f"{where} is not a helios checkpoint: missing keys {missing}; keys "
             f"present: {sorted(state_dict)}"
         )
     migrated = dict(state_dict)
@@ -172,7 +169,7 @@ def migrate_checkpoint(state_dict: dict[str, Any], where: str = "checkpoint") ->
             saved = None
         if saved is not None and saved.major >= 2:
             raise RuntimeError(
-                f"error: {where} was written by Helios {saved}; only checkpoints of Helios "
+                f"{where} was written by Helios {saved}; only checkpoints of Helios "
                 "1.x (up to 1.2.7) and of this library can be migrated"
             )
     if "version" not in migrated or written_by_helios_1x:
@@ -224,9 +221,7 @@ def migrate_checkpoints_to_current_version(root: pathlib.Path) -> None:
     """
     root = pathlib.Path(root)
     if not root.is_dir():
-        raise NotADirectoryError(
-            f"error: expected root to be a folder of checkpoints, got {str(root)!r}"
-        )
+        raise NotADirectoryError(f"expected root to be a folder of checkpoints, got {str(root)!r}")
     paths = sorted(p for p in root.glob(f"*{CHECKPOINT_SUFFIX}") if not p.name.startswith("."))
     for path in tqdm.tqdm(paths, desc="Migrating checkpoints", unit="chkpt"):
         contents = _load(path)

@@ -19,7 +19,7 @@ def _import_onnx() -> Any:
     try:
         import onnx
     except ImportError as e:
-        raise ImportError(f"error: exporting to ONNX needs onnx; {_ONNX_EXTRA_HINT}") from e
+        raise ImportError(f"exporting to ONNX needs onnx; {_ONNX_EXTRA_HINT}") from e
     return onnx
 
 
@@ -27,9 +27,7 @@ def _import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as e:
-        raise ImportError(
-            f"error: validating ONNX output needs onnxruntime; {_ONNX_EXTRA_HINT}"
-        ) from e
+        raise ImportError(f"validating ONNX output needs onnxruntime; {_ONNX_EXTRA_HINT}") from e
     return onnxruntime
 
 
@@ -53,8 +51,7 @@ def _validate_output(
     outputs = session.run(None, feed)
     if len(outputs) != len(expected):
         raise AssertionError(
-            f"error: the ONNX model returns {len(outputs)} outputs, the network "
-            f"returns {len(expected)}"
+            f"the ONNX model returns {len(outputs)} outputs, the network returns {len(expected)}"
         )
     for torch_out, ort_out in zip(expected, outputs, strict=True):
         np.testing.assert_allclose(torch_out.detach().cpu().numpy(), ort_out, rtol=rtol, atol=atol)

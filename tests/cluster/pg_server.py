@@ -98,7 +98,7 @@ class PostgresServer:
         for parent in self.workdir.parents:
             if not parent.stat().st_mode & 0o001:
                 raise ValueError(
-                    f"error: {ACCOUNT!r} cannot reach {self.workdir}: {parent} is not searchable "
+                    f"{ACCOUNT!r} cannot reach {self.workdir}: {parent} is not searchable "
                     "by other users; put the server's folder under /tmp"
                 )
         subprocess.run(

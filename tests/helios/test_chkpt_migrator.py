@@ -32,7 +32,7 @@ import helios.trainer as hlt
 import toys
 from helios import chkpt_migrator
 from helios.core import rng
-from helios.trainer import checkpoints
+from helios.trainer.checkpoint import io as checkpoints
 from helios.trainer.state import TrainingState
 
 SRC = pathlib.Path(__file__).resolve().parents[2] / "src"

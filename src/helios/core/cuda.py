@@ -12,7 +12,7 @@ def requires_cuda_support() -> None:
         RuntimeError: if :py:func:`torch.cuda.is_available` is false.
     """
     if not torch.cuda.is_available():
-        raise RuntimeError("error: expected CUDA support but none was found")
+        raise RuntimeError("expected CUDA support but none was found")
 
 
 class DisableCuDNNBenchmarkContext:

@@ -62,7 +62,7 @@ def timeout_from_environment() -> datetime.timedelta | None:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(
-            f"error: {TIMEOUT_ENV_VAR} must be a positive number of seconds, got {value!r}"
+            f"{TIMEOUT_ENV_VAR} must be a positive number of seconds, got {value!r}"
         )
     return datetime.timedelta(seconds=seconds)
 
@@ -114,7 +114,7 @@ def init_dist(
     if timeout is None:
         timeout = timeout_from_environment()
     elif timeout <= datetime.timedelta(0):
-        raise ValueError(f"error: timeout must be a positive duration, got timeout={timeout}")
+        raise ValueError(f"timeout must be a positive duration, got timeout={timeout}")
     if rank is None and world_size is None:
         env_device = None
         if backend == "nccl":
@@ -124,16 +124,16 @@ def init_dist(
         return
     if rank is None or world_size is None:
         raise ValueError(
-            "error: rank and world_size must be given together (or both None), got "
+            "rank and world_size must be given together (or both None), got "
             f"rank={rank!r}, world_size={world_size!r}"
         )
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(
-            f"error: expected 0 <= rank < world_size with world_size >= 1, got "
+            f"expected 0 <= rank < world_size with world_size >= 1, got "
             f"rank={rank}, world_size={world_size}"
         )
     if master_port is not None and not 0 < master_port < 65536:
-        raise ValueError(f"error: master_port must be in [1, 65535], got master_port={master_port}")
+        raise ValueError(f"master_port must be in [1, 65535], got master_port={master_port}")
 
     port = (
         str(master_port)
@@ -269,7 +269,7 @@ def get_local_world_size() -> int:
 
 def _require_dist() -> None:
     if not is_dist_active():
-        raise RuntimeError("error: default process group has not been initialized")
+        raise RuntimeError("default process group has not been initialized")
 
 
 def gather_into_tensor(tensor: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -296,7 +296,7 @@ def gather_into_tensor(tensor: torch.Tensor, size: Sequence[int]) -> torch.Tenso
     expected = world_size * tensor.numel()
     if math.prod(size) != expected:
         raise ValueError(
-            f"error: size={tuple(size)} holds {math.prod(size)} elements, expected "
+            f"size={tuple(size)} holds {math.prod(size)} elements, expected "
             f"world_size * tensor.numel() = {expected}"
         )
     # Gather flat, then reshape: concatenation and stacking share one memory layout, and
@@ -356,7 +356,7 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         tensor.is_floating_point() or tensor.is_complex()
     ):
         kind = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        raise TypeError(f"error: all_reduce_mean expects a floating-point tensor, got {kind}")
+        raise TypeError(f"all_reduce_mean expects a floating-point tensor, got {kind}")
     if not is_dist_active():
         return tensor
     dist.all_reduce(tensor)
@@ -380,6 +380,24 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     dist.broadcast_object_list(objects, src=src)
     result: T = objects[0]
     return result
+
+
+def agree_any(flag: bool, device: torch.device | None) -> bool:
+    """Return True on every rank if any rank's flag is True (one all-reduce of one int).
+
+    Args:
+        flag: this rank's decision.
+        device: the device for the collective (the CPU for gloo), or ``None`` when not
+            distributed: then the flag is returned as it is.
+
+    Returns:
+        The agreed decision.
+    """
+    if device is None:
+        return flag
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
 
 
 def global_print(*args: Any, global_rank: int = 0, **kwargs: Any) -> None:

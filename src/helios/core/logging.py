@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from helios.core import distributed as dist
+import helios.core.distributed as dist
 from helios.core.utils import get_from_optional
 
 if TYPE_CHECKING:
@@ -325,7 +325,7 @@ class TensorboardWriter:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
             raise ImportError(
-                'error: TensorBoard logging needs tensorboard: pip install "tensorboard"'
+                'TensorBoard logging needs tensorboard: pip install "tensorboard"'
             ) from exc
         if self._writer is not None:
             with self._writing():
@@ -474,7 +474,7 @@ class TensorboardWriter:
             inputs = [t.cpu() for t in input_to_model]
         else:
             raise TypeError(
-                "error: input_to_model must be a tensor, a list of tensors or None, got "
+                "input_to_model must be a tensor, a list of tensors or None, got "
                 f"{type(input_to_model).__name__}"
             )
         if self._writer is None:
@@ -595,8 +595,7 @@ def restore_default_loggers(
     """
     if "root" not in _ACTIVE_LOGGERS:
         raise RuntimeError(
-            "error: the default loggers do not exist. Did you forget to call "
-            "create_default_loggers?"
+            "the default loggers do not exist. Did you forget to call create_default_loggers?"
         )
     get_root_logger().setup(log_path)
     writer = get_tensorboard_writer()
@@ -646,8 +645,7 @@ def setup_default_loggers(
     """
     if "root" not in _ACTIVE_LOGGERS:
         raise RuntimeError(
-            "error: the default loggers do not exist. Did you forget to call "
-            "create_default_loggers?"
+            "the default loggers do not exist. Did you forget to call create_default_loggers?"
         )
     log_root = pathlib.Path(log_root) if log_root is not None else None
     runs_root = pathlib.Path(runs_root) if runs_root is not None else None
@@ -686,7 +684,7 @@ def get_root_logger() -> RootLogger:
     """
     if "root" not in _ACTIVE_LOGGERS:
         raise KeyError(
-            "error: the root logger does not exist. Did you forget to call create_default_loggers?"
+            "the root logger does not exist. Did you forget to call create_default_loggers?"
         )
     logger = _ACTIVE_LOGGERS["root"]
     assert isinstance(logger, RootLogger)

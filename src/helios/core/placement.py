@@ -1,15 +1,51 @@
-"""Where a Model or Plugin runs: the state the Trainer sets on both before a run."""
+"""Where a Model or Plugin runs: the state a run sets on both before it starts.
+
+:py:class:`RunTrainer` is the trainer as the model, the plug-ins and the data module see it
+(:py:class:`helios.trainer.Trainer` is one). It is a Protocol so that these lower packages
+name the trainer's type without importing the trainer: imports go one way, from the
+trainer down to the model, the plug-ins, the data and the core.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
+from .precision import Precision
 from .utils import get_from_optional
 
-if TYPE_CHECKING:
-    from helios.trainer import Trainer
+
+class RunTrainer(Protocol):
+    """What a model, plug-in or data module may read from the trainer that runs it.
+
+    Attributes:
+        rank: the global rank of this process.
+        local_rank: the rank of this process on its node.
+        plugins: the registered plug-ins, keyed by their id.
+        train_exceptions: exception types that ``fit`` re-raises.
+        test_exceptions: exception types that ``test`` re-raises.
+        queue: the queue for results of spawned ranks (``None`` in one process).
+        model: the model of the current run.
+        datamodule: the data module of the current run.
+    """
+
+    rank: int
+    local_rank: int
+    plugins: dict[str, Any]
+    train_exceptions: list[type[Exception]]
+    test_exceptions: list[type[Exception]]
+    queue: Any
+    model: Any
+    datamodule: Any
+
+    @property
+    def precision(self) -> Precision:
+        """The precision of the current run (autocast settings and gradient scaler)."""
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Batches per iteration."""
 
 
 class RunPlacement:
@@ -24,7 +60,7 @@ class RunPlacement:
 
     def __init__(self, owner: str) -> None:
         self._owner = owner
-        self._trainer: Trainer | None = None
+        self._trainer: RunTrainer | None = None
         self._is_distributed = False
         self._map_loc: str | dict[str, str] = ""
         self._device: torch.device | None = None
@@ -55,7 +91,9 @@ class RunPlacement:
         Raises:
             AssertionError: if the trainer has not set the device yet.
         """
-        return get_from_optional(self._device)
+        device = self._device
+        # Read in every train_step (often twice): one attribute test, no call, when set.
+        return device if device is not None else get_from_optional(device)
 
     @device.setter
     def device(self, dev: torch.device) -> None:
@@ -94,7 +132,7 @@ class RunPlacement:
         return self._trainer.rank
 
     @property
-    def trainer(self) -> Trainer:
+    def trainer(self) -> RunTrainer:
         """The trainer of the current run.
 
         Raises:
@@ -102,11 +140,11 @@ class RunPlacement:
         """
         if self._trainer is None:
             raise RuntimeError(
-                f"error: the trainer has not been set on {self._owner}; the Trainer sets it "
+                f"the trainer has not been set on {self._owner}; the Trainer sets it "
                 "when fit/test starts"
             )
         return self._trainer
 
     @trainer.setter
-    def trainer(self, t: Trainer) -> None:
+    def trainer(self, t: RunTrainer) -> None:
         self._trainer = t

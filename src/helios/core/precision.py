@@ -57,7 +57,7 @@ class Precision:
     ) -> None:
         if name not in PRECISIONS:
             raise ValueError(
-                f"error: invalid precision={name!r}. Expected one of "
+                f"invalid precision={name!r}. Expected one of "
                 + ", ".join(repr(p) for p in PRECISIONS)
             )
         self._name = name
@@ -128,9 +128,10 @@ class Precision:
     def clip_gradients(
         self,
         optimizer: torch.optim.Optimizer,
+        *,
+        norm_type: float = 2.0,
         max_norm: float | None = None,
         max_value: float | None = None,
-        norm_type: float = 2.0,
     ) -> torch.Tensor | None:
         """Clip the gradients of ``optimizer``'s parameters, unscaling them first.
 
@@ -139,9 +140,9 @@ class Precision:
 
         Args:
             optimizer: the optimizer whose parameters' gradients are clipped.
+            norm_type: the type of norm for ``max_norm`` (``math.inf`` for the max norm).
             max_norm: scale the gradients so that their total norm is at most this.
             max_value: clamp every gradient element to ``[-max_value, max_value]``.
-            norm_type: the type of norm for ``max_norm`` (``math.inf`` for the max norm).
 
         Returns:
             The total norm of the gradients before norm clipping (``None`` when only
@@ -151,10 +152,10 @@ class Precision:
             ValueError: if neither limit is given or a limit is not positive.
         """
         if max_norm is None and max_value is None:
-            raise ValueError("error: clip_gradients needs max_norm or max_value; neither given")
+            raise ValueError("clip_gradients needs max_norm or max_value; neither given")
         for arg, value in (("max_norm", max_norm), ("max_value", max_value)):
             if value is not None and not value > 0:
-                raise ValueError(f"error: {arg} must be > 0, but received {value!r}")
+                raise ValueError(f"{arg} must be > 0, but received {value!r}")
         self.unscale(optimizer)
         params = _parameters_with_grads(optimizer)
         if max_value is not None:

@@ -81,7 +81,7 @@ def get_default_numpy_rng() -> DefaultNumpyRNG:
     """
     if _DEFAULT_NUMPY_RNG is None:
         raise RuntimeError(
-            "error: default RNG has not been created. Did you forget to call "
+            "default RNG has not been created. Did you forget to call "
             "create_default_numpy_rng (or seed_rngs)?"
         )
     return _DEFAULT_NUMPY_RNG
@@ -104,7 +104,7 @@ def seed_rngs(seed: int | None = None, skip_torch: bool = False) -> None:
     if seed is None:
         seed = _DEFAULT_RNG_SEED
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"error: seed must be an int or None, got {seed!r}")
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
     if not skip_torch:
         torch.manual_seed(seed)
         if torch.cuda.is_available():
@@ -174,7 +174,7 @@ def load_rng_state_dict(state: dict[str, Any]) -> None:
     missing = [key for key in _REQUIRED_STATE_KEYS if key not in state]
     if missing:
         raise ValueError(
-            f"error: RNG state is missing the keys {missing}; expected a dict from "
+            f"RNG state is missing the keys {missing}; expected a dict from "
             f"get_rng_state_dict with keys {list(_REQUIRED_STATE_KEYS)}"
         )
     torch.set_rng_state(state["torch"])

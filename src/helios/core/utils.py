@@ -71,8 +71,8 @@ def get_from_optional(opt_var: T | None, raise_on_empty: bool = False) -> T:
     """
     if opt_var is None:
         if raise_on_empty:
-            raise RuntimeError("error: optional cannot be empty")
-        raise AssertionError("error: optional cannot be empty")
+            raise RuntimeError("optional cannot be empty")
+        raise AssertionError("optional cannot be empty")
     return opt_var
 
 
@@ -191,7 +191,7 @@ class Registry:
         key = obj.__name__ if suffix is None else f"{obj.__name__}_{suffix}"
         if key in self._obj_map:
             raise ValueError(
-                f"error: an object named '{key}' already exists in the '{self._name}' "
+                f"an object named '{key}' already exists in the '{self._name}' "
                 f"registry. Registered names: {self._available()}"
             )
         self._obj_map[key] = obj
@@ -289,9 +289,9 @@ def update_all_registries(
         RuntimeError: if ``root`` is not a directory or not a Python package.
     """
     if not root.is_dir():
-        raise RuntimeError(f"error: expected {root} to be a valid directory")
+        raise RuntimeError(f"expected {root} to be a valid directory")
     if not (root / "__init__.py").exists():
-        raise RuntimeError(f"error: {root} is not a Python package")
+        raise RuntimeError(f"{root} is not a Python package")
     prefix = root.stem if import_prefix == "" else f"{import_prefix}.{root.stem}"
 
     modules: list[str] = []
@@ -327,5 +327,5 @@ def safe_torch_load(f: Any, **kwargs: Any) -> Any:
         TypeError: if ``weights_only`` is passed.
     """
     if "weights_only" in kwargs:
-        raise TypeError("error: safe_torch_load always uses weights_only=True")
+        raise TypeError("safe_torch_load always uses weights_only=True")
     return torch.load(f, weights_only=True, **kwargs)

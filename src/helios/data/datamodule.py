@@ -26,7 +26,7 @@ from .samplers import (
 )
 
 if typing.TYPE_CHECKING:
-    from helios.trainer import Trainer
+    from helios.core.placement import RunTrainer
 
 _DEFAULT_SEED = rng.get_default_seed()
 
@@ -168,11 +168,10 @@ class _SeededSamples(tud.Dataset):
 def _check_int(name: str, value: object, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
-            f"error: expected {name} to be an int, but received {value!r} "
-            f"of type {type(value).__name__}"
+            f"expected {name} to be an int, but received {value!r} of type {type(value).__name__}"
         )
     if minimum is not None and value < minimum:
-        raise ValueError(f"error: expected {name} to be >= {minimum}, but received {value}")
+        raise ValueError(f"expected {name} to be >= {minimum}, but received {value}")
     return value
 
 
@@ -188,30 +187,29 @@ def _check_loader_args(
     _check_int("num_workers", num_workers, minimum=0)
     if sampler is not None and not isinstance(sampler, typing.get_args(ResumableSamplerType)):
         raise TypeError(
-            "error: expected sampler to derive from one of ResumableSampler or "
+            "expected sampler to derive from one of ResumableSampler or "
             f"ResumableDistributedSampler, but received {type(sampler).__name__}"
         )
     if sampler is not None and sampler.batch_size != batch_size:
         raise ValueError(
-            f"error: expected sampler.batch_size ({sampler.batch_size}) to equal batch_size "
+            f"expected sampler.batch_size ({sampler.batch_size}) to equal batch_size "
             f"({batch_size}), so that sampler.start_iter counts the loader's batches"
         )
     if collate_fn is not None and not callable(collate_fn):
         raise TypeError(
-            "error: expected collate_fn to be callable or None, but received "
-            f"{type(collate_fn).__name__}"
+            f"expected collate_fn to be callable or None, but received {type(collate_fn).__name__}"
         )
 
 
 def _check_dataset(dataset: object) -> None:
     if not isinstance(dataset, Sized):
         raise TypeError(
-            "error: expected dataset to be a map-style dataset with a length, but "
+            "expected dataset to be a map-style dataset with a length, but "
             f"received {type(dataset).__name__}"
         )
     if len(dataset) == 0:
         raise ValueError(
-            f"error: expected dataset to be non-empty, but {type(dataset).__name__} has length 0"
+            f"expected dataset to be non-empty, but {type(dataset).__name__} has length 0"
         )
 
 
@@ -367,7 +365,7 @@ class DataLoaderParams:
         unknown = sorted(key for key in table if key not in names)
         if unknown:
             raise ValueError(
-                f"error: unknown DataLoaderParams keys {unknown} in table. Expected some of {names}"
+                f"unknown DataLoaderParams keys {unknown} in table. Expected some of {names}"
             )
         return cls(**table)
 
@@ -407,12 +405,16 @@ class DataModule(abc.ABC):
     loader and sampler for every epoch (``sampler.set_epoch(e)`` before each one).
     """
 
+    # The model's default state skips a data module it holds: data has no training state
+    # (helios.model.default_state).
+    _state_kept_apart: typing.ClassVar[bool] = True
+
     def __init__(self) -> None:
         self._is_distributed = False
         self._train_dataset: Dataset | None = None
         self._valid_dataset: Dataset | None = None
         self._test_dataset: Dataset | None = None
-        self._trainer: Trainer | None = None
+        self._trainer: RunTrainer | None = None
 
     @property
     def is_distributed(self) -> bool:
@@ -424,7 +426,7 @@ class DataModule(abc.ABC):
         self._is_distributed = is_distributed
 
     @property
-    def trainer(self) -> Trainer:
+    def trainer(self) -> RunTrainer:
         """The trainer running this data module.
 
         Raises:
@@ -433,7 +435,7 @@ class DataModule(abc.ABC):
         return get_from_optional(self._trainer)
 
     @trainer.setter
-    def trainer(self, trainer: Trainer) -> None:
+    def trainer(self, trainer: RunTrainer) -> None:
         self._trainer = trainer
 
     @property
@@ -525,7 +527,7 @@ class DataModule(abc.ABC):
             params = DataLoaderParams.from_dict(params)
         else:
             raise TypeError(
-                "error: expected params to be a DataLoaderParams or a dict, but received "
+                "expected params to be a DataLoaderParams or a dict, but received "
                 f"{type(params).__name__}"
             )
         _check_dataset(dataset)

@@ -112,10 +112,10 @@ def load_image(
         PIL.UnidentifiedImageError: if the file is not an image Pillow can read.
     """
     if isinstance(flags, bool) or not isinstance(flags, int):
-        raise TypeError(f"error: flags must be an int (an imread flag), got {flags!r}")
+        raise TypeError(f"flags must be an int (an imread flag), got {flags!r}")
     if flags != IMREAD_UNCHANGED and (flags < 0 or flags & ~_KNOWN_FLAG_BITS):
         raise ValueError(
-            f"error: unsupported flags={flags}; expected IMREAD_UNCHANGED (-1), "
+            f"unsupported flags={flags}; expected IMREAD_UNCHANGED (-1), "
             "IMREAD_GRAYSCALE (0), IMREAD_COLOR (1), optionally combined with "
             "IMREAD_ANYDEPTH (2) or IMREAD_ANYCOLOR (4)"
         )
@@ -135,9 +135,7 @@ def load_image(
     if array.ndim == 3 and not as_rgb:
         channels = array.shape[2]
         if channels not in (3, 4):
-            raise RuntimeError(
-                f"error: expected a 3 or 4 channel image but received {channels} channels"
-            )
+            raise RuntimeError(f"expected a 3 or 4 channel image but received {channels} channels")
         order = [2, 1, 0] if channels == 3 else [2, 1, 0, 3]
         array = array[:, :, order]
     return np.ascontiguousarray(array)
@@ -213,7 +211,7 @@ def _import_pyplot() -> Any:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError(
-            'error: showing tensors needs matplotlib: pip install "helios-blaze[examples]"'
+            'showing tensors needs matplotlib: pip install "helios-blaze[examples]"'
         ) from e
     return plt
 
@@ -271,23 +269,17 @@ def convert_to_hwc(img: npt.NDArray[Any], input_order: str = "HWC") -> npt.NDArr
             3-D.
     """
     if input_order not in ("HWC", "CHW"):
-        raise ValueError(
-            f"error: expected input_order to be 'HWC' or 'CHW', but received '{input_order}'"
-        )
+        raise ValueError(f"expected input_order to be 'HWC' or 'CHW', but received '{input_order}'")
     if img.ndim == 2:
         return img[:, :, None]
     if img.ndim != 3:
-        raise ValueError(
-            f"error: expected img to be a 2-D or 3-D array, but received shape {img.shape}"
-        )
+        raise ValueError(f"expected img to be a 2-D or 3-D array, but received shape {img.shape}")
     return img.transpose(1, 2, 0) if input_order == "CHW" else img
 
 
 def _check_three_channels(img: npt.NDArray[Any]) -> None:
     if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(
-            f"error: expected img to be an HxWx3 array, but received shape {img.shape}"
-        )
+        raise ValueError(f"expected img to be an HxWx3 array, but received shape {img.shape}")
 
 
 def bgr2ycbcr(img: npt.NDArray[Any], only_y: bool = False) -> npt.NDArray[Any]:
@@ -352,7 +344,7 @@ def rgb2ycbcr_torch(img: torch.Tensor, only_y: bool = False) -> torch.Tensor:
     """
     if img.ndim != 4 or img.shape[1] != 3:
         raise ValueError(
-            f"error: expected img to be an Nx3xHxW tensor, but received shape {tuple(img.shape)}"
+            f"expected img to be an Nx3xHxW tensor, but received shape {tuple(img.shape)}"
         )
     channels_last = img.permute(0, 2, 3, 1)
     if only_y:

@@ -44,19 +44,17 @@ def create_sampler(type_name: str, *args: Any, **kwargs: Any) -> ResumableSample
 def _check_non_negative_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
-            f"error: expected {name} to be an int, but received {value!r} "
-            f"of type {type(value).__name__}"
+            f"expected {name} to be an int, but received {value!r} of type {type(value).__name__}"
         )
     if value < 0:
-        raise ValueError(f"error: expected {name} to be >= 0, but received {value}")
+        raise ValueError(f"expected {name} to be >= 0, but received {value}")
     return value
 
 
 def _check_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
-            f"error: expected {name} to be an int, but received {value!r} "
-            f"of type {type(value).__name__}"
+            f"expected {name} to be an int, but received {value!r} of type {type(value).__name__}"
         )
     return value
 
@@ -64,7 +62,7 @@ def _check_int(name: str, value: object) -> int:
 def _check_batch_size(batch_size: object) -> int:
     batch_size = _check_non_negative_int("batch_size", batch_size)
     if batch_size < 1:
-        raise ValueError(f"error: expected batch_size to be >= 1, but received {batch_size}")
+        raise ValueError(f"expected batch_size to be >= 1, but received {batch_size}")
     return batch_size
 
 
@@ -157,7 +155,7 @@ class _ResumableMixin:
         """
         if not isinstance(generator, torch.Generator):
             raise TypeError(
-                "error: expected generator to be a torch.Generator, but received "
+                "expected generator to be a torch.Generator, but received "
                 f"{type(generator).__name__}"
             )
         self._generator_seed = self._seed if seed is None else _check_int("seed", seed)
@@ -186,9 +184,7 @@ class _ResumableMixin:
         """
         missing = sorted({"epoch", "start_iter"} - set(state_dict))
         if missing:
-            raise KeyError(
-                f"error: sampler state is missing {missing}; it has {sorted(state_dict)}"
-            )
+            raise KeyError(f"sampler state is missing {missing}; it has {sorted(state_dict)}")
         self.set_epoch(state_dict["epoch"])
         self.start_iter = state_dict["start_iter"]
         self.global_start = state_dict.get("global_start", 0)
@@ -229,7 +225,7 @@ class ResumableSampler(_ResumableMixin, tud.Sampler[int]):
 def _check_sized(name: str, value: object) -> Sized:
     if not isinstance(value, Sized):
         raise TypeError(
-            f"error: expected {name} to have a length (a map-style dataset), but received "
+            f"expected {name} to have a length (a map-style dataset), but received "
             f"{type(value).__name__}"
         )
     return value

@@ -64,7 +64,7 @@ def _to_dtype(x: torch.Tensor, dtype: torch.dtype, scale: bool) -> torch.Tensor:
 def _array_to_tensor(array: npt.NDArray[Any]) -> torch.Tensor:
     if array.ndim not in (2, 3, 4):
         raise ValueError(
-            "error: expected img to be an HW, HWC or NHWC array, but received an array "
+            "expected img to be an HW, HWC or NHWC array, but received an array "
             f"with shape {array.shape}"
         )
     if array.ndim == 2:
@@ -122,9 +122,9 @@ class ToImageTensor(nn.Module):
     def __init__(self, dtype: torch.dtype = torch.float32, scale: bool = True) -> None:
         super().__init__()
         if not isinstance(dtype, torch.dtype):
-            raise TypeError(f"error: expected dtype to be a torch.dtype, but received {dtype!r}")
+            raise TypeError(f"expected dtype to be a torch.dtype, but received {dtype!r}")
         if not isinstance(scale, bool):
-            raise TypeError(f"error: expected scale to be a bool, but received {scale!r}")
+            raise TypeError(f"expected scale to be a bool, but received {scale!r}")
         self._dtype = dtype
         self._scale = scale
 
@@ -132,7 +132,7 @@ class ToImageTensor(nn.Module):
         if isinstance(img, torch.Tensor):
             if img.ndim < 2:
                 raise ValueError(
-                    "error: expected img to be a CHW or HW tensor, but received a tensor "
+                    "expected img to be a CHW or HW tensor, but received a tensor "
                     f"with shape {tuple(img.shape)}"
                 )
             tensor = img.unsqueeze(0) if img.ndim == 2 else img
@@ -142,7 +142,7 @@ class ToImageTensor(nn.Module):
             tensor = _array_to_tensor(img)
         else:
             raise TypeError(
-                "error: expected img to be a numpy array, a PIL image, a tensor or a "
+                "expected img to be a numpy array, a PIL image, a tensor or a "
                 f"list/tuple of them, but received {type(img).__name__}"
             )
         return _to_dtype(tensor, self._dtype, self._scale)

@@ -43,13 +43,12 @@ def _to_float(name: str, value: Any) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(
-                f"error: metric {name!r} must be a scalar, got a tensor of shape "
-                f"{tuple(value.shape)}"
+                f"metric {name!r} must be a scalar, got a tensor of shape {tuple(value.shape)}"
             )
         return float(value.detach().item())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
-            f"error: metric {name!r} must be a real number or a one-element tensor, got "
+            f"metric {name!r} must be a real number or a one-element tensor, got "
             f"{type(value).__name__} ({value!r})"
         )
     return float(value)
@@ -57,15 +56,15 @@ def _to_float(name: str, value: Any) -> float:
 
 def _to_step(step: Any) -> int:
     if isinstance(step, bool):
-        raise TypeError(f"error: step must be a non-negative integer, got {step!r}")
+        raise TypeError(f"step must be a non-negative integer, got {step!r}")
     try:
         value = operator.index(step)
     except TypeError:
         raise TypeError(
-            f"error: step must be a non-negative integer, got {type(step).__name__} ({step!r})"
+            f"step must be a non-negative integer, got {type(step).__name__} ({step!r})"
         ) from None
     if value < 0:
-        raise ValueError(f"error: step must be a non-negative integer, got {value}")
+        raise ValueError(f"step must be a non-negative integer, got {value}")
     return value
 
 
@@ -124,14 +123,13 @@ class ExperimentLogger(abc.ABC):
         """
         if not isinstance(metrics, Mapping):
             raise TypeError(
-                f"error: metrics must be a mapping of names to numbers, got "
-                f"{type(metrics).__name__}"
+                f"metrics must be a mapping of names to numbers, got {type(metrics).__name__}"
             )
         step = _to_step(step)
         values: dict[str, float] = {}
         for name, value in metrics.items():
             if not isinstance(name, str) or not name:
-                raise TypeError(f"error: metric names must be non-empty strings, got {name!r}")
+                raise TypeError(f"metric names must be non-empty strings, got {name!r}")
             values[name] = _to_float(name, value)
         self._check_metrics(values)
         if not self._is_active() or not values:
@@ -155,7 +153,7 @@ class ExperimentLogger(abc.ABC):
         """
         if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
             raise TypeError(
-                f"error: params must be a mapping with string keys, got {type(params).__name__}"
+                f"params must be a mapping with string keys, got {type(params).__name__}"
             )
         if not self._is_active() or not params:
             return
@@ -180,9 +178,7 @@ class ExperimentLogger(abc.ABC):
         """
         step = _to_step(step)
         if self._opened or self._closed:
-            raise RuntimeError(
-                "error: resume_from() must be called before the logger logs anything"
-            )
+            raise RuntimeError("resume_from() must be called before the logger logs anything")
         self._resume_step = step
         if self._is_active():
             self._ensure_open()
@@ -235,22 +231,20 @@ class ExperimentLogger(abc.ABC):
             RuntimeError: if the logger already opened its run.
         """
         if not isinstance(state, Mapping):
-            raise TypeError(f"error: state must be a mapping, got {type(state).__name__}")
+            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
         if self._opened or self._closed:
-            raise RuntimeError(
-                "error: load_state_dict() must be called before the logger logs anything"
-            )
+            raise RuntimeError("load_state_dict() must be called before the logger logs anything")
         missing = [k for k in ("version", "backend", "run_id", "last_step") if k not in state]
         if missing:
-            raise ValueError(f"error: the logger state lacks the entries {missing}")
+            raise ValueError(f"the logger state lacks the entries {missing}")
         if state["backend"] != self.backend:
             raise ValueError(
-                f"error: cannot load the state of a {state['backend']!r} logger into a "
+                f"cannot load the state of a {state['backend']!r} logger into a "
                 f"{self.backend!r} logger ({type(self).__name__})"
             )
         if state["version"] != STATE_VERSION:
             raise ValueError(
-                f"error: logger state version {state['version']!r} is not supported "
+                f"logger state version {state['version']!r} is not supported "
                 f"(expected {STATE_VERSION})"
             )
         self._loaded = dict(state)
@@ -288,7 +282,7 @@ class ExperimentLogger(abc.ABC):
 
     def _ensure_open(self) -> None:
         if self._closed:
-            raise RuntimeError(f"error: the {type(self).__name__} was closed")
+            raise RuntimeError(f"the {type(self).__name__} was closed")
         if self._opened:
             return
         resume = self._loaded is not None and self._loaded.get("run_id") is not None

@@ -65,9 +65,7 @@ class CSVLogger(ExperimentLogger):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__()
         if not isinstance(path, str | os.PathLike):
-            raise TypeError(
-                f"error: CSVLogger path must be a string or a path, got {type(path).__name__}"
-            )
+            raise TypeError(f"CSVLogger path must be a string or a path, got {type(path).__name__}")
         self._path = pathlib.Path(path)
         self._columns: list[str] = []
         self._file: IO[str] | None = None
@@ -90,8 +88,7 @@ class CSVLogger(ExperimentLogger):
         target = pathlib.Path(saved["path"]) if resume_step is not None and saved else self._path
         if target.exists() and not target.is_file():
             raise ValueError(
-                f"error: CSVLogger writes a regular file (rewritten on resume), but {target} is "
-                "not one"
+                f"CSVLogger writes a regular file (rewritten on resume), but {target} is not one"
             )
         if resume_step is not None and saved is not None:
             self._path = pathlib.Path(saved["path"])
@@ -113,8 +110,7 @@ class CSVLogger(ExperimentLogger):
     def _check_metrics(self, metrics: dict[str, float]) -> None:
         if STEP_COLUMN in metrics:
             raise ValueError(
-                f"error: {STEP_COLUMN!r} is the step column of the CSV file and cannot be a "
-                "metric name"
+                f"{STEP_COLUMN!r} is the step column of the CSV file and cannot be a metric name"
             )
 
     def _write_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -173,7 +169,7 @@ class CSVLogger(ExperimentLogger):
         header, body = rows[0], rows[1:]
         if not header or header[0] != STEP_COLUMN:
             raise ValueError(
-                f"error: {self._path} is not a metrics file written by CSVLogger (its first "
+                f"{self._path} is not a metrics file written by CSVLogger (its first "
                 f"column is {header[:1]}, expected [{STEP_COLUMN!r}])"
             )
         width = len(header)

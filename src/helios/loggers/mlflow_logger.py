@@ -22,7 +22,7 @@ def _import_mlflow() -> Any:
         import mlflow
     except ImportError as exc:
         raise ImportError(
-            'error: MLflowLogger needs MLflow: pip install "helios-blaze[mlflow]" '
+            'MLflowLogger needs MLflow: pip install "helios-blaze[mlflow]" '
             "(mlflow-skinny, sqlalchemy and alembic)"
         ) from exc
     return mlflow
@@ -88,11 +88,11 @@ class MLflowLogger(ExperimentLogger):
         super().__init__()
         if tracking_uri is None and save_dir is None:
             raise ValueError(
-                "error: MLflowLogger needs a tracking_uri or a save_dir for its default SQLite "
+                "MLflowLogger needs a tracking_uri or a save_dir for its default SQLite "
                 "store, got neither"
             )
         if not isinstance(flush_every, int) or flush_every < 1:
-            raise ValueError(f"error: flush_every must be a positive integer, got {flush_every!r}")
+            raise ValueError(f"flush_every must be a positive integer, got {flush_every!r}")
         self._save_dir = pathlib.Path(save_dir) if save_dir is not None else None
         self._tracking_uri = tracking_uri
         self._experiment_name = experiment_name

@@ -14,7 +14,7 @@ def _import_wandb() -> Any:
         import wandb
     except ImportError as exc:
         raise ImportError(
-            'error: WandbLogger needs Weights & Biases: pip install "helios-blaze[wandb]"'
+            'WandbLogger needs Weights & Biases: pip install "helios-blaze[wandb]"'
         ) from exc
     return wandb
 
@@ -79,8 +79,7 @@ class WandbLogger(ExperimentLogger):
         super().__init__()
         if mode not in (None, "online", "offline", "disabled"):
             raise ValueError(
-                f"error: WandbLogger mode must be 'online', 'offline', 'disabled' or None, got "
-                f"{mode!r}"
+                f"WandbLogger mode must be 'online', 'offline', 'disabled' or None, got {mode!r}"
             )
         self._project = project
         self._save_dir = pathlib.Path(save_dir) if save_dir is not None else None

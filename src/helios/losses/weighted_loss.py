@@ -28,7 +28,7 @@ class WeightedLoss(nn.Module, metaclass=abc.ABCMeta):
         value: object = loss_weight  # checked as an object: callers may pass anything
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(
-                f"error: loss_weight must be a real number, got {loss_weight!r} "
+                f"loss_weight must be a real number, got {loss_weight!r} "
                 f"({type(loss_weight).__name__})"
             )
         self._loss_weight: float = float(loss_weight)

@@ -38,32 +38,30 @@ _INPUT_ORDERS = ("HWC", "CHW")
 
 def _check_crop_border(crop_border: int) -> None:
     if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
-        raise ValueError(
-            f"error: crop_border must be a non-negative int, got crop_border={crop_border!r}"
-        )
+        raise ValueError(f"crop_border must be a non-negative int, got crop_border={crop_border!r}")
 
 
 def _check_input_order(input_order: str) -> None:
     if input_order not in _INPUT_ORDERS:
         raise ValueError(
-            f"error: input_order must be one of {_INPUT_ORDERS}, got input_order={input_order!r}"
+            f"input_order must be one of {_INPUT_ORDERS}, got input_order={input_order!r}"
         )
 
 
 def _check_scale(scale: float) -> None:
     if not scale > 0:
-        raise ValueError(f"error: scale must be positive, got scale={scale!r}")
+        raise ValueError(f"scale must be positive, got scale={scale!r}")
 
 
 def _check_same_shape(shape: tuple[int, ...], shape2: tuple[int, ...]) -> None:
     if tuple(shape) != tuple(shape2):
-        raise ValueError(f"error: image shapes are different: {tuple(shape)} and {tuple(shape2)}")
+        raise ValueError(f"image shapes are different: {tuple(shape)} and {tuple(shape2)}")
 
 
 def _check_cropped_size(height: int, width: int, crop_border: int, min_size: int) -> None:
     if height < min_size or width < min_size:
         raise ValueError(
-            f"error: the images are {max(height, 0)}x{max(width, 0)} after cropping "
+            f"the images are {max(height, 0)}x{max(width, 0)} after cropping "
             f"crop_border={crop_border} pixels from each edge; at least "
             f"{min_size}x{min_size} is needed"
         )
@@ -222,7 +220,7 @@ def calculate_mae(pred: npt.NDArray, gt: npt.NDArray, scale: float = 1.0) -> flo
     _check_same_shape(pred.shape, gt.shape)
     _check_scale(scale)
     if gt.size == 0:
-        raise ValueError("error: cannot compute the MAE of empty arrays")
+        raise ValueError("cannot compute the MAE of empty arrays")
     diff = np.abs(pred.astype(np.float64) - gt.astype(np.float64))
     return float(diff.sum() / (gt.size * scale))
 
@@ -264,9 +262,7 @@ def calculate_mAP(targs: npt.NDArray, preds: npt.NDArray) -> float:  # noqa: N80
     if preds.size == 0:
         return 0.0
     if preds.ndim != 2:
-        raise ValueError(
-            f"error: expected (samples, classes) arrays, got arrays of shape {preds.shape}"
-        )
+        raise ValueError(f"expected (samples, classes) arrays, got arrays of shape {preds.shape}")
     positives = targs == 1
     preds = preds.astype(np.float64)
     ap = [
@@ -297,7 +293,7 @@ def _prepare_torch(
         img, img2 = img.unsqueeze(0), img2.unsqueeze(0)
     elif img.ndim != 4:
         raise ValueError(
-            f"error: expected an (N, C, H, W) or (C, H, W) tensor, got shape {tuple(img.shape)}"
+            f"expected an (N, C, H, W) or (C, H, W) tensor, got shape {tuple(img.shape)}"
         )
 
     height, width = img.shape[2] - 2 * crop_border, img.shape[3] - 2 * crop_border
@@ -403,7 +399,7 @@ def calculate_mae_torch(pred: torch.Tensor, gt: torch.Tensor, scale: float = 1.0
     _check_same_shape(pred.shape, gt.shape)
     _check_scale(scale)
     if gt.numel() == 0:
-        raise ValueError("error: cannot compute the MAE of empty tensors")
+        raise ValueError("cannot compute the MAE of empty tensors")
     dtype = _float_dtype(gt)
     diff = torch.abs(pred.to(dtype) - gt.to(dtype))
     return float((diff.sum() / (gt.numel() * scale)).item())

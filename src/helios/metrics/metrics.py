@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
 
+import helios.metrics.functional as F  # noqa: N812
 from helios.core.utils import Registry
-
-from . import functional as F  # noqa: N812
 
 METRICS_REGISTRY = Registry("metrics")
 """Registry of metrics, pre-filled with the metric modules of this module."""
@@ -25,12 +24,35 @@ def create_metric(type_name: str, *args: Any, **kwargs: Any) -> nn.Module:
 
 def _input_type_error(a: object, b: object) -> TypeError:
     return TypeError(
-        "error: expected two torch.Tensor or two numpy.ndarray inputs, got "
+        "expected two torch.Tensor or two numpy.ndarray inputs, got "
         f"{type(a).__name__} and {type(b).__name__}"
     )
 
 
 class _ImageMetric(nn.Module):
+    """A metric of two images or two batches of images, on tensors or on ndarrays.
+
+    Two tensors (``(N, C, H, W)`` in ``[0, 1]``, ``input_order`` ignored) go to the
+    metric's torch function; two ndarrays (one image in ``[0, 255]``) to its NumPy one.
+
+    Args:
+        crop_border: number of pixels cropped from each edge before the computation.
+        input_order: ``"HWC"`` or ``"CHW"``, the layout of ndarray inputs.
+        test_y_channel: compute the metric on the Y channel of YCbCr (colour ndarrays are
+            taken as BGR, colour tensors as RGB).
+
+    Raises:
+        ValueError: if ``crop_border`` is negative or ``input_order`` is unknown.
+    """
+
+    # The metric's torch and NumPy functions.
+    _functions: ClassVar[
+        tuple[
+            Callable[[torch.Tensor, torch.Tensor, int, bool], float],
+            Callable[[npt.NDArray, npt.NDArray, int, str, bool], float],
+        ]
+    ]
+
     def __init__(
         self, crop_border: int, input_order: str = "HWC", test_y_channel: bool = False
     ) -> None:
@@ -47,13 +69,20 @@ class _ImageMetric(nn.Module):
             f"test_y_channel={self._test_y_channel}"
         )
 
-    def _dispatch(
-        self,
-        img: npt.NDArray | torch.Tensor,
-        img2: npt.NDArray | torch.Tensor,
-        torch_fn: Callable[[torch.Tensor, torch.Tensor, int, bool], float],
-        numpy_fn: Callable[[npt.NDArray, npt.NDArray, int, str, bool], float],
-    ) -> float:
+    def forward(self, img: npt.NDArray | torch.Tensor, img2: npt.NDArray | torch.Tensor) -> float:
+        """Compute the metric.
+
+        Args:
+            img: the image(s).
+            img2: the other image(s), same type and shape.
+
+        Returns:
+            The value (the batch mean for tensors).
+
+        Raises:
+            TypeError: if the inputs are not both tensors or both ndarrays.
+        """
+        torch_fn, numpy_fn = self._functions
         if isinstance(img, torch.Tensor) and isinstance(img2, torch.Tensor):
             return torch_fn(img, img2, self._crop_border, self._test_y_channel)
         if isinstance(img, np.ndarray) and isinstance(img2, np.ndarray):
@@ -63,70 +92,27 @@ class _ImageMetric(nn.Module):
 
 @METRICS_REGISTRY.register
 class CalculatePSNR(_ImageMetric):
-    """PSNR (peak signal-to-noise ratio) of two images or two batches of images.
+    """PSNR (peak signal-to-noise ratio), in dB, of two images or two batches of images.
 
-    Two tensors use :py:func:`~helios.metrics.functional.calculate_psnr_torch` (``(N, C,
-    H, W)`` in ``[0, 1]``, ``input_order`` ignored); two ndarrays use
-    :py:func:`~helios.metrics.functional.calculate_psnr` (one image in ``[0, 255]``).
-
-    Args:
-        crop_border: number of pixels cropped from each edge before the computation.
-        input_order: ``"HWC"`` or ``"CHW"``, the layout of ndarray inputs.
-        test_y_channel: compute the metric on the Y channel of YCbCr (colour ndarrays are
-            taken as BGR, colour tensors as RGB).
-
-    Raises:
-        ValueError: if ``crop_border`` is negative or ``input_order`` is unknown.
+    Two tensors use :py:func:`~helios.metrics.functional.calculate_psnr_torch`, two
+    ndarrays :py:func:`~helios.metrics.functional.calculate_psnr`; arguments: see the base
+    class. Identical images give ``inf``; every ten dB more is ten times less squared
+    error.
     """
 
-    def forward(self, img: npt.NDArray | torch.Tensor, img2: npt.NDArray | torch.Tensor) -> float:
-        """Compute the PSNR.
-
-        Args:
-            img: the image(s).
-            img2: the other image(s), same type and shape.
-
-        Returns:
-            The PSNR in dB (batch mean for tensors).
-
-        Raises:
-            TypeError: if the inputs are not both tensors or both ndarrays.
-        """
-        return self._dispatch(img, img2, F.calculate_psnr_torch, F.calculate_psnr)
+    _functions = (F.calculate_psnr_torch, F.calculate_psnr)
 
 
 @METRICS_REGISTRY.register
 class CalculateSSIM(_ImageMetric):
     """SSIM (structural similarity) of two images or two batches of images.
 
-    Two tensors use :py:func:`~helios.metrics.functional.calculate_ssim_torch` (``(N, C,
-    H, W)`` in ``[0, 1]``, ``input_order`` ignored); two ndarrays use
-    :py:func:`~helios.metrics.functional.calculate_ssim` (one image in ``[0, 255]``).
-
-    Args:
-        crop_border: number of pixels cropped from each edge before the computation.
-        input_order: ``"HWC"`` or ``"CHW"``, the layout of ndarray inputs.
-        test_y_channel: compute the metric on the Y channel of YCbCr (colour ndarrays are
-            taken as BGR, colour tensors as RGB).
-
-    Raises:
-        ValueError: if ``crop_border`` is negative or ``input_order`` is unknown.
+    Two tensors use :py:func:`~helios.metrics.functional.calculate_ssim_torch`, two
+    ndarrays :py:func:`~helios.metrics.functional.calculate_ssim` (arguments: see the base
+    class).
     """
 
-    def forward(self, img: npt.NDArray | torch.Tensor, img2: npt.NDArray | torch.Tensor) -> float:
-        """Compute the SSIM.
-
-        Args:
-            img: the image(s).
-            img2: the other image(s), same type and shape.
-
-        Returns:
-            The SSIM (batch mean for tensors).
-
-        Raises:
-            TypeError: if the inputs are not both tensors or both ndarrays.
-        """
-        return self._dispatch(img, img2, F.calculate_ssim_torch, F.calculate_ssim)
+    _functions = (F.calculate_ssim_torch, F.calculate_ssim)
 
 
 @METRICS_REGISTRY.register

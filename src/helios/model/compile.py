@@ -30,7 +30,7 @@ def compile_in_place(owner: Any, names: Sequence[str], compile_kwargs: dict[str,
             if not isinstance(attributes.get(name), nn.Module):
                 found = sorted(k for k, v in attributes.items() if isinstance(v, nn.Module))
                 raise ValueError(
-                    f"error: compile_networks got name {name!r}, which is not an nn.Module "
+                    f"compile_networks got name {name!r}, which is not an nn.Module "
                     f"attribute of the model. Its modules are: {found}"
                 )
         chosen = list(names)

@@ -96,9 +96,6 @@ def find_state(model: Any) -> tuple[dict[str, Any], list[str]]:
         The saved objects by key (wrappers already unwrapped), and a description of each
         attribute that holds state the default does not save.
     """
-    from helios.data.datamodule import DataModule
-    from helios.plugins.plugin import Plugin
-
     saved: dict[str, Any] = {}
     unsaved: list[str] = []
     seen: set[int] = set()
@@ -111,7 +108,7 @@ def find_state(model: Any) -> tuple[dict[str, Any], list[str]]:
                 if id(item) not in seen:
                     seen.add(id(item))
                     saved[key] = item
-            elif isinstance(item, Plugin | DataModule):
+            elif getattr(type(item), "_state_kept_apart", False):
                 continue  # a plug-in is a checkpoint part of its own; the data has no state
             elif isinstance(item, _UNSAVED_TYPES) or (
                 callable(getattr(item, "state_dict", None)) and not isinstance(item, type)
@@ -189,7 +186,7 @@ def restore(model: Any, state_dict: dict[str, Any], fast_init: bool) -> None:
     unknown = [key for key in state_dict if key not in saved]
     if missing or unknown:
         raise KeyError(
-            f"error: the saved state of model '{model.save_name}' does not match its "
+            f"the saved state of model '{model.save_name}' does not match its "
             f"attributes: saved but not on the model: {unknown or 'none'}; on the model but "
             f"not saved: {missing or 'none'}"
         )

@@ -8,16 +8,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+import helios.model.default_state as default_state
 from helios.core.distributed import all_reduce_mean
 from helios.core.placement import RunPlacement
 from helios.core.precision import Precision
 
-from . import default_state
 from .compile import compile_in_place
+from .running_losses import RunningLosses
 from .sharding import LayerSelector, shard_network
 
 if TYPE_CHECKING:
-    from helios.trainer import TrainingState
+    from helios.core.training_state import TrainingState
 
 
 class Model(RunPlacement, abc.ABC):
@@ -74,7 +75,7 @@ class Model(RunPlacement, abc.ABC):
         self._save_name = save_name
 
         self._loss_items: dict[str, torch.Tensor] = {}
-        self._running_losses: dict[str, torch.Tensor | float] = {}
+        self._running_losses: dict[str, torch.Tensor | float] = RunningLosses()
         self._val_scores: dict[str, Any] = {}
         self._test_scores: dict[str, Any] = {}
         self._metrics: dict[str, Any] = {}
@@ -146,7 +147,9 @@ class Model(RunPlacement, abc.ABC):
         Raises:
             ValueError: if neither limit is given or a limit is not positive.
         """
-        return self._run_precision().clip_gradients(optimizer, max_norm, max_value, norm_type)
+        return self._run_precision().clip_gradients(
+            optimizer, max_norm=max_norm, max_value=max_value, norm_type=norm_type
+        )
 
     def optimizer_step(self, *optimizers: torch.optim.Optimizer) -> None:
         """Step the optimizers at the run's precision.
@@ -247,6 +250,22 @@ class Model(RunPlacement, abc.ABC):
     def save_name(self) -> str:
         """The name used for the checkpoints and the saved networks of the model."""
         return self._save_name
+
+    @property
+    def loss_items(self) -> dict[str, torch.Tensor]:
+        """The losses of the current batch (the ``_loss_items`` table ``train_step`` fills)."""
+        return self._loss_items
+
+    @property
+    def running_losses(self) -> RunningLosses:
+        """The sums of the losses since the last validation (the ``_running_losses`` table).
+
+        A checkpoint part of its own (:py:class:`~helios.model.running_losses.RunningLosses`).
+        """
+        losses = self._running_losses
+        if not isinstance(losses, RunningLosses):  # replaced by a plain dict
+            losses = self._running_losses = RunningLosses(losses)
+        return losses
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -626,7 +645,7 @@ def register_model_types_for_safe_load(model: Model) -> None:
     types = model.types_for_safe_load()
     if not isinstance(types, (list, tuple)) or not all(isinstance(t, type) for t in types):
         raise TypeError(
-            f"error: {type(model).__name__}.types_for_safe_load() must return a list of "
+            f"{type(model).__name__}.types_for_safe_load() must return a list of "
             f"types (classes), got {types!r}"
         )
     if types:

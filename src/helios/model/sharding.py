@@ -9,7 +9,7 @@ process group and mixed-precision policy.
 
 The networks' and optimizers' ``state_dict`` then hold ``DTensor`` shards. The trainer
 writes such a state through Distributed Checkpoint, every rank its own shards
-(:py:mod:`helios.trainer.sharded_checkpoint`), and loads it back on any number of processes.
+(:py:mod:`helios.trainer.checkpoint.sharded`), and loads it back on any number of processes.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def mixed_precision_policy(precision: str) -> MixedPrecisionPolicy | None:
         return None
     if precision not in _MIXED_PARAM_DTYPES:
         raise ValueError(
-            f"error: invalid precision={precision!r}; expected '32', 'bf16-mixed' or 'fp16-mixed'"
+            f"invalid precision={precision!r}; expected '32', 'bf16-mixed' or 'fp16-mixed'"
         )
     return MixedPrecisionPolicy(
         param_dtype=_MIXED_PARAM_DTYPES[precision], reduce_dtype=torch.float32
@@ -103,7 +103,7 @@ def _selected_layers(network: nn.Module, layers: LayerSelector | None) -> list[n
         types = (layers,) if isinstance(layers, type) else tuple(layers)
         if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
             raise TypeError(
-                f"error: invalid layers={layers!r}; expected nn.Module subclasses or a "
+                f"invalid layers={layers!r}; expected nn.Module subclasses or a "
                 "function that takes a module and returns whether it is a layer"
             )
 
@@ -155,11 +155,11 @@ def shard_network(
     from torch.distributed.fsdp import fully_shard
 
     if not isinstance(network, nn.Module):
-        raise TypeError(f"error: invalid network={network!r}: expected a torch.nn.Module to shard")
+        raise TypeError(f"invalid network={network!r}: expected a torch.nn.Module to shard")
     if mesh is None:
         if not (torch_dist.is_available() and torch_dist.is_initialized()):
             raise RuntimeError(
-                "error: shard_network needs an initialised process group (run under "
+                "shard_network needs an initialised process group (run under "
                 "torchrun or the Trainer's distributed launch) or an explicit mesh"
             )
         from torch.distributed.device_mesh import init_device_mesh

@@ -63,6 +63,6 @@ def find_pretrained_file(root: pathlib.Path, name: str) -> pathlib.Path:
         if pattern in path.stem:
             return path
     raise RuntimeError(
-        f"error: unable to find a pretrained network named '{name}' at {root} "
+        f"unable to find a pretrained network named '{name}' at {root} "
         f"(expected a file named '{pattern}<...>.pth')"
     )

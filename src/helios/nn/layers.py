@@ -28,12 +28,11 @@ def _check_size_entry(value: object, output_size: object) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise OutputSizeTypeError(
-            "error: the entries of output_size must be int or None, got "
-            f"output_size={output_size!r}"
+            f"the entries of output_size must be int or None, got output_size={output_size!r}"
         )
     if value <= 0:
         raise OutputSizeValueError(
-            f"error: the entries of output_size must be positive, got output_size={output_size!r}"
+            f"the entries of output_size must be positive, got output_size={output_size!r}"
         )
 
 
@@ -66,7 +65,7 @@ class AdaptiveAvgPool2d(nn.Module):
         elif isinstance(output_size, tuple):
             if len(output_size) != 2:
                 raise OutputSizeValueError(
-                    "error: output_size must be a tuple of length 2, got "
+                    "output_size must be a tuple of length 2, got "
                     f"output_size={output_size!r} (length {len(output_size)})"
                 )
             for value in output_size:
@@ -74,7 +73,7 @@ class AdaptiveAvgPool2d(nn.Module):
             size = output_size
         else:
             raise OutputSizeTypeError(
-                "error: output_size must be an int or a tuple of two int/None, got "
+                "output_size must be an int or a tuple of two int/None, got "
                 f"output_size={output_size!r} ({type(output_size).__name__})"
             )
         self.output_size = size
@@ -97,7 +96,7 @@ class AdaptiveAvgPool2d(nn.Module):
         )
         if out_size[0] > in_size[0] or out_size[1] > in_size[1]:
             raise ValueError(
-                f"error: output_size {self.output_size} is larger than the input size {in_size}"
+                f"output_size {self.output_size} is larger than the input size {in_size}"
             )
         stride = tuple(i // o for i, o in zip(in_size, out_size, strict=True))
         kernel = tuple(i - (o - 1) * s for i, o, s in zip(in_size, out_size, stride, strict=True))

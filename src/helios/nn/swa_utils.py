@@ -30,7 +30,7 @@ class EMA(nn.Module):
     ) -> None:
         super().__init__()
         if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"error: decay must be in [0, 1], got {decay}")
+            raise ValueError(f"decay must be in [0, 1], got {decay}")
         self._module = copy.deepcopy(net)
         self._module.eval()
         self._decay = decay
@@ -54,7 +54,7 @@ class EMA(nn.Module):
             missing = sorted(ema_state.keys() - net_state.keys())
             unexpected = sorted(net_state.keys() - ema_state.keys())
             raise ValueError(
-                "error: the network's state does not match the averaged network: "
+                "the network's state does not match the averaged network: "
                 f"missing keys {missing}, unexpected keys {unexpected}"
             )
         pairs = []
@@ -62,7 +62,7 @@ class EMA(nn.Module):
             value = net_state[key]
             if ema_value.shape != value.shape:
                 raise ValueError(
-                    f"error: shape mismatch for key '{key}': averaged network has "
+                    f"shape mismatch for key '{key}': averaged network has "
                     f"{tuple(ema_value.shape)}, network has {tuple(value.shape)}"
                 )
             pairs.append((ema_value, value.to(device=ema_value.device)))

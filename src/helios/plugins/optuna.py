@@ -6,6 +6,7 @@ and is not imported by :py:mod:`helios.plugins`; import it explicitly.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import dataclasses
 import datetime
@@ -17,17 +18,21 @@ import pickle
 import re
 import shutil
 import sqlite3
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
 
 try:
     import optuna
     from optuna.trial import TrialState
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
-        "error: helios.plugins.optuna requires Optuna, which is not installed. Install it "
+        "helios.plugins.optuna requires Optuna, which is not installed. Install it "
         'with: pip install "helios-blaze[tune]"'
     ) from exc
 
@@ -37,8 +42,8 @@ from helios.core.files import write_atomically
 from .plugin import PLUGIN_REGISTRY, Plugin
 
 if TYPE_CHECKING:
+    from helios.core.placement import RunTrainer
     from helios.model import Model
-    from helios.trainer import Trainer
 
 _PRUNED_KEY = "ddp_hl:pruned"
 _CYCLE_KEY = "ddp_hl:cycle"
@@ -116,18 +121,18 @@ def _study_storage(study_args: dict[str, Any]) -> _StudyStorage:
     """Check the arguments given to :py:func:`resume_study` and return the storage."""
     if not isinstance(study_args, dict):
         raise TypeError(
-            f"error: expected 'study_args' to be a dict of arguments for "
+            f"expected 'study_args' to be a dict of arguments for "
             f"optuna.create_study, got {type(study_args).__name__}"
         )
     if "storage" not in study_args:
         raise StudyArgumentsError(
-            "error: 'study_args' must contain the key 'storage' set to a database URL such as "
+            "'study_args' must contain the key 'storage' set to a database URL such as "
             f"{_URL_EXAMPLES}"
         )
     storage = study_args["storage"]
     if not isinstance(storage, str):
         raise TypeError(
-            f"error: expected study_args['storage'] to be a database URL string such as "
+            f"expected study_args['storage'] to be a database URL string such as "
             f"{_URL_EXAMPLES}, got {type(storage).__name__}"
         )
     path: pathlib.Path | None = None
@@ -135,18 +140,18 @@ def _study_storage(study_args: dict[str, Any]) -> _StudyStorage:
         path_str = storage.removeprefix(_SQLITE_PREFIX).split("?", 1)[0]
         if not storage.startswith(_SQLITE_PREFIX) or path_str in ("", ":memory:"):
             raise ValueError(
-                f"error: expected study_args['storage'] to be the URL of an SQLite file, "
+                f"expected study_args['storage'] to be the URL of an SQLite file, "
                 f"starting with '{_SQLITE_PREFIX}', got {storage!r}"
             )
         path = pathlib.Path(path_str).resolve()
     elif _dialect(storage) not in _SERVER_DIALECTS:
         raise ValueError(
-            f"error: expected study_args['storage'] to be the URL of an SQLite file or of a "
+            f"expected study_args['storage'] to be the URL of an SQLite file or of a "
             f"PostgreSQL database, such as {_URL_EXAMPLES}, got {_hide_password(storage)!r}"
         )
     if study_args.get("load_if_exists") is not True:
         raise LoadIfExistsError(
-            "error: study_args['load_if_exists'] must be True so the existing study is "
+            "study_args['load_if_exists'] must be True so the existing study is "
             f"loaded, got {study_args.get('load_if_exists')!r}"
         )
     name = study_args.get("study_name")
@@ -180,11 +185,11 @@ def _check_failed_states(failed_states: Sequence[TrialState]) -> frozenset[Trial
     for state in states:
         if not isinstance(state, TrialState):
             raise TypeError(
-                f"error: expected 'failed_states' to hold optuna TrialState values, got {state!r}"
+                f"expected 'failed_states' to hold optuna TrialState values, got {state!r}"
             )
         if state not in (TrialState.FAIL, TrialState.RUNNING):
             raise ValueError(
-                f"error: 'failed_states' may only hold TrialState.FAIL and "
+                f"'failed_states' may only hold TrialState.FAIL and "
                 f"TrialState.RUNNING, got {state}: finished trials are kept and waiting "
                 "trials run anyway"
             )
@@ -347,7 +352,7 @@ def _retry_on_schema_race(action: Callable[[], Any], what: str) -> Any:
         except retried as error:
             if attempt == _OPEN_ATTEMPTS:
                 raise RuntimeError(
-                    f"error: could not {what} after {_OPEN_ATTEMPTS} tries, the last one "
+                    f"could not {what} after {_OPEN_ATTEMPTS} tries, the last one "
                     f"failed with {type(error).__name__}: {error}"
                 ) from error
             time.sleep(pause)
@@ -428,9 +433,14 @@ def _requeue_failed_trials(
         def mark_failed(trial_id: int = trial_id) -> None:
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
-        # Another worker may finish or fail it first: then it is no longer ours to fail.
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        try:
             _retry_on_schema_race(mark_failed, f"mark the dead trial {trial.number} as failed")
+        except RuntimeError:
+            # Another worker finished or failed it first: then it is no longer ours to fail
+            # (Optuna raises UpdateFinishedTrialError, a plain RuntimeError before 4.9).
+            if not storage.get_trial(trial_id).state.is_finished():
+                raise
+        else:
             marked.add(trial_id)
 
     trials = study.get_trials(deepcopy=False)
@@ -474,6 +484,16 @@ def _requeue_failed_trials(
         )
 
 
+# The RDBStorage argument of the callback for trials whose heartbeat stopped: Optuna 4.9
+# renamed failed_trial_callback (which 6.0 removes) to heartbeat_stale_trial_callback.
+_STALE_TRIAL_CALLBACK = (
+    "heartbeat_stale_trial_callback"
+    if "heartbeat_stale_trial_callback"
+    in inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    else "failed_trial_callback"
+)
+
+
 def _open_study(
     study_args: dict[str, Any],
     storage: _StudyStorage,
@@ -497,6 +517,8 @@ def _open_study(
 
         callback = requeue_stale
 
+    callback_argument: dict[str, Any] = {_STALE_TRIAL_CALLBACK: callback}
+
     def make_storage() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -505,7 +527,7 @@ def _open_study(
                 engine_kwargs=storage.engine_kwargs(),
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=callback,
+                **callback_argument,
             )
 
     shown = _hide_password(url)
@@ -522,12 +544,11 @@ def _check_heartbeat(heartbeat_interval: int | None, grace_period: int | None) -
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ValueError(
-                f"error: expected '{name}' to be a positive number of seconds or None, "
-                f"got {value!r}"
+                f"expected '{name}' to be a positive number of seconds or None, got {value!r}"
             )
     if grace_period is not None and heartbeat_interval is None:
         raise ValueError(
-            f"error: 'grace_period' ({grace_period}) needs 'heartbeat_interval', which is None"
+            f"'grace_period' ({grace_period}) needs 'heartbeat_interval', which is None"
         )
     if (
         grace_period is not None
@@ -535,7 +556,7 @@ def _check_heartbeat(heartbeat_interval: int | None, grace_period: int | None) -
         and grace_period <= heartbeat_interval
     ):
         raise ValueError(
-            f"error: expected 'grace_period' to be longer than 'heartbeat_interval' "
+            f"expected 'grace_period' to be longer than 'heartbeat_interval' "
             f"({heartbeat_interval}), got {grace_period}: a live trial would look dead"
         )
 
@@ -653,10 +674,15 @@ def resume_study(
 def checkpoint_sampler(trial: optuna.Trial, chkpt_root: pathlib.Path) -> pathlib.Path:
     """Save the sampler of the trial's study to ``chkpt_root/sampler_trial-<n>.pkl``.
 
-    Call it from the objective function, so :py:func:`restore_sampler` can give a resumed
-    study the sampler (and its random state) of the last trial. The file is pickled to a
-    temporary file in the same folder and then renamed, so a crash never leaves a partial
-    file. ``chkpt_root`` is created if needed.
+    Call it from the objective function once the trial has drawn its parameters, so
+    :py:func:`restore_sampler` can give a resumed study the sampler of the last trial with
+    all its state (random state and caches included): the resumed study draws what the
+    uninterrupted one would have drawn. Every built-in Optuna sampler can be saved; what
+    pickle cannot carry is written as an explicit record instead (a thread lock, such as the
+    one of the NSGA-II and NSGA-III samplers, becomes a fresh lock on load; a tensor of the
+    GP sampler becomes its numbers). The file is pickled to a temporary file in the same
+    folder and then renamed, so a crash never leaves a partial file. ``chkpt_root`` is
+    created if needed.
 
     Args:
         trial: the current trial; ``n`` is its number.
@@ -664,11 +690,61 @@ def checkpoint_sampler(trial: optuna.Trial, chkpt_root: pathlib.Path) -> pathlib
 
     Returns:
         The path of the checkpoint.
+
+    Raises:
+        TypeError: if the sampler holds something that can neither be pickled nor recorded
+            (a user-defined sampler may); the previous checkpoint is left as it was.
     """
     chkpt_root.mkdir(parents=True, exist_ok=True)
     path = chkpt_root / f"sampler_trial-{trial.number}.pkl"
-    write_atomically(path, lambda file: pickle.dump(trial.study.sampler, file))
+    sampler = trial.study.sampler
+
+    def write(file: IO[bytes]) -> None:
+        try:
+            _SamplerPickler(file).dump(sampler)
+        except (pickle.PicklingError, TypeError, AttributeError) as error:
+            raise TypeError(
+                f"cannot checkpoint the sampler {type(sampler).__name__} to {path}: {error}"
+            ) from error
+
+    write_atomically(path, write)
     return path
+
+
+_LOCK_TYPES = {_thread.LockType: "lock", _thread.RLock: "rlock"}
+
+
+class _SamplerPickler(pickle.Pickler):
+    """Pickles a sampler, writing what pickle cannot carry as explicit records.
+
+    A record is a tuple of a kind and plain data: ``("lock",)`` and ``("rlock",)`` for a
+    thread lock (rebuilt unlocked), ``("tensor", array, requires_grad)`` for a torch tensor
+    and ``("torch.dtype", name)`` for a torch dtype. :py:class:`_SamplerUnpickler` rebuilds
+    them from the data alone.
+    """
+
+    def __init__(self, file: IO[bytes]) -> None:
+        # Protocol 5 would write numpy arrays through numpy's buffer functions, which the
+        # loader does not allow; protocol 4 writes them as plain data.
+        super().__init__(file, protocol=4)
+
+    def persistent_id(self, obj: Any) -> tuple[Any, ...] | None:
+        kind = _LOCK_TYPES.get(type(obj))
+        if kind is not None:
+            return (kind,)
+        torch = sys.modules.get("torch")  # a sampler holds tensors only if torch is loaded
+        if torch is None:
+            return None
+        if isinstance(obj, torch.dtype):
+            return ("torch.dtype", str(obj).removeprefix("torch."))
+        if isinstance(obj, torch.Tensor):
+            tensor = obj.detach().cpu()
+            try:
+                array = tensor.numpy()
+            except TypeError as error:
+                raise TypeError(f"it holds a {tensor.dtype} tensor ({error})") from error
+            return ("tensor", array.copy(), bool(obj.requires_grad))
+        return None
 
 
 # What a sampler checkpoint may reference: the classes and functions *defined* in Optuna's
@@ -729,13 +805,35 @@ class _SamplerUnpickler(pickle.Unpickler):
             f"{module}.{name} is not an Optuna sampler type or part of a sampler's state"
         )
 
+    def persistent_load(self, pid: Any) -> Any:
+        match pid:
+            case ("lock",):
+                return threading.Lock()
+            case ("rlock",):
+                return threading.RLock()
+            case ("torch.dtype", str(name)):
+                import torch
+
+                dtype = getattr(torch, name, None)
+                if isinstance(dtype, torch.dtype):
+                    return dtype
+            case ("tensor", np.ndarray() as array, bool(requires_grad)):
+                # Numbers only (no objects); only floats can require gradients.
+                if array.dtype.kind in ("fc" if requires_grad else "biufc"):
+                    import torch
+
+                    return torch.from_numpy(array.copy()).requires_grad_(requires_grad)
+        raise pickle.UnpicklingError(f"{pid!r} is not a record of a sampler's state")
+
 
 def load_sampler_file(path: pathlib.Path) -> optuna.samplers.BaseSampler:
     """Load a sampler checkpoint written by :py:func:`checkpoint_sampler`, safely.
 
-    The file is unpickled with an unpickler that only builds Optuna sampler types and the
-    numpy and builtin types their state holds; a file that references anything else (a
-    function that runs code, an Optuna storage, ...) is refused before it can run it.
+    The file is unpickled with an unpickler that only builds Optuna sampler types, the
+    numpy and builtin types their state holds, and the records :py:func:`checkpoint_sampler`
+    writes for what pickle cannot carry (a fresh thread lock, a tensor made from its
+    numbers); a file that references anything else (a function that runs code, an Optuna
+    storage, ...) is refused before it can run it.
 
     Args:
         path: the sampler checkpoint.
@@ -744,9 +842,11 @@ def load_sampler_file(path: pathlib.Path) -> optuna.samplers.BaseSampler:
         The sampler.
 
     Raises:
-        pickle.UnpicklingError: if the file references a type outside the allowed ones, or
-            does not hold a sampler.
+        pickle.UnpicklingError: if the file references a type outside the allowed ones, holds
+            an unknown record, or does not hold a sampler.
         OSError: if the file cannot be read.
+        Exception: a forged file may make the allowed types fail with any error while they
+            are built; :py:func:`restore_sampler` refuses such a file.
     """
     with path.open("rb") as file:
         sampler = _SamplerUnpickler(file).load()
@@ -785,7 +885,7 @@ def restore_sampler(chkpt_root: pathlib.Path) -> optuna.samplers.BaseSampler | N
     _, last = max(numbered)
     try:
         return load_sampler_file(last)
-    except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError) as error:
+    except Exception as error:  # a hostile file can make the allowed types fail anyhow
         warnings.warn(
             f"refused the sampler checkpoint {last}: {error}; the study goes on with a fresh "
             "sampler",
@@ -897,13 +997,9 @@ class OptunaPlugin(Plugin):
     def __init__(self, trial: optuna.Trial, metric_name: str) -> None:
         super().__init__(self.plugin_id)
         if not isinstance(trial, optuna.trial.BaseTrial):
-            raise TypeError(
-                f"error: expected 'trial' to be an optuna Trial, got {type(trial).__name__}"
-            )
+            raise TypeError(f"expected 'trial' to be an optuna Trial, got {type(trial).__name__}")
         if not isinstance(metric_name, str) or not metric_name:
-            raise TypeError(
-                f"error: expected 'metric_name' to be a non-empty string, got {metric_name!r}"
-            )
+            raise TypeError(f"expected 'metric_name' to be a non-empty string, got {metric_name!r}")
         self._trial = trial
         self._metric_name = metric_name
         self._last_cycle = 0
@@ -931,7 +1027,7 @@ class OptunaPlugin(Plugin):
         """Whether this process talks to the trial (always, when not distributed)."""
         return not self.is_distributed or dist.get_global_rank() == 0
 
-    def configure_trainer(self, trainer: Trainer) -> None:
+    def configure_trainer(self, trainer: RunTrainer) -> None:
         """Register the plug-in and make ``fit`` re-raise :py:class:`optuna.TrialPruned`.
 
         Args:
@@ -988,7 +1084,7 @@ class OptunaPlugin(Plugin):
         }
         if type_name not in suggesters:
             raise UnknownSuggestionTypeError(
-                f"error: unknown suggestion type '{type_name}' for parameter '{name}'; "
+                f"unknown suggestion type '{type_name}' for parameter '{name}'; "
                 f"expected one of {', '.join(repr(k) for k in sorted(suggesters))}"
             )
         if not self.is_distributed:
@@ -1011,7 +1107,7 @@ class OptunaPlugin(Plugin):
         backend = getattr(storage, "_backend", storage)
         if not isinstance(backend, optuna.storages.RDBStorage):
             raise ValueError(
-                "error: distributed training with OptunaPlugin needs the study to be stored "
+                "distributed training with OptunaPlugin needs the study to be stored "
                 "in a database (e.g. storage='sqlite:///study.db'), got storage of type "
                 f"{type(backend).__name__}"
             )
@@ -1142,7 +1238,7 @@ class OptunaPlugin(Plugin):
         if differing:
             details = ", ".join(f"{k}: {state_dict[k]!r} != {current[k]!r}" for k in differing)
             raise RuntimeError(
-                "error: the checkpoint was written by a trial with different parameters than "
+                "the checkpoint was written by a trial with different parameters than "
                 f"trial {_trial_identity(self._trial)} ({details}); remove the stale "
                 "checkpoint folder or give the model another save name"
             )

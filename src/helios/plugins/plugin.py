@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -14,8 +14,9 @@ from helios.core.placement import RunPlacement
 from helios.core.utils import Registry, convert_to_list
 
 if TYPE_CHECKING:
+    from helios.core.placement import RunTrainer
+    from helios.core.training_state import TrainingState
     from helios.model import Model
-    from helios.trainer import Trainer, TrainingState
 
 PLUGIN_REGISTRY = Registry("plug-in")
 """Registry of :py:class:`Plugin` types.
@@ -104,7 +105,7 @@ def validate_plugins(plugins: Mapping[str, Plugin]) -> None:
 
 def _clash_message(flag: str, plug_id: str, other_id: str) -> str:
     return (
-        f"error: plug-in '{plug_id}' sets the unique override '{flag}', which plug-in "
+        f"plug-in '{plug_id}' sets the unique override '{flag}', which plug-in "
         f"'{other_id}' already sets; only one registered plug-in may set each flag of "
         "UniquePluginOverrides"
     )
@@ -146,6 +147,10 @@ class Plugin(RunPlacement, abc.ABC):
         plug_id: the key of the plug-in in the trainer's plug-in table.
     """
 
+    # The model's default state skips a plug-in it holds: a plug-in is a checkpoint part of
+    # its own (helios.model.default_state).
+    _state_kept_apart: ClassVar[bool] = True
+
     def __init__(self, plug_id: str) -> None:
         super().__init__(f"plug-in '{plug_id}'")
         self._plug_id = plug_id
@@ -161,7 +166,7 @@ class Plugin(RunPlacement, abc.ABC):
         """The unique hooks this plug-in overrides; set its flags in the constructor."""
         return self._overrides
 
-    def configure_trainer(self, trainer: Trainer) -> None:
+    def configure_trainer(self, trainer: RunTrainer) -> None:
         """Configure the trainer before training or testing starts.
 
         The trainer never calls this; call it yourself once both exist. Override it to
@@ -290,7 +295,7 @@ class Plugin(RunPlacement, abc.ABC):
         """Run when testing ends, before the model's hook."""
 
     def _append_train_exceptions(
-        self, exc: type[Exception] | list[type[Exception]], trainer: Trainer
+        self, exc: type[Exception] | list[type[Exception]], trainer: RunTrainer
     ) -> None:
         """Add exception types that :py:meth:`~helios.trainer.Trainer.fit` re-raises.
 
@@ -306,7 +311,7 @@ class Plugin(RunPlacement, abc.ABC):
         _extend_exceptions(trainer.train_exceptions, exc, "exc")
 
     def _append_test_exceptions(
-        self, exc: type[Exception] | list[type[Exception]], trainer: Trainer
+        self, exc: type[Exception] | list[type[Exception]], trainer: RunTrainer
     ) -> None:
         """Add exception types that :py:meth:`~helios.trainer.Trainer.test` re-raises.
 
@@ -321,7 +326,7 @@ class Plugin(RunPlacement, abc.ABC):
         """
         _extend_exceptions(trainer.test_exceptions, exc, "exc")
 
-    def _register_in_trainer(self, trainer: Trainer) -> None:
+    def _register_in_trainer(self, trainer: RunTrainer) -> None:
         """Add the plug-in to the trainer's plug-in table under :py:attr:`plug_id`.
 
         Args:
@@ -333,9 +338,7 @@ class Plugin(RunPlacement, abc.ABC):
                 :py:attr:`unique_overrides` that this plug-in sets.
         """
         if self._plug_id in trainer.plugins:
-            raise KeyError(
-                f"error: a plug-in with id '{self._plug_id}' has already been registered"
-            )
+            raise KeyError(f"a plug-in with id '{self._plug_id}' has already been registered")
         clash = _find_override_clash(self, trainer.plugins)
         if clash is not None:
             raise ValueError(_clash_message(clash[0], self._plug_id, clash[1]))
@@ -349,7 +352,7 @@ def _extend_exceptions(
 ) -> None:
     for entry in convert_to_list(exc):
         if not (isinstance(entry, type) and issubclass(entry, Exception)):
-            raise TypeError(f"error: expected '{arg_name}' to hold exception types, got {entry!r}")
+            raise TypeError(f"expected '{arg_name}' to hold exception types, got {entry!r}")
         if entry not in target:
             target.append(entry)
 
@@ -383,7 +386,7 @@ class CUDAPlugin(Plugin):
     def setup(self) -> None:
         """Nothing to prepare."""
 
-    def configure_trainer(self, trainer: Trainer) -> None:
+    def configure_trainer(self, trainer: RunTrainer) -> None:
         """Register the plug-in in the trainer.
 
         Args:
@@ -426,7 +429,7 @@ class CUDAPlugin(Plugin):
                     batch[key] = value.to(device, non_blocking=True)
             return batch
         raise TypeError(
-            f"error: CUDAPlugin cannot move a batch of type {type(batch).__name__}; "
+            f"CUDAPlugin cannot move a batch of type {type(batch).__name__}; "
             "expected a Tensor, list, tuple or dict (override _move_collection_to_device "
             "to handle other types)"
         )

@@ -20,7 +20,7 @@ def _check_lengths(
 ) -> None:
     if len(values_a) != len(values_b):
         raise ValueError(
-            f"error: {name_a} and {name_b} must have the same length, got "
+            f"{name_a} and {name_b} must have the same length, got "
             f"{name_a}={list(values_a)} (length {len(values_a)}) and "
             f"{name_b}={list(values_b)} (length {len(values_b)})"
         )
@@ -68,8 +68,7 @@ class CosineAnnealingRestartLR(lr_scheduler.LRScheduler):
             isinstance(p, bool) or not isinstance(p, int) or p <= 0 for p in periods
         ):
             raise ValueError(
-                "error: periods must be a non-empty list of positive integers, got "
-                f"periods={periods}"
+                f"periods must be a non-empty list of positive integers, got periods={periods}"
             )
         _check_lengths("periods", periods, "restart_weights", weights)
 

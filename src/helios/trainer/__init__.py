@@ -5,43 +5,48 @@ Public names: :py:class:`Trainer`, :py:class:`TrainingUnit`, :py:class:`Training
 :py:func:`get_trainer_safe_types_for_load`, :py:func:`register_trainer_types_for_safe_load`,
 :py:class:`NonFiniteError`, :py:class:`CheckpointWriteError`.
 
-How to read it. One training step: ``loops.py`` (``TrainingLoop.run`` -> ``_train_epoch``,
-the batch step written once -> ``_end_unit``, where validation, the checkpoint and the stop
-decisions happen; the hook order is written once in its docstring). One save and one resume:
-``checkpoints.py`` (``RunCheckpoint.save`` gathers every part's ``state_dict()``,
-``RunCheckpoint.resume`` hands each part its ``load_state_dict()``; the parts of a run are
-listed in ``Trainer._checkpoint_parts``). The rest, in the order a run uses it:
+How to read it. One training step: ``run.py`` (``FitRun.main``: the whole body of one
+process, top to bottom) -> ``loops.py`` (``TrainingLoop.run`` -> ``_train_epoch``, the batch
+step written once -> ``_end_unit``, where validation, the checkpoint and the stop decisions
+happen; the hook order is written once in its docstring). One save and one resume: the
+``checkpoint`` package (``parts.py``: the one part protocol and the table of a run's parts;
+``run_checkpoint.py``: ``RunCheckpoint.save`` gathers every part's ``state_dict()``,
+``RunCheckpoint.resume`` hands each part its ``load_state_dict()``; ``io.py``: the files).
+The rest, in the order a run uses it:
 
-* ``trainer.py``: the Trainer's arguments and properties, ``fit``/``test``, set-up, and the
-  list of checkpoint parts.
-* ``arguments.py``: the checks of every constructor argument.
-* ``launch.py``: running in one process, under ``torchrun``, or spawned per GPU.
+* ``trainer.py``: the Trainer: arguments, properties, ``fit``/``test``, extra parts.
+* ``config.py`` and ``arguments.py``: the arguments checked into a frozen run configuration.
+* ``launch.py``: where a run's body runs (one process, ``torchrun``, spawned per GPU) and
+  the context of each process (ranks, device, result channel).
+* ``run.py``: the run of one process: lock, set-up, parts, loops, fit/test bodies.
+* ``run_folder.py``: one run per checkpoint folder (a lock naming its holder) and a
+  writable folder checked before training.
 * ``run_logs.py``: the run's log file and TensorBoard run, continued on resume.
 * ``loops.py``: the training loop core and the validation/testing loop.
-* ``checkpoints.py``: checkpoint parts, atomic saving, discovery and validated loading.
-* ``retention.py``: which checkpoints to keep (last N, best K) and the index of the best.
-* ``async_save.py``: snapshots and the background writer of asynchronous saves.
+* ``checkpoint/``: parts, saving and resuming, IO, sharded checkpoints, retention,
+  asynchronous saves (its ``__init__`` gives the reading order).
 * ``nonfinite.py``: the guard that stops training on a NaN/inf loss or model state.
 * ``preemption.py``: stopping at the next batch boundary on SIGTERM, SIGUSR1 or SIGINT.
 * ``run_end.py``: how a run ended (a stop is kept in the checkpoint); finished runs stay
   finished.
-* ``run_folder.py``: one run per checkpoint folder (a lock naming its holder) and a
-  writable folder checked before training.
+* ``reporting.py``: what a run reports: console lines, the bar's losses, logger metrics.
+* ``console.py``: the formatting of those console lines.
 * ``progress.py``: progress bars.
-* ``sharded_checkpoint.py``: checkpoints of sharded models (Distributed Checkpoint folders).
-* ``state.py``: :py:class:`TrainingUnit` and :py:class:`TrainingState`.
+* ``failures.py``: how a failed ``fit``/``test`` is shown (the hook it came from).
+* ``state.py``: :py:class:`TrainingUnit` and :py:class:`TrainingState` (defined in
+  :py:mod:`helios.core.training_state`, below the model and the plug-ins that use them).
 """
 
-from .async_save import CheckpointWriteError
-from .checkpoints import (
+from .checkpoint import (
+    CheckpointWriteError,
+    export_full_checkpoint,
+    find_best_checkpoint,
     find_last_checkpoint,
     get_trainer_safe_types_for_load,
     register_trainer_types_for_safe_load,
 )
 from .nonfinite import NonFiniteError
 from .preemption import Preempted
-from .retention import find_best_checkpoint
-from .sharded_checkpoint import export_full_checkpoint
 from .state import TrainingState, TrainingUnit
 from .trainer import Trainer
 

@@ -14,7 +14,7 @@ import torch
 
 from helios.core.precision import PRECISIONS
 
-from .retention import RetentionPolicy
+from .checkpoint.retention import RetentionPolicy
 from .state import TrainingUnit
 
 
@@ -46,11 +46,11 @@ def check_train_unit(train_unit: Any) -> TrainingUnit:
             return TrainingUnit.from_str(train_unit)
         except ValueError:
             raise ValueError(
-                f"error: invalid train_unit={train_unit!r}. Expected one of 'epoch', "
+                f"invalid train_unit={train_unit!r}. Expected one of 'epoch', "
                 "'iteration' or a TrainingUnit"
             ) from None
     raise TypeError(
-        f"error: train_unit must be a TrainingUnit or one of 'epoch', 'iteration', "
+        f"train_unit must be a TrainingUnit or one of 'epoch', 'iteration', "
         f"but received {_describe(train_unit)}"
     )
 
@@ -70,21 +70,19 @@ def check_total_steps(total_steps: Any) -> int | float:
     """
     if _is_int(total_steps):
         if total_steps < 0:
-            raise ValueError(
-                f"error: total_steps must be >= 0 or math.inf, but received {total_steps}"
-            )
+            raise ValueError(f"total_steps must be >= 0 or math.inf, but received {total_steps}")
         return int(total_steps)
     if isinstance(total_steps, float):
         if total_steps == math.inf:
             return math.inf
         if math.isnan(total_steps) or total_steps < 0 or not total_steps.is_integer():
             raise ValueError(
-                "error: total_steps must be a non-negative whole number or math.inf, but "
+                "total_steps must be a non-negative whole number or math.inf, but "
                 f"received {total_steps}"
             )
         return int(total_steps)
     raise TypeError(
-        f"error: total_steps must be an int or math.inf, but received {_describe(total_steps)}"
+        f"total_steps must be an int or math.inf, but received {_describe(total_steps)}"
     )
 
 
@@ -107,10 +105,10 @@ def check_positive_int(name: str, value: Any, optional: bool = True) -> int | No
         return None
     if not _is_int(value):
         allowed = "None or an int >= 1" if optional else "an int >= 1"
-        raise TypeError(f"error: {name} must be {allowed}, but received {_describe(value)}")
+        raise TypeError(f"{name} must be {allowed}, but received {_describe(value)}")
     if value < 1:
         allowed = "None or an int >= 1" if optional else "an int >= 1"
-        raise ValueError(f"error: {name} must be {allowed}, but received {value}")
+        raise ValueError(f"{name} must be {allowed}, but received {value}")
     return int(value)
 
 
@@ -131,10 +129,10 @@ def check_random_seed(random_seed: Any) -> int | None:
         return None
     if not _is_int(random_seed):
         raise TypeError(
-            f"error: random_seed must be None or an int >= 0, but received {_describe(random_seed)}"
+            f"random_seed must be None or an int >= 0, but received {_describe(random_seed)}"
         )
     if random_seed < 0:
-        raise ValueError(f"error: random_seed must be an int >= 0, but received {random_seed}")
+        raise ValueError(f"random_seed must be an int >= 0, but received {random_seed}")
     return int(random_seed)
 
 
@@ -155,12 +153,10 @@ def check_path(name: str, value: Any) -> pathlib.Path | None:
     if value is None:
         return None
     if not isinstance(value, str | pathlib.Path):
-        raise TypeError(
-            f"error: {name} must be a pathlib.Path (or str), but received {_describe(value)}"
-        )
+        raise TypeError(f"{name} must be a pathlib.Path (or str), but received {_describe(value)}")
     path = pathlib.Path(value)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"error: {name} must be a directory, but {path} is a file")
+        raise ValueError(f"{name} must be a directory, but {path} is a file")
     return path
 
 
@@ -184,30 +180,26 @@ def check_gpus(gpus: Any, use_cpu: bool | None) -> list[int]:
     elif isinstance(gpus, list | tuple) and all(_is_int(g) for g in gpus):
         ids = list(gpus)
     else:
-        raise TypeError(
-            f"error: gpus must be None or a list of ints, but received {_describe(gpus)}"
-        )
+        raise TypeError(f"gpus must be None or a list of ints, but received {_describe(gpus)}")
 
     if use_cpu is not None and not isinstance(use_cpu, bool):
-        raise TypeError(f"error: use_cpu must be None or a bool, but received {_describe(use_cpu)}")
+        raise TypeError(f"use_cpu must be None or a bool, but received {_describe(use_cpu)}")
     if use_cpu and ids:
-        raise ValueError(
-            f"error: cannot request CPU and GPU training at once: use_cpu=True, gpus={ids}"
-        )
+        raise ValueError(f"cannot request CPU and GPU training at once: use_cpu=True, gpus={ids}")
     wants_cuda = use_cpu is False or bool(ids)
     if wants_cuda and not torch.cuda.is_available():
         raise RuntimeError(
-            f"error: CUDA was requested (use_cpu={use_cpu}, gpus={gpus}) but CUDA is not "
+            f"CUDA was requested (use_cpu={use_cpu}, gpus={gpus}) but CUDA is not "
             "available on this machine. Pass use_cpu=True to train on the CPU"
         )
     if len(set(ids)) != len(ids):
-        raise ValueError(f"error: gpus contains duplicate ids: {ids}")
+        raise ValueError(f"gpus contains duplicate ids: {ids}")
     if ids:
         count = torch.cuda.device_count()
         invalid = [g for g in ids if g < 0 or g >= count]
         if invalid:
             raise ValueError(
-                f"error: gpus={ids} contains ids {invalid} that are not valid: this machine "
+                f"gpus={ids} contains ids {invalid} that are not valid: this machine "
                 f"has {count} GPU(s), ids 0..{count - 1}"
             )
     return ids
@@ -243,22 +235,20 @@ def check_flags(
     """
     if enable_deterministic and enable_cudnn_benchmark:
         raise ValueError(
-            "error: enable_deterministic=True and enable_cudnn_benchmark=True are mutually "
+            "enable_deterministic=True and enable_cudnn_benchmark=True are mutually "
             "exclusive: cuDNN benchmarking picks algorithms non-deterministically"
         )
     if enable_tensorboard and run_path is None:
-        raise ValueError(
-            "error: enable_tensorboard=True needs run_path, the folder for TensorBoard runs"
-        )
+        raise ValueError("enable_tensorboard=True needs run_path, the folder for TensorBoard runs")
     if enable_file_logging and log_path is None:
-        raise ValueError("error: enable_file_logging=True needs log_path, the folder for log files")
+        raise ValueError("enable_file_logging=True needs log_path, the folder for log files")
     if chkpt_frequency is not None and chkpt_root is None:
         raise ValueError(
-            f"error: chkpt_frequency={chkpt_frequency} needs chkpt_root, the folder where "
+            f"chkpt_frequency={chkpt_frequency} needs chkpt_root, the folder where "
             "checkpoints are saved"
         )
     if src_root is not None and not src_root.is_dir():
-        raise ValueError(f"error: src_root must be an existing directory, but got {src_root}")
+        raise ValueError(f"src_root must be an existing directory, but got {src_root}")
 
 
 def check_loggers(loggers: object) -> list[Any]:
@@ -279,13 +269,13 @@ def check_loggers(loggers: object) -> list[Any]:
 
     if isinstance(loggers, ExperimentLogger) or not isinstance(loggers, list | tuple):
         raise TypeError(
-            "error: loggers must be a list of helios.loggers loggers (CSVLogger, MLflowLogger, "
+            "loggers must be a list of helios.loggers loggers (CSVLogger, MLflowLogger, "
             f"WandbLogger), but received {loggers!r}"
         )
     for index, logger in enumerate(loggers):
         if not isinstance(logger, ExperimentLogger):
             raise TypeError(
-                f"error: loggers[{index}] must be a helios.loggers.ExperimentLogger, but "
+                f"loggers[{index}] must be a helios.loggers.ExperimentLogger, but "
                 f"received {type(logger).__name__}"
             )
     return list(loggers)
@@ -307,14 +297,12 @@ def check_precision(precision: Any, uses_cuda: bool) -> str:
     """
     allowed = ", ".join(repr(p) for p in PRECISIONS)
     if not isinstance(precision, str):
-        raise TypeError(
-            f"error: precision must be one of {allowed}, but received {_describe(precision)}"
-        )
+        raise TypeError(f"precision must be one of {allowed}, but received {_describe(precision)}")
     if precision not in PRECISIONS:
-        raise ValueError(f"error: invalid precision={precision!r}. Expected one of {allowed}")
+        raise ValueError(f"invalid precision={precision!r}. Expected one of {allowed}")
     if precision == "bf16-mixed" and uses_cuda and not torch.cuda.is_bf16_supported():
         raise ValueError(
-            "error: precision='bf16-mixed' needs a GPU with bfloat16 support, which this "
+            "precision='bf16-mixed' needs a GPU with bfloat16 support, which this "
             "one lacks; use precision='fp16-mixed'"
         )
     return precision
@@ -344,23 +332,21 @@ def check_retention(
             continue
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(
-                f"error: {name} must be None or an int >= 1, but received {value!r} "
+                f"{name} must be None or an int >= 1, but received {value!r} "
                 f"(type {type(value).__name__})"
             )
         if value < 1:
-            raise ValueError(f"error: {name} must be None or an int >= 1, but received {value}")
+            raise ValueError(f"{name} must be None or an int >= 1, but received {value}")
     if best_metric is not None and (not isinstance(best_metric, str) or not best_metric):
         raise TypeError(
-            f"error: {prefix}best_metric must be None or the non-empty name of a key of the "
+            f"{prefix}best_metric must be None or the non-empty name of a key of the "
             f"model's metrics table, but received {best_metric!r}"
         )
     if best_mode not in ("max", "min"):
-        raise ValueError(
-            f"error: {prefix}best_mode must be 'max' or 'min', but received {best_mode!r}"
-        )
+        raise ValueError(f"{prefix}best_mode must be 'max' or 'min', but received {best_mode!r}")
     if keep_best is not None and best_metric is None:
         raise ValueError(
-            f"error: {prefix}keep_best={keep_best} needs {prefix}best_metric, the key of the "
+            f"{prefix}keep_best={keep_best} needs {prefix}best_metric, the key of the "
             "model's metrics table that ranks checkpoints"
         )
     return RetentionPolicy(keep_last, keep_best, best_metric, best_mode)
@@ -380,5 +366,5 @@ def check_bool(name: str, value: Any) -> bool:
         TypeError: for a non-bool value.
     """
     if not isinstance(value, bool):
-        raise TypeError(f"error: {name} must be a bool, but received {_describe(value)}")
+        raise TypeError(f"{name} must be a bool, but received {_describe(value)}")
     return value

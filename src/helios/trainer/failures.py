@@ -4,11 +4,12 @@ The summary names the hook the exception came from, found by walking the traceba
 methods of :py:class:`~helios.model.Model`, :py:class:`~helios.plugins.Plugin` and
 :py:class:`~helios.data.DataModule` subclasses, e.g.::
 
-    error: fit failed in MyModel.train_step: ValueError: shapes do not match
+    fit failed in MyModel.train_step: ValueError: shapes do not match
 """
 
 from __future__ import annotations
 
+import logging as _std_logging
 import pathlib
 import sys
 import traceback
@@ -16,6 +17,8 @@ import types
 from typing import TextIO
 
 import helios
+from helios.core import distributed as dist
+from helios.core import logging
 
 _HELIOS_ROOT = pathlib.Path(helios.__file__).resolve().parent
 
@@ -66,47 +69,33 @@ def find_hook(error: BaseException) -> str | None:
     return fallback
 
 
-def failure_summary(error: BaseException, action: str = "fit", rank: int | None = None) -> str:
+def failure_summary(
+    error: BaseException, action: str = "fit", global_rank: int | None = None
+) -> str:
     """Return the one-line summary of a failure.
 
     Args:
         error: the exception.
         action: what failed (``"fit"`` or ``"test"``).
-        rank: the global rank the error was raised on, if distributed.
+        global_rank: the global rank the error was raised on, if distributed.
 
     Returns:
-        ``error: <action> failed[ on rank <rank>] in <Class>.<hook>: <Type>: <first line of
+        ``<action> failed[ on rank <global_rank>] in <Class>.<hook>: <Type>: <first line of
         the message>`` (without ``in ...`` when no hook is found).
     """
     hook = find_hook(error)
-    where = f" on rank {rank}" if rank is not None else ""
+    where = f" on rank {global_rank}" if global_rank is not None else ""
     if hook is not None:
         where += f" in {hook}"
     message = str(error).strip().splitlines()
     detail = f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
-    return f"error: {action} failed{where}: {detail}"
-
-
-def format_failure(error: BaseException, action: str = "fit", rank: int | None = None) -> str:
-    """Return the full traceback of ``error`` followed by its summary line.
-
-    Args:
-        error: the exception.
-        action: what failed (``"fit"`` or ``"test"``).
-        rank: the global rank the error was raised on (named in the summary), if distributed.
-
-    Returns:
-        The text, ending with a newline.
-    """
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    summary = failure_summary(error, action, rank)
-    return f"{text}{summary}\n"
+    return f"{action} failed{where}: {detail}"
 
 
 def report_failure(
     error: BaseException,
     action: str = "fit",
-    rank: int | None = None,
+    global_rank: int | None = None,
     file: TextIO | None = None,
 ) -> str:
     """Write the traceback and the summary of a failure to stderr.
@@ -116,13 +105,14 @@ def report_failure(
     Args:
         error: the exception.
         action: what failed (``"fit"`` or ``"test"``).
-        rank: the global rank the error was raised on, if distributed.
+        global_rank: the global rank the error was raised on, if distributed.
         file: where to write; ``None`` is the current ``sys.stderr``.
 
     Returns:
-        The text written (see :py:func:`format_failure`).
+        The text written: the full traceback, then the summary line, ending with a newline.
     """
-    text = format_failure(error, action, rank)
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    text = f"{trace}{failure_summary(error, action, global_rank)}\n"
     stream = file if file is not None else sys.stderr
     try:
         stream.write(text)
@@ -132,4 +122,17 @@ def report_failure(
     return text
 
 
-__all__ = ["failure_summary", "find_hook", "format_failure", "report_failure"]
+def log_uncaught(error: BaseException, action: str) -> None:
+    """Show an unlisted exception on stderr (traceback and summary) and in the log file.
+
+    Args:
+        error: the exception.
+        action: what failed (``"fit"`` or ``"test"``).
+    """
+    global_rank = dist.get_global_rank() if dist.is_dist_active() else None
+    text = report_failure(error, action, global_rank)
+    if logging.is_root_logger_active():
+        logging.get_root_logger().log_to_file(_std_logging.ERROR, text.rstrip("\n"))
+
+
+__all__ = ["failure_summary", "find_hook", "log_uncaught", "report_failure"]

@@ -1,20 +1,24 @@
 """Starting a run: in this process, under ``torchrun``, or spawned one process per GPU.
 
-The Trainer hands over a function that runs the whole ``fit``/``test`` body in one process;
-this module decides where that body runs and how results and errors come back.
+The Trainer hands over a run (:py:class:`helios.trainer.run.FitRun` or ``TestRun``) whose
+``main`` is the whole ``fit``/``test`` body of one process; :py:func:`launch` decides where
+it runs, and :py:func:`join` gives each process its :py:class:`RunContext`: its ranks, its
+device and, when spawned, the channels back to the calling process.
 
-* **One process, or torchrun.** :py:func:`run_in_process` runs the body here. Under
-  ``torchrun`` with several processes it first joins the process group that ``torchrun``
-  prepared (gloo on the CPU, NCCL on GPUs), once per process: later runs in the same process
-  reuse it, because a group cannot be initialised again from ``torchrun``'s environment once
-  destroyed. If the body fails, the group is torn down. The other ranks' pending
-  collectives then fail as soon as the failed process exits (which also makes ``torchrun``
-  stop the job); a script that carries on after a failed ``fit`` keeps them waiting, since
-  a ``DistributedDataParallel`` model still holds the group's connections open.
-* **Spawned.** :py:func:`run_spawned` starts one process per GPU and waits for them. A rank
-  that fails sends its exception and traceback to the calling process (see
-  :py:class:`ErrorReporter`), which shows the traceback, re-raises the exception when its
-  type is listed in ``train_exceptions``/``test_exceptions`` and otherwise returns False.
+* **One process, or torchrun.** :py:func:`launch` calls ``run.main()`` here. Under
+  ``torchrun`` with several processes, :py:func:`join` first joins the process group that
+  ``torchrun`` prepared (gloo on the CPU, NCCL on GPUs), once per process: later runs in the
+  same process reuse it, because a group cannot be initialised again from ``torchrun``'s
+  environment once destroyed. If the body fails, the group is torn down
+  (:py:func:`leave`). The other ranks' pending collectives then fail as soon as the failed
+  process exits (which also makes ``torchrun`` stop the job); a script that carries on
+  after a failed ``fit`` keeps them waiting, since a ``DistributedDataParallel`` model
+  still holds the group's connections open.
+* **Spawned.** :py:func:`launch` starts one process per GPU running ``run.main`` and waits
+  for them. A rank that fails sends its exception and traceback to the calling process
+  (see :py:class:`ErrorReporter`), which shows the traceback, re-raises the exception when
+  its type is listed in ``train_exceptions``/``test_exceptions`` and otherwise returns
+  False.
 """
 
 from __future__ import annotations
@@ -32,20 +36,19 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 import torch.distributed
 import torch.multiprocessing as mp
 
 from helios.core import distributed as dist
 from helios.core import logging
 
-from . import failures
+from .failures import failure_summary
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
-
-RunBody = Callable[[], bool]
+    from .config import RunConfig
 
 # An error report (traceback text plus pickled exception) stays around this size, so that
 # writing it into the pipe of the error queue (64 KiB) never blocks a failing rank: the
@@ -72,9 +75,13 @@ def format_exception(error: BaseException) -> str:
     return "".join(traceback.format_exception(type(error), error, error.__traceback__))
 
 
-def use_spawn(trainer: Trainer) -> bool:
-    """Return whether the run must spawn its own processes (several GPUs, no torchrun)."""
-    return trainer.is_distributed and not dist.is_using_torchrun()
+def use_spawn(config: Any) -> bool:
+    """Return whether a run must spawn its own processes (several GPUs, no torchrun).
+
+    Args:
+        config: the run configuration (or the Trainer: anything with ``is_distributed``).
+    """
+    return bool(config.is_distributed) and not dist.is_using_torchrun()
 
 
 def abandon_process_group() -> None:
@@ -115,20 +122,20 @@ def _release_group() -> None:
     dist.shutdown_dist()
 
 
-def _join_torchrun_group(trainer: Trainer) -> None:
+def _join_torchrun_group(config: RunConfig, device: torch.device) -> None:
     global _joined_torchrun_group
     if dist.is_dist_active():
         return
     if _joined_torchrun_group:
         raise RuntimeError(
-            "error: the torchrun process group of this process was torn down (after a failed "
+            "the torchrun process group of this process was torn down (after a failed "
             "run, or by a call to destroy_process_group) and cannot be joined again; start a "
             "new torchrun job"
         )
     end_with_parent()
     dist.init_dist(
-        backend="gloo" if trainer.uses_cpu else "nccl",
-        device=None if trainer.uses_cpu else trainer.device,
+        backend="gloo" if config.use_cpu else "nccl",
+        device=None if config.use_cpu else device,
     )
     _joined_torchrun_group = True
     release_group_at_exit()
@@ -152,62 +159,12 @@ def end_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_in_process(
-    trainer: Trainer, body: RunBody, prepare: Callable[[], None] | None = None
-) -> bool:
-    """Run the body in this process, joining the ``torchrun`` process group if needed.
-
-    Sets the trainer's ``rank`` and ``local_rank`` (0 when not distributed; under
-    ``torchrun`` from its environment). ``prepare`` (the data module's ``prepare_data``)
-    runs first: under ``torchrun`` only on local rank 0 of each node, while the other ranks
-    wait, so that two processes never download or unpack the same files at once. The group
-    is kept for later runs of this process after a success, and torn down after a failure
-    (a False return or an exception).
-
-    Args:
-        trainer: the trainer (its ``use_cpu`` picks gloo or NCCL).
-        body: the in-process run.
-        prepare: called once per node before the body.
-
-    Returns:
-        What the body returned.
-
-    Raises:
-        RuntimeError: if this process already tore down its ``torchrun`` process group.
-    """
-    if not trainer.is_distributed:
-        trainer.rank = 0
-        trainer.local_rank = 0
-        if prepare is not None:
-            prepare()
-        return body()
-
-    # The local rank picks the GPU, which the NCCL group is bound to.
-    trainer.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    _join_torchrun_group(trainer)
-    info = dist.get_dist_info()
-    trainer.rank = info.rank
-    trainer.local_rank = info.local_rank
-    try:
-        if prepare is not None:
-            if info.local_rank == 0:
-                prepare()
-            dist.safe_barrier()
-        succeeded = body()
-    except BaseException:
-        abandon_process_group()
-        raise
-    if not succeeded:
-        abandon_process_group()
-    return succeeded
-
-
 @dataclasses.dataclass
 class ErrorReport:
     """What a failed rank sends to the calling process.
 
     Args:
-        rank: the rank that failed.
+        global_rank: the rank that failed.
         traceback: the formatted traceback.
         listed: whether the exception's type is in the trainer's list for the current mode.
         log_path: the log file of the run, if file logging was enabled.
@@ -215,7 +172,7 @@ class ErrorReport:
         summary: the one-line summary naming the hook (see :py:mod:`helios.trainer.failures`).
     """
 
-    rank: int
+    global_rank: int
     traceback: str
     listed: bool = False
     log_path: pathlib.Path | None = None
@@ -237,20 +194,20 @@ class ErrorReporter:
     """Sends the first exception of a spawned rank to the calling process.
 
     Args:
-        rank: the rank of this process.
-        error_queue: the queue read by :py:func:`run_spawned`.
+        global_rank: the rank of this process.
+        error_queue: the queue read by :py:func:`launch`.
         listed: the exception types that the Trainer re-raises for the current mode.
         action: what runs (``"fit"`` or ``"test"``), for the summary line.
     """
 
     def __init__(
         self,
-        rank: int,
+        global_rank: int,
         error_queue: Any,
         listed: Sequence[type[Exception]],
         action: str = "fit",
     ) -> None:
-        self._rank = rank
+        self._global_rank = global_rank
         self._queue = error_queue
         self._listed = tuple(listed)
         self._action = action
@@ -263,11 +220,11 @@ class ErrorReporter:
         self._sent = True
         root = logging.get_root_logger() if logging.is_root_logger_active() else None
         report = ErrorReport(
-            rank=self._rank,
+            global_rank=self._global_rank,
             traceback=format_exception(error)[-_MAX_REPORT_BYTES // 2 :],
             listed=isinstance(error, self._listed),
             log_path=root.log_file if root is not None else None,
-            summary=failures.failure_summary(error, self._action, self._rank),
+            summary=failure_summary(error, self._action, self._global_rank),
         )
         try:
             pickled = pickle.dumps(error)
@@ -287,7 +244,7 @@ def _read_first_report(error_queue: Any) -> ErrorReport | None:
 
 def _log_failure(report: ErrorReport) -> None:
     """Show a rank's traceback and summary on stderr, and append them to the run's log file."""
-    summary = report.summary or f"error: rank {report.rank} failed"
+    summary = report.summary or f"rank {report.global_rank} failed"
     text = f"{report.traceback.rstrip(chr(10))}\n{summary}\n"
     try:
         sys.stderr.write(text)
@@ -305,80 +262,232 @@ def _log_failure(report: ErrorReport) -> None:
         logging.close_default_loggers()
 
 
-def run_spawned(
-    trainer: Trainer,
-    worker: Callable[..., None],
-    args: tuple[Any, ...],
-    world_size: int,
-) -> bool:
-    """Spawn ``world_size`` processes running ``worker`` and wait for all of them.
+@dataclasses.dataclass(frozen=True)
+class Spawn:
+    """What a spawned rank gets from the calling process.
 
-    The worker is called as ``worker(rank, world_size, port, result_queue, error_queue,
-    *args)`` in each process; it joins a process group on ``localhost:port`` and reports its
-    first exception through an :py:class:`ErrorReporter` on ``error_queue``. When every rank
-    succeeds, ``trainer.queue`` becomes the result queue, from which the caller reads what
-    the ranks put there. Read small results only: a rank cannot exit while the data it put
-    does not fit into the queue's pipe (about 64 KiB).
+    Attributes:
+        world_size: the number of spawned processes.
+        port: the port of the process group on ``localhost``.
+        results: the queue the caller reads after a success (``Trainer.queue``).
+        errors: the queue a failing rank reports on (:py:class:`ErrorReporter`).
+        listed: the exception types the caller re-raises for this run.
+        action: ``"fit"`` or ``"test"``.
+    """
 
-    When a rank fails, the others are terminated and the first report is handled here: an
-    exception whose type the rank's trainer lists for the current mode is re-raised (with
-    the rank's traceback attached as a note); otherwise the traceback is logged (to stdout
-    and to the run's log file) and False is returned.
+    world_size: int
+    port: int
+    results: Any
+    errors: Any
+    listed: tuple[type[Exception], ...]
+    action: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """Where one process of a run stands; :py:func:`join` makes it.
+
+    Attributes:
+        global_rank: the rank of this process among all (``Trainer.rank``).
+        local_rank: its rank on its node, which picks its GPU (``Model.rank``).
+        world_size: the number of processes of the run.
+        device: the device of this process.
+        map_location: where the tensors of loaded checkpoints go.
+        results: the result queue of a spawned run (``Trainer.queue``), else ``None``.
+        report: sends this rank's failure to the calling process (spawned), else ``None``.
+    """
+
+    global_rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    map_location: Any
+    results: Any = None
+    report: Callable[[BaseException], None] | None = None
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether the run has several processes."""
+        return self.world_size > 1
+
+    @property
+    def collective_device(self) -> torch.device | None:
+        """The device of the ranks' agreements (``None`` in a run of one process)."""
+        return self.device if self.world_size > 1 else None
+
+
+class Launchable(Protocol):
+    """A run as :py:func:`launch` starts it."""
+
+    config: RunConfig
+    action: str
+
+    def main(self, index: int | None = None, spawn: Spawn | None = None) -> bool:
+        """Run the whole body in this process (``index``, ``spawn``: a spawned rank)."""
+
+    def prepare_data(self) -> None:
+        """Prepare the data once per node, before the body."""
+
+    def listed_exceptions(self) -> tuple[type[Exception], ...]:
+        """The exception types the Trainer re-raises for this run."""
+
+
+def launch(run: Launchable) -> tuple[bool, Any]:
+    """Run ``run.main`` where it must run: here, or spawned one process per GPU.
+
+    When a spawned rank fails, the others are terminated and the first report is handled
+    here: an exception whose type is listed is re-raised (with the rank's traceback
+    attached as a note); otherwise the traceback is shown (stderr and the run's log file)
+    and False is returned. Read small results only from the queue: a rank cannot exit
+    while the data it put does not fit into the queue's pipe (about 64 KiB).
 
     Args:
-        trainer: the trainer; its ``queue`` is set to the result queue on success.
-        worker: the module-level function each rank runs.
-        args: further arguments for the worker (must be picklable).
-        world_size: the number of processes.
+        run: the run.
 
     Returns:
-        True if every rank succeeded, False if a rank failed with an unlisted exception.
+        Whether every process succeeded, and the result queue of a spawned run (``None``
+        otherwise).
 
     Raises:
-        Exception: the exception of a failed rank, if its type is listed.
-        DistributedRunError: if a rank failed with a listed exception that cannot be
-            re-created in this process.
+        Exception: the exception of a failed spawned rank, if its type is listed.
+        DistributedRunError: if a spawned rank failed with a listed exception that cannot
+            be re-created in this process.
     """
+    config = run.config
+    if not use_spawn(config):
+        return run.main(), None
+    run.prepare_data()
     context = mp.get_context("spawn")
-    result_queue = context.Queue()
-    error_queue = context.SimpleQueue()
-    port = find_free_port()
+    spawn = Spawn(
+        len(config.gpu_ids),
+        find_free_port(),
+        context.Queue(),
+        context.SimpleQueue(),
+        run.listed_exceptions(),
+        run.action,
+    )
     try:
-        mp.spawn(
-            worker,
-            args=(world_size, port, result_queue, error_queue, *args),
-            nprocs=world_size,
-            join=True,
-        )
+        mp.spawn(run.main, args=(spawn,), nprocs=spawn.world_size, join=True)
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as spawn_error:
-        report = _read_first_report(error_queue)
-        if report is None:
-            # The rank died without a report (killed by a signal, say).
-            report = ErrorReport(spawn_error.error_index, str(spawn_error).strip())
-        if report.listed:
-            error = report.error()
-            if error is None:
-                raise DistributedRunError(
-                    f"error: rank {report.rank} failed with:\n{report.traceback}"
-                ) from None
-            error.add_note(f"Raised on rank {report.rank}:\n{report.traceback}")
-            raise error from None
-        _log_failure(report)
-        return False
-    trainer.queue = result_queue
-    return True
+        return _spawn_failed(spawn_error, spawn.errors), None
+    return True, spawn.results
+
+
+def _spawn_failed(spawn_error: Exception, error_queue: Any) -> bool:
+    """Handle the first failure of a spawned run: raise it if listed, else show it."""
+    report = _read_first_report(error_queue)
+    if report is None:
+        # The rank died without a report (killed by a signal, say).
+        index = getattr(spawn_error, "error_index", 0)
+        report = ErrorReport(index, str(spawn_error).strip())
+    if report.listed:
+        error = report.error()
+        if error is None:
+            raise DistributedRunError(
+                f"rank {report.global_rank} failed with:\n{report.traceback}"
+            ) from None
+        error.add_note(f"Raised on rank {report.global_rank}:\n{report.traceback}")
+        raise error from None
+    _log_failure(report)
+    return False
+
+
+def join(
+    config: RunConfig, index: int | None, spawn: Spawn | None, prepare: Callable[[], None]
+) -> RunContext:
+    """Give this process its place in the run, joining the process group if there is one.
+
+    ``prepare`` (the data module's ``prepare_data``) runs first in one process; under
+    ``torchrun`` only on local rank 0 of each node while the other ranks wait, so that two
+    processes never download or unpack the same files at once. A spawned run prepared in
+    the calling process.
+
+    Args:
+        config: the run configuration.
+        index: the rank of a spawned process (``None``: not spawned).
+        spawn: what a spawned process got from the caller.
+        prepare: called once per node before the body.
+
+    Returns:
+        The context of this process.
+
+    Raises:
+        RuntimeError: if this process already tore down its ``torchrun`` process group.
+    """
+    if spawn is not None and index is not None:
+        return _join_spawned(config, index, spawn)
+    if not config.is_distributed:
+        prepare()
+        return RunContext(0, 0, 1, config.device_for(0), config.map_location_for(0))
+    # The local rank picks the GPU, which the NCCL group is bound to.
+    _join_torchrun_group(config, config.device_for(int(os.environ.get("LOCAL_RANK", "0"))))
+    info = dist.get_dist_info()
+    try:
+        if info.local_rank == 0:
+            prepare()
+        dist.safe_barrier()
+    except BaseException:
+        abandon_process_group()
+        raise
+    device = config.device_for(info.local_rank)
+    location = config.map_location_for(info.local_rank)
+    return RunContext(info.rank, info.local_rank, info.world_size, device, location)
+
+
+def _join_spawned(config: RunConfig, index: int, spawn: Spawn) -> RunContext:
+    """Join the process group of a spawned run on ``localhost``; report a failure."""
+    report = ErrorReporter(index, spawn.errors, spawn.listed, spawn.action)
+    try:
+        device = config.device_for(index)
+        dist.init_dist(
+            backend="gloo" if config.use_cpu else "nccl",
+            rank=index,
+            world_size=spawn.world_size,
+            master_port=spawn.port,
+            device=None if config.use_cpu else device,
+        )
+        release_group_at_exit()
+    except BaseException as error:
+        report(error)
+        abandon_process_group()
+        raise
+    location = config.map_location_for(index)
+    return RunContext(index, index, spawn.world_size, device, location, spawn.results, report)
+
+
+def leave(context: RunContext, succeeded: bool) -> None:
+    """Leave the run's process group: keep it, destroy it or tear it down after a failure.
+
+    A ``torchrun`` group is kept for the next run of the process after a success; a
+    spawned rank's group is destroyed. After a failure the group is torn down
+    (:py:func:`abandon_process_group`).
+
+    Args:
+        context: the context of this process.
+        succeeded: whether the body succeeded.
+    """
+    if not context.is_distributed:
+        return
+    if not succeeded:
+        abandon_process_group()
+    elif context.report is not None:
+        dist.shutdown_dist()
 
 
 __all__ = [
     "DistributedRunError",
     "ErrorReport",
     "ErrorReporter",
+    "Launchable",
+    "RunContext",
+    "Spawn",
     "abandon_process_group",
     "end_with_parent",
     "find_free_port",
     "format_exception",
+    "join",
+    "launch",
+    "leave",
     "release_group_at_exit",
-    "run_in_process",
-    "run_spawned",
     "use_spawn",
 ]

@@ -4,8 +4,9 @@ Reading order for one training step: :py:meth:`TrainingLoop.run` (epochs) ->
 :py:meth:`TrainingLoop._train_epoch` (the batch step) -> :py:meth:`TrainingLoop._end_unit`
 (validation, checkpoint, stop decisions). The unit only changes *when* a unit ends: after
 the last batch of an epoch (EPOCH) or after every ``accumulation_steps`` batches
-(ITERATION). Saving goes through the ``save`` function the Trainer passes in (see
-:py:mod:`helios.trainer.checkpoints`).
+(ITERATION). Saving goes through the ``save`` function the run passes in (see
+:py:mod:`helios.trainer.checkpoint`); the run (:py:mod:`helios.trainer.run`) builds the loop
+and calls :py:meth:`TrainingLoop.run` between the training hooks.
 
 This docstring is the single statement of the order in which the Trainer calls hooks; the
 tests in ``tests/helios/trainer/test_call_order.py`` pin it. ``P`` stands for every
@@ -80,8 +81,8 @@ test::
         M.on_testing_batch_start(step); M.test_step(batch, step); M.on_testing_batch_end(step)
     P.on_testing_end(); M.on_testing_end()
 
-Checkpoint management (see :py:mod:`helios.trainer.retention`,
-:py:mod:`helios.trainer.async_save`, :py:mod:`helios.trainer.nonfinite`): with the
+Checkpoint management (see :py:mod:`helios.trainer.checkpoint.retention`,
+:py:mod:`helios.trainer.checkpoint.async_save`, :py:mod:`helios.trainer.nonfinite`): with the
 non-finite guard on, each batch's losses are checked (CPU) or recorded (GPU) after
 ``M.on_training_batch_end``, and the records are read before each validation, before each
 save and at the end of training; the model's state is checked inside the save, before
@@ -112,10 +113,11 @@ import torch
 from helios.core import cuda as core_cuda
 from helios.core import distributed as dist
 from helios.core import logging
+from helios.core.distributed import agree_any
 from helios.data.samplers import place_sampler
 
-from . import progress
 from .preemption import Preempted, Preemption, ValidationInterruptedError
+from .progress import make_bar
 from .reporting import RunReport
 from .run_end import EARLY_STOPPING, STOP_REQUESTED, TOTAL_STEPS, RunEnd
 from .state import TrainingState, TrainingUnit
@@ -125,7 +127,7 @@ if TYPE_CHECKING:
     from helios.model import Model
     from helios.plugins import Plugin
 
-    from .checkpoints import RankState
+    from .checkpoint.rank_state import RankState
     from .nonfinite import NonFiniteGuard
 
 
@@ -220,21 +222,34 @@ class Hooks:
         return agree_any(any(answers), self.collective_device)
 
 
-def agree_any(flag: bool, device: torch.device | None) -> bool:
-    """Return True on every rank if any rank's flag is True.
+def gradient_accumulators(model: object) -> list[Any]:
+    """Return the gradient accumulators of the model's trainable parameters, to hold.
+
+    Autograd gives every parameter one node that accumulates its gradient, alive as long as
+    something references it. A training step written as a function (``train_step``) drops
+    its graph when it returns, so without a holder autograd would build these nodes anew at
+    every step; the training loop holds them (as ``DistributedDataParallel`` does) and every
+    step reuses them. Networks found as the default model state finds them
+    (:py:mod:`helios.model.default_state`); sharded networks are left alone.
 
     Args:
-        flag: this rank's decision.
-        device: the device for the collective, or ``None`` when not distributed.
+        model: the model.
 
     Returns:
-        The agreed decision.
+        The accumulator nodes.
     """
-    if device is None:
-        return flag
-    tensor = torch.tensor([int(flag)], device=device)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return bool(tensor.item())
+    from helios.model import default_state, sharding
+
+    found, _ = default_state.find_state(model)
+    held = []
+    with torch.enable_grad():
+        for network in found.values():
+            if isinstance(network, torch.nn.Module) and not sharding.is_sharded_network(network):
+                for parameter in network.parameters():
+                    node = parameter.view_as(parameter).grad_fn if parameter.requires_grad else None
+                    if node is not None:
+                        held.append(node.next_functions[0][0])
+    return held
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,15 +344,16 @@ class TrainingLoop:
         train = self._datamodule.train_dataloader()
         if train is None:
             raise RuntimeError(
-                "error: the datamodule has no training split: train_dataloader() returned "
+                "the datamodule has no training split: train_dataloader() returned "
                 "None. Set self._train_dataset in DataModule.setup()"
             )
         loader, sampler = train
         if self._rank_state is not None:
             self._rank_state.track_sampler(sampler)
         self.model.train()
+        accumulators = gradient_accumulators(self.model)  # noqa: F841 - held until the end
         total = self.options.total_steps
-        self._bar = progress.make_bar(
+        self._bar = make_bar(
             self.options.show_progress, None if total == math.inf else total,
             "Training epochs" if self._epoch_unit else "Training iterations",
             "epoch" if self._epoch_unit else "it", initial=self._unit_index(state),
@@ -442,9 +458,23 @@ class TrainingLoop:
                 preemption.signal_number is not None if solo else preemption.poll()
             ):
                 self._stop_for_signal(state)
+        return self._batches_done(state, bar, stop, batches_at_start, resumed_inside_epoch)
+
+    def _batches_done(
+        self, state: TrainingState, bar: Any, stop: bool, started_at: int, resumed: bool
+    ) -> bool:
+        """Close the epoch's bar and end the epoch (EPOCH: its unit); return whether to stop.
+
+        Args:
+            state: the training state.
+            bar: the epoch's bar, if any.
+            stop: whether a stop was requested during the epoch.
+            started_at: ``state.global_iteration`` when the epoch's batches began.
+            resumed: whether the epoch was resumed inside (it may have no batches left).
+        """
         if bar is not None:
             bar.close()
-        if state.global_iteration == batches_at_start and not resumed_inside_epoch:
+        if state.global_iteration == started_at and not resumed:
             raise _no_batches_error()
         state.dataset_iter = 0
         if self._epoch_unit:
@@ -454,7 +484,7 @@ class TrainingLoop:
 
     def _epoch_bar(self, state: TrainingState, batches: int) -> Any:
         """The transient bar of an epoch's batches (EPOCH unit, on a terminal)."""
-        return progress.make_bar(
+        return make_bar(
             self.options.show_progress and self._epoch_unit, batches,
             f"Epoch {state.global_epoch}", "iter", initial=state.dataset_iter, leave=False,
         )  # fmt: skip
@@ -643,7 +673,7 @@ class EvaluationLoop:
         stop_requested: Callable[[], bool] | None = None,
     ) -> None:
         """Feed every batch of a loader through its hooks, without grad."""
-        bar = progress.make_bar(self._show_progress, _safe_len(loader), label, "it", leave=False)
+        bar = make_bar(self._show_progress, _safe_len(loader), label, "it", leave=False)
         with torch.no_grad():
             for step, batch in enumerate(loader):
                 if process is not None:
@@ -665,7 +695,7 @@ class EvaluationLoop:
 
 def _no_batches_error() -> RuntimeError:
     return RuntimeError(
-        "error: the training dataloader produced no batches; with drop_last=True the dataset "
+        "the training dataloader produced no batches; with drop_last=True the dataset "
         "must hold at least one full batch"
     )
 
@@ -677,4 +707,11 @@ def _safe_len(loader: Any) -> int | None:
         return None
 
 
-__all__ = ["EvaluationLoop", "Hooks", "LoopOptions", "TrainingLoop", "agree_any", "overrides"]
+__all__ = [
+    "EvaluationLoop",
+    "Hooks",
+    "LoopOptions",
+    "TrainingLoop",
+    "gradient_accumulators",
+    "overrides",
+]

@@ -2,7 +2,7 @@
 
 What is checked, and when (``Trainer(nonfinite_guard=True)``, the default):
 
-* The losses of every batch (the model's ``_loss_items`` table, after
+* The losses of every batch (the model's ``loss_items``, its ``_loss_items`` table, after
   ``on_training_batch_end``). A loss on the CPU is checked at once: reading a CPU scalar
   costs no synchronisation. A loss on another device (a GPU) is not read back every step:
   the guard keeps a detached reference to it (no kernel for a scalar loss; every 256 steps
@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from helios.core.distributed import agree_any
 from helios.model.sharding import local_shard
-
-from .loops import agree_any
 
 if TYPE_CHECKING:
     from helios.model import Model
@@ -112,7 +111,7 @@ class NonFiniteGuard:
         """
         if not self._check_losses:
             return
-        for key, loss in self._model._loss_items.items():
+        for key, loss in self._model.loss_items.items():
             if isinstance(loss, torch.Tensor):
                 if loss.is_cpu and self.read_cpu_losses_at_once:  # is_cpu: cheaper than .device
                     if loss.numel() == 1:
@@ -133,7 +132,7 @@ class NonFiniteGuard:
     def _fail_loss(self, key: str, value: float, iteration: int, epoch: int | None) -> None:
         where = f"global iteration {iteration}" + (f" (epoch {epoch})" if epoch else "")
         raise NonFiniteError(
-            f"error: non-finite loss {key!r} = {value} at {where}; training stopped and no "
+            f"non-finite loss {key!r} = {value} at {where}; training stopped and no "
             "checkpoint was written from this state: the newest checkpoint saved before "
             "stays the resume point",
             iteration,
@@ -222,7 +221,7 @@ class NonFiniteGuard:
             if bool(flag) or bool(torch.isfinite(tensor).all()):
                 continue
             return NonFiniteError(
-                f"error: non-finite model state at global iteration {state.global_iteration} "
+                f"non-finite model state at global iteration {state.global_iteration} "
                 f"(epoch {state.global_epoch}): state_dict entry {name!r} holds "
                 f"{_first_non_finite(tensor)}; the checkpoint was not written: the newest "
                 "checkpoint saved before stays the resume point",
@@ -234,7 +233,7 @@ class NonFiniteGuard:
         device = self._collective_device
         if device is not None and agree_any(error is not None, device) and error is None:
             error = NonFiniteError(
-                "error: another rank found a non-finite loss or model state by global "
+                "another rank found a non-finite loss or model state by global "
                 f"iteration {state.global_iteration}; training stopped",
                 state.global_iteration,
             )

@@ -1,6 +1,6 @@
 """What a training run reports: console lines, the bar's running losses, and logger metrics.
 
-The running losses are the model's own sums (``Model._running_losses``, kept on the device
+The running losses are the model's own sums (``Model.running_losses``, kept on the device
 of the losses) divided by ``state.running_iter``; they are read, which synchronises with the
 device, only when something shows or logs them: at most once per
 :py:data:`BAR_REFRESH_SECONDS` for the progress bar, on the batches whose ``should_log`` is
@@ -27,7 +27,7 @@ import torch
 from helios.core import distributed as dist
 from helios.core import logging
 
-from . import console
+from .console import format_bar_postfix, format_validation_summary
 
 if TYPE_CHECKING:
     from helios.loggers import ExperimentLogger
@@ -107,7 +107,7 @@ class RunReport:
         """Read the running mean of every loss item since the last validation."""
         if not state.running_iter:
             return {}
-        sums = self._model._running_losses
+        sums = self._model.running_losses
         return {key: float(value) / state.running_iter for key, value in sums.items()}
 
     def refresh_bar(self, bar: Any, state: TrainingState, now: float) -> None:
@@ -115,7 +115,7 @@ class RunReport:
         if bar is None or now - self._last_bar_refresh < BAR_REFRESH_SECONDS:
             return
         self._last_bar_refresh = now
-        bar.set_postfix(console.format_bar_postfix(self.loss_means(state)), refresh=False)
+        bar.set_postfix(format_bar_postfix(self.loss_means(state)), refresh=False)
 
     def log_losses(self, state: TrainingState) -> None:
         """Send the running losses and learning rates to the loggers (``should_log``)."""
@@ -131,7 +131,7 @@ class RunReport:
             loss_means: the running losses read before the validation began.
         """
         metrics = self._model.metrics
-        line = console.format_validation_summary(
+        line = format_validation_summary(
             metrics,
             {f"train {name}": value for name, value in loss_means.items()},
             cycle=state.validation_cycles + 1,

@@ -77,7 +77,7 @@ class RunFolderLock:
                 if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise _unusable(self.folder, error) from error
                 raise CheckpointFolderError(
-                    f"error: the checkpoint folder {self.folder} is in use by another run "
+                    f"the checkpoint folder {self.folder} is in use by another run "
                     f"({holder}). Two runs must not write to one folder: wait for that run to "
                     "end or stop it, or give this run another chkpt_root or model save_name"
                 ) from None
@@ -149,7 +149,7 @@ def _probe_writable(folder: pathlib.Path) -> None:
 
 def _unusable(folder: pathlib.Path, error: OSError) -> CheckpointFolderError:
     return CheckpointFolderError(
-        f"error: the checkpoint folder {folder} cannot be written "
+        f"the checkpoint folder {folder} cannot be written "
         f"({type(error).__name__}: {error}); checkpoints would fail. Fix its permissions or "
         "pass another chkpt_root"
     )

@@ -15,22 +15,25 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 from helios.core import distributed as dist
 from helios.core import logging
 
+from .checkpoint.parts import CheckpointPart
+
 EVENT_FILE_PATTERN = "events.out.tfevents.*"
 """The names of TensorBoard event files."""
 
 
-class RunLogs:
+class RunLogs(CheckpointPart):
     """Opens a run's log file and TensorBoard run: new ones, or those of its checkpoint.
 
-    It is a flat checkpoint part: its state is the reference keys ``log_path`` and
-    ``run_path`` of the checkpoint file (absolute, where the run logged when it saved), and
-    ``tensorboard_events``, the sizes of the run's event files by path relative to the run
-    folder.
+    It is a checkpoint part (``logs``) whose state lies at the top of the checkpoint, under
+    Helios 1.2.7's reference keys ``log_path`` and ``run_path`` (absolute, where the run
+    logged when it saved), and ``tensorboard_events``, the sizes of the run's event files
+    by path relative to the run folder.
 
     Args:
         run_name: the name of the run.
@@ -38,7 +41,7 @@ class RunLogs:
         runs_root: the folder of TensorBoard runs, or ``None`` when TensorBoard is off.
     """
 
-    checkpoint_keys = ("log_path", "run_path", "tensorboard_events")
+    name = "logs"
 
     def __init__(
         self, run_name: str, log_root: pathlib.Path | None, runs_root: pathlib.Path | None
@@ -50,6 +53,19 @@ class RunLogs:
         self._saved_log: pathlib.Path | None = None
         self._saved_run: pathlib.Path | None = None
         self._saved_events: dict[str, int] | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The checkpoint's top-level keys of this part."""
+        return ("log_path", "run_path", "tensorboard_events")
+
+    def write(self, contents: dict[str, Any]) -> None:
+        """Put ``log_path``, ``run_path`` and ``tensorboard_events`` into the checkpoint."""
+        contents.update({k: v for k, v in self.state_dict().items() if v is not None})
+
+    def read(self, saved: Mapping[str, Any]) -> None:
+        """Take the three keys from a checkpoint (missing ones as ``None``)."""
+        self.load_state_dict({key: saved.get(key) for key in self.keys})
 
     def state_dict(self) -> dict[str, Any]:
         """Return where the run logs and how far its event files go, for the checkpoint.

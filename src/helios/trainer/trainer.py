@@ -1,34 +1,31 @@
-"""The Trainer: checks its arguments, prepares the environment and runs fit/test."""
+"""The Trainer: its arguments checked into a frozen configuration; ``fit``/``test``."""
 
 from __future__ import annotations
 
-import enum
-import logging as _std_logging
-import os
+import contextlib
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from helios.core import distributed as dist
-from helios.core import logging, rng
+import helios.trainer.launch as launch
+from helios.core import logging
 from helios.core.precision import Precision
-from helios.core.utils import get_env_info_str, get_from_optional, update_all_registries
-from helios.model import default_state, sharding
-from helios.model.model import register_model_types_for_safe_load
+from helios.core.training_state import TrainingUnit
+from helios.core.utils import get_from_optional
 from helios.plugins.plugin import validate_plugins
 
-from . import arguments, checkpoints, failures, launch
-from .loops import EvaluationLoop, Hooks, LoopOptions, TrainingLoop, agree_any
-from .nonfinite import NonFiniteGuard
-from .preemption import Preemption
-from .reporting import LoggerStates, RunReport, run_summary
-from .retention import CheckpointRetention
-from .run_end import RunEnd, finished_message
-from .run_folder import CheckpointFolderError, RunFolderLock
-from .run_logs import RunLogs
-from .state import TrainingState, TrainingUnit
+from .checkpoint.parts import (
+    PartTable,
+    StateOwner,
+    add_extra_parts,
+    check_part_name,
+    extra_part_owner,
+)
+from .config import build_config
+from .failures import log_uncaught
+from .run import FitRun, Job, Run, TestRun
 
 if TYPE_CHECKING:
     import torch.multiprocessing as mp
@@ -39,17 +36,17 @@ if TYPE_CHECKING:
     from helios.plugins import Plugin
 
 
-class _Mode(enum.Enum):
-    TRAIN = "fit"
-    TEST = "test"
-
-
 class Trainer:
     """Runs training, validation and testing of a Model on a DataModule.
 
     The Trainer sets up the environment (seeds, determinism, devices, logging, distributed
     processes), runs the loops (see :py:mod:`helios.trainer.loops` for the exact call order),
     saves checkpoints atomically and resumes exactly from the newest one.
+
+    The constructor checks every argument (naming the argument, the value and what is
+    allowed) into a frozen run configuration; ``fit`` and ``test`` build a run from it
+    (:py:mod:`helios.trainer.run`) and launch it (:py:mod:`helios.trainer.launch`). The
+    properties read the configuration, or the current (or last) run of this process.
 
     While ``fit`` runs it owns its checkpoint folder (a second run on it refuses to start,
     naming the holder; see :py:mod:`helios.trainer.run_folder`), and a folder that cannot be
@@ -99,7 +96,7 @@ class Trainer:
         chkpt_keep_last: keep only the newest this many checkpoints (with
             ``chkpt_keep_best``: also those); ``None`` with ``chkpt_keep_best`` also
             ``None`` keeps every checkpoint. The newest checkpoint is never deleted. See
-            :py:mod:`helios.trainer.retention`.
+            :py:mod:`helios.trainer.checkpoint.retention`.
         chkpt_keep_best: also keep the this many checkpoints with the best
             ``chkpt_best_metric``.
         chkpt_best_metric: key of the model's ``metrics`` table that ranks checkpoints;
@@ -107,7 +104,7 @@ class Trainer:
             (:py:func:`~helios.trainer.find_best_checkpoint`).
         chkpt_best_mode: ``"max"`` (higher is better) or ``"min"``.
         chkpt_async: write checkpoints in a background thread after copying the state
-            synchronously (see :py:mod:`helios.trainer.async_save`).
+            synchronously (see :py:mod:`helios.trainer.checkpoint.async_save`).
         nonfinite_guard: stop training on a NaN/inf loss or model state and never save it
             (see :py:mod:`helios.trainer.nonfinite` for what is checked when).
         print_summaries: print one line after each validation (the model's ``metrics`` and
@@ -156,102 +153,25 @@ class Trainer:
         nonfinite_guard: bool = True,
         print_summaries: bool = True,
     ) -> None:
-        if not isinstance(run_name, str):
-            raise TypeError(f"error: run_name must be a str, but received {run_name!r}")
-        self._run_name = run_name
-        self._train_unit = arguments.check_train_unit(train_unit)
-        self._total_steps = arguments.check_total_steps(total_steps)
-        self._valid_frequency = arguments.check_positive_int("valid_frequency", valid_frequency)
-        self._chkpt_frequency = arguments.check_positive_int("chkpt_frequency", chkpt_frequency)
-        self._print_frequency = arguments.check_positive_int("print_frequency", print_frequency)
-        self._accumulation_steps = get_from_optional(
-            arguments.check_positive_int("accumulation_steps", accumulation_steps, False)
-        )
-        self._early_stop_cycles = arguments.check_positive_int(
-            "early_stop_cycles", early_stop_cycles
-        )
-        self._random_seed = arguments.check_random_seed(random_seed)
-        if self._random_seed is None:
-            self._random_seed = rng.get_default_seed()
-        self._chkpt_root = arguments.check_path("chkpt_root", chkpt_root)
-        self._log_path = arguments.check_path("log_path", log_path)
-        self._run_path = arguments.check_path("run_path", run_path)
-        self._src_root = arguments.check_path("src_root", src_root)
-        arguments.check_flags(
-            enable_deterministic=enable_deterministic,
-            enable_cudnn_benchmark=enable_cudnn_benchmark,
-            enable_tensorboard=enable_tensorboard,
-            run_path=self._run_path,
-            enable_file_logging=enable_file_logging,
-            log_path=self._log_path,
-            chkpt_frequency=self._chkpt_frequency,
-            chkpt_root=self._chkpt_root,
-            src_root=self._src_root,
-        )
-        self._enable_cudnn_benchmark = enable_cudnn_benchmark
-        self._enable_deterministic = enable_deterministic
-        self._enable_tensorboard = enable_tensorboard
-        self._enable_file_logging = enable_file_logging
-        self._enable_progress_bar = enable_progress_bar
-        self._import_prefix = import_prefix
-        self._print_banner = print_banner
-        self._capture_warnings = bool(capture_warnings)
-        self._loggers = arguments.check_loggers(loggers)
-        self._retention_policy = arguments.check_retention(
-            chkpt_keep_last, chkpt_keep_best, chkpt_best_metric, chkpt_best_mode
-        )
-        self._chkpt_async = arguments.check_bool("chkpt_async", chkpt_async)
-        self._nonfinite_guard = arguments.check_bool("nonfinite_guard", nonfinite_guard)
-        self._print_summaries = arguments.check_bool("print_summaries", print_summaries)
-
-        self._place_devices(use_cpu, gpus)
-        self._precision_name = arguments.check_precision(precision, not self._use_cpu)
-        self._enable_compile = arguments.check_bool("enable_compile", enable_compile)
-        self._precision = Precision()
-
-        self._model: Model | None = None
-        self._datamodule: DataModule | None = None
+        arguments = dict(locals())
+        del arguments["self"]
+        self._config = build_config(arguments)
         self._local_rank = 0
         self._rank = 0
+        self._model: Model | None = None
+        self._datamodule: DataModule | None = None
+        self._queue: mp.Queue | None = None
         self._train_exceptions: list[type[Exception]] = []
         self._test_exceptions: list[type[Exception]] = []
         self._plugins: dict[str, Plugin] = {}
-        self._queue: mp.Queue | None = None
-        self._reset_run_parts()
+        self._extra_parts: dict[str, StateOwner] = {}
+        self._run: Run | None = None
 
-    def _reset_run_parts(self) -> None:
-        """Give the owners of a run's checkpoint parts their state before any run."""
-        self._run_logs = RunLogs(self._run_name, None, None)
-        self._preemption = Preemption()
-        self._logger_states = LoggerStates([], TrainingState())
-        self._run_end = RunEnd()
-        self._retention = CheckpointRetention(self._retention_policy, None, dict)
+    # -- the current run ------------------------------------------------------------------
 
-    def _place_devices(self, use_cpu: bool | None, gpus: list[int] | None) -> None:
-        """Pick the device, the GPU ids and whether the run is distributed."""
-        gpu_ids = arguments.check_gpus(gpus, use_cpu)
-
-        self._use_cpu = use_cpu if use_cpu is not None else not torch.cuda.is_available()
-        self._is_torchrun = dist.is_using_torchrun()
-        if self._use_cpu:
-            self._gpu_ids: list[int] = []
-            self._device = torch.device("cpu")
-            self._map_loc: str | dict[str, str] = {"cuda:0": "cpu"}
-        else:
-            self._gpu_ids = gpu_ids or list(range(torch.cuda.device_count()))
-            self._device = torch.device("cuda", self._gpu_ids[0])
-            self._map_loc = {"cuda:0": str(self._device)}
-        if self._is_torchrun:
-            self._is_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-            local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            if not self._use_cpu and local_world_size > len(self._gpu_ids):
-                raise ValueError(
-                    f"error: torchrun started {local_world_size} processes on this node "
-                    f"(LOCAL_WORLD_SIZE) but gpus={self._gpu_ids} gives only "
-                    f"{len(self._gpu_ids)} GPU(s); each process needs its own GPU"
-                )
-        else:
-            self._is_distributed = len(self._gpu_ids) > 1
+    def _context(self) -> launch.RunContext | None:
+        """The context of this process's current (or last) run, if it joined one."""
+        return self._run.context if self._run is not None else None
 
     # -- properties -----------------------------------------------------------------------
 
@@ -275,26 +195,24 @@ class Trainer:
 
     @property
     def local_rank(self) -> int:
-        """The rank of this process on its node (its GPU index into ``gpu_ids``)."""
-        return self._local_rank
+        """The rank of this process on its node (its GPU index into ``gpu_ids``).
+
+        During and after a run, the run's; setting it outside a run picks the GPU that
+        :py:attr:`device` names.
+        """
+        context = self._context()
+        return context.local_rank if context is not None else self._local_rank
 
     @local_rank.setter
     def local_rank(self, rank: int) -> None:
-        if not self._use_cpu:
-            if not 0 <= rank < len(self._gpu_ids):
-                raise ValueError(
-                    f"error: local_rank={rank} has no GPU: gpus={self._gpu_ids} holds "
-                    f"{len(self._gpu_ids)} id(s)"
-                )
-            self._device = torch.device("cuda", self._gpu_ids[rank])
-            self._map_loc = {f"cuda:{i}": str(self._device) for i in self._gpu_ids}
-            self._map_loc.setdefault("cuda:0", str(self._device))
+        self._config.device_for(rank)  # raises for a rank without a GPU
         self._local_rank = rank
 
     @property
     def rank(self) -> int:
-        """The global rank of this process."""
-        return self._rank
+        """The global rank of this process (during and after a run, the run's)."""
+        context = self._context()
+        return context.global_rank if context is not None else self._rank
 
     @rank.setter
     def rank(self, rank: int) -> None:
@@ -303,7 +221,7 @@ class Trainer:
     @property
     def gpu_ids(self) -> list[int]:
         """The ids of the GPUs used for training (empty on the CPU)."""
-        return self._gpu_ids
+        return list(self._config.gpu_ids)
 
     @property
     def train_exceptions(self) -> list[type[Exception]]:
@@ -335,6 +253,9 @@ class Trainer:
     @property
     def queue(self) -> mp.Queue | None:
         """Queue for results from spawned ranks (``None`` in one process or under torchrun)."""
+        context = self._context()
+        if context is not None and context.results is not None:
+            return context.results
         return self._queue
 
     @queue.setter
@@ -344,67 +265,111 @@ class Trainer:
     @property
     def train_unit(self) -> TrainingUnit:
         """The training unit."""
-        return self._train_unit
+        return self._config.train_unit
 
     @property
     def total_steps(self) -> int | float:
         """The number of epochs or iterations to train for."""
-        return self._total_steps
+        return self._config.total_steps
 
     @property
     def valid_frequency(self) -> int | None:
         """Validation frequency, in training units."""
-        return self._valid_frequency
+        return self._config.valid_frequency
 
     @property
     def chkpt_frequency(self) -> int | None:
         """Checkpoint frequency, in training units."""
-        return self._chkpt_frequency
+        return self._config.chkpt_frequency
 
     @property
     def print_frequency(self) -> int | None:
         """Logging frequency, in iterations."""
-        return self._print_frequency
+        return self._config.print_frequency
 
     @property
     def accumulation_steps(self) -> int:
         """Batches per iteration."""
-        return self._accumulation_steps
+        return self._config.accumulation_steps
 
     @property
     def early_stop_cycles(self) -> int | None:
         """Validation cycles without improvement after which training stops."""
-        return self._early_stop_cycles
+        return self._config.early_stop_cycles
 
     @property
     def is_distributed(self) -> bool:
         """Whether the run uses several processes."""
-        return self._is_distributed
+        return self._config.is_distributed
 
     @property
     def uses_cpu(self) -> bool:
         """Whether the run is on the CPU."""
-        return self._use_cpu
+        return self._config.use_cpu
 
     @property
     def device(self) -> torch.device:
         """The device of this process."""
-        return self._device
+        context = self._context()
+        return context.device if context is not None else self._config.device_for(self._local_rank)
+
+    @property
+    def _map_loc(self) -> dict[str, str]:
+        """Where this process maps the tensors of loaded checkpoints."""
+        return self._config.map_location_for(self.local_rank)
 
     @property
     def shows_progress(self) -> bool:
         """Whether this process shows progress bars (rank 0, when enabled)."""
-        return self._enable_progress_bar and self._rank == 0
+        return bool(self._config.enable_progress_bar) and self.rank == 0
 
     @property
     def precision(self) -> Precision:
         """The precision of the current run (autocast settings and gradient scaler)."""
-        return self._precision
+        return self._run.precision if self._run is not None else _NO_RUN_PRECISION
 
     @property
     def root_logger(self) -> logging.RootLogger:
         """The root logger of the current run."""
         return logging.get_root_logger()
+
+    # -- checkpoint parts -----------------------------------------------------------------
+
+    def add_checkpoint_part(self, name: str, part: StateOwner) -> None:
+        """Save an object's state in every checkpoint of this trainer's runs, under ``name``.
+
+        ``part.state_dict()`` is saved by rank 0 in every checkpoint (nothing when it
+        returns ``None``), and on resume every rank's ``part.load_state_dict()`` gets the
+        saved entry, after the model and the plug-ins and before the training state (see
+        :py:mod:`helios.trainer.checkpoint.parts`). A front end uses it for what it must
+        find again in a checkpoint (a resolved configuration, the records of a run);
+        :py:func:`helios.trainer.checkpoint.read_checkpoint` reads it back without a model.
+
+        Args:
+            name: the part's key in the checkpoint.
+            part: an object with ``state_dict()`` and ``load_state_dict(state_dict)``.
+
+        Raises:
+            TypeError: if ``name`` is not a string or ``part`` lacks the two methods.
+            ValueError: if ``name`` is empty, one of helios's own keys (``model``,
+                ``training_state``, ...), or already taken by another extra part.
+        """
+        owner = extra_part_owner(name, part)
+        taken = {
+            key: f"another extra part ({type(value).__name__})"
+            for key, value in self._extra_parts.items()
+        }
+        check_part_name(name, owner, taken)
+        if not isinstance(part, StateOwner):
+            raise TypeError(
+                f"{owner} must have state_dict() and load_state_dict(state_dict) methods"
+            )
+        self._extra_parts[name] = part
+
+    @property
+    def checkpoint_parts(self) -> dict[str, StateOwner]:
+        """The extra checkpoint parts by name (:py:meth:`add_checkpoint_part`); a copy."""
+        return dict(self._extra_parts)
 
     # -- fit and test ---------------------------------------------------------------------
 
@@ -421,14 +386,18 @@ class Trainer:
 
         Raises:
             TypeError: if ``model`` or ``datamodule`` has the wrong type.
-            ValueError: if ``total_steps`` is 0, which leaves nothing to train.
+            ValueError: if ``total_steps`` is 0, which leaves nothing to train, or a
+                plug-in id or extra part takes a name helios keeps its own state under.
         """
-        if self._total_steps == 0:
+        if self._config.total_steps == 0:
             raise ValueError(
-                "error: fit() with total_steps=0 has nothing to train; pass total_steps (the "
-                f"number of {self._train_unit.name.lower()}s) to the Trainer"
+                "fit() with total_steps=0 has nothing to train; pass total_steps (the "
+                f"number of {self._config.train_unit.name.lower()}s) to the Trainer"
             )
-        return self._launch(model, datamodule, _Mode.TRAIN)
+        run = self._new_run(FitRun, model, datamodule, self._train_exceptions)
+        with self._failures_shown(run):
+            return self._launched(launch.launch(run))
+        return False
 
     def test(self, model: Model, datamodule: DataModule) -> bool:
         """Test the model from the newest checkpoint (or ``Model.load_for_testing``).
@@ -443,405 +412,61 @@ class Trainer:
 
         Raises:
             TypeError: if ``model`` or ``datamodule`` has the wrong type.
+            ValueError: if a plug-in id or extra part takes a name helios keeps its own
+                state under.
         """
-        return self._launch(model, datamodule, _Mode.TEST)
+        run = self._new_run(TestRun, model, datamodule, self._test_exceptions)
+        with self._failures_shown(run):
+            return self._launched(launch.launch(run))
+        return False
 
-    def _launch(self, model: Model, datamodule: DataModule, mode: _Mode) -> bool:
+    def _new_run(
+        self,
+        kind: type[Run],
+        model: Model,
+        datamodule: DataModule,
+        listed: list[type[Exception]],
+    ) -> Run:
+        """Check what ``fit``/``test`` was given and build its run (the current run)."""
         from helios.data import DataModule
         from helios.model import Model
 
-        if not isinstance(model, Model):
-            raise TypeError(
-                f"error: {mode.value}() expects a helios.model.Model as model, but received "
-                f"{type(model).__name__}"
-            )
-        if not isinstance(datamodule, DataModule):
-            raise TypeError(
-                f"error: {mode.value}() expects a helios.data.DataModule as datamodule, but "
-                f"received {type(datamodule).__name__}"
-            )
-        validate_plugins(self._plugins)
-        listed = self._listed_exceptions(mode)
-        try:
-            if launch.use_spawn(self):
-                datamodule.prepare_data()
-                return launch.run_spawned(
-                    self, _spawned_worker, (self, model, datamodule, mode), len(self._gpu_ids)
+        for name, value, expected, path in (
+            ("model", model, Model, "helios.model.Model"),
+            ("datamodule", datamodule, DataModule, "helios.data.DataModule"),
+        ):
+            if not isinstance(value, expected):
+                raise TypeError(
+                    f"{kind.action}() expects a {path} as {name}, but received "
+                    f"{type(value).__name__}"
                 )
-            self.model, self.datamodule = model, datamodule
-            return launch.run_in_process(
-                self, lambda: self._run_in_process(mode), datamodule.prepare_data
-            )
-        except Exception as error:
-            if isinstance(error, (*listed, launch.DistributedRunError)):
-                raise
-            _log_uncaught(error, mode)
-            return False
+        validate_plugins(self._plugins)
+        add_extra_parts(PartTable(), self._plugins, self._extra_parts)  # refuses bad names
+        self._model, self._datamodule = model, datamodule
+        job = Job(
+            self, model, datamodule, dict(self._plugins), dict(self._extra_parts), tuple(listed)
+        )
+        self._run = kind(self._config, job)
+        return self._run
 
-    def _listed_exceptions(self, mode: _Mode) -> list[type[Exception]]:
-        return self._train_exceptions if mode == _Mode.TRAIN else self._test_exceptions
-
-    def _run_in_process(
-        self, mode: _Mode, report: Callable[[BaseException], None] | None = None
-    ) -> bool:
-        """Run the whole fit/test body in this process; handle exceptions and loggers.
-
-        An exception is passed to ``report`` if given (spawned ranks send it to the calling
-        process, which shows it), else an unlisted one is logged with its traceback. Listed
-        exceptions are re-raised, others make this return False.
-        """
-        listed = self._listed_exceptions(mode)
+    @contextlib.contextmanager
+    def _failures_shown(self, run: Run) -> Iterator[None]:
+        """Show a failure of the launch (``fit`` then returns False); re-raise listed ones."""
         try:
-            self._configure_environment()
-            if mode == _Mode.TRAIN:
-                self._train()
-            else:
-                self._test()
+            yield
         except Exception as error:
-            if report is not None:
-                report(error)
-            if isinstance(error, tuple(listed)):
+            if isinstance(error, (*run.listed_exceptions(), launch.DistributedRunError)):
                 raise
-            if report is None:
-                _log_uncaught(error, mode)
-            return False
-        finally:
-            self._logger_states.flush_and_close()
-            logging.close_default_loggers()
-        return True
+            log_uncaught(error, run.action)
 
-    def _configure_environment(self) -> None:
-        checkpoints.register_trainer_types_for_safe_load()
-        rng.seed_rngs(self._random_seed)
-        if torch.are_deterministic_algorithms_enabled() != self._enable_deterministic:
-            # Only on a change: the call costs seconds the first time in a process.
-            torch.use_deterministic_algorithms(self._enable_deterministic)
-        if not self._use_cpu:
-            if self._enable_deterministic:
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.backends.cudnn.benchmark = self._enable_cudnn_benchmark
-            torch.backends.cudnn.deterministic = self._enable_deterministic
-            torch.cuda.set_device(self._device)
-        logging.create_default_loggers(self._enable_tensorboard, self._capture_warnings)
-        if self._src_root is not None:
-            update_all_registries(self._src_root, recurse=True, import_prefix=self._import_prefix)
-
-    def _setup(self, fast_init: bool) -> None:
-        for plugin in self._plugins.values():
-            plugin.is_distributed = self._is_distributed
-            plugin.map_loc = self._map_loc
-            plugin.device = self._device
-            plugin.rank = self._local_rank
-            plugin.trainer = self
-            plugin.setup()
-        datamodule = self.datamodule
-        datamodule.is_distributed = self._is_distributed
-        datamodule.trainer = self
-        datamodule.setup()
-        self._precision = Precision(self._precision_name, self._device)
-        model = self.model
-        model.map_loc = self._map_loc
-        model.is_distributed = self._is_distributed
-        model.device = self._device
-        model.rank = self._local_rank
-        model.trainer = self
-        model.setup(fast_init)
-        self._run_logs = RunLogs(
-            self._run_name,
-            log_root=self._log_path if self._enable_file_logging else None,
-            runs_root=self._run_path if self._enable_tensorboard else None,
-        )
-        if self._enable_compile:
-            model.compile_networks()
-
-    def _collective_device(self) -> torch.device | None:
-        if not self._is_distributed:
-            return None
-        return torch.device("cpu") if self._use_cpu else self._device
-
-    def _loop_options(self) -> LoopOptions:
-        return LoopOptions(
-            train_unit=self._train_unit,
-            total_steps=self._total_steps,
-            valid_frequency=self._valid_frequency,
-            chkpt_frequency=self._chkpt_frequency,
-            print_frequency=self._print_frequency,
-            accumulation_steps=self._accumulation_steps,
-            early_stop_cycles=self._early_stop_cycles,
-            show_progress=self.shows_progress,
-        )
-
-    def _checkpoint_parts(
-        self, state: TrainingState, fast_init: bool
-    ) -> dict[str, checkpoints.CheckpointPart]:
-        """Every shared part of this run's checkpoints, in restore order."""
-        return {
-            "logs": self._run_logs,
-            "model": _ModelPart(self.model, fast_init),
-            "running_losses": _RunningLosses(self.model),
-            "precision": self._precision,
-            **self._plugins,
-            "training_state": state,
-            "preemption": self._preemption,
-            "loggers": self._logger_states,
-            "run_end": self._run_end,
-            "checkpoint_retention": self._retention,
-        }
-
-    def _run_checkpoint(self, state: TrainingState, fast_init: bool) -> checkpoints.RunCheckpoint:
-        model = self.model
-        folder = self._chkpt_root / model.save_name if self._chkpt_root is not None else None
-        self._retention = CheckpointRetention(self._retention_policy, folder, lambda: model.metrics)
-        return checkpoints.RunCheckpoint(
-            folder,
-            self._checkpoint_parts(state, fast_init),
-            checkpoints.RankState(
-                state,
-                rank=self._rank,
-                world_size=torch.distributed.get_world_size() if self._is_distributed else 1,
-                seed=get_from_optional(self._random_seed),
-            ),
-            name=lambda at: model.append_metadata_to_chkpt_name(
-                checkpoints.checkpoint_name(model.save_name, at)
-            ),
-            rank=self._rank,
-            is_distributed=self._is_distributed,
-            map_location=self._map_loc,
-            retention=self._retention,
-            asynchronous=self._chkpt_async,
-        )
-
-    def _train(self) -> None:
-        lock = self._claim_checkpoint_folder()
-        try:
-            self._train_in_folder()
-        finally:
-            if lock is not None:
-                lock.release()
-
-    def _claim_checkpoint_folder(self) -> RunFolderLock | None:
-        """Make rank 0 the only writer of the checkpoint folder, before anything trains.
-
-        Every rank learns whether rank 0 got it, so no rank trains alone.
-        """
-        if self._chkpt_root is None:
-            return None
-        lock = None
-        error: CheckpointFolderError | None = None
-        if self._rank == 0:
-            lock = RunFolderLock(self._chkpt_root / self.model.save_name)
-            try:
-                lock.acquire()
-            except CheckpointFolderError as refused:
-                error = refused
-        if agree_any(error is not None, self._collective_device()):
-            if lock is not None:
-                lock.release()
-            raise error or CheckpointFolderError(
-                "error: rank 0 could not claim the checkpoint folder (its log names the reason)"
-            )
-        return lock
-
-    def _training_loop(self, hooks: Hooks, checkpoint: checkpoints.RunCheckpoint) -> TrainingLoop:
-        """Build the training loop of a run, with what it reports and what it guards."""
-        report = RunReport(
-            self.model,
-            self._loggers if self._rank == 0 else [],
-            show=self._rank == 0 and self._print_summaries,
-            defer_epoch_times=self._train_unit == TrainingUnit.ITERATION,
-        )
-        guard = None
-        if self._nonfinite_guard:
-            scaled = self._precision.scaler is not None
-            guard = NonFiniteGuard(self.model, hooks.collective_device, check_losses=not scaled)
-            checkpoint.check = guard.model_state_error
-        return TrainingLoop(
-            self._loop_options(), hooks, self.datamodule, checkpoint.save,
-            checkpoint.rank_state, self._preemption, report, self._run_end, guard,
-        )  # fmt: skip
-
-    def _train_in_folder(self) -> None:
-        self._setup(fast_init=False)
-        self._preemption = Preemption(self._collective_device())
-        self._run_end = RunEnd()
-        state = TrainingState()
-        self._logger_states = LoggerStates(self._loggers, state)
-        checkpoint = self._run_checkpoint(state, fast_init=False)
-        checkpoint.prepare_folder()
-        register_model_types_for_safe_load(self.model)
-        path = checkpoint.resume()
-        finished = finished_message(
-            self._run_end, state, self._train_unit, self._total_steps,
-            self._preemption.unit_end_pending,
-        )  # fmt: skip
-        # Training again from the checkpoint: what was logged after it is logged again.
-        self._run_logs.open(purge=finished is None)
-        if path is not None:
-            message = f"Resuming training from checkpoint {path}"
-            self.root_logger.info(message)
-            self._print_header(log_banner=False)
-            dist.global_print(message + "\n")
-        else:
-            self._print_header(log_banner=True)
-        if finished is not None:
-            self.root_logger.info(finished)
-            dist.global_print(finished)
-            logging.flush_default_loggers()
-            dist.safe_barrier()
-            return
-
-        self._logger_states.resume_from_checkpoint_step()
-        world_size = torch.distributed.get_world_size() if self._is_distributed else 1
-        self.root_logger.info(
-            run_summary(self.model, self._device, self._precision.name, world_size)
-        )
-        hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
-        loop = self._training_loop(hooks, checkpoint)
-        with self._preemption.handling_signals():
-            hooks.call_plugins("on_training_start")
-            self.model.on_training_start()
-            try:
-                loop.run(state)
-            except BaseException:
-                checkpoint.close(raise_errors=False)
-                raise
-            checkpoint.close()
-            self._preemption.settle()
-        hooks.call_plugins("on_training_end")
-        self.model.on_training_end()
-        logging.flush_default_loggers()
-        dist.safe_barrier()
-
-    def _test(self) -> None:
-        self._setup(fast_init=True)
-        register_model_types_for_safe_load(self.model)
-        path = self._run_checkpoint(TrainingState(), fast_init=True).resume()
-        self._run_logs.open_new()
-        if path is not None:
-            message = f"Testing using checkpoint {path}"
-        else:
-            self.model.load_for_testing()
-            message = "Testing from loaded model"
-        self.root_logger.info(get_env_info_str())
-        self.root_logger.info(message)
-        if self._print_banner:
-            dist.global_print(self.model.append_to_banner(get_env_info_str()))
-        dist.global_print(message + "\n")
-
-        test = self.datamodule.test_dataloader()
-        if test is None:
-            self.root_logger.warning(
-                "error: the datamodule has no test split; test() ran no batches"
-            )
-            return
-        hooks = Hooks(self.model, list(self._plugins.values()), self._collective_device())
-        EvaluationLoop(hooks, self.shows_progress).test(test[0])
-        logging.flush_default_loggers()
-        dist.safe_barrier()
-
-    def _print_header(self, log_banner: bool) -> None:
-        banner = self.model.append_to_banner(get_env_info_str())
-        if self._print_banner:
-            dist.global_print(banner)
-            if log_banner:
-                self.root_logger.info(banner)
+    def _launched(self, outcome: tuple[bool, Any]) -> bool:
+        succeeded, results = outcome
+        if results is not None:
+            self._queue = results
+        return succeeded
 
 
-class _RunningLosses:
-    """The model's running loss sums since the last validation (what the loggers average)."""
-
-    def __init__(self, model: Model) -> None:
-        self._model = model
-
-    def state_dict(self) -> dict[str, Any] | None:
-        sums = self._model._running_losses
-        return {key: torch.as_tensor(value).clone() for key, value in sums.items()} or None
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._model._running_losses.clear()
-        self._model._running_losses.update(state_dict)
-
-
-class _ModelPart:
-    """The model's part of a checkpoint (its ``load_state_dict`` also takes ``fast_init``)."""
-
-    def __init__(self, model: Model, fast_init: bool) -> None:
-        self._model = model
-        self._fast_init = fast_init
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._model.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._model.load_state_dict(state_dict, fast_init=self._fast_init)
-
-    @property
-    def is_sharded(self) -> bool:
-        """Whether a network of the model is sharded (its checkpoint entry is shards)."""
-        found, _ = default_state.find_state(self._model)
-        return any(
-            isinstance(obj, torch.nn.Module) and sharding.is_sharded_network(obj)
-            for obj in found.values()
-        )
-
-    def prepare_to_load(self) -> None:
-        """Give the model's optimizers the state tensors to load saved shards into."""
-        found, _ = default_state.find_state(self._model)
-        for obj in found.values():
-            if isinstance(obj, torch.optim.Optimizer):
-                sharding.initialize_optimizer_state(obj)
-
-
-def _log_uncaught(error: BaseException, mode: _Mode) -> None:
-    """Show an unlisted exception on stderr (traceback and summary) and in the log file."""
-    rank = dist.get_global_rank() if dist.is_dist_active() else None
-    text = failures.report_failure(error, mode.value, rank)
-    if logging.is_root_logger_active():
-        logging.get_root_logger().log_to_file(_std_logging.ERROR, text.rstrip("\n"))
-
-
-def _spawned_worker(
-    rank: int,
-    world_size: int,
-    port: int,
-    result_queue: Any,
-    error_queue: Any,
-    trainer: Trainer,
-    model: Model,
-    datamodule: DataModule,
-    mode: _Mode,
-) -> None:
-    """Body of one spawned rank: join the group, run, and report failures to the parent.
-
-    On a failure the rank reports it, destroys the group and exits with an error, which
-    makes the parent terminate the other ranks.
-    """
-    report = launch.ErrorReporter(rank, error_queue, trainer._listed_exceptions(mode), mode.value)
-    succeeded = False
-    try:
-        trainer.local_rank = rank
-        dist.init_dist(
-            backend="gloo" if trainer.uses_cpu else "nccl",
-            rank=rank,
-            world_size=world_size,
-            master_port=port,
-            device=None if trainer.uses_cpu else trainer.device,
-        )
-        launch.release_group_at_exit()
-        trainer.rank = rank
-        trainer.queue = result_queue
-        trainer.model, trainer.datamodule = model, datamodule
-        succeeded = trainer._run_in_process(mode, report)
-    except BaseException as error:
-        report(error)
-        raise
-    finally:
-        if succeeded:
-            dist.shutdown_dist()
-        else:
-            launch.abandon_process_group()
-    if not succeeded:
-        raise launch.DistributedRunError(f"error: rank {rank} failed")
+_NO_RUN_PRECISION = Precision()
 
 
 __all__ = ["Trainer"]

@@ -58,7 +58,7 @@ def parallel_devices(gpu: Any, parallel: bool) -> list[torch.device] | None:
                 or not (0 <= gpu_id < cuda_count)
             ):
                 raise ValueError(
-                    f"error: gpu={list(gpu)!r} names GPU {gpu_id!r}, but the GPUs of this "
+                    f"gpu={list(gpu)!r} names GPU {gpu_id!r}, but the GPUs of this "
                     f"machine are {list(range(cuda_count))}"
                 )
         return [torch.device("cuda", i) for i in gpu]
@@ -68,13 +68,13 @@ def parallel_devices(gpu: Any, parallel: bool) -> list[torch.device] | None:
 def _batch_count(data: Iterable[Any], iterations: int | None) -> int:
     if iterations is not None:
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"error: iterations must be a positive int, got {iterations!r}")
+            raise ValueError(f"iterations must be a positive int, got {iterations!r}")
         return iterations
     try:
         return len(data)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(
-            "error: data has no length; pass iterations= to predict from an iterable"
+            "data has no length; pass iterations= to predict from an iterable"
         ) from None
 
 

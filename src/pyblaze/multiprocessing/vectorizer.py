@@ -112,13 +112,12 @@ class Vectorizer:
             ("callback_func", callback_func),
         ):
             if value is not None and not callable(value):
-                raise TypeError(f"error: {name} must be callable, got {value!r}")
+                raise TypeError(f"{name} must be callable, got {value!r}")
         if worker_func is None:
-            raise TypeError("error: worker_func must be callable, got None")
+            raise TypeError("worker_func must be callable, got None")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < -1:
             raise ValueError(
-                f"error: num_workers must be -1 (one per CPU core) or an int >= 0, got "
-                f"{num_workers!r}"
+                f"num_workers must be -1 (one per CPU core) or an int >= 0, got {num_workers!r}"
             )
         self.num_workers = available_cores() if num_workers == -1 else num_workers
         self.worker_func = worker_func
@@ -170,9 +169,7 @@ class Vectorizer:
         try:
             for rank in range(workers):
                 share = [(i, items[i]) for i in range(bounds[rank], bounds[rank + 1])]
-                processes.append(
-                    self._start(context, _share_worker, rank, share, results_queue, done, args)
-                )
+                processes.append(self._start(context, rank, share, results_queue, done, args))
             return self._collect(results_queue, processes, lambda finished: finished == count)
         finally:
             done.set()
@@ -183,7 +180,6 @@ class Vectorizer:
     def _start(
         self,
         context: Any,
-        target: Any,
         rank: int,
         source: Any,
         results_queue: Any,
@@ -192,7 +188,7 @@ class Vectorizer:
     ) -> Any:
         """Start one worker process reading its items from ``source``."""
         process = context.Process(
-            target=target,
+            target=_worker,
             args=(rank, source, results_queue, done, self.worker_func, self.worker_init,
                   self.init_kwargs, args),
             daemon=True,
@@ -231,9 +227,7 @@ class Vectorizer:
 
         try:
             for rank in range(self.num_workers):
-                processes.append(
-                    self._start(context, _stream_worker, rank, tasks, results_queue, done, args)
-                )
+                processes.append(self._start(context, rank, tasks, results_queue, done, args))
             return self._collect(results_queue, processes, progress)
         finally:
             done.set()
@@ -257,7 +251,7 @@ class Vectorizer:
             if kind == "error":
                 where = "in worker_init" if index is None else f"on item {index}"
                 raise WorkerError(
-                    f"error: Vectorizer worker {rank} failed {where}:\n{payload}",
+                    f"Vectorizer worker {rank} failed {where}:\n{payload}",
                     rank,
                     index,
                     payload,
@@ -276,7 +270,7 @@ class Vectorizer:
                 for rank, process in enumerate(processes):
                     if process.exitcode not in (None, 0):
                         raise WorkerError(
-                            f"error: Vectorizer worker {rank} died with exit code "
+                            f"Vectorizer worker {rank} died with exit code "
                             f"{process.exitcode} before finishing its items",
                             rank,
                             None,
@@ -299,19 +293,9 @@ def _as_args(value: Any) -> tuple[Any, ...]:
     return (value,)
 
 
-def _init_worker(
-    rank: int, init: Callable[..., Any] | None, kwargs: dict[str, Any], results: Any
-) -> tuple[Any, ...] | None:
-    try:
-        return _as_args(_call_init(init, rank, kwargs))
-    except BaseException:
-        results.put(("error", rank, None, traceback.format_exc()))
-        return None
-
-
-def _share_worker(
+def _worker(
     rank: int,
-    share: list[tuple[int, Any]],
+    source: Any,
     results: Any,
     done: Any,
     func: Callable[..., Any],
@@ -319,10 +303,18 @@ def _share_worker(
     kwargs: dict[str, Any],
     args: tuple[Any, ...],
 ) -> None:
-    extra = _init_worker(rank, init, kwargs, results)
-    if extra is None:
+    """Body of one worker: ``init`` once, then ``func`` on each ``(index, item)``.
+
+    ``source`` is the worker's share of a sequence (a list), or the task queue of a
+    streamed iterable (``None`` ends it). A failure is reported on ``results`` and ends
+    the worker.
+    """
+    try:
+        extra = _as_args(_call_init(init, rank, kwargs))
+    except BaseException:
+        results.put(("error", rank, None, traceback.format_exc()))
         return
-    for index, item in share:
+    for index, item in source if isinstance(source, list) else iter(source.get, None):
         try:
             value = func(item, *args, *extra)
         except BaseException:
@@ -331,33 +323,6 @@ def _share_worker(
         results.put(("ok", rank, index, value))
     # Tensors in the results are shared through this process: keep it alive until the
     # calling process has received them all.
-    done.wait()
-
-
-def _stream_worker(
-    rank: int,
-    tasks: Any,
-    results: Any,
-    done: Any,
-    func: Callable[..., Any],
-    init: Callable[..., Any] | None,
-    kwargs: dict[str, Any],
-    args: tuple[Any, ...],
-) -> None:
-    extra = _init_worker(rank, init, kwargs, results)
-    if extra is None:
-        return
-    while True:
-        task = tasks.get()
-        if task is None:
-            break
-        index, item = task
-        try:
-            value = func(item, *args, *extra)
-        except BaseException:
-            results.put(("error", rank, index, traceback.format_exc()))
-            return
-        results.put(("ok", rank, index, value))
     done.wait()
 
 

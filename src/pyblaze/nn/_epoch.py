@@ -17,7 +17,7 @@ from pyblaze.nn.callbacks.base import PredictionCallback, TrainingCallback
 from pyblaze.nn.history import Evaluation
 
 if TYPE_CHECKING:
-    from pyblaze.nn.engines import BaseEngine
+    from pyblaze.nn._protocols import Engine
 
 
 @dataclasses.dataclass
@@ -133,7 +133,7 @@ class EpochRun(Epoch):
 
     def __init__(
         self,
-        engine: BaseEngine,
+        engine: Engine,
         module: nn.Module,
         spec: TrainSpec,
         device: torch.device,

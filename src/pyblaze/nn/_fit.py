@@ -31,7 +31,7 @@ from pyblaze.nn._gpus import GpuArg, resolve_gpu
 from pyblaze.nn._helios_run import EngineRun, RunRecords
 
 if TYPE_CHECKING:
-    from pyblaze.nn.engines import BaseEngine
+    from pyblaze.nn._protocols import Engine
 
 
 @dataclasses.dataclass
@@ -64,7 +64,7 @@ class FitPlan:
 
 
 def plan_fit(
-    engine: BaseEngine,
+    engine: Engine,
     train_data: Any,
     val_data: Any,
     epochs: Any,
@@ -146,7 +146,7 @@ def plan_fit(
     )  # fmt: skip
 
 
-def run_fit(engine: BaseEngine, plan: FitPlan) -> list[dict[str, Any]]:
+def run_fit(engine: Engine, plan: FitPlan) -> list[dict[str, Any]]:
     """Train the engine's model on a helios Trainer as planned.
 
     The model is back on its original device afterwards, also when training fails.
@@ -172,7 +172,7 @@ def run_fit(engine: BaseEngine, plan: FitPlan) -> list[dict[str, Any]]:
         if plugin.plug_id not in trainer.plugins:
             plugin._register_in_trainer(trainer)
     if plan.shard:
-        RunRecords(run)._register_in_trainer(trainer)
+        trainer.add_checkpoint_part(RunRecords.name, RunRecords(run))
     try:
         with run.results.open(trainer.is_distributed and not is_using_torchrun()):
             succeeded = trainer.fit(run, datamodule)
@@ -195,8 +195,7 @@ def _refuse_sharded_checkpoint(plan: FitPlan, save_name: str) -> None:
         ValueError: if the newest checkpoint of the run is a sharded one (a ``.dcp``
             folder) and ``shard`` is false.
     """
-    from helios.trainer.checkpoints import find_last_checkpoint
-    from helios.trainer.sharded_checkpoint import is_sharded_checkpoint
+    from helios.trainer.checkpoint.layout import find_last_checkpoint, is_sharded_checkpoint
 
     root = plan.trainer_options.get("chkpt_root")
     if plan.shard or root is None:
@@ -209,7 +208,7 @@ def _refuse_sharded_checkpoint(plan: FitPlan, save_name: str) -> None:
         )
 
 
-def _make_trainer(engine: BaseEngine, plan: FitPlan, seed: int) -> Trainer:
+def _make_trainer(engine: Engine, plan: FitPlan, seed: int) -> Trainer:
     kwargs: dict[str, Any] = {
         "print_banner": False,
         "enable_progress_bar": False,

@@ -34,7 +34,7 @@ what helios checkpoints hold, so a run with ``trainer_options={"chkpt_root": ...
 With ``fit(shard=True)`` the model's entry holds only the weights and optimizer states
 (``DTensor`` shards in a distributed run, written by every rank through Distributed
 Checkpoint); the history and callback states, which may differ between ranks (callbacks
-that run on rank 0 only), are a checkpoint part of their own, :py:class:`RunRecords`,
+that run on rank 0 only), are an extra checkpoint part of their own, :py:class:`RunRecords`,
 written by rank 0 like every unsharded part.
 """
 
@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from helios.model import Model
-from helios.plugins import Plugin
 from pyblaze.nn._callback_list import CallbackList
 from pyblaze.nn._epoch import Epoch, EpochRun, RunCallbacks, TrainSpec
 from pyblaze.nn._placement import ModelPlacement
@@ -57,7 +56,7 @@ from pyblaze.nn.callbacks.base import CallbackException, PredictionCallback, Tra
 
 if TYPE_CHECKING:
     from helios.trainer import TrainingState
-    from pyblaze.nn.engines import BaseEngine
+    from pyblaze.nn._protocols import Engine
 
 _SKIPPED = Epoch()
 
@@ -73,7 +72,7 @@ class EngineRun(Model):
             (:py:class:`RunRecords`).
     """
 
-    def __init__(self, engine: BaseEngine, spec: TrainSpec, shard: bool = False) -> None:
+    def __init__(self, engine: Engine, spec: TrainSpec, shard: bool = False) -> None:
         super().__init__(f"pyblaze_{type(engine.model).__name__}")
         self._engine = engine
         self._spec = spec
@@ -231,7 +230,7 @@ class EngineRun(Model):
         # What helios's checkpoints see as the network: sharded or not.
         self.network = self.placement.module
         spec = self._spec
-        self._engine._start_run(self.trainer.precision, spec.clip_norm, spec.clip_value)
+        self._engine.start_run(self.trainer.precision, spec.clip_norm, spec.clip_value)
         # Losses go through helios's loss table only to be averaged over ranks.
         self._average_losses = self.is_distributed
 
@@ -254,7 +253,7 @@ class EngineRun(Model):
         self._stop = None
         self._epoch = _SKIPPED
         datamodule = self.trainer.datamodule
-        self._num_batches = len(datamodule.train_dataloader()[0])  # type: ignore[index]
+        self._num_batches = len(datamodule.train_dataloader()[0])
         valid = datamodule.valid_dataloader()
         self._num_val_batches = len(valid[0]) if valid is not None else 0
         if self._spec.val_data is not None:
@@ -369,23 +368,23 @@ class EngineRun(Model):
             self.results.send(self._result_state())
 
 
-class RunRecords(Plugin):
+class RunRecords:
     """The history and callback states of a ``fit(shard=True)`` run, as a checkpoint part.
 
-    Registered by ``fit(shard=True)``. As every unsharded part, rank 0 writes its state and
-    every rank of a resumed run loads it; the sharded model entry holds only weights and
-    optimizer states, which every rank writes.
+    ``fit(shard=True)`` adds it to the Trainer as the extra checkpoint part
+    ``pyblaze_records`` (:py:meth:`helios.trainer.Trainer.add_checkpoint_part`). As every
+    unsharded part, rank 0 writes its state and every rank of a resumed run loads it, after
+    the model; the sharded model entry holds only weights and optimizer states, which every
+    rank writes.
 
     Args:
         run: the run whose records these are.
     """
 
-    def __init__(self, run: EngineRun) -> None:
-        super().__init__("pyblaze_records")
-        self._run = run
+    name = "pyblaze_records"
 
-    def setup(self) -> None:
-        """Nothing to prepare."""
+    def __init__(self, run: EngineRun) -> None:
+        self._run = run
 
     def state_dict(self) -> dict[str, Any]:
         """Return the run's :py:meth:`EngineRun.records_state`."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from pyblaze.nn.engines import BaseEngine
+    from pyblaze.nn._protocols import Engine
 
 Metric = Callable[[Any, Any], Any]
 
@@ -58,7 +58,7 @@ def compute_metrics(
 
 
 def score_outputs(
-    engine: BaseEngine, outputs: Sequence[Any], metrics: Mapping[str, Metric]
+    engine: Engine, outputs: Sequence[Any], metrics: Mapping[str, Metric]
 ) -> dict[str, Any]:
     """Join the ``(prediction, target)`` pairs of a data set's batches and compute metrics.
 

@@ -12,7 +12,7 @@ from pyblaze.nn._sharded import ShardedCopy
 from pyblaze.nn._tensors import module_device, move_optimizer_state
 
 if TYPE_CHECKING:
-    from pyblaze.nn.engines import BaseEngine
+    from pyblaze.nn._protocols import Engine
 
 
 class ModelPlacement:
@@ -40,7 +40,7 @@ class ModelPlacement:
 
     def __init__(
         self,
-        engine: BaseEngine,
+        engine: Engine,
         optimizers: Sequence[torch.optim.Optimizer],
         shard: bool = False,
     ) -> None:
@@ -128,7 +128,7 @@ class ModelPlacement:
         """
         self.unwrap()
         self.module._compiled_call_impl = self._compiled_call
-        self._engine._end_run()
+        self._engine.end_run()
         self._engine.device = None
         self.module.to(self._original_device)
         move_optimizer_state(self.optimizers)

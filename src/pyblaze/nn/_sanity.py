@@ -30,7 +30,7 @@ from pyblaze.nn._tensors import to_device
 
 if TYPE_CHECKING:
     from pyblaze.nn._epoch import TrainSpec
-    from pyblaze.nn.engines import BaseEngine
+    from pyblaze.nn._protocols import Engine
 
 _NOTE = (
     "(found by fit's check before training, which runs the first batch of val_data and "
@@ -68,9 +68,7 @@ def first_batch(loader: DataLoader) -> Any:
     return loader.collate_fn([loader.dataset[index] for index in indices])
 
 
-def sanity_check(
-    engine: BaseEngine, module: nn.Module, spec: TrainSpec, device: torch.device
-) -> None:
+def sanity_check(engine: Engine, module: nn.Module, spec: TrainSpec, device: torch.device) -> None:
     """Run the first validation batch through ``eval_batch`` and every validation metric.
 
     Args:

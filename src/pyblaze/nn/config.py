@@ -281,7 +281,7 @@ class Configurable:
         path.parent.mkdir(parents=True, exist_ok=True)
         config = self.config
         payload = {} if config is None else config.to_dict()
-        from helios.trainer.checkpoints import save_atomically
+        from helios.trainer.checkpoint.io import save_atomically
 
         state = {k: v.detach().cpu() for k, v in self._module().state_dict().items()}
         save_atomically(state, path.with_name(path.name + ".pt"))
@@ -312,6 +312,6 @@ __all__ = ["Config", "Configurable"]
 
 
 def _write_json_atomically(data: Any, path: pathlib.Path) -> None:
-    from helios.trainer.retention import write_json_atomically
+    from helios.trainer.checkpoint.retention import write_json_atomically
 
     write_json_atomically(data, path, indent=4, sort_keys=True)

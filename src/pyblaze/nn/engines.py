@@ -124,14 +124,24 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         self.clip_value: float | None = None
         self._in_train = False
 
-    def _start_run(
+    def start_run(
         self, precision: Precision, clip_norm: float | None, clip_value: float | None
     ) -> None:
-        """Take the precision and clipping of a ``train`` call (in each of its processes)."""
+        """Take the precision and clipping of a ``train`` call (in each of its processes).
+
+        ``train`` calls it before the first batch of every process of the run. Override it
+        to prepare what a run needs once (call ``super()``), as :py:class:`SupervisedEngine`
+        chooses its training step.
+
+        Args:
+            precision: the run's precision.
+            clip_norm: the ``clip_norm`` of the call (``None``: no clipping by norm).
+            clip_value: the ``clip_value`` of the call (``None``: no clipping by value).
+        """
         self.precision = precision
         self.clip_norm, self.clip_value = clip_norm, clip_value
 
-    def _end_run(self) -> None:
+    def end_run(self) -> None:
         """Forget the precision and clipping of the ``train`` call that ended."""
         self.precision = _FULL_PRECISION
         self.clip_norm = self.clip_value = None
@@ -578,7 +588,7 @@ class SupervisedEngine(BaseEngine):
         # autograd reuses the parameters' gradient accumulators instead of building new
         # ones for every batch.
         self._last_loss: torch.Tensor | None = None
-        # The training step of the current run (chosen by ``_start_run``).
+        # The training step of the current run (chosen by ``start_run``).
         self._chosen_step: Callable[..., float] = self._plain_step
         self._step: Callable[..., float] = self._plain_step
 
@@ -664,11 +674,17 @@ class SupervisedEngine(BaseEngine):
             )
         return self._step(data, optimizer, loss, steps)
 
-    def _start_run(
+    def start_run(
         self, precision: Precision, clip_norm: float | None, clip_value: float | None
     ) -> None:
-        """Choose the training step of this ``train`` call, once (not per batch)."""
-        super()._start_run(precision, clip_norm, clip_value)
+        """Choose the training step of this ``train`` call, once (not per batch).
+
+        Args:
+            precision: the run's precision.
+            clip_norm: the ``clip_norm`` of the call.
+            clip_value: the ``clip_value`` of the call.
+        """
+        super().start_run(precision, clip_norm, clip_value)
         plain = precision.name == "32" and clip_norm is None and clip_value is None
         self._chosen_step = self._plain_step if plain else self._precise_step
         self._step = self._first_step
@@ -709,7 +725,9 @@ class SupervisedEngine(BaseEngine):
         done = self._iteration + 1  # type: ignore[operator]
         if done % steps == 0 or done == self._num_iterations:
             if self.clip_norm is not None or self.clip_value is not None:
-                precision.clip_gradients(optimizer, self.clip_norm, self.clip_value)
+                precision.clip_gradients(
+                    optimizer, max_norm=self.clip_norm, max_value=self.clip_value
+                )
             precision.step(optimizer)
         return float(value.item())
 

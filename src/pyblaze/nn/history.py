@@ -75,20 +75,17 @@ class Evaluation:
         # Only called when normal lookup fails; guard against recursion during unpickling.
         if name.startswith("__") or "_metrics" not in self.__dict__:
             raise AttributeError(name)
-        try:
-            return self._metrics[name]
-        except KeyError:
-            raise AttributeError(
-                f"Evaluation does not provide metric {name!r}; available metrics: {self.keys}"
-            ) from None
+        return self._metric(name, AttributeError)
 
     def __getitem__(self, name: str) -> Any:
-        try:
+        return self._metric(name, KeyError)
+
+    def _metric(self, name: str, missing: type[Exception]) -> Any:
+        if name in self._metrics:
             return self._metrics[name]
-        except KeyError:
-            raise KeyError(
-                f"Evaluation does not provide metric {name!r}; available metrics: {self.keys}"
-            ) from None
+        raise missing(
+            f"Evaluation does not provide metric {name!r}; available metrics: {self.keys}"
+        )
 
     def __contains__(self, name: object) -> bool:
         return name in self._metrics

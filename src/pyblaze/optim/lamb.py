@@ -48,15 +48,15 @@ class LAMB(optim.Optimizer):
         lr_decay: float = 0,
     ) -> None:
         if not lr > 0:
-            raise ValueError(f"error: lr must be greater than 0, got {lr!r}")
+            raise ValueError(f"lr must be greater than 0, got {lr!r}")
         if len(betas) != 2 or not all(0 < b < 1 for b in betas):
-            raise ValueError(f"error: betas must be two values in (0, 1), got {betas!r}")
+            raise ValueError(f"betas must be two values in (0, 1), got {betas!r}")
         if not eps > 0:
-            raise ValueError(f"error: eps must be greater than 0, got {eps!r}")
+            raise ValueError(f"eps must be greater than 0, got {eps!r}")
         if weight_decay < 0:
-            raise ValueError(f"error: weight_decay must be >= 0, got {weight_decay!r}")
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         if lr_decay < 0:
-            raise ValueError(f"error: lr_decay must be >= 0, got {lr_decay!r}")
+            raise ValueError(f"lr_decay must be >= 0, got {lr_decay!r}")
         defaults = {
             "lr": lr,
             "betas": tuple(betas),
@@ -91,7 +91,7 @@ class LAMB(optim.Optimizer):
                     continue
                 grad = p.grad
                 if grad.is_sparse:
-                    raise RuntimeError("error: LAMB does not support sparse gradients")
+                    raise RuntimeError("LAMB does not support sparse gradients")
                 state = self.state[p]
                 if not state:
                     state["step"] = 0

@@ -33,14 +33,12 @@ def find_contexts(
     """
     array = np.asarray(array)
     if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 2:
-        raise ValueError(f"error: context_size must be an int >= 2, got {context_size!r}")
+        raise ValueError(f"context_size must be an int >= 2, got {context_size!r}")
     if exclude_pivot and context_size % 2 == 0:
-        raise ValueError(
-            f"error: context_size must be odd with exclude_pivot=True, got {context_size}"
-        )
+        raise ValueError(f"context_size must be odd with exclude_pivot=True, got {context_size}")
     if array.ndim == 0 or array.shape[-1] < context_size:
         raise ValueError(
-            f"error: context_size={context_size} is larger than the last axis of the array "
+            f"context_size={context_size} is larger than the last axis of the array "
             f"(shape {array.shape})"
         )
     windows = np.lib.stride_tricks.sliding_window_view(array, context_size, axis=-1).copy()

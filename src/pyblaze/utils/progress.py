@@ -116,7 +116,7 @@ class ProgressBar:
             ValueError: if ``denom`` is not positive.
         """
         if denom <= 0:
-            raise ValueError(f"error: denom must be greater than 0, got {denom!r}")
+            raise ValueError(f"denom must be greater than 0, got {denom!r}")
         return cls(-(-num // denom), file=file, verbose=verbose)
 
     @property

@@ -32,16 +32,14 @@ def gpu_device(gpu: bool | int) -> torch.device:
             return torch.device("cpu")
         count = torch.cuda.device_count()
         if count == 0:
-            raise RuntimeError("error: gpu=True needs CUDA, but no GPU is available")
+            raise RuntimeError("gpu=True needs CUDA, but no GPU is available")
         free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
         return torch.device("cuda", max(range(count), key=lambda i: free[i]))
     if not isinstance(gpu, int):
-        raise TypeError(f"error: gpu must be a bool or an int, got {gpu!r}")
+        raise TypeError(f"gpu must be a bool or an int, got {gpu!r}")
     count = torch.cuda.device_count()
     if not 0 <= gpu < count:
-        raise ValueError(
-            f"error: gpu={gpu} is not a GPU of this machine (GPU ids: {list(range(count))})"
-        )
+        raise ValueError(f"gpu={gpu} is not a GPU of this machine (GPU ids: {list(range(count))})")
     return torch.device("cuda", gpu)
 
 

@@ -341,8 +341,7 @@ def run_torchrun(workdir: pathlib.Path, scenario: str, step_sleep: float) -> int
 
 def run_spawned(workdir: pathlib.Path, case: str) -> str:
     """Run the Trainer's spawn machinery on 2 CPU processes; return a one-line summary."""
-    from helios.trainer import launch
-    from helios.trainer.trainer import _Mode, _spawned_worker
+    import dataclasses
 
     folder = workdir / case
     folder.mkdir()
@@ -354,8 +353,8 @@ def run_spawned(workdir: pathlib.Path, case: str) -> str:
         enable_file_logging=True,
         log_path=folder / "logs",
     )
-    # What Trainer(gpus=[0, 1]) sets; the CPU ranks then use gloo.
-    trainer._is_distributed = True
+    # What Trainer(gpus=[0, 1]) configures (one spawned rank per id); the CPU ranks use gloo.
+    trainer._config = dataclasses.replace(trainer._config, is_distributed=True, gpu_ids=(0, 1))
     plugin = ProbePlugin()
     plugin.configure_trainer(trainer)
     if case == "listed":
@@ -363,11 +362,9 @@ def run_spawned(workdir: pathlib.Path, case: str) -> str:
     crash_at = None if case == "ok" else 3
     model = DistModel(folder, crash_at=crash_at, crash_type=KeyError, tag="spawn")
     datamodule = DistDataModule(folder)
-    datamodule.prepare_data()  # what Trainer.fit does in the calling process before spawning
-    args = (trainer, model, datamodule, _Mode.TRAIN)
     start = time.perf_counter()
     try:
-        ok = launch.run_spawned(trainer, _spawned_worker, args, 2)
+        ok = trainer.fit(model, datamodule)
     except KeyError as error:
         notes = getattr(error, "__notes__", [])
         summary = {"raised": type(error).__name__, "message": str(error), "notes": notes}

@@ -54,7 +54,7 @@ import helios.data as hld
 import helios.model as hlm
 import helios.trainer as hlt
 import toys
-from helios.trainer import sharded_checkpoint
+from helios.trainer.checkpoint import run_checkpoint
 
 NUM_SAMPLES = 48
 GLOBAL_BATCH = 12
@@ -239,7 +239,7 @@ def _append(path: pathlib.Path, line: str) -> None:
 
 def _kill_in_commit(after_saves: int) -> None:
     """Make rank 0 die (SIGKILL) at its N-th save, between the shards and the commit."""
-    real_commit = sharded_checkpoint.commit
+    real_commit = run_checkpoint.commit_sharded
     count = 0
 
     def dying_commit(contents: dict[str, Any], path: pathlib.Path) -> None:
@@ -249,7 +249,7 @@ def _kill_in_commit(after_saves: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         real_commit(contents, path)
 
-    sharded_checkpoint.commit = dying_commit  # type: ignore[assignment]
+    run_checkpoint.commit_sharded = dying_commit  # type: ignore[assignment]
 
 
 def main(argv: list[str]) -> int:

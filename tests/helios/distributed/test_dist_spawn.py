@@ -165,7 +165,7 @@ def test_unlisted_exception_on_a_rank_is_shown_by_the_caller(
     traceback_line = "KeyError: 'planted failure on rank 1 at iteration 3'"
     unlisted_part = output.split("SPAWN ok ", 1)[1].split("SPAWN unlisted ", 1)[0]
     assert unlisted_part.count("Traceback (most recent call last)") == 1
-    assert unlisted_part.count(f"{traceback_line}\nerror: fit failed on rank 1 in ") == 1
+    assert unlisted_part.count(f"{traceback_line}\nfit failed on rank 1 in ") == 1
     assert unlisted_part.count(f"in DistModel.train_step: {traceback_line}\n") == 1
     assert 'dist_job.py", line' in unlisted_part
     # It also lands in the run's log file.

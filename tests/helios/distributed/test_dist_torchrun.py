@@ -331,7 +331,7 @@ def test_exception_on_rank1_ends_the_job_quickly_with_its_traceback(
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
     assert elapsed < 45, output
-    assert "error: fit failed on rank 1 in " in output
+    assert "fit failed on rank 1 in " in output
     assert "RuntimeError: planted failure on rank 1 at iteration 3" in output
     assert 'dist_job.py", line' in output
     # After the failure the process group is gone; a new fit says so instead of hanging.
@@ -458,12 +458,12 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
     # newer ones, wherever the signal happened to stop the job.
     folder = tmp_path / "chkpt" / "dist"
     inside = []
-    for path in hlt.checkpoints.list_checkpoints(folder):
+    for path in hlt.checkpoint.list_checkpoints(folder):
         saved = torch.load(path, weights_only=True)
         if 0 < saved["ranks"][0]["sampler"]["consumed"] < 20:
             inside.append((path, saved))
     newest, saved = inside[0]
-    for path in hlt.checkpoints.list_checkpoints(folder):
+    for path in hlt.checkpoint.list_checkpoints(folder):
         if path == newest:
             break
         path.unlink()

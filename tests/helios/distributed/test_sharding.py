@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import helios.trainer as hlt
-from helios.trainer import sharded_checkpoint
+from helios.trainer.checkpoint import io, layout, sharded
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +147,7 @@ def test_sharded_checkpoints_are_folders_of_every_ranks_shards(
     ]
     # Every rank wrote its own half of each network parameter.
     full = _weights(dropout_reference)
-    own = sharded_checkpoint.load_full_state(newest)["model"]["net"]
+    own = sharded.load_full_state(newest)["model"]["net"]
     _assert_identical(own, full)
 
 
@@ -204,7 +204,7 @@ def test_crash_between_shards_and_commit_keeps_the_previous_checkpoint(
     # Iteration 4's shards were all written, but the folder was never committed.
     unfinished = folder / ".sharded_epoch_1_iter_4.dcp.tmp"
     assert (unfinished / ".metadata").is_file()
-    assert not (unfinished / sharded_checkpoint.CONTENTS_NAME).exists()
+    assert not (unfinished / layout.CONTENTS_NAME).exists()
     assert hlt.find_last_checkpoint(folder) == folder / "sharded_epoch_1_iter_3.dcp"
 
     _run(workdir, "--dropout", "0.2")
@@ -388,7 +388,7 @@ def test_fp16_mixed_sharded_run_resumes_bit_identical(tmp_path: pathlib.Path) ->
     newest = hlt.find_last_checkpoint(_folder(workdir))
     assert newest is not None
     hlt.register_trainer_types_for_safe_load()
-    scaler = sharded_checkpoint.read_contents(newest)["precision"]["scaler"]
+    scaler = io.read_sharded_contents(newest)["precision"]["scaler"]
     assert scaler["scale"] < 2.0**16  # steps were skipped: the resume depends on the scale
 
     _run(workdir, "--precision", "fp16-mixed")

@@ -20,8 +20,8 @@ from torch import nn
 import helios.model as hlm
 import helios.trainer as hlt
 from helios.model import sharding
-from helios.trainer import checkpoints
-from helios.trainer import sharded_checkpoint as sharded
+from helios.trainer.checkpoint import io as checkpoints
+from helios.trainer.checkpoint import layout, sharded
 from helios.trainer.state import TrainingState
 
 
@@ -132,8 +132,8 @@ def _make_sharded_checkpoint(
 ) -> pathlib.Path:
     """Write a sharded checkpoint through the trainer's own steps, on one process."""
     state = TrainingState(current_iteration=iteration, global_iteration=iteration)
-    path = folder / f"net_epoch_1_iter_{iteration}{sharded.SHARDED_SUFFIX}"
-    sharded.prepare_temporary_folder(path)
+    path = folder / f"net_epoch_1_iter_{iteration}{layout.SHARDED_SUFFIX}"
+    checkpoints.prepare_temporary_folder(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         sharded.write_shards({"model": model_state}, path)
@@ -141,9 +141,9 @@ def _make_sharded_checkpoint(
         "version": "0.1.0",
         "training_state": state,
         "rng": {},
-        sharded.SHARDED_PARTS_KEY: ["model"],
+        layout.SHARDED_PARTS_KEY: ["model"],
     }
-    sharded.commit(contents, path)
+    checkpoints.commit_sharded(contents, path)
     return path
 
 
@@ -154,7 +154,7 @@ def test_sharded_folders_are_found_validated_and_skipped_when_damaged(
     older = _make_sharded_checkpoint(tmp_path, 1, {"w": torch.ones(8)})
     newer = _make_sharded_checkpoint(tmp_path, 2, {"w": torch.full((8,), 2.0)})
     assert hlt.find_last_checkpoint(tmp_path) == newer
-    assert sharded.read_contents(newer)["sharded_parts"] == ["model"]
+    assert checkpoints.read_sharded_contents(newer)["sharded_parts"] == ["model"]
 
     shard = next(newer.glob("*.distcp"))
     os.truncate(shard, shard.stat().st_size - 1)
@@ -163,9 +163,9 @@ def test_sharded_folders_are_found_validated_and_skipped_when_damaged(
     assert found is not None
     assert found[0] == older
 
-    (older / sharded.CONTENTS_NAME).unlink()
+    (older / layout.CONTENTS_NAME).unlink()
     with pytest.raises(ValueError, match=r"helios\.pth is missing"):
-        sharded.read_contents(older)
+        checkpoints.read_sharded_contents(older)
 
 
 def test_commit_replaces_a_folder_saved_at_the_same_position(tmp_path: pathlib.Path) -> None:
@@ -177,7 +177,7 @@ def test_commit_replaces_a_folder_saved_at_the_same_position(tmp_path: pathlib.P
 
 def test_interrupted_saves_are_cleaned_up(tmp_path: pathlib.Path) -> None:
     kept = _make_sharded_checkpoint(tmp_path, 1, {"w": torch.ones(2)})
-    unfinished = sharded.temporary_folder(tmp_path / "net_epoch_1_iter_3.dcp")
+    unfinished = layout.temporary_folder(tmp_path / "net_epoch_1_iter_3.dcp")
     unfinished.mkdir()
     (unfinished / "__0_0.distcp").write_bytes(b"partial")
 

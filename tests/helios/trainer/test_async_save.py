@@ -26,7 +26,7 @@ import resume_job as job
 import torch
 
 import helios.trainer as hlt
-from helios.trainer import async_save
+from helios.trainer.checkpoint import async_save
 
 JOB_PATH = pathlib.Path(__file__).with_name("resume_job.py")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]

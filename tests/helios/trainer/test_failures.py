@@ -64,17 +64,17 @@ def _driver(call: Any) -> BaseException:
     [
         (
             lambda: Net().train_step(None, None),
-            "error: fit failed in Net.train_step: ValueError: bad batch",
+            "fit failed in Net.train_step: ValueError: bad batch",
         ),
         (
             lambda: Data().setup(),
-            "error: fit failed in Data.setup: FileNotFoundError: no data here",
+            "fit failed in Data.setup: FileNotFoundError: no data here",
         ),
         (
             lambda: Plug().process_training_batch(None, None),
-            "error: fit failed in Plug.process_training_batch: KeyError: 'missing'",
+            "fit failed in Plug.process_training_batch: KeyError: 'missing'",
         ),
-        (lambda: int("x"), "error: fit failed: ValueError: invalid literal for int()"),
+        (lambda: int("x"), "fit failed: ValueError: invalid literal for int()"),
     ],
 )
 def test_summary_names_the_outermost_hook(call: Any, summary: str) -> None:
@@ -85,10 +85,10 @@ def test_summary_names_the_outermost_hook(call: Any, summary: str) -> None:
 
 def test_summary_with_rank_action_and_empty_message() -> None:
     error = _driver(lambda: Net().train_step(None, None))
-    assert failures.failure_summary(error, "test", rank=1).startswith(
-        "error: test failed on rank 1 in Net.train_step: ValueError"
+    assert failures.failure_summary(error, "test", global_rank=1).startswith(
+        "test failed on rank 1 in Net.train_step: ValueError"
     )
-    assert failures.failure_summary(RuntimeError()) == "error: fit failed: RuntimeError"
+    assert failures.failure_summary(RuntimeError()) == "fit failed: RuntimeError"
 
 
 def test_report_writes_traceback_then_summary() -> None:
@@ -99,7 +99,7 @@ def test_report_writes_traceback_then_summary() -> None:
     lines = text.splitlines()
     assert lines[0] == "Traceback (most recent call last):"
     assert "in _helper" in text and "ValueError: bad batch" in text
-    assert lines[-1] == "error: fit failed in Net.train_step: ValueError: bad batch"
+    assert lines[-1] == "fit failed in Net.train_step: ValueError: bad batch"
 
 
 def test_report_to_a_closed_stream_does_not_raise() -> None:
@@ -128,12 +128,11 @@ def test_failing_program_exits_non_zero_with_the_traceback_on_stderr(
     assert err.startswith("Traceback (most recent call last):"), err
     assert 'failing_job.py", line' in err and "in _check" in err
     assert err.rstrip("\n").splitlines()[-1] == (
-        "error: fit failed in MyModel.train_step: ValueError: the targets do not match the "
-        "predictions"
+        "fit failed in MyModel.train_step: ValueError: the targets do not match the predictions"
     )
     assert "Traceback" not in result.stdout
     (log,) = (tmp_path / "logs").iterdir()
-    assert "error: fit failed in MyModel.train_step" in log.read_text()
+    assert "fit failed in MyModel.train_step" in log.read_text()
 
 
 @pytest.mark.slow
@@ -144,4 +143,4 @@ def test_listed_exception_is_reraised_by_fit(tmp_path: pathlib.Path) -> None:
         "ValueError: the targets do not match the predictions",
         "second line",
     ]
-    assert "error: fit failed" not in result.stderr
+    assert "fit failed" not in result.stderr

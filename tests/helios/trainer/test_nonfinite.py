@@ -114,6 +114,10 @@ class _Model:
     def __init__(self) -> None:
         self._loss_items: dict[str, Any] = {}
 
+    @property
+    def loss_items(self) -> dict[str, Any]:
+        return self._loss_items
+
 
 def test_the_device_path_reads_nothing_back_until_a_boundary(monkeypatch) -> None:
     """Losses off the CPU are recorded on their device; nothing is read back per step."""

@@ -137,7 +137,7 @@ def test_a_held_folder_refuses_fit_before_anything_trains(
     assert ok is False
     assert model.records == []
     out = capsys.readouterr().err
-    expected = f"error: the checkpoint folder {folder} is in use by another run (pid {os.getpid()}"
+    expected = f"the checkpoint folder {folder} is in use by another run (pid {os.getpid()}"
     assert expected in out
     assert list(folder.iterdir()) == []
     ok, _ = _fit(tmp_path)
@@ -155,7 +155,7 @@ def _assert_fails_before_training(
     assert ok is False
     assert model.records == []
     out = capsys.readouterr().err
-    assert f"error: the checkpoint folder {folder} cannot be written" in out
+    assert f"the checkpoint folder {folder} cannot be written" in out
     assert "pass another chkpt_root" in out
 
 
@@ -229,6 +229,6 @@ def test_a_checkpoint_of_another_architecture_names_its_file_and_how_to_start_fr
     assert ok is False
     assert model.records == []
     out = capsys.readouterr().err
-    assert f"error: the checkpoint {newest} does not fit this run" in out
+    assert f"the checkpoint {newest} does not fit this run" in out
     assert "size mismatch" in out
     assert f"start fresh: move or delete {folder}, or give the model a new save_name" in out

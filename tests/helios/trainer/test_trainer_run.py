@@ -83,12 +83,12 @@ def test_unlisted_exception_is_logged_and_fit_returns_false(tmp_path, capsys, wh
     assert err.startswith("Traceback (most recent call last)")
     assert err.count(f"KeyError: 'planted failure in {where}'") == 2  # traceback and summary
     assert err.endswith(
-        f"\nerror: fit failed in TinyModel.{where}: KeyError: 'planted failure in {where}'\n"
+        f"\nfit failed in TinyModel.{where}: KeyError: 'planted failure in {where}'\n"
     )
     # The log file keeps the record.
     log = next((tmp_path / "logs").glob("*.log")).read_text()
     assert "[ERROR]: Traceback (most recent call last)" in log
-    assert f"error: fit failed in TinyModel.{where}" in log
+    assert f"fit failed in TinyModel.{where}" in log
 
 
 def test_listed_exception_is_reraised(tmp_path) -> None:
@@ -102,7 +102,7 @@ def test_listed_exception_is_reraised(tmp_path) -> None:
 def test_test_exceptions(tmp_path, capsys) -> None:
     trainer = make_trainer(tmp_path)
     assert trainer.test(TinyModel(fail_in="test_step"), toys.BlobsData()) is False
-    assert "error: test failed in TinyModel.test_step: KeyError" in capsys.readouterr().err
+    assert "test failed in TinyModel.test_step: KeyError" in capsys.readouterr().err
     trainer.test_exceptions.append(RuntimeError)
     with pytest.raises(RuntimeError, match="planted"):
         trainer.test(TinyModel(fail_in="on_testing_start", error=RuntimeError), toys.BlobsData())

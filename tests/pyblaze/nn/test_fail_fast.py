@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import helios.loggers as hll
 import pyblaze.nn as xnn
-from helios.trainer.retention import read_index
+from helios.trainer.checkpoint.retention import read_index
 from pyblaze_toys import BatchCounter, LinearEstimator
 
 

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pyblaze.nn.callbacks import TrainingCallback
-
-
-def _loss_values(loss: Any) -> dict[str, float]:
-    if isinstance(loss, tuple | list):
-        return {f"batch_train_loss_{i}": float(v) for i, v in enumerate(loss)}
-    if isinstance(loss, Mapping):
-        return {f"batch_train_loss_{k}": float(v) for k, v in loss.items()}
-    return {"batch_train_loss": float(loss)}
+from pyblaze.nn.callbacks.base import TrainingCallback
+from pyblaze.nn.callbacks.tracking import batch_loss_scalars
 
 
 class NeptuneTracker(TrainingCallback):
@@ -46,7 +38,7 @@ class NeptuneTracker(TrainingCallback):
             self._legacy = False
         else:
             raise TypeError(
-                "error: experiment must be a neptune run (neptune.init_run()) or have a "
+                "experiment must be a neptune run (neptune.init_run()) or have a "
                 f"log_metric(name, value) method, got {kind.__name__}"
             )
         self.experiment = experiment
@@ -61,7 +53,7 @@ class NeptuneTracker(TrainingCallback):
         """Log the batch loss."""
         if not args or args[0] is None:
             return
-        for name, value in _loss_values(args[0]).items():
+        for name, value in batch_loss_scalars(args[0]).items():
             self._log(name, value)
 
     def after_epoch(self, metrics: Any) -> None:

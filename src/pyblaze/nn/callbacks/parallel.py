@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from pyblaze.nn.callbacks import CallbackException, TrainingCallback
+from pyblaze.nn.callbacks.base import CallbackException, TrainingCallback
 
 
 class SynchronizationCallback(TrainingCallback):

@@ -67,11 +67,8 @@ class _Output:
 class _BarLogger:
     """A logger that shows one bar at a time on its output, opened per bar.
 
-    The hooks of a subclass start, advance and finish the bar.
-
-    Args:
-        file: where to print: ``None`` for stdout, a path (appended to; folders are
-            created) or a writable stream.
+    The hooks of a subclass start, advance and finish the bar; ``file`` is where to
+    print, as for :py:class:`BatchProgressLogger`.
     """
 
     rank_zero_only: ClassVar[bool] = True
@@ -89,19 +86,14 @@ class _BarLogger:
             self._bar.step()
 
     def _end(self) -> None:
-        if self._bar is not None:
-            self._bar.finish()
-            self._bar = None
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.finish()
         self._output.close()
 
 
 class EpochProgressLogger(_BarLogger, TrainingCallback):
-    """Show one bar over all epochs of a training run.
-
-    Args:
-        file: where to print: ``None`` for stdout, a path (appended to; folders are
-            created) or a writable stream.
-    """
+    """Show one bar over all epochs of a training run (``file``: as for the batch logger)."""
 
     def before_training(self, model: nn.Module, num_epochs: int) -> None:
         """Start the bar over ``num_epochs`` epochs."""
@@ -164,9 +156,8 @@ class BatchProgressLogger(TrainingCallback):
 class PredictionProgressLogger(_BarLogger, PredictionCallback):
     """Show a bar over the batches of an evaluation or prediction.
 
-    Args:
-        file: where to print: ``None`` for stdout, a path (appended to; folders are
-            created) or a writable stream.
+    ``file`` is where to print, as for every progress logger: ``None`` for stdout, a path
+    (appended to; folders are created) or a writable stream.
     """
 
     def before_predictions(self, model: nn.Module, num_iterations: int) -> None:

@@ -23,8 +23,9 @@ class ModelSaverCallback(TrainingCallback):
     folders are created and every file is written atomically (a temporary file, synced,
     renamed over the final name), so a crash never leaves a truncated file.
 
-    Retention follows helios' checkpoint retention (:py:mod:`helios.trainer.retention`, the
-    rule of ``Trainer(chkpt_keep_last=..., chkpt_keep_best=...)``): with ``keep_last`` or
+    Retention follows helios' checkpoint retention
+    (:py:mod:`helios.trainer.checkpoint.retention`, the rule of
+    ``Trainer(chkpt_keep_last=..., chkpt_keep_best=...)``): with ``keep_last`` or
     ``keep_best`` only the newest file, the newest ``keep_last`` ones and the ``keep_best``
     ones with the best ``best_metric`` (a metric of the epoch's evaluation) are kept; an
     older file is deleted only after the new one is on disk. Files written by earlier
@@ -73,7 +74,7 @@ class ModelSaverCallback(TrainingCallback):
     @property
     def best_path(self) -> pathlib.Path | None:
         """The path (without extension) of the best file of this fit, if ranked."""
-        from helios.trainer.retention import best_of
+        from helios.trainer.checkpoint.retention import best_of
 
         name = best_of(self._saved, self.policy)
         return None if name is None else self.directory / name
@@ -89,8 +90,12 @@ class ModelSaverCallback(TrainingCallback):
 
     def after_epoch(self, metrics: Evaluation) -> None:
         """Save the model, then delete the files the retention no longer keeps."""
-        from helios.trainer.checkpoints import save_atomically
-        from helios.trainer.retention import RetainedCheckpoint, metric_value, select_kept
+        from helios.trainer.checkpoint.io import save_atomically
+        from helios.trainer.checkpoint.retention import (
+            RetainedCheckpoint,
+            metric_value,
+            select_kept,
+        )
 
         if self._model is None:
             return
@@ -133,7 +138,7 @@ class ModelSaverCallback(TrainingCallback):
         Args:
             state_dict: the state.
         """
-        from helios.trainer.retention import RetainedCheckpoint
+        from helios.trainer.checkpoint.retention import RetainedCheckpoint
 
         self._epoch = int(state_dict["epoch"])
         self._saved = [RetainedCheckpoint.from_dict(entry) for entry in state_dict["saved"]]

@@ -15,7 +15,15 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 
-def _loss_scalars(loss: Any) -> dict[str, float]:
+def batch_loss_scalars(loss: Any) -> dict[str, float]:
+    """Name the values of a batch loss as the trackers log them.
+
+    Args:
+        loss: what ``train_batch`` returned: a number, or a tuple, list or dict of them.
+
+    Returns:
+        ``{"batch_train_loss": loss}``, or one ``batch_train_loss_<index or key>`` each.
+    """
     if isinstance(loss, tuple | list):
         return {f"batch_train_loss_{i}": float(v) for i, v in enumerate(loss)}
     if isinstance(loss, Mapping):
@@ -70,7 +78,7 @@ class TensorboardTracker(TrainingCallback):
         """Write the batch loss."""
         if not args or args[0] is None:
             return
-        for name, value in _loss_scalars(args[0]).items():
+        for name, value in batch_loss_scalars(args[0]).items():
             self.writer.add_scalar(name, value, self._batch)
         self._batch += 1
 
@@ -87,19 +95,11 @@ class TensorboardTracker(TrainingCallback):
             self._writer.flush()
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the step counters (part of the run's checkpoints).
-
-        Returns:
-            The state.
-        """
+        """Return the step counters, ``{"batch", "epoch"}`` (part of the run's checkpoints)."""
         return {"batch": self._batch, "epoch": self._epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :py:meth:`state_dict` returned.
-
-        Args:
-            state_dict: the state.
-        """
+        """Continue counting from the steps :py:meth:`state_dict` returned."""
         self._batch = int(state_dict["batch"])
         self._epoch = int(state_dict["epoch"])
 

@@ -37,10 +37,10 @@ class NoiseDataset(IterableDataset):
     def __init__(self, noise_type: str, dimension: int) -> None:
         if noise_type not in _NOISE_TYPES:
             raise ValueError(
-                f"error: invalid noise_type {noise_type!r}; expected one of {list(_NOISE_TYPES)}"
+                f"invalid noise_type {noise_type!r}; expected one of {list(_NOISE_TYPES)}"
             )
         if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
-            raise ValueError(f"error: dimension must be a positive int, got {dimension!r}")
+            raise ValueError(f"dimension must be a positive int, got {dimension!r}")
         self.noise_type = noise_type
         self.dimension = dimension
 

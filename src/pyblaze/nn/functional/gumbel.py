@@ -31,7 +31,7 @@ def gumbel_softmax(
         ValueError: if ``tau`` is not positive.
     """
     if not tau > 0:
-        raise ValueError(f"error: tau must be greater than 0, got {tau!r}")
+        raise ValueError(f"tau must be greater than 0, got {tau!r}")
     uniform = torch.rand_like(logits)
     gumbel = -torch.log(eps - torch.log(uniform + eps))
     soft = torch.softmax((logits + gumbel) / tau, dim=dim)

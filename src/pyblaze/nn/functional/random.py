@@ -26,9 +26,7 @@ def generate_noise(shape: torch.Size | Sequence[int], noise_type: str = "normal"
         return torch.randn(tuple(shape))
     if noise_type == "uniform":
         return torch.rand(tuple(shape)) * 2 - 1
-    raise ValueError(
-        f"error: invalid noise_type {noise_type!r}; expected one of {list(NOISE_TYPES)}"
-    )
+    raise ValueError(f"invalid noise_type {noise_type!r}; expected one of {list(NOISE_TYPES)}")
 
 
 __all__ = ["NOISE_TYPES", "generate_noise"]

@@ -28,14 +28,14 @@ def balanced_class_weights(labels: npt.ArrayLike) -> torch.Tensor:
     """
     values = np.asarray(labels)
     if values.size == 0:
-        raise ValueError("error: labels must not be empty")
+        raise ValueError("labels must not be empty")
     if not np.all(np.equal(np.mod(values, 1), 0)) or values.min() < 0:
-        raise ValueError("error: labels must be non-negative integers")
+        raise ValueError("labels must be non-negative integers")
     values = values.astype(np.int64).ravel()
     counts = np.bincount(values)
     if np.any(counts == 0):
         missing = np.flatnonzero(counts == 0).tolist()
-        raise ValueError(f"error: classes {missing} have no sample in labels")
+        raise ValueError(f"classes {missing} have no sample in labels")
     weights = values.size / (counts.size * counts)
     return torch.as_tensor(weights, dtype=torch.float)
 

@@ -91,7 +91,7 @@ class StackedLSTMCell(nn.Module):
         super().__init__()
         sizes = list(hidden_sizes)
         if not sizes:
-            raise ValueError("error: hidden_sizes must name at least one layer, got []")
+            raise ValueError("hidden_sizes must name at least one layer, got []")
         cell_type: type[nn.Module] = nn.LSTMCell if cudnn else LSTMCell
         self.num_stacked = len(sizes)
         self.hidden_sizes = sizes
@@ -117,7 +117,7 @@ class StackedLSTMCell(nn.Module):
         """
         if initial_states is not None and len(initial_states) != self.num_stacked:
             raise ValueError(
-                f"error: initial_states must hold one (h, c) per layer ({self.num_stacked}), "
+                f"initial_states must hold one (h, c) per layer ({self.num_stacked}), "
                 f"got {len(initial_states)}"
             )
         states: list[State] = []

@@ -22,18 +22,7 @@ import torch
 
 from helios.core import logging
 
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written; the message names the file and the cause.
-
-    Args:
-        message: the message.
-        path: the checkpoint path.
-    """
-
-    def __init__(self, message: str, path: pathlib.Path | None = None) -> None:
-        super().__init__(message)
-        self.path = path
+from .io import CheckpointWriteError
 
 
 def _collect_tensors(obj: Any, found: dict[int, torch.Tensor], seen: set[int]) -> None:
@@ -173,7 +162,7 @@ class BackgroundWriter:
             path = self._path
             assert path is not None
             raise CheckpointWriteError(
-                f"error: the background save of checkpoint {path} failed: {error}", path
+                f"the background save of checkpoint {path} failed: {error}", path
             ) from error
 
     def close(self, raise_errors: bool = True) -> None:
@@ -190,4 +179,4 @@ class BackgroundWriter:
             logging.get_root_logger().error(str(error))
 
 
-__all__ = ["BackgroundWriter", "CheckpointWriteError", "SnapshotBuffers", "snapshot"]
+__all__ = ["BackgroundWriter", "SnapshotBuffers", "snapshot"]

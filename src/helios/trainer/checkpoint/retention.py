@@ -35,8 +35,11 @@ from typing import Any
 
 from helios.core import logging
 from helios.core.files import write_atomically
+from helios.core.training_state import TrainingState
 
-INDEX_NAME = "checkpoints.json"
+from .layout import INDEX_NAME
+from .parts import CheckpointPart
+
 _INDEX_VERSION = 1
 
 
@@ -195,17 +198,20 @@ class RetentionUpdate:
                 logging.get_root_logger().info(f"Deleted old checkpoint {path}")
 
 
-class CheckpointRetention:
+class CheckpointRetention(CheckpointPart):
     """The retention record of one run; a checkpoint part (key ``checkpoint_retention``).
 
-    :py:meth:`register` is called (on the saving rank) for each new checkpoint before the
-    parts are gathered, so the record saved in a checkpoint includes that checkpoint.
+    :py:meth:`saving` (:py:meth:`register`) is called on the saving rank for each new
+    checkpoint before the parts are gathered, so the record saved in a checkpoint includes
+    that checkpoint; what the checkpoint makes obsolete is deleted once it is durable.
 
     Args:
         policy: what to keep.
         folder: the checkpoint folder of the run.
         metrics: returns the model's ``metrics`` table.
     """
+
+    name = "checkpoint_retention"
 
     def __init__(
         self,
@@ -273,6 +279,20 @@ class CheckpointRetention:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             logging.get_root_logger().warning(message)
         return value
+
+    def saving(self, path: pathlib.Path, state: TrainingState) -> Callable[[], None] | None:
+        """Record a checkpoint about to be written (see :py:meth:`register`).
+
+        Args:
+            path: the path of the new checkpoint.
+            state: the training state it records.
+
+        Returns:
+            Applies the retention update (index, deletions) once the checkpoint is durable;
+            ``None`` without retention.
+        """
+        update = self.register(path, state.global_epoch, state.current_iteration)
+        return update.apply if update is not None else None
 
     def register(self, path: pathlib.Path, epoch: int, iteration: int) -> RetentionUpdate | None:
         """Record a checkpoint about to be written and decide what it makes obsolete.

@@ -32,45 +32,23 @@ import io
 import itertools
 import os
 import pathlib
-import shutil
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from helios.core.files import TEMPORARY_SUFFIX, fsync_directory
 from helios.core.utils import safe_torch_load
 
-SHARDED_SUFFIX = ".dcp"
-CONTENTS_NAME = "helios.pth"
-SHARDED_PARTS_KEY = "sharded_parts"
-
-
-class ShardedPart(Protocol):
-    """A checkpoint part whose state may hold ``DTensor`` shards.
-
-    It may also have ``prepare_to_load()``, which creates the state a fresh object lacks
-    (an optimizer's moments) so there is something to load into.
-    """
-
-    def state_dict(self) -> Any:
-        """Return the state (every rank calls it for a sharded save)."""
-
-    def load_state_dict(self, state_dict: Any) -> None:
-        """Restore a state."""
-
-
-def temporary_folder(path: pathlib.Path) -> pathlib.Path:
-    """Return the hidden folder a sharded checkpoint is written in before its rename."""
-    return path.parent / f".{path.name}{TEMPORARY_SUFFIX}"
-
-
-def prepare_temporary_folder(path: pathlib.Path) -> None:
-    """Empty the temporary folder of ``path`` (rank 0, before any rank writes into it)."""
-    folder = temporary_folder(path)
-    if folder.exists():
-        shutil.rmtree(folder)
+from .io import (
+    read_metadata,
+    read_sharded_contents,
+    register_trainer_types_for_safe_load,
+    save_atomically,
+)
+from .layout import CHECKPOINT_SUFFIX, SHARDED_PARTS_KEY, SHARDED_SUFFIX, is_sharded_checkpoint
+from .layout import temporary_folder as _temporary_folder
+from .parts import CheckpointPart
 
 
 def write_shards(states: Mapping[str, Any], path: pathlib.Path) -> None:
@@ -85,7 +63,7 @@ def write_shards(states: Mapping[str, Any], path: pathlib.Path) -> None:
     with _first_failure():
         dcp.save(
             dict(states),
-            storage_writer=dcp.FileSystemWriter(temporary_folder(path), sync_files=True),
+            storage_writer=dcp.FileSystemWriter(_temporary_folder(path), sync_files=True),
         )
 
 
@@ -105,84 +83,6 @@ def _first_failure() -> Iterator[None]:
             if isinstance(failure, Exception):
                 raise failure from error
         raise RuntimeError(str(error)) from error
-
-
-def commit(contents: dict[str, Any], path: pathlib.Path) -> None:
-    """Add ``helios.pth`` to the written shards and give the folder its final name (rank 0).
-
-    Call it once every rank has written its shards. A folder already at ``path`` (a rerun
-    saving the same position) is replaced.
-
-    Args:
-        contents: the unsharded parts, with ``sharded_parts`` naming the sharded ones.
-        path: the final path of the checkpoint folder.
-
-    Raises:
-        CheckpointWriteError: if a file cannot be written, naming it.
-    """
-    from .checkpoints import save_atomically
-
-    folder = temporary_folder(path)
-    save_atomically(contents, folder / CONTENTS_NAME)
-    fsync_directory(folder)
-    if path.exists():
-        previous = path.parent / f".{path.name}.previous{TEMPORARY_SUFFIX}"
-        os.replace(path, previous)
-        os.replace(folder, path)
-        shutil.rmtree(previous, ignore_errors=True)
-    else:
-        os.replace(folder, path)
-    fsync_directory(path.parent)
-
-
-def is_sharded_checkpoint(path: pathlib.Path) -> bool:
-    """Whether ``path`` names a sharded checkpoint (a ``.dcp`` folder)."""
-    return path.suffix == SHARDED_SUFFIX and path.is_dir()
-
-
-def _read_metadata(path: pathlib.Path) -> Any:
-    import torch.distributed.checkpoint as dcp
-
-    return dcp.FileSystemReader(path).read_metadata()
-
-
-def read_contents(path: pathlib.Path, map_location: Any = None) -> dict[str, Any]:
-    """Read the unsharded parts of a sharded checkpoint, after checking it is complete.
-
-    Complete means: ``helios.pth`` and the shards' index are readable, and every shard file
-    the index names exists and is long enough for the data it indexes.
-
-    Args:
-        path: the checkpoint folder.
-        map_location: passed to ``torch.load``.
-
-    Returns:
-        The contents of ``helios.pth``.
-
-    Raises:
-        ValueError: if a file is missing or truncated, naming it.
-    """
-    contents_file = path / CONTENTS_NAME
-    if not contents_file.is_file():
-        raise ValueError(f"{contents_file} is missing")
-    try:
-        metadata = _read_metadata(path)
-    except Exception as error:
-        raise ValueError(f"the shard index {path / '.metadata'} is unreadable: {error}") from error
-    needed: dict[str, int] = {}
-    for info in metadata.storage_data.values():
-        end = info.offset + info.length
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
-    for name, size in needed.items():
-        shard = path / name
-        actual = shard.stat().st_size if shard.is_file() else -1
-        if actual < size:
-            what = "missing" if actual < 0 else f"truncated ({actual} of {size} bytes)"
-            raise ValueError(f"shard file {shard} is {what}")
-    contents = safe_torch_load(contents_file, map_location=map_location)
-    if not isinstance(contents, dict) or SHARDED_PARTS_KEY not in contents:
-        raise ValueError(f"{contents_file} lists no sharded parts")
-    return contents
 
 
 def _safe_load_planner() -> Any:
@@ -228,14 +128,14 @@ def _flat_keys(state_dict: dict[str, Any], metadata: Any) -> set[str]:
     return set(planner.state_dict)
 
 
-def load_sharded_part(path: pathlib.Path, key: str, part: ShardedPart) -> None:
+def load_sharded_part(path: pathlib.Path, key: str, part: CheckpointPart) -> None:
     """Load one part's state from the shards of a checkpoint (every rank calls this).
 
     The part's current ``state_dict()`` is the template: Distributed Checkpoint fills its
     tensors in place, each with the shard this rank holds now (a full tensor when the part
     is not sharded), whatever the number of processes that wrote the checkpoint. When the
     checkpoint holds entries the template lacks (a fresh optimizer has no moments yet),
-    the part first creates them (its ``prepare_to_load()``).
+    the part first creates them (its :py:meth:`~CheckpointPart.prepare_to_load`).
 
     Args:
         path: the checkpoint folder.
@@ -246,18 +146,17 @@ def load_sharded_part(path: pathlib.Path, key: str, part: ShardedPart) -> None:
         RuntimeError: if the checkpoint lacks entries the part needs (from
             ``torch.distributed.checkpoint``).
     """
-    metadata = _read_metadata(path)
+    metadata = read_metadata(path)
     template = {key: part.state_dict()}
     saved = {name for name in metadata.state_dict_metadata if name.startswith(f"{key}.")}
-    prepare = getattr(part, "prepare_to_load", None)
-    if prepare is not None and not saved <= _flat_keys(template, metadata):
-        prepare()
+    if not saved <= _flat_keys(template, metadata):
+        part.prepare_to_load()
         template = {key: part.state_dict()}
     _load(template, path, single_process=not _has_process_group())
     part.load_state_dict(template[key])
 
 
-def load_full_into_sharded(state: Any, part: ShardedPart) -> None:
+def load_full_into_sharded(state: Any, part: CheckpointPart) -> None:
     """Load a part's full (unsharded) state into the part, sharded like its own state.
 
     This is how a sharded run resumes from a one-file checkpoint: one written before the
@@ -268,9 +167,7 @@ def load_full_into_sharded(state: Any, part: ShardedPart) -> None:
         state: the part's entry of the checkpoint (full tensors).
         part: the part, whose current state gives each tensor's mesh and placements.
     """
-    prepare = getattr(part, "prepare_to_load", None)
-    if prepare is not None:
-        prepare()  # an optimizer's state is replaced by the loaded one, empty or not
+    part.prepare_to_load()  # an optimizer's state is replaced by the loaded one, empty or not
     from helios.model.sharding import shard_state_like
 
     part.load_state_dict(shard_state_like(state, part.state_dict()))
@@ -311,7 +208,7 @@ def load_full_state(path: pathlib.Path) -> dict[str, Any]:
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    metadata = _read_metadata(path)
+    metadata = read_metadata(path)
     flat: dict[str, Any] = {}
     for name, entry in metadata.state_dict_metadata.items():
         if isinstance(entry, TensorStorageMetadata):
@@ -368,21 +265,15 @@ def export_full_checkpoint(
         ValueError: if ``path`` is not a complete sharded checkpoint.
         CheckpointWriteError: if the file cannot be written.
     """
-    from .checkpoints import (
-        CHECKPOINT_SUFFIX,
-        register_trainer_types_for_safe_load,
-        save_atomically,
-    )
-
     register_trainer_types_for_safe_load()
     source = pathlib.Path(path)
     if not is_sharded_checkpoint(source):
         raise ValueError(
-            f"error: invalid path={str(source)!r}: expected a sharded checkpoint folder "
+            f"invalid path={str(source)!r}: expected a sharded checkpoint folder "
             f"ending in {SHARDED_SUFFIX}"
         )
     target = pathlib.Path(output) if output is not None else source.with_suffix(CHECKPOINT_SUFFIX)
-    contents = read_contents(source, map_location="cpu")
+    contents = read_sharded_contents(source, map_location="cpu")
     contents.update(load_full_state(source))
     del contents[SHARDED_PARTS_KEY]
     save_atomically(contents, target)
@@ -390,18 +281,9 @@ def export_full_checkpoint(
 
 
 __all__ = [
-    "CONTENTS_NAME",
-    "SHARDED_PARTS_KEY",
-    "SHARDED_SUFFIX",
-    "ShardedPart",
-    "commit",
     "export_full_checkpoint",
-    "is_sharded_checkpoint",
     "load_full_into_sharded",
     "load_full_state",
     "load_sharded_part",
-    "prepare_temporary_folder",
-    "read_contents",
-    "temporary_folder",
     "write_shards",
 ]
