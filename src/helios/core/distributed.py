@@ -61,9 +61,7 @@ def timeout_from_environment() -> datetime.timedelta | None:
     except ValueError:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(
-            f"{TIMEOUT_ENV_VAR} must be a positive number of seconds, got {value!r}"
-        )
+        raise ValueError(f"{TIMEOUT_ENV_VAR} must be a positive number of seconds, got {value!r}")
     return datetime.timedelta(seconds=seconds)
 
 
