@@ -17,9 +17,11 @@ Outputs, in ``OUT`` (which every rank must see):
   gave this process, and its hostname.
 
 ``--step-sleep S`` sleeps S seconds in every step (room for a test to interrupt the
-job); ``--iterations N`` sets the length of the run. The job prints one line
-``PREEMPTED <signal> <code>`` when a signal stopped it, and exits with the code the Trainer
-gives (128 + the signal number).
+job); ``--iterations N`` sets the length of the run; ``--dist-timeout S`` is the Trainer's
+``dist_timeout``; ``--stall-at N`` makes the last rank stop before iteration N as if its
+machine froze (it exits on SIGTERM, which ``torchrun`` sends when another rank fails).
+The job prints one line ``PREEMPTED <signal> <code>`` when a signal stopped it, and exits
+with the code the Trainer gives (128 + the signal number).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import pathlib
+import signal
 import socket
 import sys
 import time
@@ -136,6 +139,8 @@ class NodeModel(hlm.Model):
 
     def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
         ids, x, y = batch
+        if state.global_iteration == self.args.stall_at and self._is_last_rank():
+            _stall()
         loss = F.mse_loss(self.net(x.to(self.device)), y.to(self.device))
         loss.backward()
         self.optimizer.step()
@@ -154,10 +159,21 @@ class NodeModel(hlm.Model):
         rank = int(os.environ.get("RANK", "0"))
         _append(self.args.out / f"batches{rank}_{self.sharding}.jsonl", json.dumps(record))
 
+    def _is_last_rank(self) -> bool:
+        return int(os.environ.get("RANK", "0")) == int(os.environ.get("WORLD_SIZE", "1")) - 1
+
     def on_training_end(self) -> None:
         weights = {key: _full(value) for key, value in self._plain().state_dict().items()}
         if int(os.environ.get("RANK", "0")) == 0:
             torch.save(weights, self.args.out / f"final_{self.sharding}.pt")
+
+
+def _stall() -> None:
+    """Hang (never reach the next collective) until SIGTERM, then leave at once."""
+    print("STALLED", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    time.sleep(300)
+    os._exit(1)
 
 
 def _full(value: torch.Tensor) -> torch.Tensor:
@@ -186,6 +202,7 @@ def fit(args: argparse.Namespace, sharding: str) -> bool:
         enable_progress_bar=False,
         print_banner=False,
         print_summaries=False,
+        dist_timeout=args.dist_timeout,
     )
     return trainer.fit(NodeModel(args, sharding), Data())
 
@@ -197,6 +214,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sharding", choices=["ddp", "fsdp", "both"], default="ddp")
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--step-sleep", type=float, default=0.0)
+    parser.add_argument("--dist-timeout", type=float, default=None)
+    parser.add_argument("--stall-at", type=int, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     shardings = ["ddp", "fsdp"] if args.sharding == "both" else [args.sharding]

@@ -209,16 +209,16 @@ def test_a_dead_node_ends_the_job_and_a_replacement_resumes_it(hosts: Any, one_n
 
 
 def test_a_partition_ends_the_job_in_bounded_time_and_it_resumes(hosts: Any, one_node: Any) -> None:
-    # The documented node setting and a short process-group timeout.
+    # The documented node setting and a short process-group timeout: Trainer(dist_timeout=10).
     for node in range(2):
         words = cluster_docs.shell_words(cluster_docs.block("node-sysctl"))
         result = hosts.run(node, words)
         assert result.returncode == 0, result.stderr
     timeout = 10
-    env = _env(HELIOS_DIST_TIMEOUT=str(timeout))
+    env = _env()
     out = hosts.shared / "partition"
     out.mkdir()
-    args = [str(out), str(out / "chkpt"), "--step-sleep", "0.15"]
+    args = [str(out), str(out / "chkpt"), "--step-sleep", "0.15", "--dist-timeout", str(timeout)]
 
     cut = Job(hosts, "cut", args, env=env)
     _wait_for_batches(out, 5, cut)
@@ -242,6 +242,37 @@ def test_a_partition_ends_the_job_in_bounded_time_and_it_resumes(hosts: Any, one
     again = Job(hosts, "healed", args, env=env)
     assert again.wait() == {0: 0, 1: 0}, again.output()
     _assert_same_training(out, one_node(2), 2)
+
+
+def test_a_stalled_rank_fails_the_others_after_the_trainers_dist_timeout(
+    tmp_path: pathlib.Path,
+) -> None:
+    # One host is enough: the last rank stops before a gradient sync (a frozen machine), and
+    # Trainer(dist_timeout=5) bounds how long rank 0 waits for it in that sync.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node=2", str(JOB), str(tmp_path), str(tmp_path / "chkpt")]
+    command += ["--iterations", "6", "--stall-at", "3", "--dist-timeout", "5"]
+    env = {key: value for key, value in os.environ.items() if key != "HELIOS_DIST_TIMEOUT"}
+    log = tmp_path / "job.log"
+    with open(log, "wb") as output:
+        proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while "STALLED" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        stalled = time.monotonic()
+        code = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    ended_after = time.monotonic() - stalled
+    text = log.read_text(errors="replace")
+    print(f"the job ended {ended_after:.1f} s after a rank stalled, with {code}")
+    assert code != 0, text
+    assert "Timed out" in text, text
+    assert 4.5 <= ended_after < 40, text
 
 
 def _wait_for_line(log: pathlib.Path, text: str, job: Job, timeout: float = 60) -> None:
