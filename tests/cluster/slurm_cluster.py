@@ -46,10 +46,15 @@ def available() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """Return ``count`` different TCP ports that are free now (held together while picked)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def _die_with_parent() -> None:
@@ -116,11 +121,12 @@ class SlurmCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         (d / "plugstack.conf").write_text("")
+        controller_port, node_port = _free_ports(2)
         settings = {
             "ClusterName": f"hlt{os.getpid()}",
             "SlurmctldHost": f"{self.node}(127.0.0.1)",
-            "SlurmctldPort": _free_port(),
-            "SlurmdPort": _free_port(),
+            "SlurmctldPort": controller_port,
+            "SlurmdPort": node_port,
             "AuthType": "auth/munge",
             "AuthInfo": f"socket={d / 'munge.socket'},cred_expire=5",
             "CredType": "cred/munge",

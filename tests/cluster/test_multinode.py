@@ -26,6 +26,8 @@ import helios.trainer as hlt
 from helios.core import safe_torch_load
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# The tests on simulated hosts run in one pytest-xdist worker (--dist loadgroup).
+cluster = pytest.mark.xdist_group("cluster")
 
 JOB = pathlib.Path(__file__).with_name("node_job.py")
 _PORTS = itertools.count(29400 + os.getpid() % 200 * 10)
@@ -153,6 +155,7 @@ def one_node(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return reference
 
 
+@cluster
 @pytest.mark.parametrize("per_node", [1, 2])
 def test_two_nodes_train_bit_for_bit_like_one_node(
     hosts: Any, one_node: Any, per_node: int
@@ -178,6 +181,7 @@ def test_two_nodes_train_bit_for_bit_like_one_node(
         assert seen["model_global_rank"] == rank
 
 
+@cluster
 def test_a_dead_node_ends_the_job_and_a_replacement_resumes_it(hosts: Any, one_node: Any) -> None:
     out = hosts.shared / "dead_node"
     out.mkdir()
@@ -208,6 +212,7 @@ def test_a_dead_node_ends_the_job_and_a_replacement_resumes_it(hosts: Any, one_n
     assert len(set(pids)) == 3  # the first job, the second, and its restarted process
 
 
+@cluster
 def test_a_partition_ends_the_job_in_bounded_time_and_it_resumes(hosts: Any, one_node: Any) -> None:
     # The documented node setting and a short process-group timeout: Trainer(dist_timeout=10).
     for node in range(2):
@@ -242,6 +247,50 @@ def test_a_partition_ends_the_job_in_bounded_time_and_it_resumes(hosts: Any, one
     again = Job(hosts, "healed", args, env=env)
     assert again.wait() == {0: 0, 1: 0}, again.output()
     _assert_same_training(out, one_node(2), 2)
+
+
+@cluster
+def test_a_chkpt_root_on_per_node_disks_fails_clearly_instead_of_resuming_apart(
+    hosts: Any,
+) -> None:
+    # chkpt_root on each node's local disk: the same path, a different folder per node.
+    out = hosts.shared / "local_disks"
+    out.mkdir()
+    chkpt = hosts.local / "chkpt_local"
+    first = Job(hosts, "local1", [str(out), str(chkpt), "--iterations", "3"])
+    assert first.wait() == {0: 0, 1: 0}, first.output()  # only rank 0 writes the files
+    assert hlt.find_last_checkpoint(hosts.local_disk(0) / "chkpt_local" / "ddp") is not None
+    assert hlt.find_last_checkpoint(hosts.local_disk(1) / "chkpt_local" / "ddp") is None
+    trained = _batches(out, 1)
+
+    # Resuming: rank 0 would resume, rank 1 (node 1) sees no checkpoint. Both stop before
+    # training, naming node 1 and the checkpoint, instead of resuming from different states.
+    again = Job(hosts, "local2", [str(out), str(chkpt), "--iterations", "6"])
+    assert again.wait(timeout=120) == {0: 1, 1: 1}, again.output()
+    newest = hlt.find_last_checkpoint(hosts.local_disk(0) / "chkpt_local" / "ddp")
+    assert newest is not None
+    expected = (
+        f"CheckpointNotSharedError: rank 0 resumes from the checkpoint "
+        f"{chkpt / 'ddp' / newest.name}, but {hosts.hostname(1)} (rank 1) does not see it"
+    )
+    for node in range(2):
+        assert expected in again.log(node).read_text(errors="replace"), again.output()
+    assert _batches(out, 1) == trained
+
+    # A sharded model: every rank writes its shards into chkpt_root, so a fresh run checks
+    # that every rank sees it before anything trains.
+    sharded = Job(hosts, "local3", [str(out), str(chkpt), "--sharding", "fsdp"])
+    assert sharded.wait(timeout=120) == {0: 1, 1: 1}, sharded.output()
+    expected = (
+        f"CheckpointNotSharedError: the model is sharded, so every rank writes its shards "
+        f"into {chkpt / 'fsdp'}, but {hosts.hostname(1)} (rank 1) does not see what rank 0 "
+        "wrote into it"
+    )
+    for node in range(2):
+        assert expected in sharded.log(node).read_text(errors="replace"), sharded.output()
+    assert _batches(out, 0, "fsdp") == 0
+    assert not [p.name for p in (hosts.local_disk(0) / "chkpt_local" / "fsdp").iterdir()
+                if p.name.startswith(".helios-shared")]  # fmt: skip
 
 
 def test_a_stalled_rank_fails_the_others_after_the_trainers_dist_timeout(

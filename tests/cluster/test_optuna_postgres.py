@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from helios.plugins import optuna as hlpo
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.xdist_group("cluster")]
 
 WORKER = pathlib.Path(__file__).with_name("study_worker.py")
 LEARNING_RATES = [0.01, 0.05, 0.002, 0.03]

@@ -32,7 +32,7 @@ import cluster_docs
 import pytest
 import torch
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400), pytest.mark.xdist_group("cluster")]
 
 JOB = pathlib.Path(__file__).with_name("node_job.py")
 ITERATIONS = 12
