@@ -286,7 +286,7 @@ class RunCheckpoint:
         that file, not the newest one they see themselves, so that no rank resumes from
         another checkpoint (or none) when the folder is not the same everywhere.
         """
-        if self._world_size == 1:
+        if self._world_size == 1 or self.folder is None:
             return load_newest_valid_checkpoint(self.folder, self._map_location)
         found: tuple[pathlib.Path, dict[str, Any]] | None = None
         failure: BaseException | None = None
