@@ -308,14 +308,13 @@ class RunCheckpoint:
         path = pathlib.Path(sent[0])
         problem: str | None = None
         if self._global_rank != 0:
-            try:
-                found = (path, read_checkpoint(path, self._map_location))
-            except FileNotFoundError:
+            if not path.exists():
                 problem = "does not see it"
-            except Exception as error:
-                problem = f"cannot read it ({type(error).__name__}: {error})"
-            if problem is None and not path.exists():
-                problem = "does not see it"
+            else:
+                try:
+                    found = (path, read_checkpoint(path, self._map_location))
+                except Exception as error:
+                    problem = f"cannot read it ({type(error).__name__}: {error})"
         self._raise_unshared(
             problem,
             f"rank 0 resumes from the checkpoint {path}, but",
