@@ -407,6 +407,10 @@ def test_workers_of_a_killed_torchrun_agent_save_and_exit(
     while any(_alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "orphaned workers are still running"
         time.sleep(0.05)
+    # They stopped because their agent died (SIGTERM from the kernel), not at the end.
+    output = (tmp_path / "launch_0.out").read_text()
+    assert output.count("Training stopped by SIGTERM") == 1, output
+    assert _batches_done(tmp_path) < BATCHES
     assert _newest_checkpoint_iteration(tmp_path) == _batches_done(tmp_path)
     _launch(tmp_path, launches, *options)
     assert launches[1].wait(timeout=240) == 0, (tmp_path / "launch_1.out").read_text()
