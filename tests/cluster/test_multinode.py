@@ -40,12 +40,19 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _node_command(
-    hosts: Any, job_id: str, port: int, nproc: int, max_restarts: int, args: Sequence[str]
+    hosts: Any,
+    job_id: str,
+    port: int,
+    nproc: int,
+    max_restarts: int,
+    args: Sequence[str],
+    nnodes: str = "2",
 ) -> list[str]:
     return cluster_docs.torchrun(
         cluster_docs.block("torchrun-nodes"),
         JOB,
         args,
+        nnodes=nnodes,
         nproc_per_node=str(nproc),
         max_restarts=str(max_restarts),
         rdzv_endpoint=f"{hosts.hostname(0)}:{port}",
@@ -64,11 +71,12 @@ class Job:
         nproc: int = 1,
         max_restarts: int = 0,
         env: dict[str, str] | None = None,
+        nnodes: str = "2",
     ) -> None:
         self.hosts = hosts
         self.name = name
         self.port = next(_PORTS)
-        self.command = _node_command(hosts, name, self.port, nproc, max_restarts, args)
+        self.command = _node_command(hosts, name, self.port, nproc, max_restarts, args, nnodes)
         self.env = env or _env()
         self.procs = {node: self.start(node) for node in range(2)}
 
@@ -210,6 +218,35 @@ def test_a_dead_node_ends_the_job_and_a_replacement_resumes_it(hosts: Any, one_n
     _assert_same_training(out, one_node(2), 2)
     pids = [record["pid"] for record in _records(out, 0)]
     assert len(set(pids)) == 3  # the first job, the second, and its restarted process
+
+
+@cluster
+def test_an_elastic_job_goes_on_with_the_node_left(hosts: Any) -> None:
+    # --nnodes=1:2: when node 1 dies, node 0 restarts its process and, no other node
+    # joining, goes on alone, resuming mid-epoch on one process instead of two.
+    out = hosts.shared / "elastic"
+    out.mkdir()
+    args = [str(out), str(out / "chkpt"), "--step-sleep", "0.15"]
+    job = Job(hosts, "elastic", args, max_restarts=1, nnodes="1:2")
+    _wait_for_batches(out, 5, job)
+    hosts.kill_node(1)
+    assert job.procs[0].wait(timeout=240) == 0, job.output()
+    assert "Resuming training from checkpoint" in job.log(0).read_text(errors="replace")
+
+    # The history that counts: what both ranks trained before the checkpoint the restart
+    # resumed from, then what node 0 trained alone. Every epoch trains every sample once.
+    rank0 = _records(out, 0)
+    restarted = rank0[-1]["pid"]
+    alone = [r for r in rank0 if r["pid"] == restarted]
+    before = [r for r in rank0 + _records(out, 1) if r["pid"] != restarted]
+    resumed_at = alone[0]["iteration"]
+    assert len(alone[0]["ids"]) == 12  # the whole global batch on the one process left
+    history = [r for r in before if r["iteration"] < resumed_at] + alone
+    iterations = sorted({r["iteration"] for r in history})
+    assert iterations == list(range(iterations[0], iterations[0] + 12))
+    for epoch in {r["epoch"] for r in history}:
+        ids = [i for r in history if r["epoch"] == epoch for i in r["ids"]]
+        assert sorted(ids) == list(range(48)), f"epoch {epoch}"
 
 
 @cluster
