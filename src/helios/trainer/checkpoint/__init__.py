@@ -28,12 +28,13 @@ from .io import (
 from .layout import checkpoint_name, find_last_checkpoint, list_checkpoints
 from .parts import RESERVED_NAMES, CheckpointPart, OwnedPart, PartTable, StateOwner
 from .retention import find_best_checkpoint
-from .run_checkpoint import CheckpointMismatchError, RunCheckpoint
+from .run_checkpoint import CheckpointMismatchError, CheckpointNotSharedError, RunCheckpoint
 from .sharded import export_full_checkpoint, load_full_state
 
 __all__ = [
     "RESERVED_NAMES",
     "CheckpointMismatchError",
+    "CheckpointNotSharedError",
     "CheckpointPart",
     "CheckpointWriteError",
     "OwnedPart",
