@@ -238,6 +238,7 @@ def _hugging_face_stream(folder: Any) -> Any:
     return stream.with_format("torch")
 
 
+@pytest.mark.slow
 def test_a_hugging_face_stream_is_split_and_resumed_per_rank_and_worker(
     tmp_path: pathlib.Path,
 ) -> None:
