@@ -352,6 +352,8 @@ def safe_torch_load(f: Any, **kwargs: Any) -> Any:
 
     # The context removes what it added on exit: add only what is not registered yet.
     registered = set(map(id, torch.serialization.get_safe_globals()))
-    missing = [t for t in (TrainingState, TrainingUnit) if id(t) not in registered]
+    missing: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        t for t in (TrainingState, TrainingUnit) if id(t) not in registered
+    ]
     with torch.serialization.safe_globals(missing):
         return torch.load(f, weights_only=True, **kwargs)

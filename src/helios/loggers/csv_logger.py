@@ -36,13 +36,16 @@ def _format(value: float) -> str:
 
 
 class CSVLogger(ExperimentLogger):
-    """Writes each :py:meth:`log_metrics` call as one row of a CSV file.
+    """Writes the metrics of each step as one row of a CSV file.
 
     The first column is ``step``; the others are the metric names in the order they first
-    appeared. A row leaves the metrics it does not have empty. When a metric name appears
-    that the file has no column for, the file is rewritten (atomically) with the column
-    added at the end, so every row always has the same columns as the header. Rows are
-    written (and flushed to the operating system) as they are logged.
+    appeared. The values logged at one step (the running losses, the validation metrics,
+    the learning rates, the epoch time...) go into one row, which is written (and flushed
+    to the operating system) once the next step is logged, or at :py:meth:`flush` (every
+    checkpoint flushes the loggers, so every row up to a checkpoint is on disk). A row
+    leaves the metrics it does not have empty. When a metric name appears that the file
+    has no column for, the file is rewritten (atomically) with the column added at the
+    end, so every row always has the same columns as the header.
 
     A new run writes to ``path``; if that file already exists and is not empty, ``_1``,
     ``_2``, ... is appended to the name instead of mixing two runs in one file. On resume,
@@ -70,6 +73,8 @@ class CSVLogger(ExperimentLogger):
         self._columns: list[str] = []
         self._file: IO[str] | None = None
         self._writer: Any = None
+        # The row of the newest step, completed by later calls at the same step.
+        self._pending: tuple[int, dict[str, float]] | None = None
 
     @property
     def path(self) -> pathlib.Path:
@@ -114,6 +119,18 @@ class CSVLogger(ExperimentLogger):
             )
 
     def _write_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pending = self._pending
+        if pending is not None and pending[0] == step:
+            pending[1].update(metrics)
+            return
+        self._write_pending()
+        self._pending = (step, dict(metrics))
+
+    def _write_pending(self) -> None:
+        if self._pending is None:
+            return
+        step, metrics = self._pending
+        self._pending = None
         new = [name for name in metrics if name not in self._columns]
         if new:
             self._add_columns(new)
@@ -132,6 +149,7 @@ class CSVLogger(ExperimentLogger):
         write_atomically(path, json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n")
 
     def _flush(self) -> None:
+        self._write_pending()
         if self._file is not None:
             self._file.flush()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -74,6 +74,14 @@ class Model(RunPlacement, abc.ABC):
     Args:
         save_name: the name that identifies the model in the names of checkpoints and
             saved networks.
+    """
+
+    metrics_logged_as_named: ClassVar[bool] = False
+    """Whether the experiment loggers get the ``metrics`` table's names as they are.
+
+    ``False`` (helios's default): ``valid/<name>``, ``train/<loss>``, ``lr/<optimizer>``.
+    ``True``: ``<name>``, ``train_<loss>``, ``lr``: for a table that already names its
+    values for a reader (pyblaze's ``train_loss``, ``val_accuracy``).
     """
 
     def __init__(self, save_name: str) -> None:

@@ -214,7 +214,8 @@ class WarmupCosineLR(lr_scheduler.LRScheduler):
         self.eta_min = eta_min
         super().__init__(optimizer, last_epoch)
 
-    def _rate(self, base_lr: float) -> float:
+    def _rate(self, base_lr: float | torch.Tensor) -> float:
+        base_lr = float(base_lr)
         step = self.last_epoch
         if step < self.warmup_steps:
             return base_lr * (step + 1) / (self.warmup_steps + 1)

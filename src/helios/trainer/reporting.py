@@ -10,6 +10,11 @@ logger (:py:mod:`helios.loggers`) at the step ``state.current_iteration``:
 * ``train/<loss item>``: the running mean of each loss item,
 * ``valid/<name>``: each number in the model's ``metrics`` table after a validation,
 * ``lr/<optimizer>[/<group>]``: the learning rate of each optimizer found on the model,
+
+(a model whose class sets :py:attr:`helios.model.Model.metrics_logged_as_named` gets the
+names of its ``metrics`` table as they are, ``train_<loss item>`` and ``lr`` (or
+``lr_<optimizer>[_<group>]`` with several): pyblaze's runs, whose table already says
+``train_loss``, ``val_accuracy``),
 * ``epoch_time``: the seconds of each epoch. In the ITERATION unit an epoch can end after
   the checkpoint of its last iteration; its time then goes out with the next iteration (or
   at the end of training), so that no point is logged after a checkpoint at that
@@ -102,6 +107,7 @@ class RunReport:
         self._losses_logged_at: int | None = None
         self._last_bar_refresh = 0.0
         self._optimizers = find_optimizers(model)
+        self._as_named = bool(getattr(type(model), "metrics_logged_as_named", False))
 
     def loss_means(self, state: TrainingState) -> dict[str, float]:
         """Read the running mean of every loss item since the last validation."""
@@ -142,8 +148,9 @@ class RunReport:
         if self._show:
             dist.global_print(line)
         if self._loggers:
+            prefix = "" if self._as_named else "valid/"
             numbers_only = {
-                f"valid/{name}": value for name, value in metrics.items() if _is_number(value)
+                f"{prefix}{name}": value for name, value in metrics.items() if _is_number(value)
             }
             if self._losses_logged_at != state.current_iteration:  # not twice at one step
                 numbers_only.update(self._train_metrics(loss_means))
@@ -171,12 +178,28 @@ class RunReport:
             dist.global_print(line)
 
     def _train_metrics(self, loss_means: Mapping[str, float]) -> dict[str, float]:
+        if self._as_named:
+            return self._train_metrics_as_named(loss_means)
         metrics = {f"train/{name}": value for name, value in loss_means.items()}
         for name, optimizer in self._optimizers.items():
             groups = optimizer.param_groups
             for index, group in enumerate(groups):
                 key = f"lr/{name}" if len(groups) == 1 else f"lr/{name}/{index}"
                 metrics[key] = float(group["lr"])
+        return metrics
+
+    def _train_metrics_as_named(self, loss_means: Mapping[str, float]) -> dict[str, float]:
+        """``train_<loss>`` and ``lr`` (``lr_<optimizer>[_<group>]`` with several)."""
+        metrics = {
+            name if name.startswith("train_") else f"train_{name}": value
+            for name, value in loss_means.items()
+        }
+        several = len(self._optimizers) > 1
+        for name, optimizer in self._optimizers.items():
+            groups = optimizer.param_groups
+            for index, group in enumerate(groups):
+                key = f"lr_{name.rsplit('.', 1)[-1]}" if several else "lr"
+                metrics[key if len(groups) == 1 else f"{key}_{index}"] = float(group["lr"])
         return metrics
 
     def _log(self, metrics: Mapping[str, float], state: TrainingState) -> None:
