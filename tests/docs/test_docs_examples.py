@@ -27,9 +27,9 @@ def _missing(needs: str | None) -> str | None:
     """Why a block cannot run here, or None when it can."""
     if needs is None:
         return None
-    if needs == "torchvision":
+    if needs in ("torchvision", "lightning", "keras"):
         # find_spec does not import it: torchvision cannot load on these machines
-        return None if importlib.util.find_spec("torchvision") else "needs torchvision"
+        return None if importlib.util.find_spec(needs) else f"needs {needs}"
     count = 1 if needs == "gpu" else int(needs.split()[0])
     if not torch.cuda.is_available() or torch.cuda.device_count() < count:
         return f"needs {needs} (CUDA devices here: {torch.cuda.device_count()})"
@@ -92,9 +92,8 @@ def _page_sandbox(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> It
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("page", _page_params())
-@pytest.mark.usefixtures("_page_sandbox")
-def test_page_blocks_run_in_order(page: blocks.Page) -> None:
+def _run_page(page: blocks.Page) -> None:
+    """Run the page's blocks in order in one fresh namespace, as one script."""
     namespace: dict[str, object] = {"__name__": "__docs__"}
     docs_path = str(blocks.DOCS / page.path)
     for block in page.blocks:
@@ -106,6 +105,39 @@ def test_page_blocks_run_in_order(page: blocks.Page) -> None:
         # Blank lines in front keep the page's line numbers in tracebacks.
         code = compile("\n" * (block.line - 1) + block.code, docs_path, "exec")
         exec(code, namespace)
+
+
+@pytest.mark.parametrize("page", _page_params())
+@pytest.mark.usefixtures("_page_sandbox")
+def test_page_blocks_run_in_order(page: blocks.Page, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each page runs; a page that trains runs a second time, as a user runs it again.
+
+    The second run is a new script in the same working directory (what the first run left
+    there: checkpoints, logs), with the registries and torch's modes as a new process has
+    them: it resumes or reports the finished run, and must succeed as the first did. A page
+    trains when it calls :py:meth:`helios.trainer.Trainer.fit` (pyblaze's ``fit`` does too)
+    or writes a script for a later block to run. A page marked ``% test: run once: REASON``
+    runs once.
+    """
+    fits = 0
+    fit = hlt.Trainer.fit
+
+    def counting_fit(self: hlt.Trainer, *args: object, **kwargs: object) -> bool:
+        nonlocal fits
+        fits += 1
+        return fit(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hlt.Trainer, "fit", counting_fit)
+    registries = {registry: dict(registry._obj_map) for registry in _registries()}
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    _run_page(page)
+    if page.run_once or (not fits and not any(block.write_to for block in page.blocks)):
+        return
+    for registry, entries in registries.items():
+        registry._obj_map.clear()
+        registry._obj_map.update(entries)
+    torch.use_deterministic_algorithms(deterministic)
+    _run_page(page)
 
 
 @pytest.mark.parametrize(("block", "reason"), _left_out_params())
@@ -134,7 +166,11 @@ def test_markers_are_parsed_and_a_typo_is_an_error() -> None:
         "```python\nprint('a script')\n```\n"
     )
     page = blocks.parse_page(text, "t.md")
-    assert page.slow
+    assert page.slow and page.run_once is None
+    once = blocks.parse_page("% test: run once: it takes minutes\n```python\nx\n```\n", "t.md")
+    assert once.run_once == "it takes minutes"
+    with pytest.raises(ValueError, match="unknown marker"):
+        blocks.parse_page("% test: run once\n```python\nx\n```\n", "t.md")  # no reason
     assert [(b.line, b.code, b.needs, b.write_to) for b in page.blocks] == [
         (4, "x = 1\n", None, None),
         (9, "y = x.cuda()\n", "gpu", None),
