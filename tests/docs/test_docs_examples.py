@@ -12,6 +12,7 @@ import importlib.util
 import inspect
 import pathlib
 import re
+import sys
 import types
 from collections.abc import Iterator
 
@@ -128,14 +129,21 @@ def test_page_blocks_run_in_order(page: blocks.Page, monkeypatch: pytest.MonkeyP
         return fit(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(hlt.Trainer, "fit", counting_fit)
+    monkeypatch.setattr(sys, "path", list(sys.path))
     registries = {registry: dict(registry._obj_map) for registry in _registries()}
     deterministic = torch.are_deterministic_algorithms_enabled()
     _run_page(page)
     if page.run_once or (not fits and not any(block.write_to for block in page.blocks)):
         return
+    # As a new process: the registries as before, no module of the page's folder imported.
     for registry, entries in registries.items():
         registry._obj_map.clear()
         registry._obj_map.update(entries)
+    here = pathlib.Path.cwd().resolve()
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and pathlib.Path(path).resolve().is_relative_to(here):
+            del sys.modules[name]
     torch.use_deterministic_algorithms(deterministic)
     _run_page(page)
 

@@ -37,6 +37,6 @@ class Accumulation:
 
 
 NO_ACCUMULATION = Accumulation()
-"""Every batch steps: the helpers' behaviour outside a run (and at ``steps == 1``)."""
+"""Every batch steps, as the helpers do outside a run and at ``steps == 1``."""
 
 __all__ = ["NO_ACCUMULATION", "Accumulation"]

@@ -635,7 +635,7 @@ class Model(RunPlacement, abc.ABC):
         The trainer calls this right after each validation cycle; when early stopping is
         enabled, a false answer increases the count of cycles without improvement. By
         default the run's monitored metric decides (the Trainer's ``monitor``,
-        ``monitor_mode`` and ``monitor_min_delta``: see :py:class:`helios.trainer.Monitor`);
+        ``monitor_mode`` and ``monitor_min_delta``: see :py:class:`helios.trainer.monitor.Monitor`);
         without one the answer is always true. An override (as in Helios 1.2.7) wins over
         the monitored metric.
 

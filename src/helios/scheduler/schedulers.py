@@ -156,7 +156,7 @@ class MultiStepRestartLR(lr_scheduler.LRScheduler):
 class WarmupCosineLR(lr_scheduler.LRScheduler):
     """Linear warmup, then cosine decay to ``eta_min``: the schedule of most transformer scripts.
 
-    With ``t`` the number of :py:meth:`step` calls so far (``last_epoch``) and ``lr`` each
+    With ``t`` the number of ``step()`` calls so far (``last_epoch``) and ``lr`` each
     group's initial learning rate::
 
         t < warmup_steps:            lr * (t + 1) / (warmup_steps + 1)

@@ -10,15 +10,15 @@ logger (:py:mod:`helios.loggers`) at the step ``state.current_iteration``:
 * ``train/<loss item>``: the running mean of each loss item,
 * ``valid/<name>``: each number in the model's ``metrics`` table after a validation,
 * ``lr/<optimizer>[/<group>]``: the learning rate of each optimizer found on the model,
-
-(a model whose class sets :py:attr:`helios.model.Model.metrics_logged_as_named` gets the
-names of its ``metrics`` table as they are, ``train_<loss item>`` and ``lr`` (or
-``lr_<optimizer>[_<group>]`` with several): pyblaze's runs, whose table already says
-``train_loss``, ``val_accuracy``),
 * ``epoch_time``: the seconds of each epoch. In the ITERATION unit an epoch can end after
   the checkpoint of its last iteration; its time then goes out with the next iteration (or
   at the end of training), so that no point is logged after a checkpoint at that
   checkpoint's step, which a resumed run would log a second time.
+
+A model whose class sets :py:attr:`helios.model.Model.metrics_logged_as_named` gets the
+names of its ``metrics`` table as they are, ``train_<loss item>`` and ``lr`` (or
+``lr_<optimizer>[_<group>]`` with several) instead: pyblaze's runs, whose table already
+says ``train_loss``, ``val_accuracy``.
 """
 
 from __future__ import annotations

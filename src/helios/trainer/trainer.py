@@ -124,7 +124,7 @@ class Trainer:
             the running losses) and one when training ends, on rank 0; the log file gets
             them either way.
         monitor: the key of the model's ``metrics`` table the run follows (see
-            :py:class:`~helios.trainer.Monitor`): early stopping stops after
+            :py:class:`~helios.trainer.monitor.Monitor`): early stopping stops after
             ``early_stop_cycles`` validations without improvement of it, and checkpoints
             are ranked by it unless ``chkpt_best_metric`` is given. Its best value is part
             of every checkpoint.

@@ -130,7 +130,7 @@ class Evaluation(Mapping[str, Any]):
 
     @property
     def keys(self) -> _MetricNames:
-        """The sorted names of all metrics, private ones included (also callable: ``keys()``)."""
+        """The sorted names of all metrics, private ones included; ``keys()`` works too."""
         return _MetricNames(self)
 
     def to_dict(self) -> dict[str, Any]:
