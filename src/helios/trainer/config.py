@@ -165,6 +165,11 @@ def build_config(arguments: dict[str, Any]) -> RunConfig:
     c["loggers"] = tuple(check.check_loggers(a["loggers"]))
     c["monitor"] = check.check_monitor(a["monitor"], a["monitor_mode"], a["monitor_min_delta"])
     c.update(_retention(a, c))
+    if a["chkpt_keep_best"] is not None and c["valid_frequency"] is None:
+        raise ValueError(
+            f"chkpt_keep_best={a['chkpt_keep_best']} ranks the checkpoints saved after "
+            "a validation, but valid_frequency=None never validates: set valid_frequency"
+        )
     _warn_about_ignored_settings(c)
     for name in ("chkpt_async", "nonfinite_guard", "print_summaries"):
         c[name] = check.check_bool(name, a[name])
