@@ -89,7 +89,12 @@ def _page_sandbox(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> It
     for registry, entries in registries.items():
         registry._obj_map.clear()
         registry._obj_map.update(entries)
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    modes = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if modes != (deterministic, warn_only):  # only on a change: a first call costs seconds
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.set_num_threads(threads)
 
 
@@ -108,17 +113,18 @@ def _run_page(page: blocks.Page) -> None:
         exec(code, namespace)
 
 
-@pytest.mark.parametrize("page", _page_params())
-@pytest.mark.usefixtures("_page_sandbox")
-def test_page_blocks_run_in_order(page: blocks.Page, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each page runs; a page that trains runs a second time, as a user runs it again.
+def _run_as_a_user(page: blocks.Page, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run a page; run a page that trains a second time, as a user runs it again.
 
     The second run is a new script in the same working directory (what the first run left
-    there: checkpoints, logs), with the registries and torch's modes as a new process has
-    them: it resumes or reports the finished run, and must succeed as the first did. A page
-    trains when it calls :py:meth:`helios.trainer.Trainer.fit` (pyblaze's ``fit`` does too)
-    or writes a script for a later block to run. A page marked ``% test: run once: REASON``
-    runs once.
+    there: checkpoints, logs), with the registries, ``sys.path`` and torch's modes as a new
+    process has them and no module of that folder imported: it resumes or reports the
+    finished run, and must succeed as the first did. A page trains when it calls
+    :py:meth:`helios.trainer.Trainer.fit` (pyblaze's ``fit`` does too) or writes a script
+    for a later block to run. A page marked ``% test: run once: REASON`` runs once.
+
+    Returns:
+        How many times the page ran.
     """
     fits = 0
     fit = hlt.Trainer.fit
@@ -134,8 +140,7 @@ def test_page_blocks_run_in_order(page: blocks.Page, monkeypatch: pytest.MonkeyP
     deterministic = torch.are_deterministic_algorithms_enabled()
     _run_page(page)
     if page.run_once or (not fits and not any(block.write_to for block in page.blocks)):
-        return
-    # As a new process: the registries as before, no module of the page's folder imported.
+        return 1
     for registry, entries in registries.items():
         registry._obj_map.clear()
         registry._obj_map.update(entries)
@@ -144,8 +149,39 @@ def test_page_blocks_run_in_order(page: blocks.Page, monkeypatch: pytest.MonkeyP
         path = getattr(module, "__file__", None)
         if path and pathlib.Path(path).resolve().is_relative_to(here):
             del sys.modules[name]
-    torch.use_deterministic_algorithms(deterministic)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # a first call costs
+        torch.use_deterministic_algorithms(deterministic)
     _run_page(page)
+    return 2
+
+
+@pytest.mark.parametrize("page", _page_params())
+@pytest.mark.usefixtures("_page_sandbox")
+def test_page_blocks_run_in_order(page: blocks.Page, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each page runs in order; a page that trains runs twice (see ``_run_as_a_user``)."""
+    _run_as_a_user(page, monkeypatch)
+
+
+@pytest.mark.usefixtures("_page_sandbox")
+def test_a_page_that_trains_runs_again_in_its_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    count = "with open('runs.txt', 'a') as f:\n    f.write('run\\n')\n"
+    fit = (  # a call of Trainer.fit that fails at once: the call is what counts
+        "import helios.trainer as hlt\n"
+        "try:\n    hlt.Trainer.fit(None, None, None)\nexcept AttributeError:\n    pass\n"
+    )
+    pages = {
+        "trains": f"```python\n{fit}{count}```\n",
+        "writes a script": f"% test: write a.py\n```python\nx = 1\n```\n\n```python\n{count}```\n",
+        "does not train": f"```python\n{count}```\n",
+        "runs once": f"% test: run once: too slow\n```python\n{fit}{count}```\n",
+    }
+    runs = {}
+    for name, text in pages.items():
+        pathlib.Path("runs.txt").unlink(missing_ok=True)
+        times = _run_as_a_user(blocks.parse_page(text, "t.md"), monkeypatch)
+        runs[name] = (times, pathlib.Path("runs.txt").read_text().count("run"))
+    expected = {"trains": 2, "writes a script": 2, "does not train": 1, "runs once": 1}
+    assert runs == {name: (times, times) for name, times in expected.items()}
 
 
 @pytest.mark.parametrize(("block", "reason"), _left_out_params())
