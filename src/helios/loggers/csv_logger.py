@@ -76,6 +76,8 @@ class CSVLogger(ExperimentLogger):
         self._writer: Any = None
         # The row of the newest step, completed by later calls at the same step.
         self._pending: tuple[int, dict[str, float]] | None = None
+        # The newest row written (a flush writes the pending row): its step and values.
+        self._written: tuple[int, dict[str, float]] | None = None
 
     @property
     def path(self) -> pathlib.Path:
@@ -169,9 +171,13 @@ class CSVLogger(ExperimentLogger):
             )
 
     def _write_metrics(self, metrics: dict[str, float], step: int) -> None:
-        pending = self._pending
+        pending, written = self._pending, self._written
         if pending is not None and pending[0] == step:
             pending[1].update(metrics)
+            return
+        if pending is None and written is not None and written[0] == step:
+            # A flush wrote this step's row already: rewrite it with the new values too.
+            self._replace_last_row(step, {**written[1], **metrics})
             return
         self._write_pending()
         self._pending = (step, dict(metrics))
@@ -189,6 +195,7 @@ class CSVLogger(ExperimentLogger):
         row.extend(_format(metrics[c]) if c in metrics else "" for c in self._columns)
         self._writer.writerow(row)
         self._file.flush()
+        self._written = (step, metrics)
 
     def _write_params(self, params: dict[str, Any]) -> None:
         path = self.params_path
@@ -256,6 +263,24 @@ class CSVLogger(ExperimentLogger):
         kept = [row for row in rows if int(row[0]) <= step]
         self._rewrite(header, kept)
         self._columns = header[1:]
+
+    def _replace_last_row(self, step: int, metrics: dict[str, float]) -> None:
+        """Rewrite the file (atomically) with the last row, of ``step``, holding ``metrics``."""
+        self._close()
+        try:
+            _, rows = self._read()
+            columns = [*self._columns, *(name for name in metrics if name not in self._columns)]
+            padded = [row + [""] * (len(columns) + 1 - len(row)) for row in rows]
+            if padded and padded[-1][0] == str(step):
+                padded.pop()
+            padded.append(
+                [str(step), *(_format(metrics[c]) if c in metrics else "" for c in columns)]
+            )
+            self._rewrite([STEP_COLUMN, *columns], padded)
+            self._columns = columns
+            self._written = (step, metrics)
+        finally:
+            self._reopen()
 
     def _add_columns(self, names: list[str]) -> None:
         self._close()
