@@ -10,6 +10,7 @@ changes: what a run finds out as it starts (its ranks, its device) is its run co
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 import pathlib
@@ -76,6 +77,7 @@ class RunConfig:
     chkpt_async: bool
     nonfinite_guard: bool
     print_summaries: bool
+    dist_timeout: datetime.timedelta | None
     use_cpu: bool
     gpu_ids: tuple[int, ...]
     is_torchrun: bool
@@ -173,6 +175,7 @@ def build_config(arguments: dict[str, Any]) -> RunConfig:
     _warn_about_ignored_settings(c)
     for name in ("chkpt_async", "nonfinite_guard", "print_summaries"):
         c[name] = check.check_bool(name, a[name])
+    c["dist_timeout"] = check.check_dist_timeout(a["dist_timeout"])
     c.update(_place_devices(a["use_cpu"], a["gpus"]))
     c["precision"] = check.check_precision(a["precision"], not c["use_cpu"])
     c["enable_compile"] = check.check_bool("enable_compile", a["enable_compile"])

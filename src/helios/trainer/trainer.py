@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import pathlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -136,6 +137,14 @@ class Trainer:
             ...), ``"max"`` otherwise.
         monitor_min_delta: the least change over the best value that counts as an
             improvement.
+        dist_timeout: how long a rank waits for the others in any collective (the gradient
+            sync, a checkpoint's agreement) and in the process group's store before it
+            fails with an error: seconds or a ``datetime.timedelta``. ``None`` takes the
+            ``HELIOS_DIST_TIMEOUT`` environment variable (seconds), else torch's default
+            (30 minutes on gloo, 10 on NCCL). It bounds how long the survivors of a dead or
+            cut-off node wait; it applies to the process group helios creates (under
+            ``torchrun`` or spawned), not to one the script initialised itself. Added in
+            Helios 1.3.0.
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -182,6 +191,7 @@ class Trainer:
         monitor: str | None = None,
         monitor_mode: str | None = None,
         monitor_min_delta: float = 0.0,
+        dist_timeout: float | datetime.timedelta | None = None,
     ) -> None:
         arguments = dict(locals())
         del arguments["self"]

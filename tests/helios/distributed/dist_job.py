@@ -299,9 +299,16 @@ def _fit(trainer: hlt.Trainer, model: DistModel, slow_prepare: bool = False) -> 
     return trainer.fit(model, DistDataModule(model.workdir, slow_prepare))
 
 
-def run_torchrun(workdir: pathlib.Path, scenario: str, step_sleep: float) -> int:
-    """Run a scenario in one torchrun worker; return the exit code."""
+def run_torchrun(
+    workdir: pathlib.Path, scenario: str, step_sleep: float, own_group: bool = False
+) -> int:
+    """Run a scenario in one torchrun worker; return the exit code.
+
+    ``own_group``: the script initialises the process group itself before the Trainer runs.
+    """
     _record_saves(workdir)
+    if own_group:
+        torch.distributed.init_process_group("gloo")
     if scenario == "reference":
         trainer = make_trainer(
             workdir,
@@ -392,12 +399,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("workdir", type=pathlib.Path)
     parser.add_argument("scenario", choices=["reference", "resume", "crash", "sparse", "spawn"])
     parser.add_argument("--step-sleep", type=float, default=0.0)
+    parser.add_argument("--own-group", action="store_true")
     args = parser.parse_args(argv)
     if args.scenario == "spawn":
         for case in ("ok", "unlisted", "listed"):
             print(f"SPAWN {case} {run_spawned(args.workdir, case)}", flush=True)
         return 0
-    return run_torchrun(args.workdir, args.scenario, args.step_sleep)
+    return run_torchrun(args.workdir, args.scenario, args.step_sleep, args.own_group)
 
 
 if __name__ == "__main__":
