@@ -140,9 +140,9 @@ def _run_as_a_user(page: blocks.Page, monkeypatch: pytest.MonkeyPatch) -> int:
     there: checkpoints, logs), with the registries, ``sys.path`` and torch's modes as a new
     process has them and no module of that folder imported: it resumes or reports the
     finished run, and must succeed as the first did. A page trains when it calls
-    :py:meth:`helios.trainer.Trainer.fit` (pyblaze's ``fit`` does too), writes a script
-    for a later block to run, or runs commands (``helios fit``). A page marked
-    ``% test: run once: REASON`` runs once.
+    :py:meth:`helios.trainer.Trainer.fit` (pyblaze's ``fit`` does too) or writes a script
+    for a later block to run (a page that trains only through ``% test: run`` commands runs
+    once). A page marked ``% test: run once: REASON`` runs once.
 
     Returns:
         How many times the page ran.
@@ -160,8 +160,7 @@ def _run_as_a_user(page: blocks.Page, monkeypatch: pytest.MonkeyPatch) -> int:
     registries = {registry: dict(registry._obj_map) for registry in _registries()}
     deterministic = torch.are_deterministic_algorithms_enabled()
     _run_page(page)
-    commands = any(block.write_to or block.shell for block in page.blocks)
-    if page.run_once or (not fits and not commands):
+    if page.run_once or (not fits and not any(block.write_to for block in page.blocks)):
         return 1
     for registry, entries in registries.items():
         registry._obj_map.clear()
