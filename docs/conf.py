@@ -101,7 +101,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Exception|ValueError|TypeError|KeyError|RuntimeError|ImportError|OSError)"),
     (r"py:.*", r"(FileNotFoundError|NotImplementedError|AssertionError|SystemExit|IndexError)"),
     # type variables and private base classes shown by show-inheritance
-    (r"py:class", r"(.*\.)?(T|T_\w+|_[A-Z])"),
+    (r"py:class", r"(.*\.)?(T|T_\w+|_[A-Z]|P)"),
     # type aliases of signatures (written out where they are defined)
     (r"py:class", r"(GpuArg|Metric|DataLoader|SummaryWriter|Figure|LayerSelector)"),
 ]

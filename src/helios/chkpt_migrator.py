@@ -13,10 +13,11 @@ What a migration changes:
 * A missing ``"version"`` (files older than Helios 1.0) is added.
 * A ``training_state`` stored as a plain dict (older than Helios 1.1) becomes a
   :py:class:`~helios.trainer.TrainingState`.
-* A Helios 1.x file (it has no ``"ranks"`` entry) gets the per-rank entry that resuming
-  here reads: the file's RNG state and the sampler position of its training state. Helios
-  1.x saved the RNG state of rank 0 only, so a distributed run resumed from it gives every
-  rank rank 0's RNG state.
+* A Helios 1.x file (it has no ``"ranks"`` entry, and another ``"version"`` than the
+  installed one) gets the per-rank entry that resuming here reads: the file's RNG state
+  and the sampler position of its training state. Helios 1.x saved the RNG state of rank 0
+  only, so a distributed run resumed from it gives every rank rank 0's RNG state. A file
+  that names the installed version is left as it is.
 * The ``TrainingState`` class is re-recorded under its current module (Helios 1.2.7 pickled
   it as ``helios.trainer.TrainingState``), and ``"version"`` becomes the installed version,
   so :py:func:`helios.trainer.checkpoint.io.load_newest_valid_checkpoint` accepts the file.
@@ -161,7 +162,10 @@ def migrate_checkpoint(state_dict: dict[str, Any], where: str = "checkpoint") ->
             f"present: {sorted(state_dict)}"
         )
     migrated = dict(state_dict)
-    written_by_helios_1x = "ranks" not in state_dict
+    # A file that says it was written by this version is current (Helios 1.2.7's own tests
+    # migrate such a file and expect it back unchanged), with or without "ranks".
+    is_current = str(state_dict.get("version")) == helios.__version__
+    written_by_helios_1x = "ranks" not in state_dict and not is_current
     if written_by_helios_1x and "version" in state_dict:
         try:
             saved = _version.Version(str(state_dict["version"]))

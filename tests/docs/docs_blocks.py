@@ -10,12 +10,17 @@ anywhere else on the page, ``% test: slow`` marks the page:
 * ``% test: needs gpu`` - runs only where CUDA is available.
 * ``% test: needs 2 gpus`` - runs only where at least 2 CUDA devices are.
 * ``% test: needs torchvision`` - runs only where torchvision imports.
+* ``% test: needs lightning``, ``% test: needs keras`` - another framework's code, shown
+  side by side with helios's: runs only where that framework is installed.
 * ``% test: write NAME`` - the block (Python, or a YAML/JSON config, ...) is written to the
   file ``NAME`` in the page's working directory (for a later block to use), not executed.
 * ``% test: run`` - on a ``bash``/``console``/``shell`` block: its commands run with
   ``bash -e`` in the page's working directory (the ``helios`` command of the running
   Python first on ``PATH``); a command that fails fails the page.
 * ``% test: slow`` (anywhere) - the page's test is marked ``slow``.
+* ``% test: run once: REASON`` (anywhere) - a page that trains is run a second time in the
+  same folder (a user running it again); this marker leaves the second run out, for the
+  reason given (which must be there).
 
 Any other ``% test:`` line is an error, so a typo cannot silently skip a block.
 """
@@ -30,8 +35,9 @@ DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
 
 _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})\s*(?P<info>.*)$")
 _MARKER = re.compile(r"^%\s*test:\s*(?P<what>.*?)\s*$")
-_NEEDS = re.compile(r"^needs (?:(?P<count>\d+) gpus|(?P<what>gpu|torchvision))$")
+_NEEDS = re.compile(r"^needs (?:(?P<count>\d+) gpus|(?P<what>gpu|torchvision|lightning|keras))$")
 _WRITE = re.compile(r"^write (?P<name>[\w.-]+)$")
+_ONCE = re.compile(r"^run once:\s*(?P<reason>\S.*)$")
 _SHELLS = ("bash", "console", "shell", "sh")
 
 
@@ -43,8 +49,8 @@ class Block:
         page: the page's path relative to ``docs/``.
         line: the 1-based line of the block's first code line in the page.
         code: the code.
-        needs: what the block needs to run: ``"gpu"``, ``"2 gpus"``, ``"torchvision"``, or
-            ``None`` when it runs anywhere.
+        needs: what the block needs to run: ``"gpu"``, ``"2 gpus"``, ``"torchvision"``,
+            ``"lightning"``, ``"keras"``, or ``None`` when it runs anywhere.
         write_to: the file name the block is written to, for a script that a later block
             runs; ``None`` for a block that runs in the page.
         shell: the block holds shell commands to run (``% test: run``), not Python.
@@ -60,11 +66,15 @@ class Block:
 
 @dataclasses.dataclass(frozen=True)
 class Page:
-    """The Python blocks of one page, in order, and whether the page is slow."""
+    """The Python blocks of one page, in order, and whether the page is slow.
+
+    ``run_once`` is why the page is not run a second time (``None``: it is, if it trains).
+    """
 
     path: str
     blocks: tuple[Block, ...]
     slow: bool
+    run_once: str | None = None
 
 
 def pages() -> list[pathlib.Path]:
@@ -94,6 +104,7 @@ def parse_page(text: str, name: str) -> Page:
     lines = text.splitlines()
     blocks: list[Block] = []
     slow = False
+    run_once: str | None = None
     pending: str | None = None
     write_to: str | None = None
     run = False
@@ -111,6 +122,8 @@ def parse_page(text: str, name: str) -> Page:
             what = marker.group("what")
             if what == "slow":
                 slow = True
+            elif once := _ONCE.match(what):
+                run_once = once.group("reason")
             elif _NEEDS.match(what):
                 pending = what.removeprefix("needs ")
             elif written := _WRITE.match(what):
@@ -120,8 +133,9 @@ def parse_page(text: str, name: str) -> Page:
             else:
                 raise ValueError(
                     f"{name}:{index + 1}: unknown marker {line!r}; expected '% test: slow', "
-                    "'% test: needs gpu', '% test: needs N gpus', '% test: needs torchvision', "
-                    "'% test: write FILE' or '% test: run'"
+                    "'% test: needs gpu', '% test: needs N gpus', '% test: needs torchvision' "
+                    "(lightning, keras), '% test: write FILE', '% test: run' or "
+                    "'% test: run once: REASON'"
                 )
             index += 1
             continue
@@ -167,7 +181,7 @@ def parse_page(text: str, name: str) -> Page:
             pending = write_to = None  # a marker applies only to the block right after it
             run = False
         index += 1
-    return Page(name, tuple(blocks), slow)
+    return Page(name, tuple(blocks), slow, run_once)
 
 
 def load(path: pathlib.Path) -> Page:

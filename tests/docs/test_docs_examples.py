@@ -30,9 +30,9 @@ def _missing(needs: str | None) -> str | None:
     """Why a block cannot run here, or None when it can."""
     if needs is None:
         return None
-    if needs == "torchvision":
+    if needs in ("torchvision", "lightning", "keras"):
         # find_spec does not import it: torchvision cannot load on these machines
-        return None if importlib.util.find_spec("torchvision") else "needs torchvision"
+        return None if importlib.util.find_spec(needs) else f"needs {needs}"
     count = 1 if needs == "gpu" else int(needs.split()[0])
     if not torch.cuda.is_available() or torch.cuda.device_count() < count:
         return f"needs {needs} (CUDA devices here: {torch.cuda.device_count()})"
@@ -91,13 +91,17 @@ def _page_sandbox(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> It
     for registry, entries in registries.items():
         registry._obj_map.clear()
         registry._obj_map.update(entries)
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    modes = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if modes != (deterministic, warn_only):  # only on a change: a first call costs seconds
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("page", _page_params())
-@pytest.mark.usefixtures("_page_sandbox")
-def test_page_blocks_run_in_order(page: blocks.Page) -> None:
+def _run_page(page: blocks.Page) -> None:
+    """Run the page's blocks in order in one fresh namespace, as one script."""
     namespace: dict[str, object] = {"__name__": "__docs__"}
     docs_path = str(blocks.DOCS / page.path)
     for block in page.blocks:
@@ -127,6 +131,78 @@ def _run_shell(block: blocks.Block) -> None:
             f"{block.page}:{block.line}: the shell block failed (exit {result.returncode})\n"
             f"{result.stdout}\n{result.stderr}"
         )
+
+
+def _run_as_a_user(page: blocks.Page, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run a page; run a page that trains a second time, as a user runs it again.
+
+    The second run is a new script in the same working directory (what the first run left
+    there: checkpoints, logs), with the registries, ``sys.path`` and torch's modes as a new
+    process has them and no module of that folder imported: it resumes or reports the
+    finished run, and must succeed as the first did. A page trains when it calls
+    :py:meth:`helios.trainer.Trainer.fit` (pyblaze's ``fit`` does too) or writes a script
+    for a later block to run (a page that trains only through ``% test: run`` commands runs
+    once). A page marked ``% test: run once: REASON`` runs once.
+
+    Returns:
+        How many times the page ran.
+    """
+    fits = 0
+    fit = hlt.Trainer.fit
+
+    def counting_fit(self: hlt.Trainer, *args: object, **kwargs: object) -> bool:
+        nonlocal fits
+        fits += 1
+        return fit(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hlt.Trainer, "fit", counting_fit)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    registries = {registry: dict(registry._obj_map) for registry in _registries()}
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    _run_page(page)
+    if page.run_once or (not fits and not any(block.write_to for block in page.blocks)):
+        return 1
+    for registry, entries in registries.items():
+        registry._obj_map.clear()
+        registry._obj_map.update(entries)
+    here = pathlib.Path.cwd().resolve()
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and pathlib.Path(path).resolve().is_relative_to(here):
+            del sys.modules[name]
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # a first call costs
+        torch.use_deterministic_algorithms(deterministic)
+    _run_page(page)
+    return 2
+
+
+@pytest.mark.parametrize("page", _page_params())
+@pytest.mark.usefixtures("_page_sandbox")
+def test_page_blocks_run_in_order(page: blocks.Page, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each page runs in order; a page that trains runs twice (see ``_run_as_a_user``)."""
+    _run_as_a_user(page, monkeypatch)
+
+
+@pytest.mark.usefixtures("_page_sandbox")
+def test_a_page_that_trains_runs_again_in_its_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    count = "with open('runs.txt', 'a') as f:\n    f.write('run\\n')\n"
+    fit = (  # a call of Trainer.fit that fails at once: the call is what counts
+        "import helios.trainer as hlt\n"
+        "try:\n    hlt.Trainer.fit(None, None, None)\nexcept AttributeError:\n    pass\n"
+    )
+    pages = {
+        "trains": f"```python\n{fit}{count}```\n",
+        "writes a script": f"% test: write a.py\n```python\nx = 1\n```\n\n```python\n{count}```\n",
+        "does not train": f"```python\n{count}```\n",
+        "runs once": f"% test: run once: too slow\n```python\n{fit}{count}```\n",
+    }
+    runs = {}
+    for name, text in pages.items():
+        pathlib.Path("runs.txt").unlink(missing_ok=True)
+        times = _run_as_a_user(blocks.parse_page(text, "t.md"), monkeypatch)
+        runs[name] = (times, pathlib.Path("runs.txt").read_text().count("run"))
+    expected = {"trains": 2, "writes a script": 2, "does not train": 1, "runs once": 1}
+    assert runs == {name: (times, times) for name, times in expected.items()}
 
 
 @pytest.mark.parametrize(("block", "reason"), _left_out_params())
@@ -159,7 +235,11 @@ def test_markers_are_parsed_and_a_typo_is_an_error() -> None:
         "```bash\nhelios --version\n```\n"
     )
     page = blocks.parse_page(text, "t.md")
-    assert page.slow
+    assert page.slow and page.run_once is None
+    once = blocks.parse_page("% test: run once: it takes minutes\n```python\nx\n```\n", "t.md")
+    assert once.run_once == "it takes minutes"
+    with pytest.raises(ValueError, match="unknown marker"):
+        blocks.parse_page("% test: run once\n```python\nx\n```\n", "t.md")  # no reason
     assert [(b.line, b.code, b.needs, b.write_to) for b in page.blocks] == [
         (4, "x = 1\n", None, None),
         (9, "y = x.cuda()\n", "gpu", None),

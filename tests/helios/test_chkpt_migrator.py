@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import helios
+import helios.core as hlc
 import helios.data as hld
 import helios.model as hlm
 import helios.trainer as hlt
@@ -220,6 +221,36 @@ def test_a_current_file_is_left_alone(tmp_path: pathlib.Path) -> None:
     again = chkpt_migrator.migrate_checkpoint(current)
     assert again.keys() == current.keys()
     assert all(again[k] is current[k] for k in current)
+
+
+@pytest.mark.parametrize(
+    "training_state", [TrainingState(global_epoch=2), dataclasses.asdict(TrainingState())]
+)
+def test_files_naming_this_version_migrate_and_load_with_safe_torch_load(
+    tmp_path: pathlib.Path, training_state: Any
+) -> None:
+    # What Helios 1.2.7's migrator tests do: save a file with torch.save, migrate the
+    # folder, load it back with helios.core.safe_torch_load (no type registered first).
+    saved = {"training_state": training_state, "model": {}, "rng": {}}
+    saved["version"] = helios.__version__
+    torch.save(saved, tmp_path / "state.pth")
+    chkpt_migrator.migrate_checkpoints_to_current_version(tmp_path)
+    registered = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        loaded = hlc.safe_torch_load(tmp_path / "state.pth")
+        # safe_torch_load allowed the training state for that load only.
+        assert TrainingState not in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.add_safe_globals(registered)
+    if isinstance(training_state, TrainingState):
+        assert loaded == saved  # a current file comes back unchanged
+    else:
+        assert loaded["training_state"] == TrainingState()
+    without_version = {"training_state": dataclasses.asdict(TrainingState()), "model": {}}
+    torch.save({**without_version, "rng": {}}, tmp_path / "state.pth")
+    chkpt_migrator.migrate_checkpoints_to_current_version(tmp_path)
+    assert hlc.safe_torch_load(tmp_path / "state.pth")["version"] == helios.__version__
 
 
 def test_paths_from_windows_are_dropped_with_a_warning(tmp_path: pathlib.Path) -> None:

@@ -12,8 +12,22 @@ from typing import Any, Protocol
 
 import torch
 
+from .accumulation import Accumulation
 from .precision import Precision
 from .utils import get_from_optional
+
+
+class MonitorVerdict(Protocol):
+    """What a model reads of the run's monitored metric (see ``helios.trainer.Monitor``).
+
+    Attributes:
+        name: the key of the model's ``metrics`` table that is monitored.
+        improved: whether the last validation improved on the best value so far (``None``:
+            no verdict, e.g. before the first validation).
+    """
+
+    name: str
+    improved: bool | None
 
 
 class RunTrainer(Protocol):
@@ -46,6 +60,14 @@ class RunTrainer(Protocol):
     @property
     def accumulation_steps(self) -> int:
         """Batches per iteration."""
+
+    @property
+    def accumulation(self) -> Accumulation:
+        """The run's gradient accumulation (where the current batch is in its iteration)."""
+
+    @property
+    def monitor(self) -> MonitorVerdict | None:
+        """The run's monitored metric (``None`` when the run monitors none)."""
 
 
 class RunPlacement:

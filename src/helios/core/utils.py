@@ -176,8 +176,12 @@ class Registry:
         Returns:
             The object itself (or a decorator when ``obj`` is omitted).
 
+        Registering again an object with the same qualified name (module and
+        ``__qualname__``), as when a notebook cell or a script that defines a class runs
+        again, replaces the earlier definition quietly.
+
         Raises:
-            ValueError: if the key is already registered.
+            ValueError: if the key is already taken by a different object.
         """
         if obj is None:
 
@@ -189,11 +193,17 @@ class Registry:
 
     def _add(self, obj: T_Any, suffix: str | None) -> T_Any:
         key = obj.__name__ if suffix is None else f"{obj.__name__}_{suffix}"
-        if key in self._obj_map:
+        registered = self._obj_map.get(key)
+        if registered is not None and _qualified_name(registered) != _qualified_name(obj):
             raise ValueError(
                 f"an object named '{key}' already exists in the '{self._name}' "
-                f"registry. Registered names: {self._available()}"
+                f"registry ({_qualified_name(registered)}), so {_qualified_name(obj)} cannot "
+                f"be registered under that name. Register it under another key with "
+                f"register(obj, suffix=...) (the key becomes '{key}_<suffix>'), or rename it. "
+                f"Registered names: {self._available()}"
             )
+        # The same class defined again (a notebook cell or a module run twice) replaces
+        # the older definition.
         self._obj_map[key] = obj
         return obj
 
@@ -269,6 +279,11 @@ class Registry:
         return self._obj_map.keys()
 
 
+def _qualified_name(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or "?"
+    return f"{module}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
+
+
 _REGISTER_LINE = re.compile(r"^\s*@.+\.register\b")
 
 
@@ -316,6 +331,11 @@ def update_all_registries(
 def safe_torch_load(f: Any, **kwargs: Any) -> Any:
     """Load a file with ``torch.load(..., weights_only=True)``.
 
+    Besides what a weights-only load allows (tensors, builtins, types registered with
+    :py:func:`torch.serialization.add_safe_globals`), the file may hold helios's own
+    :py:class:`~helios.trainer.TrainingState` and :py:class:`~helios.trainer.TrainingUnit`,
+    as every checkpoint does (allowed for this load only).
+
     Args:
         f: the file (path or file object).
         **kwargs: further arguments for :py:func:`torch.load` (not ``weights_only``).
@@ -328,4 +348,12 @@ def safe_torch_load(f: Any, **kwargs: Any) -> Any:
     """
     if "weights_only" in kwargs:
         raise TypeError("safe_torch_load always uses weights_only=True")
-    return torch.load(f, weights_only=True, **kwargs)
+    from helios.core.training_state import TrainingState, TrainingUnit
+
+    # The context removes what it added on exit: add only what is not registered yet.
+    registered = set(map(id, torch.serialization.get_safe_globals()))
+    missing: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        t for t in (TrainingState, TrainingUnit) if id(t) not in registered
+    ]
+    with torch.serialization.safe_globals(missing):
+        return torch.load(f, weights_only=True, **kwargs)

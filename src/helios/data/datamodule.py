@@ -503,6 +503,13 @@ class DataModule(abc.ABC):
     def run_seed(self, seed: int | None) -> None:
         self._run_seed = seed
 
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: name the fix when DataModule.__init__ never
+        # ran (a subclass __init__ without super().__init__()).
+        if not name.startswith("__") and "_is_distributed" not in self.__dict__:
+            raise AttributeError(_missing_init_message(self))
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def is_distributed(self) -> bool:
         """Whether the loaders shard data among ranks (when a split does not say)."""
@@ -648,12 +655,57 @@ class DataModule(abc.ABC):
         Returns:
             ``(loader, sampler)``.
         """
+        if not isinstance(dataset, Dataset):
+            raise TypeError(_not_a_registered_dataset(self, dataset))
         kwargs = dataset.dict()
         if kwargs["is_distributed"] is None:
             kwargs["is_distributed"] = self._is_distributed
         if kwargs["random_seed"] == _DEFAULT_SEED and self.run_seed is not None:
             kwargs["random_seed"] = self.run_seed
         return create_dataloader(**kwargs)
+
+
+def _missing_init_message(datamodule: object) -> str:
+    name = type(datamodule).__name__
+    return (
+        f"{name}.__init__ did not call super().__init__(), so the DataModule base class is "
+        f"not set up. Add super().__init__() as the first line of {name}.__init__"
+    )
+
+
+def check_datamodule_initialised(datamodule: DataModule) -> None:
+    """Check that ``DataModule.__init__`` ran on a data module (the subclass called super()).
+
+    Args:
+        datamodule: the data module.
+
+    Raises:
+        TypeError: naming the fix when ``super().__init__()`` was not called.
+    """
+    if "_is_distributed" not in vars(datamodule):
+        raise TypeError(_missing_init_message(datamodule))
+
+
+def _not_a_registered_dataset(datamodule: DataModule, value: object) -> str:
+    """The message for a split that holds something other than ``_create_dataset``'s."""
+    splits = ("_train_dataset", "_valid_dataset", "_test_dataset")
+    split = next((name for name in splits if vars(datamodule).get(name) is value), None)
+    where = f"{type(datamodule).__name__}.{split or 'setup()'}"
+    target = f"self.{split or '_train_dataset'}"
+    fix = (
+        f"{target} = self._create_dataset(dataset, "
+        "hld.DataLoaderParams(batch_size=..., shuffle=...))"
+    )
+    if isinstance(value, tud.DataLoader):
+        return (
+            f"{where} holds a torch DataLoader: helios builds the loaders itself (with "
+            f"resumable samplers and seeded workers). Register its dataset and settings "
+            f"instead: {fix}"
+        )
+    return (
+        f"{where} holds a {type(value).__name__}, not a dataset registered with its loader "
+        f"settings. Use {fix}"
+    )
 
 
 __all__ = [

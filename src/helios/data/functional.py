@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import zlib
 from typing import Any
 
 import numpy as np
@@ -36,8 +38,116 @@ IMREAD_ANYCOLOR = 4
 _KNOWN_FLAG_BITS = IMREAD_COLOR | IMREAD_ANYDEPTH | IMREAD_ANYCOLOR
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# (x start, y start, x step, y step) of the seven passes of an Adam7-interlaced PNG.
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))  # fmt: skip
+# Channels of the 16-bit PNG colour types Pillow reduces to 8 bits: RGB, gray+alpha, RGBA.
+_PNG_16_BIT_CHANNELS = {2: 3, 4: 2, 6: 4}
+
+
+def _png_16_bit_header(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
+    """``(width, height, colour type, interlace)`` of a 16-bit colour or gray+alpha PNG."""
+    with open(path, "rb") as file:
+        head = file.read(33)
+    if len(head) < 33 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    depth, colour, interlace = head[24], head[25], head[28]
+    if depth != 16 or colour not in _PNG_16_BIT_CHANNELS:
+        return None
+    return width, height, colour, interlace
+
+
+def _unfilter(rows: bytes, width: int, height: int, bpp: int) -> npt.NDArray[np.uint8]:
+    """Undo the per-row PNG filters of an image of ``height`` rows of ``width`` pixels."""
+    stride = width * bpp
+    out = np.zeros((height, stride), dtype=np.uint8)
+    prior = np.zeros(stride, dtype=np.uint8)
+    for y in range(height):
+        start = y * (stride + 1)
+        kind = rows[start]
+        line = np.frombuffer(rows, dtype=np.uint8, count=stride, offset=start + 1)
+        if kind == 0:
+            row = line.copy()
+        elif kind == 1:  # Sub: a running sum per byte lane, modulo 256
+            row = np.cumsum(line.reshape(width, bpp), axis=0, dtype=np.uint8).reshape(stride)
+        elif kind == 2:  # Up
+            row = line + prior
+        elif kind in (3, 4):  # Average, Paeth: each byte depends on the one decoded before
+            row = np.frombuffer(_unfilter_sequential(kind, line, prior, bpp), dtype=np.uint8)
+        else:
+            raise ValueError(f"corrupt PNG: unknown filter type {kind} in row {y}")
+        out[y] = row
+        prior = row
+    return out
+
+
+def _unfilter_sequential(
+    kind: int, line: npt.NDArray[np.uint8], prior: npt.NDArray[np.uint8], bpp: int
+) -> bytearray:
+    filtered, above = line.tobytes(), prior.tobytes()
+    row = bytearray(len(filtered))
+    for i, value in enumerate(filtered):
+        left = row[i - bpp] if i >= bpp else 0
+        up = above[i]
+        if kind == 3:
+            row[i] = (value + ((left + up) >> 1)) & 0xFF
+            continue
+        corner = above[i - bpp] if i >= bpp else 0
+        estimate = left + up - corner
+        pa, pb, pc = abs(estimate - left), abs(estimate - up), abs(estimate - corner)
+        predictor = left if pa <= pb and pa <= pc else (up if pb <= pc else corner)
+        row[i] = (value + predictor) & 0xFF
+    return row
+
+
+def _read_png_16_bit(
+    path: str | os.PathLike[str], header: tuple[int, int, int, int]
+) -> npt.NDArray[np.uint16]:
+    """Decode a 16-bit colour (or gray+alpha) PNG, which Pillow reads as 8-bit only.
+
+    Returns:
+        ``HxWx3`` (RGB) or ``HxWx4`` (RGBA; gray+alpha is expanded) ``uint16`` values.
+    """
+    width, height, colour, interlace = header
+    channels = _PNG_16_BIT_CHANNELS[colour]
+    bpp = 2 * channels
+    data = pathlib.Path(path).read_bytes()
+    compressed = bytearray()
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        if kind == b"IDAT":
+            compressed += data[offset + 8 : offset + 8 + length]
+        elif kind == b"IEND":
+            break
+        offset += 12 + length
+    raw = zlib.decompress(bytes(compressed))
+    image = np.zeros((height, width * bpp), dtype=np.uint8)
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    position = 0
+    for x0, y0, dx, dy in passes:
+        pass_width, pass_height = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if pass_width <= 0 or pass_height <= 0:
+            continue
+        size = pass_height * (pass_width * bpp + 1)
+        pixels = _unfilter(raw[position : position + size], pass_width, pass_height, bpp)
+        position += size
+        target = image.reshape(height, width, bpp)
+        target[y0::dy, x0::dx] = pixels.reshape(pass_height, pass_width, bpp)
+    values = image.view(">u2").astype(np.uint16).reshape(height, width, channels)
+    if channels == 2:  # gray + alpha: expanded to RGBA, as OpenCV does
+        values = np.concatenate([np.repeat(values[:, :, :1], 3, axis=2), values[:, :, 1:]], 2)
+    return values
+
+
 def _read_unchanged(path: str | os.PathLike[str]) -> npt.NDArray[Any]:
     """Read an image with its own channels (RGB(A) order) and bit depth."""
+    header = _png_16_bit_header(path)
+    if header is not None:
+        return _read_png_16_bit(path, header)
     with PIL.Image.open(path) as file:
         image: PIL.Image.Image = file
         mode = image.mode

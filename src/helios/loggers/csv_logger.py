@@ -37,13 +37,16 @@ def _format(value: float) -> str:
 
 
 class CSVLogger(ExperimentLogger):
-    """Writes each :py:meth:`log_metrics` call as one row of a CSV file.
+    """Writes the metrics of each step as one row of a CSV file.
 
     The first column is ``step``; the others are the metric names in the order they first
-    appeared. A row leaves the metrics it does not have empty. When a metric name appears
-    that the file has no column for, the file is rewritten (atomically) with the column
-    added at the end, so every row always has the same columns as the header. Rows are
-    written (and flushed to the operating system) as they are logged.
+    appeared. The values logged at one step (the running losses, the validation metrics,
+    the learning rates, the epoch time...) go into one row, which is written (and flushed
+    to the operating system) once the next step is logged, or at :py:meth:`flush` (every
+    checkpoint flushes the loggers, so every row up to a checkpoint is on disk). A row
+    leaves the metrics it does not have empty. When a metric name appears that the file
+    has no column for, the file is rewritten (atomically) with the column added at the
+    end, so every row always has the same columns as the header.
 
     A new run writes to ``path``; if that file already exists and is not empty, ``_1``,
     ``_2``, ... is appended to the name instead of mixing two runs in one file. On resume,
@@ -71,6 +74,10 @@ class CSVLogger(ExperimentLogger):
         self._columns: list[str] = []
         self._file: IO[str] | None = None
         self._writer: Any = None
+        # The row of the newest step, completed by later calls at the same step.
+        self._pending: tuple[int, dict[str, float]] | None = None
+        # The newest row written (a flush writes the pending row): its step and values.
+        self._written: tuple[int, dict[str, float]] | None = None
 
     @property
     def path(self) -> pathlib.Path:
@@ -164,6 +171,22 @@ class CSVLogger(ExperimentLogger):
             )
 
     def _write_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pending, written = self._pending, self._written
+        if pending is not None and pending[0] == step:
+            pending[1].update(metrics)
+            return
+        if pending is None and written is not None and written[0] == step:
+            # A flush wrote this step's row already: rewrite it with the new values too.
+            self._replace_last_row(step, {**written[1], **metrics})
+            return
+        self._write_pending()
+        self._pending = (step, dict(metrics))
+
+    def _write_pending(self) -> None:
+        if self._pending is None:
+            return
+        step, metrics = self._pending
+        self._pending = None
         new = [name for name in metrics if name not in self._columns]
         if new:
             self._add_columns(new)
@@ -172,6 +195,7 @@ class CSVLogger(ExperimentLogger):
         row.extend(_format(metrics[c]) if c in metrics else "" for c in self._columns)
         self._writer.writerow(row)
         self._file.flush()
+        self._written = (step, metrics)
 
     def _write_params(self, params: dict[str, Any]) -> None:
         path = self.params_path
@@ -182,6 +206,7 @@ class CSVLogger(ExperimentLogger):
         write_atomically(path, json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n")
 
     def _flush(self) -> None:
+        self._write_pending()
         if self._file is not None:
             self._file.flush()
 
@@ -238,6 +263,24 @@ class CSVLogger(ExperimentLogger):
         kept = [row for row in rows if int(row[0]) <= step]
         self._rewrite(header, kept)
         self._columns = header[1:]
+
+    def _replace_last_row(self, step: int, metrics: dict[str, float]) -> None:
+        """Rewrite the file (atomically) with the last row, of ``step``, holding ``metrics``."""
+        self._close()
+        try:
+            _, rows = self._read()
+            columns = [*self._columns, *(name for name in metrics if name not in self._columns)]
+            padded = [row + [""] * (len(columns) + 1 - len(row)) for row in rows]
+            if padded and padded[-1][0] == str(step):
+                padded.pop()
+            padded.append(
+                [str(step), *(_format(metrics[c]) if c in metrics else "" for c in columns)]
+            )
+            self._rewrite([STEP_COLUMN, *columns], padded)
+            self._columns = columns
+            self._written = (step, metrics)
+        finally:
+            self._reopen()
 
     def _add_columns(self, names: list[str]) -> None:
         self._close()

@@ -42,6 +42,7 @@ BASE_ATTRIBUTES = frozenset(
         "_val_scores",
         "_test_scores",
         "_metrics",
+        "_network_modes",
         "_default_state_reported",
     }
 )
@@ -115,6 +116,30 @@ def find_state(model: Any) -> tuple[dict[str, Any], list[str]]:
             ):
                 unsaved.append(f"{key} ({type(item).__name__})")
     return saved, unsaved
+
+
+def find_networks(model: Any) -> list[nn.Module]:
+    """Find the networks of a model as its default state does, wrappers kept.
+
+    A network wrapped by DDP or ``torch.compile`` is returned as the wrapper (whose
+    ``modules()`` include the network); each module is returned once.
+
+    Args:
+        model: the model.
+
+    Returns:
+        The networks, in attribute order.
+    """
+    found: list[nn.Module] = []
+    seen: set[int] = set()
+    for name, value in vars(model).items():
+        if name in BASE_ATTRIBUTES:
+            continue
+        for _, item in _entries(name, value):
+            if isinstance(item, nn.Module) and id(unwrap(item)) not in seen:
+                seen.add(id(unwrap(item)))
+                found.append(item)
+    return found
 
 
 def report_unsaved(model: Any, saved: dict[str, Any], unsaved: list[str]) -> None:
@@ -194,4 +219,4 @@ def restore(model: Any, state_dict: dict[str, Any], fast_init: bool) -> None:
         obj.load_state_dict(state_dict[key])
 
 
-__all__ = ["find_state", "gather", "report_unsaved", "restore", "unwrap", "warn"]
+__all__ = ["find_networks", "find_state", "gather", "report_unsaved", "restore", "unwrap", "warn"]

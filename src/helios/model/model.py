@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 import helios.model.default_state as default_state
+from helios.core.accumulation import NO_ACCUMULATION, Accumulation
 from helios.core.distributed import all_reduce_mean
 from helios.core.placement import RunPlacement
 from helios.core.precision import Precision
@@ -39,9 +40,11 @@ class Model(RunPlacement, abc.ABC):
     * ``_val_scores``: validation values. Cleared by :py:meth:`on_validation_start`.
     * ``_test_scores``: testing values. Cleared by :py:meth:`on_testing_start`.
 
-    A fifth table, :py:attr:`metrics`, holds the final metrics of the model. Nothing in the
-    base class touches it: the model fills it and plug-ins (such as
-    :py:class:`~helios.plugins.optuna.OptunaPlugin`) read it.
+    A fifth table, :py:attr:`metrics`, holds the final metrics of the model: the model
+    fills it, plug-ins (such as :py:class:`~helios.plugins.optuna.OptunaPlugin`), the
+    loggers, the monitored metric and checkpoint retention read it. It is saved in every
+    checkpoint (the part ``model_metrics``) whatever :py:meth:`state_dict` holds, so a
+    resumed or finished run finds the metrics of its last validation.
 
     Example:
         A plain PyTorch training loop body maps onto a model like this:
@@ -57,17 +60,28 @@ class Model(RunPlacement, abc.ABC):
                     self._optimizer = torch.optim.SGD(self._net.parameters(), lr=0.01)
                     self._criterion = torch.nn.CrossEntropyLoss()
 
-                def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
+                def train_step(self, batch: Any, state: hlt.TrainingState) -> torch.Tensor:
                     inputs, labels = (x.to(self.device) for x in batch)
-                    self._optimizer.zero_grad()
                     loss = self._criterion(self._net(inputs), labels)
-                    loss.backward()
-                    self._optimizer.step()
-                    self._loss_items["loss"] = loss
+                    self.backward(loss)
+                    self.optimizer_step(self._optimizer)  # steps, then zeroes the gradients
+                    return loss  # logged as the "loss" item
+
+        The networks, optimizers and schedulers it holds are saved and restored by the
+        default :py:meth:`state_dict`, and switched between training and evaluation mode by
+        the default :py:meth:`train` and :py:meth:`eval`.
 
     Args:
         save_name: the name that identifies the model in the names of checkpoints and
             saved networks.
+    """
+
+    metrics_logged_as_named: ClassVar[bool] = False
+    """Whether the experiment loggers get the ``metrics`` table's names as they are.
+
+    ``False`` (helios's default): ``valid/<name>``, ``train/<loss>``, ``lr/<optimizer>``.
+    ``True``: ``<name>``, ``train_<loss>``, ``lr``: for a table that already names its
+    values for a reader (pyblaze's ``train_loss``, ``val_accuracy``).
     """
 
     def __init__(self, save_name: str) -> None:
@@ -79,12 +93,26 @@ class Model(RunPlacement, abc.ABC):
         self._val_scores: dict[str, Any] = {}
         self._test_scores: dict[str, Any] = {}
         self._metrics: dict[str, Any] = {}
+        # The modes of the networks' modules when eval() switched them (train() restores).
+        self._network_modes: list[tuple[torch.nn.Module, bool]] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: name the fix when Model.__init__ never ran.
+        if not name.startswith("__") and "_save_name" not in self.__dict__:
+            raise AttributeError(_missing_init_message(self))
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- precision, clipping and compile helpers ---------------------------------------
 
     def _run_precision(self) -> Precision:
         trainer = self._trainer
         return _FULL_PRECISION if trainer is None else trainer.precision
+
+    def _accumulation(self) -> Accumulation:
+        trainer = self._trainer
+        if trainer is None:
+            return NO_ACCUMULATION
+        return getattr(trainer, "accumulation", NO_ACCUMULATION)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Return the context to run the forward pass and the loss in.
@@ -98,9 +126,13 @@ class Model(RunPlacement, abc.ABC):
         return self._run_precision().autocast()
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        """Back-propagate ``loss``, scaled by the run's gradient scaler when it has one.
+        """Back-propagate ``loss``, scaled for the run's precision and accumulation.
 
-        With these helpers one step runs unchanged at every precision:
+        With gradient accumulation (``accumulation_steps > 1``, ITERATION unit) the loss is
+        divided by ``accumulation_steps`` first, so the gradients of an iteration add up to
+        those of the mean loss of its batches; a gradient scaler (``"fp16-mixed"``) scales
+        it too. With these helpers one step runs unchanged at every precision and any
+        accumulation:
 
         .. code-block:: python
 
@@ -108,18 +140,17 @@ class Model(RunPlacement, abc.ABC):
                 inputs, labels = (x.to(self.device) for x in batch)
                 with self.autocast():
                     loss = self._criterion(self._net(inputs), labels)
-                self.backward(loss / self.trainer.accumulation_steps)
-                if state.global_iteration % self.trainer.accumulation_steps == 0:
-                    self.clip_gradients(self._optimizer, max_norm=1.0)  # optional
-                    self.optimizer_step(self._optimizer)
-                    self._optimizer.zero_grad()
-                self._loss_items["loss"] = loss
+                self.backward(loss)
+                self.clip_gradients(self._optimizer, max_norm=1.0)  # optional
+                self.optimizer_step(self._optimizer)
+                return loss  # logged as it is: the batch's loss, never the scaled one
 
         Args:
-            loss: the loss (a scalar tensor).
+            loss: the loss (a scalar tensor), as computed on the batch.
             **kwargs: passed to :py:meth:`torch.Tensor.backward`.
         """
-        self._run_precision().backward(loss, **kwargs)
+        steps = self._accumulation().steps
+        self._run_precision().backward(loss / steps if steps > 1 else loss, **kwargs)
 
     def clip_gradients(
         self,
@@ -132,8 +163,9 @@ class Model(RunPlacement, abc.ABC):
 
         The gradients are unscaled first when the run scales its loss (once per optimizer
         step however often this is called), so the limits apply to the true gradients.
-        Call it after the last backward pass of the step, right before
-        :py:meth:`optimizer_step`.
+        Call it after the backward pass, right before :py:meth:`optimizer_step`. With
+        gradient accumulation it acts only on the batch that closes the iteration, when the
+        gradients of all its batches are summed (on the others it returns ``None``).
 
         Args:
             optimizer: the optimizer whose parameters are clipped.
@@ -142,28 +174,40 @@ class Model(RunPlacement, abc.ABC):
             norm_type: the type of the norm (``math.inf`` for the max norm).
 
         Returns:
-            The total norm before clipping (``None`` when only ``max_value`` is given).
+            The total norm before clipping (``None`` when only ``max_value`` is given, or
+            on a batch that does not close its iteration).
 
         Raises:
             ValueError: if neither limit is given or a limit is not positive.
         """
+        if not self._accumulation().closes_step:
+            return None
         return self._run_precision().clip_gradients(
             optimizer, max_norm=max_norm, max_value=max_value, norm_type=norm_type
         )
 
     def optimizer_step(self, *optimizers: torch.optim.Optimizer) -> None:
-        """Step the optimizers at the run's precision.
+        """Step the optimizers at the run's precision, then zero their gradients.
 
         ``optimizer.step()`` for each at ``"32"`` and ``"bf16-mixed"``. At ``"fp16-mixed"``
         the gradients are unscaled (unless :py:meth:`clip_gradients` did it), a step whose
         gradients hold inf or NaN is skipped, and the scale is updated once after all the
-        optimizers. Pass every optimizer of the iteration in one call. Zeroing the gradients
-        stays with the step.
+        optimizers. Pass every optimizer of the iteration in one call. The gradients are
+        then zeroed (``zero_grad(set_to_none=True)``), so ``train_step`` needs no
+        ``zero_grad()`` of its own.
+
+        With gradient accumulation (``accumulation_steps > 1``, ITERATION unit) only the
+        batch that closes an iteration steps; on the others this does nothing, so the
+        gradients of the iteration's batches add up.
 
         Args:
             *optimizers: the optimizers to step.
         """
+        if not self._accumulation().closes_step:
+            return
         self._run_precision().step(*optimizers)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
 
     def compile_networks(self, *names: str, **compile_kwargs: Any) -> list[str]:
         """Compile the model's networks in place with ``torch.compile``.
@@ -272,9 +316,11 @@ class Model(RunPlacement, abc.ABC):
         """The table of final metrics of the model.
 
         This is the model's own, mutable table: write the metrics into it (for example
-        ``self.metrics["accuracy"] = acc`` in :py:meth:`on_validation_end`) and plug-ins
-        read them from it. A subclass may also override the property to compute the table
-        on demand.
+        ``self.metrics["accuracy"] = acc`` in :py:meth:`on_validation_end`) and plug-ins,
+        loggers, the run's monitored metric and checkpoint retention read them from it. It
+        is saved in every checkpoint and restored on resume (numbers, strings, tensors and
+        lists or dicts of them; NumPy scalars come back as Python numbers). A subclass may
+        also override the property to compute the table on demand.
         """
         return self._metrics
 
@@ -407,10 +453,34 @@ class Model(RunPlacement, abc.ABC):
         return banner
 
     def train(self) -> None:
-        """Switch the network(s) to training mode."""
+        """Switch the network(s) back to training mode after :py:meth:`eval`.
+
+        The trainer calls it before training and after each validation cycle. By default
+        every module of the networks that the default :py:meth:`state_dict` finds gets back
+        the mode it had when :py:meth:`eval` switched it (so a sub-network you keep in
+        evaluation mode, a frozen backbone say, stays there); before any :py:meth:`eval`
+        the networks are left as they are. Override it (with :py:meth:`eval`) for networks
+        the default does not find.
+        """
+        modes, self._network_modes = self._network_modes, None
+        for module, training in modes or ():
+            module.training = training
 
     def eval(self) -> None:
-        """Switch the network(s) to evaluation mode."""
+        """Switch the network(s) to evaluation mode.
+
+        The trainer calls it before each validation cycle and before testing. By default
+        the networks that the default :py:meth:`state_dict` finds (wrappers included) are
+        switched with ``eval()`` (dropout off, batch norm on its running statistics), after
+        noting the mode of each of their modules for :py:meth:`train`.
+        """
+        networks = default_state.find_networks(self)
+        if self._network_modes is None:
+            self._network_modes = [
+                (module, module.training) for network in networks for module in network.modules()
+            ]
+        for network in networks:
+            network.eval()
 
     def on_training_start(self) -> None:
         """Run once when training starts, before the first epoch.
@@ -436,12 +506,16 @@ class Model(RunPlacement, abc.ABC):
         """
         self._loss_items.clear()
 
-    def train_step(self, batch: Any, state: TrainingState) -> None:
+    def train_step(self, batch: Any, state: TrainingState) -> Any:
         """Perform one training step on a batch.
 
         Run the forward and backward passes here (and step the optimizers and schedulers),
-        then store the losses in ``self._loss_items`` so that
-        :py:meth:`on_training_batch_end` can average and accumulate them.
+        then give the losses to the trainer, which averages them across processes, sums
+        them for the running means and logs them: either return them (a tensor is logged
+        as ``"loss"``; a dict of named tensors or numbers under its keys) or store them in
+        ``self._loss_items`` (as in Helios 1.2.7). Returning nothing stays valid. Return the
+        loss of the batch as computed, not one divided for gradient accumulation:
+        :py:meth:`backward` does the division.
 
         Warning:
             The batch is not moved to any device before this call (unless a plug-in such as
@@ -451,7 +525,11 @@ class Model(RunPlacement, abc.ABC):
         Args:
             batch: the batch returned by the training dataloader.
             state: the current training state.
+
+        Returns:
+            ``None``, the batch's loss (a tensor) or a dict of named losses.
         """
+        return None
 
     def on_training_batch_end(self, state: TrainingState, should_log: bool = False) -> None:
         """Run after :py:meth:`train_step` for every batch.
@@ -558,12 +636,18 @@ class Model(RunPlacement, abc.ABC):
         """Tell whether the last validation cycle improved on the previous ones.
 
         The trainer calls this right after each validation cycle; when early stopping is
-        enabled, a false answer increases the count of cycles without improvement.
+        enabled, a false answer increases the count of cycles without improvement. By
+        default the run's monitored metric decides (the Trainer's ``monitor``,
+        ``monitor_mode`` and ``monitor_min_delta``: see :py:class:`helios.trainer.monitor.Monitor`);
+        without one the answer is always true. An override (as in Helios 1.2.7) wins over
+        the monitored metric.
 
         Returns:
-            True if the metrics improved. True by default.
+            True if the metrics improved.
         """
-        return True
+        trainer = self._trainer
+        monitor = getattr(trainer, "monitor", None) if trainer is not None else None
+        return monitor is None or monitor.improved is not False
 
     def should_save_checkpoint(self) -> bool:
         """Tell whether to save the checkpoint that is due now (``chkpt_frequency``).
@@ -656,3 +740,25 @@ def register_model_types_for_safe_load(model: Model) -> None:
 
 
 _FULL_PRECISION = Precision("32")
+
+
+def _missing_init_message(model: object) -> str:
+    name = type(model).__name__
+    return (
+        f"{name}.__init__ did not call super().__init__(save_name), so the Model base "
+        f'class is not set up. Add super().__init__("<name>") as the first line of '
+        f"{name}.__init__ (the name is used for the model's checkpoints)"
+    )
+
+
+def check_model_initialised(model: Model) -> None:
+    """Check that ``Model.__init__`` ran on a model (the subclass called ``super()``).
+
+    Args:
+        model: the model.
+
+    Raises:
+        TypeError: naming the fix when ``super().__init__(save_name)`` was not called.
+    """
+    if "_save_name" not in vars(model):
+        raise TypeError(_missing_init_message(model))

@@ -377,7 +377,16 @@ class CUDAPlugin(Plugin):
 
     def __init__(self) -> None:
         super().__init__(self.plugin_id)
-        cuda.requires_cuda_support()
+        try:
+            cuda.requires_cuda_support()
+        except RuntimeError as error:
+            raise RuntimeError(
+                "CUDAPlugin() moves every batch to a CUDA device, but CUDA is not available "
+                f"on this machine (torch {torch.__version__}, CUDA build: "
+                f"{torch.version.cuda or 'none'}). Leave the plug-in out to train on the CPU "
+                "(move batches in train_step with .to(self.device)), or run where "
+                "torch.cuda.is_available() is true"
+            ) from error
 
         self.unique_overrides.training_batch = True
         self.unique_overrides.validation_batch = True

@@ -1,9 +1,10 @@
-from .schedulers import CosineAnnealingRestartLR, MultiStepRestartLR
+from .schedulers import CosineAnnealingRestartLR, MultiStepRestartLR, WarmupCosineLR
 from .utils import SCHEDULER_REGISTRY, create_scheduler
 
 __all__ = [
     "SCHEDULER_REGISTRY",
     "CosineAnnealingRestartLR",
     "MultiStepRestartLR",
+    "WarmupCosineLR",
     "create_scheduler",
 ]

@@ -150,3 +150,87 @@ class MultiStepRestartLR(lr_scheduler.LRScheduler):
             return [group["lr"] for group in groups]
         factor = self.gamma ** self.milestones[self.last_epoch]
         return [group["lr"] * factor for group in groups]
+
+
+@SCHEDULER_REGISTRY.register
+class WarmupCosineLR(lr_scheduler.LRScheduler):
+    """Linear warmup, then cosine decay to ``eta_min``: the schedule of most transformer scripts.
+
+    With ``t`` the number of ``step()`` calls so far (``last_epoch``) and ``lr`` each
+    group's initial learning rate::
+
+        t < warmup_steps:            lr * (t + 1) / (warmup_steps + 1)
+        warmup_steps <= t <= total:  eta_min + (lr - eta_min) * 0.5 * (1 + cos(pi * p))
+                                     with p = (t - warmup_steps) / (total_steps - warmup_steps)
+        t > total_steps:             eta_min
+
+    (the warmup never starts at 0, so the first step already learns). The rate is a
+    function of ``t`` alone, so a scheduler restored from its ``state_dict`` continues
+    exactly. Step it once per optimizer step (``total_steps`` counts those), e.g. right
+    after :py:meth:`helios.model.Model.optimizer_step`.
+
+    Example:
+        .. code-block:: python
+
+            self._optimizer = torch.optim.AdamW(self._net.parameters(), lr=6e-4)
+            self._scheduler = hls.WarmupCosineLR(
+                self._optimizer, warmup_steps=100, total_steps=5000, eta_min=6e-5
+            )
+
+    Args:
+        optimizer: the wrapped optimizer.
+        warmup_steps: the steps of the linear warmup (0: none).
+        total_steps: the step at which the decay reaches ``eta_min``.
+        eta_min: the learning rate at the end of the decay and after it.
+        last_epoch: the index of the last step (``-1``: a new schedule).
+
+    Raises:
+        ValueError: if ``warmup_steps`` is negative, ``total_steps`` is not greater than
+            ``warmup_steps``, or ``eta_min`` is negative.
+    """
+
+    def __init__(
+        self,
+        optimizer: optim.Optimizer,
+        warmup_steps: int,
+        total_steps: int,
+        eta_min: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        for name, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int, got {name}={value!r}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got warmup_steps={warmup_steps}")
+        if total_steps <= warmup_steps:
+            raise ValueError(
+                f"total_steps must be greater than warmup_steps, got total_steps={total_steps} "
+                f"and warmup_steps={warmup_steps}"
+            )
+        if eta_min < 0:
+            raise ValueError(f"eta_min must be >= 0, got eta_min={eta_min}")
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.eta_min = eta_min
+        super().__init__(optimizer, last_epoch)
+
+    def _rate(self, base_lr: float | torch.Tensor) -> float:
+        base_lr = float(base_lr)
+        step = self.last_epoch
+        if step < self.warmup_steps:
+            return base_lr * (step + 1) / (self.warmup_steps + 1)
+        if step > self.total_steps:
+            return self.eta_min
+        progress = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
+        return self.eta_min + (base_lr - self.eta_min) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def get_lr(self) -> list[float | torch.Tensor]:
+        """Compute the learning rate of every parameter group at ``last_epoch``.
+
+        Returns:
+            The learning rates.
+        """
+        return [self._rate(base_lr) for base_lr in self.base_lrs]
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return [self._rate(base_lr) for base_lr in self.base_lrs]

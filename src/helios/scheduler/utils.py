@@ -13,8 +13,9 @@ SCHEDULER_REGISTRY = Registry("scheduler")
 """Registry of schedulers.
 
 It holds every scheduler class of ``torch.optim.lr_scheduler`` plus the custom
-:py:class:`~helios.scheduler.schedulers.CosineAnnealingRestartLR` and
-:py:class:`~helios.scheduler.schedulers.MultiStepRestartLR`.
+:py:class:`~helios.scheduler.schedulers.CosineAnnealingRestartLR`,
+:py:class:`~helios.scheduler.schedulers.MultiStepRestartLR` and
+:py:class:`~helios.scheduler.schedulers.WarmupCosineLR`.
 """
 
 

@@ -16,6 +16,7 @@ import torch
 from helios.core.precision import PRECISIONS
 
 from .checkpoint.retention import RetentionPolicy
+from .monitor import MONITOR_MODES, MonitorSpec, default_mode
 from .state import TrainingUnit
 
 
@@ -59,6 +60,9 @@ def check_train_unit(train_unit: Any) -> TrainingUnit:
 def check_total_steps(total_steps: Any) -> int | float:
     """Return ``total_steps`` as a non-negative int, or ``math.inf``.
 
+    As in Helios 1.2.7, a float other than ``math.inf`` is refused, even a whole one
+    (``3.0``): a float number of steps is usually a computation gone wrong.
+
     Args:
         total_steps: the value given to the Trainer.
 
@@ -66,7 +70,7 @@ def check_total_steps(total_steps: Any) -> int | float:
         The number of steps.
 
     Raises:
-        ValueError: for a negative, NaN or fractional value.
+        ValueError: for a negative value or a float other than ``math.inf``.
         TypeError: for a non-numeric value.
     """
     if _is_int(total_steps):
@@ -76,12 +80,14 @@ def check_total_steps(total_steps: Any) -> int | float:
     if isinstance(total_steps, float):
         if total_steps == math.inf:
             return math.inf
-        if math.isnan(total_steps) or total_steps < 0 or not total_steps.is_integer():
-            raise ValueError(
-                "total_steps must be a non-negative whole number or math.inf, but "
-                f"received {total_steps}"
-            )
-        return int(total_steps)
+        hint = (
+            f"; pass total_steps={int(total_steps)}"
+            if total_steps.is_integer() and total_steps >= 0
+            else ""
+        )
+        raise ValueError(
+            f"total_steps must be an int or math.inf, but received the float {total_steps}{hint}"
+        )
     raise TypeError(
         f"total_steps must be an int or math.inf, but received {_describe(total_steps)}"
     )
@@ -282,6 +288,17 @@ def check_loggers(loggers: object) -> list[Any]:
     return list(loggers)
 
 
+# Precision values of Lightning, Keras and Hugging Face, and the helios name for each.
+_PRECISION_SPELLINGS = {
+    **dict.fromkeys(
+        ("16", "16-mixed", "fp16", "float16", "half", "amp", "mixed-float16", "16-true"),
+        "fp16-mixed",
+    ),
+    **dict.fromkeys(("bf16", "bf16-true", "bfloat16", "mixed-bfloat16"), "bf16-mixed"),
+    **dict.fromkeys(("32", "32-true", "fp32", "float32", "float", "full", "single"), "32"),
+}
+
+
 def check_precision(precision: Any, uses_cuda: bool) -> str:
     """Check the precision name (see :py:mod:`helios.core.precision`).
 
@@ -297,10 +314,14 @@ def check_precision(precision: Any, uses_cuda: bool) -> str:
         ValueError: for an unknown name, or ``"bf16-mixed"`` on a GPU without bfloat16.
     """
     allowed = ", ".join(repr(p) for p in PRECISIONS)
+    meant = _PRECISION_SPELLINGS.get(str(precision).lower().replace("_", "-"))
+    hint = f'; did you mean precision="{meant}"?' if meant is not None else ""
     if not isinstance(precision, str):
-        raise TypeError(f"precision must be one of {allowed}, but received {_describe(precision)}")
+        raise TypeError(
+            f"precision must be one of {allowed}, but received {_describe(precision)}{hint}"
+        )
     if precision not in PRECISIONS:
-        raise ValueError(f"invalid precision={precision!r}. Expected one of {allowed}")
+        raise ValueError(f"invalid precision={precision!r}. Expected one of {allowed}{hint}")
     if precision == "bf16-mixed" and uses_cuda and not torch.cuda.is_bf16_supported():
         raise ValueError(
             "precision='bf16-mixed' needs a GPU with bfloat16 support, which this "
@@ -332,8 +353,9 @@ def check_retention(
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool):
+            also = " (or math.inf: keep every one)" if name == "chkpt_keep_last" else ""
             raise TypeError(
-                f"{name} must be None or an int >= 1, but received {value!r} "
+                f"{name} must be None or an int >= 1{also}, but received {value!r} "
                 f"(type {type(value).__name__})"
             )
         if value < 1:
@@ -346,11 +368,57 @@ def check_retention(
     if best_mode not in ("max", "min"):
         raise ValueError(f"{prefix}best_mode must be 'max' or 'min', but received {best_mode!r}")
     if keep_best is not None and best_metric is None:
+        also = " (or monitor, the run's monitored metric)" if prefix == "chkpt_" else ""
         raise ValueError(
-            f"{prefix}keep_best={keep_best} needs {prefix}best_metric, the key of the "
+            f"{prefix}keep_best={keep_best} needs {prefix}best_metric{also}, the key of the "
             "model's metrics table that ranks checkpoints"
         )
     return RetentionPolicy(keep_last, keep_best, best_metric, best_mode)
+
+
+def check_monitor(name: Any, mode: Any, min_delta: Any) -> MonitorSpec | None:
+    """Check the monitored metric's arguments.
+
+    Args:
+        name: ``monitor``: a key of the model's ``metrics`` table, or ``None``.
+        mode: ``monitor_mode``: ``"max"``, ``"min"`` or ``None`` (guessed from the name, see
+            :py:func:`helios.trainer.monitor.default_mode`).
+        min_delta: ``monitor_min_delta``: a number >= 0.
+
+    Returns:
+        The monitored metric, or ``None``.
+
+    Raises:
+        TypeError: for an argument of the wrong type.
+        ValueError: for a value out of range, or a mode or minimum change without a metric.
+    """
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(
+            "monitor must be None or the non-empty name of a key of the model's metrics "
+            f"table, but received {_describe(name)}"
+        )
+    if mode is not None and mode not in MONITOR_MODES:
+        raise ValueError(f"monitor_mode must be 'max' or 'min', but received {mode!r}")
+    if isinstance(min_delta, bool) or not isinstance(min_delta, int | float):
+        raise TypeError(
+            f"monitor_min_delta must be a number >= 0, but received {_describe(min_delta)}"
+        )
+    if not (math.isfinite(min_delta) and min_delta >= 0):
+        raise ValueError(
+            f"monitor_min_delta must be a finite number >= 0, but received {min_delta}"
+        )
+    if name is None:
+        for given, value, default in (
+            ("monitor_mode", mode, None),
+            ("monitor_min_delta", min_delta, 0),
+        ):
+            if value != default:
+                raise ValueError(
+                    f"{given}={value!r} needs monitor, the key of the model's metrics table "
+                    "that early stopping and keep-best follow (e.g. monitor='accuracy')"
+                )
+        return None
+    return MonitorSpec(name, mode if mode is not None else default_mode(name), float(min_delta))
 
 
 def check_bool(name: str, value: Any) -> bool:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import os
 import pathlib
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +25,10 @@ from helios.core import distributed as dist
 from helios.core import rng
 from helios.core.training_state import TrainingUnit
 
+from .checkpoint import keep_policy
 from .checkpoint.retention import RetentionPolicy
 from .loops import LoopOptions
+from .monitor import MonitorSpec
 
 if TYPE_CHECKING:
     from helios.loggers import ExperimentLogger
@@ -34,11 +38,13 @@ if TYPE_CHECKING:
 class RunConfig:
     """What every run of a Trainer follows (see :py:class:`helios.trainer.Trainer`).
 
-    Attributes are the Trainer's arguments, checked; ``retention`` holds the four
-    ``chkpt_keep_*``/``chkpt_best_*`` arguments, ``precision`` the precision's name. The
-    devices: ``use_cpu`` (``None`` resolved), ``gpu_ids`` (every visible GPU when none
-    were listed), ``is_torchrun`` and ``is_distributed`` (several GPUs, or a ``torchrun``
-    world of several processes).
+    Attributes are the Trainer's arguments, checked; ``monitor`` holds the three
+    ``monitor*`` arguments, ``retention`` the policy that the four
+    ``chkpt_keep_*``/``chkpt_best_*`` arguments and the defaults give
+    (:py:mod:`helios.trainer.checkpoint.keep_policy`; ``retention_line`` says it in
+    words), ``precision`` the precision's name. The devices: ``use_cpu`` (``None``
+    resolved), ``gpu_ids`` (every visible GPU when none were listed), ``is_torchrun`` and
+    ``is_distributed`` (several GPUs, or a ``torchrun`` world of several processes).
     """
 
     run_name: str
@@ -65,7 +71,9 @@ class RunConfig:
     loggers: tuple[ExperimentLogger, ...]
     precision: str
     enable_compile: bool
+    monitor: MonitorSpec | None
     retention: RetentionPolicy
+    retention_line: str
     chkpt_async: bool
     nonfinite_guard: bool
     print_summaries: bool
@@ -157,14 +165,14 @@ def build_config(arguments: dict[str, Any]) -> RunConfig:
     c["print_banner"] = a["print_banner"]
     c["capture_warnings"] = bool(a["capture_warnings"])
     c["loggers"] = tuple(check.check_loggers(a["loggers"]))
-    c["retention"] = check.check_retention(
-        a["chkpt_keep_last"], a["chkpt_keep_best"], a["chkpt_best_metric"], a["chkpt_best_mode"]
-    )
-    if c["retention"].keep_best is not None and c["valid_frequency"] is None:
+    c["monitor"] = check.check_monitor(a["monitor"], a["monitor_mode"], a["monitor_min_delta"])
+    c.update(_retention(a, c))
+    if a["chkpt_keep_best"] is not None and c["valid_frequency"] is None:
         raise ValueError(
-            f"chkpt_keep_best={c['retention'].keep_best} ranks the checkpoints saved after "
+            f"chkpt_keep_best={a['chkpt_keep_best']} ranks the checkpoints saved after "
             "a validation, but valid_frequency=None never validates: set valid_frequency"
         )
+    _warn_about_ignored_settings(c)
     for name in ("chkpt_async", "nonfinite_guard", "print_summaries"):
         c[name] = check.check_bool(name, a[name])
     c["dist_timeout"] = check.check_dist_timeout(a["dist_timeout"])
@@ -172,6 +180,66 @@ def build_config(arguments: dict[str, Any]) -> RunConfig:
     c["precision"] = check.check_precision(a["precision"], not c["use_cpu"])
     c["enable_compile"] = check.check_bool("enable_compile", a["enable_compile"])
     return RunConfig(**c)
+
+
+def _retention(a: dict[str, Any], c: dict[str, Any]) -> dict[str, Any]:
+    """The retention policy from the arguments, the monitored metric and the defaults."""
+    keep_last, best_metric, best_mode = (
+        a["chkpt_keep_last"],
+        a["chkpt_best_metric"],
+        a["chkpt_best_mode"],
+    )
+    monitor: MonitorSpec | None = c["monitor"]
+    if best_mode is not None and best_metric is None:
+        if monitor is None:
+            raise ValueError(
+                f"chkpt_best_mode={best_mode!r} needs chkpt_best_metric (or monitor), the key "
+                "of the model's metrics table that ranks checkpoints"
+            )
+        if best_mode != monitor.mode:
+            raise ValueError(
+                f"chkpt_best_mode={best_mode!r} contradicts monitor_mode={monitor.mode!r}: "
+                f"without chkpt_best_metric, checkpoints are ranked by monitor={monitor.name!r} "
+                "in its mode. Pass one mode, or chkpt_best_metric to rank by another metric"
+            )
+    ranked_by_monitor = best_metric is None and monitor is not None
+    if ranked_by_monitor:
+        assert monitor is not None
+        best_metric, best_mode = monitor.name, monitor.mode
+    policy = check.check_retention(
+        None if keep_last == math.inf else keep_last,
+        a["chkpt_keep_best"],
+        best_metric,
+        "max" if best_mode is None else best_mode,
+    )
+    saves = keep_policy.expected_saves(c["total_steps"], c["chkpt_frequency"])
+    policy = keep_policy.choose_policy(
+        keep_last, policy.keep_best, policy.best_metric, policy.best_mode, saves, ranked_by_monitor
+    )
+    given = {name: a[name] for name in ("chkpt_keep_last", "chkpt_keep_best")}
+    return {"retention": policy, "retention_line": keep_policy.describe(policy, saves, given)}
+
+
+def _warn_about_ignored_settings(c: dict[str, Any]) -> None:
+    """Warn (once, when the Trainer is built) about settings that would change nothing."""
+    ignored = []
+    if c["accumulation_steps"] > 1 and c["train_unit"] == TrainingUnit.EPOCH:
+        ignored.append(
+            f"accumulation_steps={c['accumulation_steps']} is ignored with "
+            "train_unit='epoch' (every batch is an iteration, as in Helios 1.2.7, and "
+            "Model.backward/optimizer_step do not accumulate); use train_unit='iteration' "
+            "to accumulate gradients"
+        )
+    if c["valid_frequency"] is None:
+        for name in ("early_stop_cycles", "monitor"):
+            if c[name] is not None:
+                value = c[name].name if name == "monitor" else c[name]
+                ignored.append(
+                    f"{name}={value!r} needs validations, but valid_frequency is None: "
+                    "nothing is ever judged; pass valid_frequency (e.g. 1)"
+                )
+    for message in ignored:
+        warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def _place_devices(use_cpu: bool | None, gpus: Sequence[int] | None) -> dict[str, Any]:

@@ -30,12 +30,13 @@ EPOCH unit, for each epoch e = 1, 2, ... total_steps::
     for each batch of the epoch:
         batch = P.process_training_batch(batch, state)   # first P with training_batch
         M.on_training_batch_start(state)
-        M.train_step(batch, state)
+        loss = M.train_step(batch, state)                # a returned loss goes to _loss_items
         M.on_training_batch_end(state, should_log)
         if P.should_training_stop() or M.should_training_stop(): leave the batch loop
     if e % valid_frequency == 0:
         validate()                                       # see below
-        M.have_metrics_improved()
+        monitor.update(M.metrics)                        # with Trainer(monitor=...)
+        M.have_metrics_improved()                        # default: the monitor's verdict
         if P/M.should_training_stop(): stop after this epoch
     M.on_training_epoch_end(e)
     if e % chkpt_frequency == 0 and M.should_save_checkpoint(): save checkpoint
@@ -56,7 +57,7 @@ ITERATION unit (an iteration is ``accumulation_steps`` batches)::
             if P/M.should_training_stop(): stop
             on the last batch of iteration i:
                 if i % valid_frequency == 0:
-                    validate(); M.have_metrics_improved()
+                    validate(); monitor.update(M.metrics); M.have_metrics_improved()
                     if P/M.should_training_stop(): stop after the checkpoint below
                 if i % chkpt_frequency == 0 and M.should_save_checkpoint(): save checkpoint
                 if early_stop_count >= early_stop_cycles or i >= total_steps: stop
@@ -84,6 +85,12 @@ test::
         M.on_testing_batch_start(step); M.test_step(batch, step); M.on_testing_batch_end(step)
     P.on_testing_end(); M.on_testing_end()
 
+Before each ``train_step`` the loop notes whether the batch closes its iteration (the run's
+:py:class:`~helios.core.accumulation.Accumulation`), which ``M.backward``, ``M.clip_gradients``
+and ``M.optimizer_step`` follow. A value returned from a hook whose return the trainer does
+not use (``valid_step``, ``test_step``, ``on_*``; ``train_step`` when it is not a loss) is
+ignored with one warning per hook.
+
 Checkpoint management (see :py:mod:`helios.trainer.checkpoint.retention`,
 :py:mod:`helios.trainer.checkpoint.async_save`, :py:mod:`helios.trainer.nonfinite`): with the
 non-finite guard on, each batch's losses are checked (CPU) or recorded (GPU) after
@@ -108,6 +115,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -116,9 +124,11 @@ import torch
 from helios.core import cuda as core_cuda
 from helios.core import distributed as dist
 from helios.core import logging
+from helios.core.accumulation import Accumulation
 from helios.core.distributed import agree_any
 from helios.data.samplers import place_sampler
 
+from .monitor import Monitor
 from .preemption import Preempted, Preemption, ValidationInterruptedError
 from .progress import make_bar
 from .reporting import RunReport
@@ -305,6 +315,10 @@ class TrainingLoop:
             position, that is applied when the run resumes inside an epoch.
         after_validation: called with the training state after each validation cycle
             that ran (the retention record notes where the metrics were produced).
+        monitor: the run's monitored metric, judged after each validation (``None``:
+            none).
+        accumulation: the run's gradient accumulation, told where each batch is in its
+            iteration.
 
     Attributes:
         ended_by: why the loop ended (``run_end.EARLY_STOPPING``, ``STOP_REQUESTED`` or
@@ -324,9 +338,14 @@ class TrainingLoop:
         guard: NonFiniteGuard | None = None,
         loader_state: LoaderState | None = None,
         after_validation: Callable[[TrainingState], None] | None = None,
+        *,
+        monitor: Monitor | None = None,
+        accumulation: Accumulation | None = None,
     ) -> None:
         self.options = options
         self._after_validation = after_validation
+        self._monitor = monitor
+        self._batch_position = accumulation if accumulation is not None else Accumulation()
         self.ended_by: str | None = None
         self._run_end = run_end
         self._report = report or RunReport(hooks.model, [], show=False)
@@ -344,7 +363,11 @@ class TrainingLoop:
         self._epoch_unit = options.train_unit == TrainingUnit.EPOCH
         # The EPOCH unit counts every batch as an iteration.
         self._accumulation = 1 if self._epoch_unit else options.accumulation_steps
-        self._validation = EvaluationLoop(hooks, options.show_progress, self._preemption.poll)
+        self.returned = ReturnedValues(hooks.model)
+        """Checks the values that hooks return (``train_step``'s loss goes to the model)."""
+        self._validation = EvaluationLoop(
+            hooks, options.show_progress, self._preemption.poll, self.returned
+        )
         self._bar: Any = None
         self._epoch_start_time = 0.0
 
@@ -392,10 +415,11 @@ class TrainingLoop:
 
     def _end_line(self, state: TrainingState) -> str:
         """Say in one line why and where training ended."""
+        stale = f"no improvement in {self.options.early_stop_cycles} validations"
+        if self._monitor is not None:
+            stale += f" ({self._monitor.summary()})"
         why = {
-            EARLY_STOPPING: (
-                f"stopped early: no improvement in {self.options.early_stop_cycles} validations"
-            ),
+            EARLY_STOPPING: f"stopped early: {stale}",
             STOP_REQUESTED: "stopped by should_training_stop",
         }.get(self.ended_by or TOTAL_STEPS, "finished")
         return f"Training {why} at epoch {state.global_epoch}, iteration {state.current_iteration}"
@@ -422,6 +446,7 @@ class TrainingLoop:
         """Train the batches of one epoch; return whether training must stop."""
         hooks, model, guard = self.hooks, self.model, self._guard
         process, accumulation = hooks.process_training_batch, self._accumulation
+        position, returns = self._batch_position, self.returned
         print_frequency = self.options.print_frequency
         units_end_in_epoch = not self._epoch_unit
         resumed_inside_epoch, batches_at_start = state.dataset_iter > 0, state.global_iteration
@@ -439,8 +464,15 @@ class TrainingLoop:
                 state.running_iter += 1
             if process is not None:
                 batch = process(batch=batch, state=state)
+            position.closes_step = iteration_done
             model.on_training_batch_start(state)
-            model.train_step(batch, state)
+            try:
+                loss = model.train_step(batch, state)
+            except Exception as error:
+                describe_batch_on(error, "train_step", batch)
+                raise
+            if loss is not None:
+                returns.take_loss(loss)
             now = time.perf_counter()
             timer_sum, timer_count, last = timer_sum + now - last, timer_count + 1, now
             state.average_iter_time = timer_sum / timer_count
@@ -581,7 +613,9 @@ class TrainingLoop:
                 self._rank_state.start_pass()
         logging.get_root_logger().info(f"Starting epoch {state.global_epoch}")
         self._epoch_start_time = time.perf_counter()
-        self.model.on_training_epoch_start(state.global_epoch)
+        self.returned.call(
+            "on_training_epoch_start", self.model.on_training_epoch_start, state.global_epoch
+        )
         position = {"epoch": state.global_epoch - 1, "start_iter": state.dataset_iter}
         if resuming_inside_epoch and resume is not None:
             resume.restore_rng()
@@ -591,7 +625,9 @@ class TrainingLoop:
             self._loader_state.restore()  # a stream continues where it was
 
     def _end_epoch(self, state: TrainingState) -> None:
-        self.model.on_training_epoch_end(state.global_epoch)
+        self.returned.call(
+            "on_training_epoch_end", self.model.on_training_epoch_end, state.global_epoch
+        )
         elapsed = time.perf_counter() - self._epoch_start_time
         logging.get_root_logger().info(f"Epoch {state.global_epoch} completed in {elapsed:.2f}s")
         self._report.epoch_ended(state, elapsed)
@@ -610,11 +646,15 @@ class TrainingLoop:
         if self._validation.loader is None:
             valid = self._datamodule.valid_dataloader()
             self._validation.loader = valid[0] if valid is not None else None
+            if self._validation.loader is None:
+                _warn_no_validation_data(self.options.valid_frequency)
         loss_means = self._report.loss_means(state)
         batches = self._report.batches_summed(state)
         validated = self._validation.validate(state.validation_cycles)
         self._report.validated(state, loss_means, batches, validated)
         self.model.running_losses.clear()
+        if validated and self._monitor is not None:  # judged first: it names monitor=
+            self._monitor.update(self.model.metrics, state.validation_cycles + 1)
         if validated and self._after_validation is not None:
             self._after_validation(state)
         state.validation_cycles += 1
@@ -640,12 +680,14 @@ class EvaluationLoop:
         hooks: Hooks,
         show_progress: bool,
         stop_requested: Callable[[], bool] | None = None,
+        returned: ReturnedValues | None = None,
     ) -> None:
         self.hooks = hooks
         self.model = hooks.model
         self.loader: Iterable[Any] | None = None
         self._show_progress = show_progress
         self._stop_requested = stop_requested
+        self._returned = returned if returned is not None else ReturnedValues(hooks.model)
 
     def validate(self, cycle: int) -> bool:
         """Run one validation cycle; return whether it ran (not without a loader)."""
@@ -655,10 +697,10 @@ class EvaluationLoop:
         with core_cuda.DisableCuDNNBenchmarkContext():
             model.eval()
             hooks.call_plugins("on_validation_start", validation_cycle=cycle)
-            model.on_validation_start(cycle)
+            self._returned.call("on_validation_start", model.on_validation_start, cycle)
             self._run_batches(
                 self.loader,
-                "Validation",
+                "valid_step",
                 hooks.process_validation_batch,
                 hooks.on_validation_batch_start,
                 model.valid_step,
@@ -667,46 +709,57 @@ class EvaluationLoop:
             )
             model.train()
             hooks.call_plugins("on_validation_end", validation_cycle=cycle)
-            model.on_validation_end(cycle)
+            self._returned.call("on_validation_end", model.on_validation_end, cycle)
         return True
 
     def test(self, loader: Iterable[Any]) -> None:
         """Run the testing loop over a loader."""
         hooks, model = self.hooks, self.model
         hooks.call_plugins("on_testing_start")
-        model.on_testing_start()
+        self._returned.call("on_testing_start", model.on_testing_start)
         with core_cuda.DisableCuDNNBenchmarkContext():
             model.eval()
             self._run_batches(
                 loader,
-                "Testing",
+                "test_step",
                 hooks.process_testing_batch,
                 hooks.on_testing_batch_start,
                 model.test_step,
                 hooks.on_testing_batch_end,
             )
             hooks.call_plugins("on_testing_end")
-            model.on_testing_end()
+            self._returned.call("on_testing_end", model.on_testing_end)
 
     def _run_batches(
         self,
         loader: Iterable[Any],
-        label: str,
+        step_name: str,
         process: Callable[..., Any] | None,
         batch_start: Callable[[int], None] | None,
-        step_fn: Callable[[Any, int], None],
+        step_fn: Callable[[Any, int], object],
         batch_end: Callable[[int], None] | None,
         stop_requested: Callable[[], bool] | None = None,
     ) -> None:
-        """Feed every batch of a loader through its hooks, without grad."""
+        """Feed every batch of a loader through its hooks, without grad.
+
+        ``step_name`` names the step hook (``valid_step``/``test_step``) in messages.
+        """
+        label = "Validation" if step_name == "valid_step" else "Testing"
         bar = make_bar(self._show_progress, _safe_len(loader), label, "it", leave=False)
+        returned = self._returned
         with torch.no_grad():
             for step, batch in enumerate(loader):
                 if process is not None:
                     batch = process(batch=batch, step=step)
                 if batch_start is not None:
                     batch_start(step)
-                step_fn(batch, step)
+                try:
+                    result = step_fn(batch, step)
+                except Exception as error:
+                    describe_batch_on(error, step_name, batch)
+                    raise
+                if result is not None:
+                    returned.check(step_name, result)
                 if batch_end is not None:
                     batch_end(step)
                 if bar is not None:
@@ -717,6 +770,135 @@ class EvaluationLoop:
                     raise ValidationInterruptedError
         if bar is not None:
             bar.close()
+
+
+class ReturnedValues:
+    """What the loop does with the values that hooks return.
+
+    A loss returned by ``train_step`` goes into the model's loss table, as if the step had
+    put it there; any other value returned from a hook whose return the trainer does not
+    use is ignored with one warning per hook (a Lightning habit such as returning the
+    metrics of ``valid_step`` would otherwise be lost without a word).
+
+    Args:
+        model: the model.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self._model = model
+        self._warned: set[str] = set()
+
+    def take_loss(self, loss: Any) -> None:
+        """Log a loss returned by ``train_step``: a tensor as ``"loss"``, a dict by key."""
+        items = self._model.loss_items
+        if isinstance(loss, torch.Tensor):
+            items["loss"] = loss
+        elif isinstance(loss, dict) and all(
+            isinstance(key, str) and _is_loss_value(value) for key, value in loss.items()
+        ):
+            items.update(loss)
+        else:
+            self.check("train_step", loss)
+
+    def call(self, hook: str, method: Callable[..., object], *args: Any) -> None:
+        """Call a hook whose return the trainer does not use; warn if it returns a value."""
+        value = method(*args)
+        if value is not None:
+            self.check(hook, value)
+
+    def check(self, hook: str, value: Any) -> None:
+        """Warn once per hook that a value it returned is ignored."""
+        if value is None or hook in self._warned:
+            return
+        self._warned.add(hook)
+        where = _WHERE_RETURNS_GO.get(hook, "")
+        message = (
+            f"{type(self._model).__name__}.{hook} returned a {type(value).__name__}, which "
+            f"the trainer ignores{where}"
+        )
+        logging.get_root_logger().warning(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+_WHERE_RETURNS_GO = {
+    "train_step": (
+        ": train_step may return its loss as a tensor or a dict of named tensors or "
+        "numbers (or put them in self._loss_items)"
+    ),
+    "valid_step": (
+        ": store validation values in self._val_scores and compute the metrics in "
+        "on_validation_end (self.metrics[name] = ...)"
+    ),
+    "test_step": (
+        ": store testing values in self._test_scores and compute the results in on_testing_end"
+    ),
+    "on_validation_end": ": put the metrics in self.metrics (self.metrics[name] = value)",
+}
+
+
+def _is_loss_value(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def describe_batch(batch: Any, depth: int = 0) -> str:
+    """Describe the structure of a batch: containers, keys, tensor shapes and dtypes.
+
+    Args:
+        batch: the batch.
+        depth: the nesting level (deeper levels are summarised).
+
+    Returns:
+        E.g. ``"a dict with keys 'image' (Tensor[32, 1, 28, 28] float32), 'label'
+        (Tensor[32] int64)"``.
+    """
+    if isinstance(batch, torch.Tensor):
+        shape = ", ".join(str(size) for size in batch.shape)
+        dtype = str(batch.dtype).removeprefix("torch.")
+        return f"Tensor[{shape}] {dtype} on {batch.device}"
+    if depth >= 2:
+        return type(batch).__name__
+    if isinstance(batch, dict):
+        entries = [
+            f"{key!r} ({describe_batch(v, depth + 1)})" for key, v in list(batch.items())[:8]
+        ]
+        more = ", ..." if len(batch) > 8 else ""
+        return f"a dict with keys {', '.join(entries)}{more}"
+    if isinstance(batch, list | tuple):
+        entries = [describe_batch(item, depth + 1) for item in list(batch)[:8]]
+        more = ", ..." if len(batch) > 8 else ""
+        return f"a {type(batch).__name__} of {len(batch)}: [{', '.join(entries)}{more}]"
+    return f"a {type(batch).__name__}"
+
+
+def describe_batch_on(error: BaseException, hook: str, batch: Any) -> None:
+    """Add a note naming the batch's structure to an error raised by a step on it.
+
+    The exception itself (its type and message) is unchanged; the note shows in its
+    traceback, e.g. ``"train_step failed on a batch that is a dict with keys ..."``.
+
+    Args:
+        error: the exception.
+        hook: the step that raised it.
+        batch: the batch it was given.
+    """
+    try:
+        structure = describe_batch(batch)
+    except Exception:
+        return
+    error.add_note(f"{hook} failed on a batch that is {structure}")
+
+
+def _warn_no_validation_data(valid_frequency: int | None) -> None:
+    message = (
+        f"valid_frequency={valid_frequency} but the datamodule has no validation split "
+        "(valid_dataloader() returned None): no validation runs, so the model's metrics, "
+        "early stopping and keep-best get nothing. Set self._valid_dataset in "
+        "DataModule.setup, or pass valid_frequency=None"
+    )
+    logging.get_root_logger().warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _no_batches_error() -> RuntimeError:
@@ -737,7 +919,10 @@ __all__ = [
     "EvaluationLoop",
     "Hooks",
     "LoopOptions",
+    "ReturnedValues",
     "TrainingLoop",
+    "describe_batch",
+    "describe_batch_on",
     "gradient_accumulators",
     "overrides",
 ]

@@ -16,6 +16,11 @@ logger (:py:mod:`helios.loggers`) at the step ``state.current_iteration``:
   the checkpoint of its last iteration; its time then goes out with the next iteration (or
   at the end of training), so that no point is logged after a checkpoint at that
   checkpoint's step, which a resumed run would log a second time.
+
+A model whose class sets :py:attr:`helios.model.Model.metrics_logged_as_named` gets the
+names of its ``metrics`` table as they are, ``train_<loss item>`` and ``lr`` (or
+``lr_<optimizer>[_<group>]`` with several) instead: pyblaze's runs, whose table already
+says ``train_loss``, ``val_accuracy``.
 """
 
 from __future__ import annotations
@@ -113,6 +118,7 @@ class RunReport:
         self._losses_logged_at: int | None = None
         self._last_bar_refresh = 0.0
         self._optimizers = find_optimizers(model)
+        self._as_named = bool(getattr(type(model), "metrics_logged_as_named", False))
 
     def batches_summed(self, state: TrainingState) -> int:
         """The number of batches in the running sums (since the last validation)."""
@@ -169,8 +175,9 @@ class RunReport:
         if self._show:
             dist.global_print(line)
         if self._loggers:
+            prefix = "" if self._as_named else "valid/"
             numbers_only = {
-                f"valid/{name}": value for name, value in metrics.items() if _is_number(value)
+                f"{prefix}{name}": value for name, value in metrics.items() if _is_number(value)
             }
             if self._losses_logged_at != state.current_iteration:  # not twice at one step
                 numbers_only.update(self._train_metrics(loss_means))
@@ -198,12 +205,28 @@ class RunReport:
             dist.global_print(line)
 
     def _train_metrics(self, loss_means: Mapping[str, float]) -> dict[str, float]:
+        if self._as_named:
+            return self._train_metrics_as_named(loss_means)
         metrics = {f"train/{name}": value for name, value in loss_means.items()}
         for name, optimizer in self._optimizers.items():
             groups = optimizer.param_groups
             for index, group in enumerate(groups):
                 key = f"lr/{name}" if len(groups) == 1 else f"lr/{name}/{index}"
                 metrics[key] = float(group["lr"])
+        return metrics
+
+    def _train_metrics_as_named(self, loss_means: Mapping[str, float]) -> dict[str, float]:
+        """``train_<loss>`` and ``lr`` (``lr_<optimizer>[_<group>]`` with several)."""
+        metrics = {
+            name if name.startswith("train_") else f"train_{name}": value
+            for name, value in loss_means.items()
+        }
+        several = len(self._optimizers) > 1
+        for name, optimizer in self._optimizers.items():
+            groups = optimizer.param_groups
+            for index, group in enumerate(groups):
+                key = f"lr_{name.rsplit('.', 1)[-1]}" if several else "lr"
+                metrics[key if len(groups) == 1 else f"{key}_{index}"] = float(group["lr"])
         return metrics
 
     def _log(self, metrics: Mapping[str, float], state: TrainingState) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -36,17 +37,18 @@ import torch
 import helios.trainer.launch as launch
 from helios.core import distributed as dist
 from helios.core import logging, rng
+from helios.core.accumulation import Accumulation
 from helios.core.distributed import agree_any
 from helios.core.precision import Precision
 from helios.core.training_state import TrainingState, TrainingUnit
 from helios.core.utils import get_env_info_str, update_all_registries
-from helios.model.model import register_model_types_for_safe_load
+from helios.model.model import Model, register_model_types_for_safe_load
 
 from .checkpoint.environment import EnvironmentPart
 from .checkpoint.io import register_trainer_types_for_safe_load
 from .checkpoint.layout import checkpoint_name
 from .checkpoint.loader_state import LoaderState
-from .checkpoint.model_part import ModelPart, RunningLossesPart
+from .checkpoint.model_part import MetricsPart, ModelPart, RunningLossesPart
 from .checkpoint.parts import CheckpointPart, OwnedPart, PartTable, StateOwner, add_extra_parts
 from .checkpoint.rank_state import RankState
 from .checkpoint.retention import CheckpointRetention
@@ -54,7 +56,8 @@ from .checkpoint.run_checkpoint import RunCheckpoint
 from .failures import log_uncaught
 from .loader_seed import LoaderSeed
 from .logger_runs import LoggerStates
-from .loops import EvaluationLoop, Hooks, TrainingLoop
+from .loops import EvaluationLoop, Hooks, TrainingLoop, overrides
+from .monitor import Monitor, MonitorPart
 from .nonfinite import NonFiniteGuard
 from .preemption import Preemption
 from .reporting import RunReport, run_summary
@@ -65,7 +68,6 @@ from .run_logs import RunLogs
 if TYPE_CHECKING:
     from helios.core.placement import RunTrainer
     from helios.data import DataModule
-    from helios.model import Model
     from helios.plugins import Plugin
 
     from .config import RunConfig
@@ -113,6 +115,10 @@ class Run:
         self.job = job
         self.context: launch.RunContext | None = None
         self.precision = Precision()
+        self.monitor: Monitor | None = None if config.monitor is None else config.monitor.create()
+        # The EPOCH unit counts every batch as an iteration: nothing accumulates there.
+        epoch_unit = config.train_unit == TrainingUnit.EPOCH
+        self.accumulation = Accumulation(1 if epoch_unit else config.accumulation_steps)
         self.parts = PartTable()
         self._run_logs = RunLogs(config.run_name, None, None)
         self._logger_states = LoggerStates([], TrainingState())
@@ -273,12 +279,14 @@ class Run:
             self._run_logs,
             model,
             RunningLossesPart(self.job.model),
+            MetricsPart(self.job.model),
             OwnedPart("precision", self.precision),
             LoaderSeed(self.job.datamodule, self.config.random_seed),
         )
         add_extra_parts(table, self.job.plugins, self.job.extra_parts)
         table.add(
             state,
+            OwnedPart("metric_monitor", MonitorPart(self.monitor)),
             OwnedPart("preemption", self._preemption),
             self._logger_states,
             OwnedPart("run_end", self._run_end),
@@ -309,7 +317,7 @@ class FitRun(Run):
                 state = TrainingState()
                 checkpoint = self._resume(state)
                 if not self._already_finished(state):
-                    loop = self._training_loop(state, checkpoint)
+                    loop = self._loop = self._training_loop(state, checkpoint)
                     with self._training(checkpoint):
                         loop.run(state)
         return outcome.succeeded
@@ -377,10 +385,36 @@ class FitRun(Run):
             return True
         self._prepare_loggers()
         context = self._context
-        logging.get_root_logger().info(
+        root = logging.get_root_logger()
+        root.info(
             run_summary(self.job.model, context.device, self.precision.name, context.world_size)
         )
+        self._say_what_is_judged_and_kept()
         return False
+
+    def _say_what_is_judged_and_kept(self) -> None:
+        """Say what the run keeps of its checkpoints; warn when early stopping cannot act."""
+        config, model, root = self.config, self.job.model, logging.get_root_logger()
+        if config.chkpt_root is not None:
+            root.info(config.retention_line)
+            if config.print_summaries:
+                dist.global_print(config.retention_line)
+        if self.monitor is not None:
+            root.info(f"Monitoring {self.monitor.describe()}; {self.monitor.summary()}")
+        cycles = config.early_stop_cycles
+        if (
+            cycles is not None
+            and self.monitor is None
+            and not overrides(model, Model, "have_metrics_improved")
+        ):
+            message = (
+                f"early_stop_cycles={cycles} has no effect: nothing says whether a validation "
+                f"improved ({type(model).__name__} does not override have_metrics_improved() "
+                "and the Trainer has no monitor). Pass monitor='<key of model.metrics>' (e.g. "
+                "monitor='accuracy') to stop after that many validations without improvement"
+            )
+            root.warning(message)
+            warnings.warn(message, UserWarning, stacklevel=2)
 
     def _prepare_loggers(self) -> None:
         """Continue the logged runs a killed run left, check where loggers write, resume.
@@ -429,15 +463,16 @@ class FitRun(Run):
             config.loop_options(self.shows_progress), self._loop_hooks, self.job.datamodule,
             checkpoint.save, self._rank_state, self._preemption, report, self._run_end, guard,
             self._loader_state, after_validation=self._retention.validated,
+            monitor=self.monitor, accumulation=self.accumulation,
         )  # fmt: skip
 
     @contextlib.contextmanager
     def _training(self, checkpoint: RunCheckpoint) -> Iterator[None]:
         """Signals handled, the training hooks around the loop, saves in flight awaited."""
-        hooks, model = self._loop_hooks, self.job.model
+        hooks, model, returned = self._loop_hooks, self.job.model, self._loop.returned
         with self._preemption.handling_signals():
             hooks.call_plugins("on_training_start")
-            model.on_training_start()
+            returned.call("on_training_start", model.on_training_start)
             try:
                 yield
             except BaseException:
@@ -446,7 +481,7 @@ class FitRun(Run):
             checkpoint.close()
             self._preemption.settle()
         hooks.call_plugins("on_training_end")
-        model.on_training_end()
+        returned.call("on_training_end", model.on_training_end)
         logging.flush_default_loggers()
         dist.safe_barrier()
 

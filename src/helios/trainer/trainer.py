@@ -12,6 +12,7 @@ import torch
 
 import helios.trainer.launch as launch
 from helios.core import logging
+from helios.core.accumulation import NO_ACCUMULATION, Accumulation
 from helios.core.precision import Precision
 from helios.core.training_state import TrainingUnit
 from helios.core.utils import get_from_optional
@@ -26,7 +27,9 @@ from .checkpoint.parts import (
 )
 from .config import build_config
 from .failures import log_uncaught
+from .monitor import Monitor
 from .run import FitRun, Job, Run, TestRun
+from .unknown_arguments import checks_unknown_arguments
 
 if TYPE_CHECKING:
     import torch.multiprocessing as mp
@@ -69,7 +72,10 @@ class Trainer:
         accumulation_steps: batches per iteration with gradient accumulation (ITERATION unit).
         enable_cudnn_benchmark: enable cuDNN benchmarking.
         enable_deterministic: use PyTorch's deterministic algorithms.
-        early_stop_cycles: stop after this many validation cycles without improvement.
+        early_stop_cycles: stop after this many validation cycles without improvement: the
+            model's :py:meth:`~helios.model.Model.have_metrics_improved` says whether a cycle
+            improved, by default from ``monitor``. Without either, it is a warning when
+            ``fit`` starts (nothing would ever stop the run).
         use_cpu: train on the CPU; ``None`` picks the CPU when CUDA is unavailable.
         gpus: ids of the GPUs to use; several start one process per GPU.
         random_seed: seed for every RNG (defaults to :py:func:`helios.core.rng.get_default_seed`),
@@ -98,15 +104,22 @@ class Trainer:
         enable_compile: compile the model's networks with ``torch.compile`` after
             ``Model.setup`` (see :py:meth:`~helios.model.Model.compile_networks`).
         chkpt_keep_last: keep only the newest this many checkpoints (with
-            ``chkpt_keep_best``: also those); ``None`` with ``chkpt_keep_best`` also
-            ``None`` keeps every checkpoint. The newest checkpoint is never deleted. See
-            :py:mod:`helios.trainer.checkpoint.retention`.
+            ``chkpt_keep_best``: also those); ``math.inf`` keeps every checkpoint. ``None``
+            (with ``chkpt_keep_best`` also ``None``) applies the default: a run that writes
+            at most 10 checkpoints keeps them all (as Helios 1.2.7), a longer one the newest
+            3 and its best one (see :py:mod:`helios.trainer.checkpoint.keep_policy`; the
+            run says in one line what it keeps). The newest checkpoint is never deleted,
+            nor any checkpoint the run did not write.
         chkpt_keep_best: also keep the this many checkpoints with the best
-            ``chkpt_best_metric``.
+            ``chkpt_best_metric`` (``None``: one when the ranking comes from ``monitor`` and
+            old checkpoints are deleted, else none).
         chkpt_best_metric: key of the model's ``metrics`` table that ranks checkpoints;
             with it the folder gets an index naming the best one
-            (:py:func:`~helios.trainer.find_best_checkpoint`).
-        chkpt_best_mode: ``"max"`` (higher is better) or ``"min"``.
+            (:py:func:`~helios.trainer.find_best_checkpoint`). ``None``: ``monitor`` ranks
+            them, if given.
+        chkpt_best_mode: ``"max"`` (higher is better) or ``"min"`` for
+            ``chkpt_best_metric``; ``None``: ``"max"`` (or ``monitor_mode`` when the
+            monitored metric ranks the checkpoints).
         chkpt_async: write checkpoints in a background thread after copying the state
             synchronously (see :py:mod:`helios.trainer.checkpoint.async_save`).
         nonfinite_guard: stop training on a NaN/inf loss or model state and never save it
@@ -114,6 +127,16 @@ class Trainer:
         print_summaries: print one line after each validation (the model's ``metrics`` and
             the running losses) and one when training ends, on rank 0; the log file gets
             them either way.
+        monitor: the key of the model's ``metrics`` table the run follows (see
+            :py:class:`~helios.trainer.monitor.Monitor`): early stopping stops after
+            ``early_stop_cycles`` validations without improvement of it, and checkpoints
+            are ranked by it unless ``chkpt_best_metric`` is given. Its best value is part
+            of every checkpoint.
+        monitor_mode: ``"max"`` (higher is better) or ``"min"``; ``None`` guesses from the
+            name: ``"min"`` for a loss or an error (``"loss"``, ``"val_error"``, ``"mse"``,
+            ...), ``"max"`` otherwise.
+        monitor_min_delta: the least change over the best value that counts as an
+            improvement.
         dist_timeout: how long a rank waits for the others in any collective (the gradient
             sync, a checkpoint's agreement) and in the process group's store before it
             fails with an error: seconds or a ``datetime.timedelta``. ``None`` takes the
@@ -129,6 +152,7 @@ class Trainer:
         RuntimeError: if CUDA is requested but unavailable.
     """
 
+    @checks_unknown_arguments
     def __init__(
         self,
         run_name: str = "",
@@ -157,13 +181,16 @@ class Trainer:
         loggers: Sequence[ExperimentLogger] | None = None,
         precision: str = "32",
         enable_compile: bool = False,
-        chkpt_keep_last: int | None = None,
+        chkpt_keep_last: int | float | None = None,
         chkpt_keep_best: int | None = None,
         chkpt_best_metric: str | None = None,
-        chkpt_best_mode: str = "max",
+        chkpt_best_mode: str | None = None,
         chkpt_async: bool = False,
         nonfinite_guard: bool = True,
         print_summaries: bool = True,
+        monitor: str | None = None,
+        monitor_mode: str | None = None,
+        monitor_min_delta: float = 0.0,
         dist_timeout: float | datetime.timedelta | None = None,
     ) -> None:
         arguments = dict(locals())
@@ -311,6 +338,28 @@ class Trainer:
         return self._config.early_stop_cycles
 
     @property
+    def monitor(self) -> Monitor | None:
+        """The run's monitored metric, with its best value so far (``None``: none).
+
+        During and after a run, the run's (its verdict on the last validation is what the
+        default :py:meth:`~helios.model.Model.have_metrics_improved` answers); before, a
+        fresh one from the arguments.
+        """
+        if self._run is not None:
+            return self._run.monitor
+        spec = self._config.monitor
+        return None if spec is None else spec.create()
+
+    @property
+    def accumulation(self) -> Accumulation:
+        """The run's gradient accumulation (what the Model's helpers follow).
+
+        The batches per optimizer step, and whether the current batch closes one
+        (:py:class:`~helios.core.accumulation.Accumulation`).
+        """
+        return self._run.accumulation if self._run is not None else NO_ACCUMULATION
+
+    @property
     def is_distributed(self) -> bool:
         """Whether the run uses several processes."""
         return self._config.is_distributed
@@ -398,7 +447,8 @@ class Trainer:
             ``train_exceptions`` was raised (its full traceback is logged).
 
         Raises:
-            TypeError: if ``model`` or ``datamodule`` has the wrong type.
+            TypeError: if ``model`` or ``datamodule`` has the wrong type, or its class's
+                ``__init__`` did not call ``super().__init__``.
             ValueError: if ``total_steps`` is 0, which leaves nothing to train, or a
                 plug-in id or extra part takes a name helios keeps its own state under.
         """
@@ -424,7 +474,8 @@ class Trainer:
             ``test_exceptions`` was raised (its full traceback is logged).
 
         Raises:
-            TypeError: if ``model`` or ``datamodule`` has the wrong type.
+            TypeError: if ``model`` or ``datamodule`` has the wrong type, or its class's
+                ``__init__`` did not call ``super().__init__``.
             ValueError: if a plug-in id or extra part takes a name helios keeps its own
                 state under.
         """
@@ -442,7 +493,9 @@ class Trainer:
     ) -> Run:
         """Check what ``fit``/``test`` was given and build its run (the current run)."""
         from helios.data import DataModule
+        from helios.data.datamodule import check_datamodule_initialised
         from helios.model import Model
+        from helios.model.model import check_model_initialised
 
         for name, value, expected, path in (
             ("model", model, Model, "helios.model.Model"),
@@ -453,6 +506,8 @@ class Trainer:
                     f"{kind.action}() expects a {path} as {name}, but received "
                     f"{type(value).__name__}"
                 )
+        check_model_initialised(model)
+        check_datamodule_initialised(datamodule)
         validate_plugins(self._plugins)
         add_extra_parts(PartTable(), self._plugins, self._extra_parts)  # refuses bad names
         self._model, self._datamodule = model, datamodule

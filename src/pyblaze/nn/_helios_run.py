@@ -26,7 +26,8 @@ call order (plug-ins always run first)::
 The work of an epoch is done by an :py:class:`~pyblaze.nn._epoch.EpochRun`; an epoch that
 ``before_epoch`` stopped is an :py:class:`~pyblaze.nn._epoch.Epoch`, which does nothing.
 The epoch's numbers in the model's ``metrics`` table are what helios sends to the
-experiment loggers (``valid/<name>``) and ranks checkpoints by (``chkpt_best_metric``).
+experiment loggers (under their own names: ``train_loss``, ``val_accuracy``, with ``lr``)
+and ranks checkpoints by (``chkpt_best_metric``).
 The model's ``state_dict`` (weights, optimizer states, history so far, callback states) is
 what helios checkpoints hold, so a run with ``trainer_options={"chkpt_root": ...,
 "chkpt_frequency": n}`` resumes from its newest checkpoint as if never interrupted.
@@ -79,6 +80,9 @@ class EngineRun(Model):
             history and callback states in a checkpoint part of their own
             (:py:class:`RunRecords`).
     """
+
+    # The loggers get train_loss, val_accuracy, lr: the names a pyblaze user reads.
+    metrics_logged_as_named = True
 
     def __init__(self, engine: Engine, spec: TrainSpec, shard: bool = False) -> None:
         super().__init__(f"pyblaze_{type(engine.model).__name__}")

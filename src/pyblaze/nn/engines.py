@@ -283,9 +283,9 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
                 its ``state_dict`` keys and is uncompiled again when ``train`` returns).
             loggers: helios experiment loggers (:py:mod:`helios.loggers`:
                 ``CSVLogger``, ``MLflowLogger``, ``WandbLogger``). Every epoch's metrics
-                (``train_loss``, ``val_*``, ``train_*``, as in the history) go to them as
-                ``valid/<name>``, with the learning rates and the epoch times; their state is
-                part of the checkpoints.
+                (``train_loss``, ``val_*``, ``train_*``, as in the history) go to them
+                under those names, with the learning rate (``lr``) and the epoch times;
+                their state is part of the checkpoints.
             shard: in a distributed run, shard the model over the processes (FSDP2)
                 instead of replicating it (DDP); see above.
             **kwargs: arguments of :py:meth:`train_batch` and (``eval_`` prefix)

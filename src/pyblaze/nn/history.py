@@ -6,7 +6,7 @@ import json
 import math
 import os
 import pathlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,8 +43,19 @@ def _mean(name: str, values: Sequence[Any], weights: Sequence[float] | None) -> 
     return sum(numbers) / len(numbers)
 
 
-class Evaluation:
-    """Named metric values, readable as attributes, as items and with ``in``.
+class _MetricNames(list[str]):
+    """The sorted metric names (PyBlaze 1.1.6's ``ev.keys``), also callable as a mapping's."""
+
+    def __init__(self, evaluation: Evaluation) -> None:
+        super().__init__(sorted(evaluation._metrics))
+        self._evaluation = evaluation
+
+    def __call__(self) -> KeysView[str]:
+        return KeysView(self._evaluation)
+
+
+class Evaluation(Mapping[str, Any]):
+    """Named metric values, readable as attributes, as items and as a read-only mapping.
 
     Returned by :py:meth:`~pyblaze.nn.BaseEngine.evaluate` and passed to
     :py:meth:`~pyblaze.nn.TrainingCallback.after_epoch`. A list value is averaged, weighted
@@ -52,10 +63,19 @@ class Evaluation:
     Python floats. Keys that start with ``_`` are private: they are listed by :py:attr:`keys`
     but left out of :py:meth:`to_dict`.
 
+    It is a read-only :py:class:`~collections.abc.Mapping` too, so code written for Keras's
+    ``logs`` dict works: ``logs.items()``, ``logs.get("val_loss")``, ``for name in logs``,
+    ``dict(logs)``, ``len(logs)``. PyBlaze 1.1.6's accesses keep working: ``ev.accuracy``,
+    ``ev["accuracy"]``, ``"accuracy" in ev`` and ``ev.keys`` (the sorted list of names,
+    private ones included; calling it, ``ev.keys()``, gives the mapping's keys view of the
+    same names).
+
     Example:
         >>> ev = Evaluation({"accuracy": 0.5, "loss": [1.0, 3.0]}, weights=[3, 1])
         >>> ev.accuracy, ev["loss"], "loss" in ev
         (0.5, 1.5, True)
+        >>> sorted(ev.items()), ev.get("val_loss", 0.0)
+        ([('accuracy', 0.5), ('loss', 1.5)], 0.0)
 
     Args:
         metrics: the metric values.
@@ -90,20 +110,28 @@ class Evaluation:
     def __contains__(self, name: object) -> bool:
         return name in self._metrics
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._metrics))
+
+    def __len__(self) -> int:
+        return len(self._metrics)
+
     def __repr__(self) -> str:
         return f"Evaluation({self.to_dict()!r})"
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Evaluation):
-            return NotImplemented
-        return self._metrics == other._metrics
+        if isinstance(other, Evaluation):
+            return self._metrics == other._metrics
+        if isinstance(other, Mapping):
+            return self._metrics == dict(other)
+        return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
 
     @property
-    def keys(self) -> list[str]:
-        """The sorted names of all metrics, private ones included."""
-        return sorted(self._metrics)
+    def keys(self) -> _MetricNames:
+        """The sorted names of all metrics, private ones included; ``keys()`` works too."""
+        return _MetricNames(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the public metrics (names not starting with ``_``) as a plain dict.

@@ -1,4 +1,6 @@
+import pathlib
 import sys
+import zlib
 
 import numpy as np
 import PIL.Image
@@ -99,6 +101,98 @@ def test_load_image_flags_follow_opencv(tmp_path) -> None:
             hldf.load_image(paths["rgb"], bad)
     with pytest.raises(TypeError, match="flags must be an int"):
         hldf.load_image(paths["rgb"], "color")  # type: ignore[arg-type]
+
+
+FIXTURES = pathlib.Path(__file__).with_name("fixtures")
+
+
+def test_load_image_reads_16_bit_colour_as_opencv_does() -> None:
+    # Written and read back by OpenCV 4.14 (cv2.imwrite, cv2.imread): Helios 1.2.7's
+    # load_image is cv2.imread, and its tests compare with it. Pillow alone reads these
+    # files as 8 bits per channel.
+    for name in ("rgb16", "rgba16"):
+        path = FIXTURES / f"opencv_{name}.png"
+        unchanged = np.load(FIXTURES / f"opencv_{name}_unchanged.npy")  # BGR(A), uint16
+        loaded = hldf.load_image(path, hldf.IMREAD_UNCHANGED, as_rgb=False)
+        assert loaded.dtype == np.uint16
+        np.testing.assert_array_equal(loaded, unchanged)
+        rgb = hldf.load_image(path, hldf.IMREAD_UNCHANGED)
+        order = [2, 1, 0] if unchanged.shape[2] == 3 else [2, 1, 0, 3]
+        np.testing.assert_array_equal(rgb, unchanged[:, :, order])
+        color = np.load(FIXTURES / f"opencv_{name}_color.npy")  # 8 bits: value >> 8
+        np.testing.assert_array_equal(hldf.load_image(path, as_rgb=False), color)
+
+
+def _png_16_bit(array: np.ndarray, interlaced: bool) -> bytes:
+    """A 16-bit RGB(A) PNG whose rows use every filter type in turn (0 to 4)."""
+    height, width, channels = array.shape
+    bpp = 2 * channels
+
+    def filtered(rows: np.ndarray) -> bytes:
+        out = bytearray()
+        prior = bytes(rows.shape[1] * bpp)
+        for index, row in enumerate(rows):
+            raw = row.astype(">u2").tobytes()
+            kind = index % 5
+            line = bytearray(len(raw))
+            for i, value in enumerate(raw):
+                left = raw[i - bpp] if i >= bpp else 0
+                up, corner = prior[i], prior[i - bpp] if i >= bpp else 0
+                if kind == 1:
+                    value -= left
+                elif kind == 2:
+                    value -= up
+                elif kind == 3:
+                    value -= (left + up) // 2
+                elif kind == 4:
+                    p = left + up - corner
+                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                    value -= left if pa <= pb and pa <= pc else up if pb <= pc else corner
+                line[i] = value % 256
+            out += bytes([kind]) + line
+            prior = raw
+        return bytes(out)
+
+    if interlaced:
+        passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4))
+        passes += ((1, 0, 2, 2), (0, 1, 1, 2))
+        data = b"".join(
+            filtered(array[y0::dy, x0::dx]) for x0, y0, dx, dy in passes
+            if array[y0::dy, x0::dx].size
+        )  # fmt: skip
+    else:
+        data = filtered(array)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    colour = 2 if channels == 3 else 6
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    header += bytes([16, colour, 0, 0, int(interlaced)])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(data))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("interlaced", [False, True])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_load_image_decodes_every_png_filter_and_interlacing_at_16_bits(
+    tmp_path, channels: int, interlaced: bool
+) -> None:
+    gen = np.random.default_rng(channels)
+    smooth = np.linspace(0, 60000, 11 * 13 * channels).reshape(11, 13, channels)
+    array = (smooth + gen.integers(0, 5000, (11, 13, channels))).astype(np.uint16)
+    path = tmp_path / "image.png"
+    path.write_bytes(_png_16_bit(array, interlaced))
+    loaded = hldf.load_image(path, hldf.IMREAD_UNCHANGED)
+    assert loaded.dtype == np.uint16
+    np.testing.assert_array_equal(loaded, array)
+    anydepth = hldf.load_image(path, hldf.IMREAD_ANYDEPTH | hldf.IMREAD_COLOR)
+    np.testing.assert_array_equal(anydepth, array[:, :, :3])
 
 
 def test_load_image_missing_file(tmp_path) -> None:

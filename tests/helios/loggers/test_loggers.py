@@ -238,6 +238,24 @@ def test_csv_new_metric_adds_a_column_and_keeps_rows(tmp_path: pathlib.Path) -> 
     ]
 
 
+def test_csv_writes_one_row_per_step_even_across_a_flush(tmp_path: pathlib.Path) -> None:
+    logger = CSVLogger(tmp_path / "run.csv")
+    logger.log_metrics({"train/loss": 1.0}, step=5)
+    logger.log_metrics({"valid/acc": 0.5}, step=5)  # the same step: the same row
+    logger.flush()  # a checkpoint writes the row of step 5...
+    assert (tmp_path / "run.csv").read_text().splitlines()[-1] == "5,1.0,0.5"
+    logger.log_metrics({"epoch_time": 2.0}, step=5)  # ...and a later value of step 5 joins it
+    logger.log_metrics({"train/loss": 0.5}, step=10)
+    logger.close()
+    with open(tmp_path / "run.csv", newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows == [
+        ["step", "train/loss", "valid/acc", "epoch_time"],
+        ["5", "1.0", "0.5", "2.0"],
+        ["10", "0.5", "", ""],
+    ]
+
+
 def test_csv_new_run_never_appends_to_another_runs_file(tmp_path: pathlib.Path) -> None:
     first = CSVLogger(tmp_path / "run.csv")
     first.log_metrics({"loss": 1.0}, step=0)

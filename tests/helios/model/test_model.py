@@ -223,8 +223,18 @@ def test_model_registry_create_model() -> None:
     with pytest.raises(KeyError, match="NotAModel"):
         hlm.create_model("NotAModel")
 
-    with pytest.raises(ValueError, match="RegisteredTestModel"):
+    # Registering the same class again (a notebook cell run twice) replaces it quietly.
+    assert hlm.MODEL_REGISTRY.register(RegisteredTestModel) is RegisteredTestModel
+    assert hlm.MODEL_REGISTRY.get("RegisteredTestModel") is RegisteredTestModel
+
+    def another() -> None:
+        class RegisteredTestModel(SimpleModel):  # same name, another class
+            pass
+
         hlm.MODEL_REGISTRY.register(RegisteredTestModel)
+
+    with pytest.raises(ValueError, match=r"'RegisteredTestModel' already exists.*suffix="):
+        another()
 
 
 def test_model_find_pretrained_file(tmp_path: pathlib.Path) -> None:

@@ -54,7 +54,7 @@ def test_registry_holds_every_torch_scheduler_and_the_custom_ones() -> None:
         and name != "LRScheduler"
     } | {"ReduceLROnPlateau"}
     assert torch_names >= REFERENCE_SCHEDULERS
-    expected = torch_names | {"CosineAnnealingRestartLR", "MultiStepRestartLR"}
+    expected = torch_names | {"CosineAnnealingRestartLR", "MultiStepRestartLR", "WarmupCosineLR"}
     assert set(SCHEDULER_REGISTRY.keys()) == expected
     assert SCHEDULER_REGISTRY.get("CosineAnnealingRestartLR") is hls.CosineAnnealingRestartLR
     assert SCHEDULER_REGISTRY.get("MultiStepRestartLR") is hls.MultiStepRestartLR
@@ -162,3 +162,59 @@ def test_multi_step_restart_length_mismatch() -> None:
         r"restarts=\[0, 5\].*restart_weights=\[1.0\]",
     ):
         hls.MultiStepRestartLR(_optimizer(1.0), milestones=[2], restarts=[0, 5])
+
+
+def _nanogpt_lr(step: int, lr: float, warmup: int, total: int, eta_min: float) -> float:
+    """The schedule minGPT/nanoGPT scripts write by hand (their ``get_lr(it)``)."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    if step > total:
+        return eta_min
+    ratio = (step - warmup) / (total - warmup)
+    return eta_min + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - eta_min)
+
+
+def test_warmup_cosine_follows_the_hand_written_schedule() -> None:
+    opt = _optimizer(0.1, 0.5)
+    scheduler = hls.create_scheduler(
+        "WarmupCosineLR", opt, warmup_steps=4, total_steps=12, eta_min=0.01
+    )
+    sequence = _lr_sequence(opt, scheduler, 16)
+    for step, rates in enumerate(sequence):
+        expected = [_nanogpt_lr(step, lr, 4, 12, 0.01) for lr in (0.1, 0.5)]
+        assert rates == pytest.approx(expected, rel=1e-12), step
+    assert sequence[0][0] > 0 and sequence[4] == pytest.approx([0.1, 0.5])
+    assert sequence[-1] == [0.01, 0.01]
+
+
+def test_warmup_cosine_resumes_exactly_from_its_state_dict() -> None:
+    opt = _optimizer(0.3)
+    straight = hls.WarmupCosineLR(opt, warmup_steps=3, total_steps=10)
+    expected = _lr_sequence(opt, straight, 12)
+
+    first_opt = _optimizer(0.3)
+    first = hls.WarmupCosineLR(first_opt, warmup_steps=3, total_steps=10)
+    before = _lr_sequence(first_opt, first, 6)
+    first_opt.step()
+    first.step()
+    # As a resumed run does: built anew in setup, then the saved states loaded.
+    resumed_opt = _optimizer(0.3)
+    resumed = hls.WarmupCosineLR(resumed_opt, warmup_steps=3, total_steps=10)
+    resumed_opt.load_state_dict(first_opt.state_dict())
+    resumed.load_state_dict(first.state_dict())
+    after = _lr_sequence(resumed_opt, resumed, 6)
+    assert before + after == expected  # bit for bit
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"warmup_steps": -1, "total_steps": 5}, "warmup_steps must be >= 0"),
+        ({"warmup_steps": 5, "total_steps": 5}, "total_steps must be greater than warmup"),
+        ({"warmup_steps": 1, "total_steps": 5.0}, "total_steps must be an int"),
+        ({"warmup_steps": 1, "total_steps": 5, "eta_min": -0.1}, "eta_min must be >= 0"),
+    ],
+)
+def test_warmup_cosine_arguments_are_checked(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        hls.WarmupCosineLR(_optimizer(0.1), **kwargs)

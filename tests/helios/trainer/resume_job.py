@@ -198,7 +198,7 @@ class ResumeModel(hlm.Model):
             loss = nn.functional.mse_loss(output, target)
         scaler = self.trainer.precision.scaler
         scale = None if scaler is None else scaler.get_scale()
-        self.backward(loss / self.accumulation)
+        self.backward(loss)  # divided by accumulation_steps by helios
         record = {
             "pid": os.getpid(),
             "gi": state.global_iteration,
@@ -219,9 +219,8 @@ class ResumeModel(hlm.Model):
             raise RuntimeError(f"crash requested at global iteration {self.crash_at}")
         if self.step_sleep:
             time.sleep(self.step_sleep)
-        if state.global_iteration % self.accumulation == 0:
-            self.optimizer_step(self.optimizer)
-            self.optimizer.zero_grad()
+        # Steps (and zeroes the gradients) only on the batch that closes an iteration.
+        self.optimizer_step(self.optimizer)
         self._loss_items["loss"] = loss.detach()
 
 

@@ -218,6 +218,7 @@ def test_checkpoint_names_and_contents_with_logging_and_plugins(tmp_path: pathli
         "version",
         "training_state",
         "model",
+        "model_metrics",
         "precision",
         "rng",
         "log_path",
@@ -286,11 +287,12 @@ def test_checkpoint_names_and_contents_without_logging(
     assert sorted(p.name for p in folder.iterdir()) == sorted(expected)
     for name, epoch_index in expected.items():
         contents = _load(folder / name)
-        # The running loss sums are saved when there are some (none right after a validation).
+        # The running loss sums are saved when there are some (none right after a validation),
+        # the metrics table once a validation filled it.
         expected_keys = {
             "version", "training_state", "model", "precision", "rng", "ranks", "environment"
         }  # fmt: skip
-        assert set(contents) - {"running_losses"} == expected_keys
+        assert set(contents) - {"running_losses", "model_metrics"} == expected_keys
         assert set(contents.get("running_losses", {})) <= {"loss"}
         state = contents["training_state"]
         start_iter = 0 if unit == "epoch" else state.dataset_iter

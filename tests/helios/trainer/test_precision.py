@@ -45,19 +45,16 @@ class HelperModel(hlm.Model):
     Args:
         clip: keyword arguments of ``clip_gradients`` (``None``: no clipping).
         poison_at: the global iteration whose loss is multiplied by inf.
-        accumulation: batches per optimizer step.
     """
 
     def __init__(
         self,
         clip: dict[str, float] | None = None,
         poison_at: int | None = None,
-        accumulation: int = 1,
     ) -> None:
         super().__init__("helper")
         self.clip = clip
         self.poison_at = poison_at
-        self.accumulation = accumulation
         self.forward_dtypes: list[torch.dtype] = []
         self.loss_dtypes: list[torch.dtype] = []
         self.steps: list[dict[str, Any]] = []
@@ -86,20 +83,26 @@ class HelperModel(hlm.Model):
         self.loss_dtypes.append(loss.dtype)
         if state.global_iteration == self.poison_at:
             loss = loss * math.inf
-        self.backward(loss / self.accumulation)
-        if state.global_iteration % self.accumulation:
-            return
+        # The same step at any accumulation: backward divides the loss, the clip and the
+        # step act only on the batch that closes the iteration (and the step zeroes).
+        closes = self.trainer.accumulation.closes_step
         record: dict[str, Any] = {"before": _flat_weights(self.net)}
+        self.backward(loss)
         scaler = self.trainer.precision.scaler
         record["scale"] = None if scaler is None else scaler.get_scale()
         if self.clip is not None:
             record["norm"] = self.clip_gradients(self.optimizer, **self.clip)
             # Clipping again in the same step must not unscale twice.
             self.clip_gradients(self.optimizer, **self.clip)
-            record["grads"] = _flat_grads(self.net)
+            if closes:
+                record["grads"] = _flat_grads(self.net)
         self.optimizer_step(self.optimizer)
-        self.optimizer.zero_grad()
         record["after"] = _flat_weights(self.net)
+        if not closes:
+            assert torch.equal(record["before"], record["after"])
+            assert record.get("norm") is None
+            return
+        assert all(p.grad is None for p in self.net.parameters())  # zeroed by the step
         record["skipped"] = self.trainer.precision.last_step_skipped
         self.steps.append(record)
         self._loss_items["loss"] = loss.detach()
@@ -245,9 +248,9 @@ def test_precision_state_round_trips_and_ignores_other_precisions() -> None:
 def test_clipping_by_norm_bounds_the_unscaled_total_norm(precision: str) -> None:
     # Two batches per step: the accumulated gradients are unscaled once, then clipped.
     max_norm = 0.05
-    model = HelperModel(clip={"max_norm": max_norm}, accumulation=2)
+    model = HelperModel(clip={"max_norm": max_norm})
     _fit(model, total_steps=4, accumulation_steps=2, precision=precision)
-    reference = HelperModel(clip={"max_norm": max_norm}, accumulation=2)
+    reference = HelperModel(clip={"max_norm": max_norm})
     _fit(reference, total_steps=4, accumulation_steps=2, precision="32")
     for step, expected in zip(model.steps, reference.steps, strict=True):
         assert step["norm"] > max_norm  # clipping was active

@@ -79,7 +79,11 @@ def test_select_kept_rule() -> None:
         ({"chkpt_keep_best": True}, "chkpt_keep_best must be None or an int >= 1"),
         ({"chkpt_keep_best": 2}, "chkpt_keep_best=2 needs chkpt_best_metric"),
         ({"chkpt_best_metric": ""}, "chkpt_best_metric must be None or the non-empty name"),
-        ({"chkpt_best_mode": "maximum"}, "chkpt_best_mode must be 'max' or 'min', but received"),
+        (
+            {"chkpt_best_mode": "maximum", "chkpt_best_metric": "score"},
+            "chkpt_best_mode must be 'max' or 'min', but received",
+        ),
+        ({"chkpt_best_mode": "min"}, "chkpt_best_mode='min' needs chkpt_best_metric"),
         ({"chkpt_async": 1}, "chkpt_async must be a bool, but received 1"),
         ({"nonfinite_guard": "yes"}, "nonfinite_guard must be a bool"),
     ],

@@ -18,7 +18,9 @@ import helios.trainer as hlt
         ({"train_unit": "epochs"}, ValueError, r"train_unit='epochs'.*'epoch', 'iteration'"),
         ({"train_unit": 1}, TypeError, r"train_unit must be a TrainingUnit"),
         ({"total_steps": -1}, ValueError, r"total_steps must be >= 0.*-1"),
-        ({"total_steps": 2.5}, ValueError, r"total_steps must be a non-negative whole.*2.5"),
+        ({"total_steps": 2.5}, ValueError, r"total_steps must be an int or math.inf.*2.5"),
+        # As Helios 1.2.7: a whole float is refused too (and the int is named).
+        ({"total_steps": 3.0}, ValueError, r"float 3.0; pass total_steps=3"),
         ({"total_steps": math.nan}, ValueError, r"total_steps"),
         ({"total_steps": "10"}, TypeError, r"total_steps must be an int or math.inf.*'10'"),
         ({"valid_frequency": 0}, ValueError, r"valid_frequency must be None or an int >= 1.*0"),
@@ -99,7 +101,7 @@ def test_invalid_gpu_id_is_rejected() -> None:
 def test_valid_arguments_are_normalised(tmp_path: pathlib.Path) -> None:
     trainer = hlt.Trainer(
         train_unit="iteration",
-        total_steps=4.0,
+        total_steps=4,
         chkpt_frequency=2,
         chkpt_root=str(tmp_path),  # type: ignore[arg-type]
         use_cpu=True,

@@ -1,5 +1,5 @@
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 import torch
@@ -289,3 +289,31 @@ def test_model_saver_uses_configurable_save(dataset, tmp_path: pathlib.Path) -> 
     loaded = ConfigurableNet.load(tmp_path / "net-0")
     assert loaded.hidden == 5
     assert torch.equal(loaded.fc[0].weight, model.fc[0].weight)
+
+
+class KerasStyleLogs(xnn.TrainingCallback):
+    """A callback written for Keras's ``logs`` dict."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, float]] = []
+
+    def after_epoch(self, metrics: xnn.Evaluation) -> None:
+        logs = metrics
+        self.seen.append({name: value for name, value in logs.items()})
+        assert dict(logs) == self.seen[-1] and len(logs) == len(self.seen[-1])
+        assert list(logs) == sorted(self.seen[-1]) == list(logs.keys())
+        assert logs.get("val_loss") == logs["val_loss"] == logs.val_loss
+        assert logs.get("no_such_metric", -1.0) == -1.0
+
+
+def test_after_epoch_metrics_are_a_read_only_mapping(make_model, dataset) -> None:
+    callback = KerasStyleLogs()
+    val_data = dataset.loader(batch_size=10)
+    history = fit(make_model(), dataset, epochs=2, val_data=val_data, callbacks=[callback])
+    assert [seen["train_loss"] for seen in callback.seen] == history.train_loss
+    assert [seen["val_loss"] for seen in callback.seen] == history.val_loss
+    assert isinstance(xnn.Evaluation({"a": 1.0}), Mapping)
+    ev = xnn.Evaluation({"a": 1.0, "b": 2.0})
+    with pytest.raises(TypeError):
+        ev["a"] = 3.0  # type: ignore[index]
+    assert ev.keys == ["a", "b"] and ev == {"a": 1.0, "b": 2.0}

@@ -256,3 +256,28 @@ def test_missing_engine_is_a_clear_error() -> None:
         TypeError, match="has no default engine: set the class attribute __engine__"
     ):
         NoEngine().fit(None)
+
+
+def test_fit_shows_the_engine_arguments(make_model, dataset) -> None:
+    import inspect
+    import pydoc
+
+    model = make_model()
+    parameters = inspect.signature(type(model).fit).parameters
+    names = list(parameters)
+    assert names[:4] == ["self", "data", "val_data", "epochs"]
+    for name in ("callbacks", "metrics", "gpu", "trainer_options", "optimizer", "loss"):
+        assert name in names, name
+    assert parameters["epochs"].default == 20
+    assert parameters["optimizer"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert "val_data" in str(inspect.signature(model.fit))
+    assert "optimizer" in pydoc.render_doc(type(model).fit, renderer=pydoc.plaintext)
+    # The shown signature is the one that runs.
+    history = model.fit(
+        dataset.loader(batch_size=8),
+        epochs=1,
+        gpu=False,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss=nn.CrossEntropyLoss(),
+    )
+    assert len(history) == 1

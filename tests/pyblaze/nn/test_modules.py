@@ -12,6 +12,13 @@ import pyblaze.nn as xnn
 # -- StackedLSTMCell / StackedLSTM ------------------------------------------------------------
 
 
+def test_the_lstm_cell_keeps_its_pyblaze_116_name() -> None:
+    # PyBlaze 1.1.6's own tests import the private name.
+    from pyblaze.nn.modules.lstm import LSTMCell, _LSTMCell
+
+    assert _LSTMCell is LSTMCell
+
+
 @pytest.mark.parametrize("cudnn", [True, False])
 def test_stacked_lstm_cell_equals_torch_cells_with_the_same_weights(cudnn: bool) -> None:
     torch.manual_seed(0)

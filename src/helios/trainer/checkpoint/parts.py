@@ -18,8 +18,9 @@ Any object with ``state_dict()`` and ``load_state_dict()`` (a :py:class:`StateOw
 plug-in, a pyblaze run's records, a front end's resolved configuration) becomes a part with
 :py:class:`OwnedPart`. :py:class:`PartTable` holds the parts of one run, in restore order:
 
-    logs, model, running_losses, precision, loader_seed, <plug-ins>, <extra parts>,
-    training_state, preemption, loggers, run_end, environment, checkpoint_retention;
+    logs, model, running_losses, model_metrics, precision, loader_seed, <plug-ins>,
+    <extra parts>, training_state, metric_monitor, preemption, loggers, run_end, environment,
+    checkpoint_retention;
     per rank: rng, sampler, loader
 
 The names helios uses are reserved (:py:data:`RESERVED_NAMES`): a plug-in id or an extra
@@ -48,9 +49,11 @@ RESERVED_NAMES: Mapping[str, str] = {
     "tensorboard_events": "the sizes of the run's TensorBoard event files",
     "model": "the model's state_dict()",
     "running_losses": "the model's running losses",
+    "model_metrics": "the model's metrics table",
     "precision": "the run's precision and gradient scaler",
     "loader_seed": "the seed the loaders shuffle by (the run's random_seed)",
     "training_state": "the TrainingState",
+    "metric_monitor": "the best value of the monitored metric",
     "preemption": "the signal that stopped the run",
     "loggers": "the experiment loggers' states",
     "run_end": "the reason the run ended",

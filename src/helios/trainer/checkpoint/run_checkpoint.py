@@ -114,7 +114,7 @@ class RunCheckpoint:
 
         Raises:
             CheckpointWriteError: if the previous background save failed (on every rank).
-            Exception: what :py:attr:`check` returned for the gathered contents.
+            Exception: what ``check`` returned for the gathered contents.
         """
         entry: dict[str, Any] = {}
         for part in self.parts.per_rank:

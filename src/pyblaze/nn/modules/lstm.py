@@ -187,4 +187,7 @@ class StackedLSTM(nn.Module):
         return result.transpose(0, 1) if self.batch_first else result
 
 
+_LSTMCell = LSTMCell
+"""PyBlaze 1.1.6's name of :py:class:`LSTMCell` (its own tests import it)."""
+
 __all__ = ["LSTMCell", "StackedLSTM", "StackedLSTMCell"]
