@@ -23,6 +23,7 @@ from helios.core import rng
 from helios.core.training_state import TrainingUnit
 
 from .checkpoint.retention import RetentionPolicy
+from .checkpoint.storage import StorePath
 from .loops import LoopOptions
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ class RunConfig:
     """What every run of a Trainer follows (see :py:class:`helios.trainer.Trainer`).
 
     Attributes are the Trainer's arguments, checked; ``retention`` holds the four
-    ``chkpt_keep_*``/``chkpt_best_*`` arguments, ``precision`` the precision's name. The
+    ``chkpt_keep_*``/``chkpt_best_*`` arguments, ``precision`` the precision's name;
+    ``chkpt_root`` is a path or, for a folder in an object store, a
+    :py:class:`~helios.trainer.checkpoint.storage.StorePath` (its URL). The
     devices: ``use_cpu`` (``None`` resolved), ``gpu_ids`` (every visible GPU when none
     were listed), ``is_torchrun`` and ``is_distributed`` (several GPUs, or a ``torchrun``
     world of several processes).
@@ -54,7 +57,7 @@ class RunConfig:
     enable_tensorboard: bool
     enable_file_logging: bool
     enable_progress_bar: bool
-    chkpt_root: pathlib.Path | None
+    chkpt_root: pathlib.Path | StorePath | None
     log_path: pathlib.Path | None
     run_path: pathlib.Path | None
     src_root: pathlib.Path | None
@@ -66,6 +69,7 @@ class RunConfig:
     enable_compile: bool
     retention: RetentionPolicy
     chkpt_async: bool
+    chkpt_storage_options: dict[str, Any] | None
     nonfinite_guard: bool
     print_summaries: bool
     use_cpu: bool
@@ -142,7 +146,11 @@ def build_config(arguments: dict[str, Any]) -> RunConfig:
     c["early_stop_cycles"] = check.check_positive_int("early_stop_cycles", a["early_stop_cycles"])
     seed = check.check_random_seed(a["random_seed"])
     c["random_seed"] = rng.get_default_seed() if seed is None else seed
-    for name in ("chkpt_root", "log_path", "run_path", "src_root"):
+    c["chkpt_root"] = check.check_chkpt_root(a["chkpt_root"])
+    c["chkpt_storage_options"] = check.check_storage_options(
+        a["chkpt_storage_options"], c["chkpt_root"]
+    )
+    for name in ("log_path", "run_path", "src_root"):
         c[name] = check.check_path(name, a[name])
     flags = ("enable_deterministic", "enable_cudnn_benchmark", "enable_tensorboard")
     check.check_flags(

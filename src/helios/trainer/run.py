@@ -49,13 +49,14 @@ from .checkpoint.parts import CheckpointPart, OwnedPart, PartTable, StateOwner, 
 from .checkpoint.rank_state import RankState
 from .checkpoint.retention import CheckpointRetention
 from .checkpoint.run_checkpoint import RunCheckpoint
+from .checkpoint.storage import CheckpointFolder, open_folder
 from .failures import log_uncaught
 from .loops import EvaluationLoop, Hooks, TrainingLoop
 from .nonfinite import NonFiniteGuard
 from .preemption import Preemption
 from .reporting import LoggerStates, RunReport, run_summary
 from .run_end import RunEnd, finished_message
-from .run_folder import CheckpointFolderError, RunFolderLock
+from .run_folder import CheckpointFolderError
 from .run_logs import RunLogs
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class Run:
         self.parts = PartTable()
         self._run_logs = RunLogs(config.run_name, None, None)
         self._logger_states = LoggerStates([], TrainingState())
+        self._opened_folder: CheckpointFolder | None = None
 
     def main(self, index: int | None = None, spawn: launch.Spawn | None = None) -> bool:
         """The whole body of the run in one process (see the module docstring).
@@ -232,7 +234,7 @@ class Run:
         A test run (``fast_init``) restores the networks only; its loggers log nothing.
         """
         config, context, model = self.config, self._context, self.job.model
-        folder = config.chkpt_root / model.save_name if config.chkpt_root is not None else None
+        folder = self._folder()
         self._preemption = Preemption(context.collective_device)
         self._run_end = RunEnd()
         loggers = [] if fast_init else config.loggers
@@ -256,6 +258,17 @@ class Run:
             map_location=context.map_location,
             asynchronous=config.chkpt_async,
         )
+
+    def _folder(self) -> CheckpointFolder | None:
+        """The run's checkpoint folder, local or in a store (opened once per run)."""
+        root = self.config.chkpt_root
+        if root is None:
+            return None
+        if self._opened_folder is None:
+            self._opened_folder = open_folder(
+                root / self.job.model.save_name, self.config.chkpt_storage_options
+            )
+        return self._opened_folder
 
     def _part_table(
         self, model: ModelPart, state: CheckpointPart, retention: CheckpointPart
@@ -310,14 +323,14 @@ class FitRun(Run):
 
         Every rank learns whether rank 0 got it, so no rank trains alone.
         """
-        root, context = self.config.chkpt_root, self._context
-        if root is None:
+        folder, context = self._folder(), self._context
+        if folder is None:
             yield
             return
         lock = None
         error: CheckpointFolderError | None = None
         if context.global_rank == 0:
-            lock = RunFolderLock(root / self.job.model.save_name)
+            lock = folder.lock()
             try:
                 lock.acquire()
             except CheckpointFolderError as refused:

@@ -52,7 +52,7 @@ from torch.utils.data import Dataset
 import helios.data as hld
 import helios.model as hlm
 import helios.trainer as hlt
-from helios.trainer.checkpoint import run_checkpoint
+from helios.trainer.checkpoint import storage
 
 NUM_SAMPLES = 48
 GLOBAL_BATCH = 12
@@ -247,17 +247,17 @@ def _append(path: pathlib.Path, line: str) -> None:
 
 def _kill_in_commit(after_saves: int) -> None:
     """Make rank 0 die (SIGKILL) at its N-th save, between the shards and the commit."""
-    real_commit = run_checkpoint.commit_sharded
+    real_commit = storage.LocalFolder.commit_sharded
     count = 0
 
-    def dying_commit(contents: dict[str, Any], path: pathlib.Path) -> None:
+    def dying_commit(folder: storage.LocalFolder, contents: dict[str, Any], name: str) -> None:
         nonlocal count
         count += 1
         if count == after_saves:
             os.kill(os.getpid(), signal.SIGKILL)
-        real_commit(contents, path)
+        real_commit(folder, contents, name)
 
-    run_checkpoint.commit_sharded = dying_commit  # type: ignore[assignment]
+    storage.LocalFolder.commit_sharded = dying_commit  # type: ignore[method-assign]
 
 
 def main(argv: list[str]) -> int:

@@ -13,7 +13,6 @@ previous checkpoint the newest valid one.
 from __future__ import annotations
 
 import copy
-import pathlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -115,25 +114,55 @@ def snapshot(contents: Any, buffers: SnapshotBuffers | None = None) -> Any:
     return copy.deepcopy(contents, memo)
 
 
+class ShardedSaveInFlight:
+    """The shards of one rank being written by Distributed Checkpoint's asynchronous save.
+
+    Args:
+        future: the future ``torch.distributed.checkpoint.async_save`` returned.
+        path: the checkpoint, for messages.
+    """
+
+    def __init__(self, future: Any, path: Any) -> None:
+        self._future = future
+        self.path = path
+
+    def wait(self) -> None:
+        """Wait until the shards are written.
+
+        Raises:
+            CheckpointWriteError: if writing them failed (on every rank), naming the
+                checkpoint and the first rank's own error.
+        """
+        from .sharded import first_failure
+
+        try:
+            with first_failure():
+                self._future.result()
+        except Exception as error:
+            raise CheckpointWriteError(
+                f"could not write the shards of checkpoint {self.path}: {error}", self.path
+            ) from error
+
+
 class BackgroundWriter:
     """Runs checkpoint writes in a background thread, one at a time."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._path: pathlib.Path | None = None
+        self._path: Any = None
 
     @property
     def busy(self) -> bool:
         """Whether a write is in flight."""
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, write: Callable[[], None], path: pathlib.Path) -> None:
+    def submit(self, write: Callable[[], None], path: Any) -> None:
         """Wait for the write in flight (raising its error), then start ``write``.
 
         Args:
             write: writes the checkpoint and applies what follows a durable save.
-            path: the checkpoint path, for messages.
+            path: the checkpoint path (or URL), for messages.
         """
         self.wait()
         self._path = path
@@ -179,4 +208,4 @@ class BackgroundWriter:
             logging.get_root_logger().error(str(error))
 
 
-__all__ = ["BackgroundWriter", "SnapshotBuffers", "snapshot"]
+__all__ = ["BackgroundWriter", "ShardedSaveInFlight", "SnapshotBuffers", "snapshot"]

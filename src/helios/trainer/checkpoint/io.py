@@ -25,7 +25,8 @@ import pathlib
 import shutil
 import warnings
 import zipfile
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from packaging import version as _version
@@ -43,9 +44,11 @@ from .layout import (
     SHARDED_PARTS_KEY,
     SHARDED_SUFFIX,
     is_sharded_checkpoint,
-    list_checkpoints,
     temporary_folder,
 )
+
+if TYPE_CHECKING:
+    from .storage import CheckpointFolder, Location
 
 
 class CheckpointWriteError(RuntimeError):
@@ -56,7 +59,7 @@ class CheckpointWriteError(RuntimeError):
         path: the checkpoint path.
     """
 
-    def __init__(self, message: str, path: pathlib.Path | None = None) -> None:
+    def __init__(self, message: str, path: object = None) -> None:
         super().__init__(message)
         self.path = path
 
@@ -213,10 +216,35 @@ def commit_sharded(contents: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def read_metadata(path: pathlib.Path) -> Any:
-    """Read the shard index (Distributed Checkpoint metadata) of a sharded checkpoint."""
-    import torch.distributed.checkpoint as dcp
+    """Read the shard index (Distributed Checkpoint metadata) of a sharded checkpoint.
 
-    return dcp.FileSystemReader(path).read_metadata()
+    The index is unpickled with a restricted unpickler (:py:mod:`.safe_metadata`).
+    """
+    from .safe_metadata import load_metadata
+
+    return load_metadata((path / ".metadata").read_bytes())
+
+
+def check_shard_sizes(metadata: Any, sizes: Mapping[str, int], where: Any) -> None:
+    """Check that every shard file the index names is there and long enough.
+
+    Args:
+        metadata: the shard index.
+        sizes: the files of the checkpoint folder by relative name, with their sizes.
+        where: the checkpoint, for messages.
+
+    Raises:
+        ValueError: naming the first missing or truncated shard file.
+    """
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, size in needed.items():
+        actual = sizes.get(name, -1)
+        if actual < size:
+            what = "missing" if actual < 0 else f"truncated ({actual} of {size} bytes)"
+            raise ValueError(f"shard file {name} of {where} is {what}")
 
 
 def read_sharded_contents(path: pathlib.Path, map_location: Any = None) -> dict[str, Any]:
@@ -242,23 +270,19 @@ def read_sharded_contents(path: pathlib.Path, map_location: Any = None) -> dict[
         metadata = read_metadata(path)
     except Exception as error:
         raise ValueError(f"the shard index {path / '.metadata'} is unreadable: {error}") from error
-    needed: dict[str, int] = {}
-    for info in metadata.storage_data.values():
-        end = info.offset + info.length
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
-    for name, size in needed.items():
-        shard = path / name
-        actual = shard.stat().st_size if shard.is_file() else -1
-        if actual < size:
-            what = "missing" if actual < 0 else f"truncated ({actual} of {size} bytes)"
-            raise ValueError(f"shard file {shard} is {what}")
+    sizes = {
+        shard.name: shard.stat().st_size
+        for shard in path.iterdir()
+        if shard.is_file() and not shard.is_symlink()
+    }
+    check_shard_sizes(metadata, sizes, path)
     contents = safe_torch_load(contents_file, map_location=map_location)
     if not isinstance(contents, dict) or SHARDED_PARTS_KEY not in contents:
         raise ValueError(f"{contents_file} lists no sharded parts")
     return contents
 
 
-def validate_checkpoint(contents: Any, path: pathlib.Path) -> None:
+def validate_checkpoint(contents: Any, path: Location) -> None:
     """Check that a loaded object is a checkpoint this version of helios can resume.
 
     Args:
@@ -294,28 +318,46 @@ def validate_checkpoint(contents: Any, path: pathlib.Path) -> None:
         )
 
 
-def read_checkpoint(path: pathlib.Path, map_location: Any = None) -> dict[str, Any]:
-    """Read one checkpoint, file or sharded folder, and check it can be resumed.
+def read_checkpoint(
+    path: str | os.PathLike[str],
+    map_location: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Read one checkpoint, file or sharded folder, local or in a store, and check it.
 
     For a sharded checkpoint this is its ``helios.pth``: every unsharded part, and under
     ``sharded_parts`` the keys of those written as shards (read them with
     :py:func:`helios.trainer.checkpoint.sharded.load_full_state`). No model is needed: the
     entries come back as saved. Types of your own in the checkpoint must be registered
-    for ``torch.load(weights_only=True)`` first.
+    for ``torch.load(weights_only=True)`` first. A checkpoint in an object store (a URL:
+    ``s3://...``) is checked against its commit object first
+    (:py:mod:`helios.trainer.checkpoint.store`).
 
     Args:
-        path: the checkpoint.
+        path: the checkpoint: a path, or the URL of one in an object store.
         map_location: passed to ``torch.load`` (``"cpu"`` reads GPU tensors anywhere).
+        storage_options: for a URL, passed to fsspec (``None``: the store's environment
+            variables).
 
     Returns:
         The checkpoint's entries by key (see :py:mod:`helios.trainer.checkpoint.layout`).
 
     Raises:
-        ValueError: if the file is not a ``torch.save`` archive or a sharded folder is
-            incomplete.
+        ValueError: if the file is not a ``torch.save`` archive, a sharded folder is
+            incomplete, or a checkpoint in a store does not match its commit object.
         RuntimeError: if it lacks keys every checkpoint has, or a newer helios wrote it.
         pickle.UnpicklingError: if it holds a type not registered for safe loading.
     """
+    from .storage import StorePath, as_location, open_folder
+
+    location = as_location(path)
+    if isinstance(location, StorePath):
+        return open_folder(location.parent, storage_options).read(location.name, map_location)
+    return read_local_checkpoint(location, map_location)
+
+
+def read_local_checkpoint(path: pathlib.Path, map_location: Any = None) -> dict[str, Any]:
+    """Read a checkpoint on this machine (see :py:func:`read_checkpoint`)."""
     register_trainer_types_for_safe_load()
     if is_sharded_checkpoint(path):
         contents = read_sharded_contents(path, map_location)
@@ -331,24 +373,32 @@ _CORRUPTION_ERRORS = (RuntimeError, EOFError, OSError, ValueError)
 
 
 def load_newest_valid_checkpoint(
-    root: pathlib.Path | None, map_location: Any = None
-) -> tuple[pathlib.Path, dict[str, Any]] | None:
-    """Load the newest readable checkpoint of a folder.
+    folder: CheckpointFolder | pathlib.Path | None, map_location: Any = None
+) -> tuple[Location, dict[str, Any]] | None:
+    """Load the newest readable checkpoint of a folder (local or in a store).
 
-    A newest checkpoint that is truncated or unreadable is reported with a warning naming the
-    file, and the previous one is tried. Unregistered types in a readable checkpoint
-    (``pickle.UnpicklingError``) are not corruption and are raised.
+    A newest checkpoint that is truncated, unreadable or (in a store) does not match its
+    commit object is reported with a warning naming it, and the previous one is tried.
+    Unregistered types in a readable checkpoint (``pickle.UnpicklingError``) are not
+    corruption and are raised.
 
     Args:
-        root: the folder of the checkpoints.
+        folder: the folder of the checkpoints (a path: a local folder).
         map_location: passed to ``torch.load``.
 
     Returns:
-        The path and contents of the checkpoint, or ``None`` if none could be read.
+        The location and contents of the checkpoint, or ``None`` if none could be read.
     """
-    for path in list_checkpoints(root):
+    if folder is None:
+        return None
+    if isinstance(folder, pathlib.Path):
+        from .storage import LocalFolder
+
+        folder = LocalFolder(folder)
+    for name in folder.names():
+        path = folder.location(name)
         try:
-            contents = read_checkpoint(path, map_location)
+            contents = folder.read(name, map_location)
         except _CORRUPTION_ERRORS as error:
             message = (
                 f"checkpoint {path} could not be read ({type(error).__name__}: {error}); "
@@ -364,12 +414,14 @@ def load_newest_valid_checkpoint(
 
 __all__ = [
     "CheckpointWriteError",
+    "check_shard_sizes",
     "commit_sharded",
     "get_trainer_safe_types_for_load",
     "load_newest_valid_checkpoint",
     "prepare_folder",
     "prepare_temporary_folder",
     "read_checkpoint",
+    "read_local_checkpoint",
     "read_metadata",
     "read_sharded_contents",
     "register_trainer_types_for_safe_load",

@@ -21,11 +21,17 @@ Top-level keys of the dict, compatible with Helios 1.2.7's:
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, overload
 
 from helios.core.files import TEMPORARY_SUFFIX
 from helios.core.training_state import TrainingState
+
+if TYPE_CHECKING:
+    from .storage import Location
 
 CHECKPOINT_SUFFIX = ".pth"
 """The suffix of a one-file checkpoint."""
@@ -61,7 +67,7 @@ def checkpoint_name(save_name: str, state: TrainingState) -> str:
     return f"{save_name}_epoch_{state.global_epoch}_iter_{state.current_iteration}"
 
 
-def checkpoint_position(path: pathlib.Path) -> tuple[int, int] | None:
+def checkpoint_position(path: pathlib.PurePath) -> tuple[int, int] | None:
     """Return the ``(epoch, iteration)`` encoded in a checkpoint name, if any.
 
     Args:
@@ -78,8 +84,8 @@ def checkpoint_position(path: pathlib.Path) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-def list_checkpoints(root: pathlib.Path | None) -> list[pathlib.Path]:
-    """List the checkpoints in a folder, newest (highest epoch, then iteration) first.
+def list_local_checkpoints(root: pathlib.Path | None) -> list[pathlib.Path]:
+    """List the checkpoints in a local folder, newest (highest epoch, then iteration) first.
 
     Args:
         root: the folder (``None`` or missing gives an empty list).
@@ -98,21 +104,76 @@ def list_checkpoints(root: pathlib.Path | None) -> list[pathlib.Path]:
     return [path for _, _, path in found]
 
 
-def find_last_checkpoint(root: pathlib.Path | None) -> pathlib.Path | None:
-    """Find the newest checkpoint in a folder.
+@overload
+def list_checkpoints(
+    root: pathlib.Path | None, storage_options: Mapping[str, Any] | None = None
+) -> list[pathlib.Path]: ...
+
+
+@overload
+def list_checkpoints(
+    root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> list[Location]: ...
+
+
+def list_checkpoints(
+    root: str | os.PathLike[str] | None, storage_options: Mapping[str, Any] | None = None
+) -> list[Location] | list[pathlib.Path]:
+    """List the checkpoints in a folder, newest (highest epoch, then iteration) first.
+
+    Args:
+        root: the folder: a path, or the URL of a folder in an object store (``None`` or a
+            missing folder gives an empty list). In a store, a save that was interrupted
+            (never committed) is not listed.
+        storage_options: for a URL, passed to fsspec.
+
+    Returns:
+        The checkpoint paths (:py:class:`~helios.trainer.checkpoint.storage.StorePath` URLs
+        for a store).
+    """
+    if root is None:
+        return []
+    from .storage import open_folder
+
+    folder = open_folder(root, storage_options)
+    return [folder.location(name) for name in folder.names()]
+
+
+@overload
+def find_last_checkpoint(
+    root: pathlib.Path | None, storage_options: Mapping[str, Any] | None = None
+) -> pathlib.Path | None: ...
+
+
+@overload
+def find_last_checkpoint(
+    root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> Location | None: ...
+
+
+def find_last_checkpoint(
+    root: str | os.PathLike[str] | None, storage_options: Mapping[str, Any] | None = None
+) -> Location | None:
+    """Find the newest checkpoint in a folder, local or in an object store.
 
     Names must contain ``epoch_<e>_iter_<i>``; the newest is the one with the highest epoch,
     then the highest iteration (``epoch_0_iter_0`` included). A checkpoint is a ``.pth``
     file, or a ``.dcp`` folder for a sharded model
-    (:py:mod:`helios.trainer.checkpoint.sharded`).
+    (:py:mod:`helios.trainer.checkpoint.sharded`). In an object store only committed
+    checkpoints count (:py:mod:`helios.trainer.checkpoint.store`).
 
     Args:
-        root: the folder where the checkpoints are stored.
+        root: the folder where the checkpoints are stored: a path or a URL
+            (``"s3://bucket/runs/<save_name>"``).
+        storage_options: for a URL, passed to fsspec (``None``: the store's environment
+            variables, such as ``AWS_ENDPOINT_URL``).
 
     Returns:
-        The path of the newest checkpoint, or ``None`` if there is none.
+        The path of the newest checkpoint (a
+        :py:class:`~helios.trainer.checkpoint.storage.StorePath`, a ``str`` URL, for a
+        store), or ``None`` if there is none.
     """
-    checkpoints = list_checkpoints(root)
+    checkpoints = list_checkpoints(root, storage_options)
     return checkpoints[0] if checkpoints else None
 
 
@@ -138,5 +199,6 @@ __all__ = [
     "find_last_checkpoint",
     "is_sharded_checkpoint",
     "list_checkpoints",
+    "list_local_checkpoints",
     "temporary_folder",
 ]

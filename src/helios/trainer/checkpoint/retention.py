@@ -27,11 +27,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
-import shutil
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from helios.core import logging
 from helios.core.files import write_atomically
@@ -39,6 +39,9 @@ from helios.core.training_state import TrainingState
 
 from .layout import INDEX_NAME
 from .parts import CheckpointPart
+
+if TYPE_CHECKING:
+    from .storage import CheckpointFolder, Location
 
 _INDEX_VERSION = 1
 
@@ -168,28 +171,25 @@ def write_json_atomically(
 
 @dataclasses.dataclass(frozen=True)
 class RetentionUpdate:
-    """What one save changes on disk once its file is durable.
+    """What one save changes in the folder once its checkpoint is durable.
 
     Attributes:
-        folder: the checkpoint folder.
+        folder: the checkpoint folder (local or in a store).
         delete: names of the checkpoints to delete.
         index: the new contents of the index.
     """
 
-    folder: pathlib.Path
+    folder: CheckpointFolder
     delete: tuple[str, ...]
     index: dict[str, Any]
 
     def apply(self) -> None:
         """Write the index, then delete the obsolete checkpoints (call once durable)."""
-        write_json_atomically(self.index, self.folder / INDEX_NAME)
+        self.folder.write_index(self.index)
         for name in self.delete:
-            path = self.folder / name
+            path = self.folder.location(name)
             try:
-                if path.is_dir():  # a sharded checkpoint
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+                self.folder.delete(name)
             except OSError as error:
                 logging.get_root_logger().warning(
                     f"could not delete old checkpoint {path}: {error}"
@@ -207,7 +207,7 @@ class CheckpointRetention(CheckpointPart):
 
     Args:
         policy: what to keep.
-        folder: the checkpoint folder of the run.
+        folder: the checkpoint folder of the run (local or in a store).
         metrics: returns the model's ``metrics`` table.
     """
 
@@ -216,7 +216,7 @@ class CheckpointRetention(CheckpointPart):
     def __init__(
         self,
         policy: RetentionPolicy,
-        folder: pathlib.Path | None,
+        folder: CheckpointFolder | None,
         metrics: Callable[[], Mapping[str, Any]],
     ) -> None:
         self.policy = policy
@@ -280,7 +280,7 @@ class CheckpointRetention(CheckpointPart):
             logging.get_root_logger().warning(message)
         return value
 
-    def saving(self, path: pathlib.Path, state: TrainingState) -> Callable[[], None] | None:
+    def saving(self, path: Location, state: TrainingState) -> Callable[[], None] | None:
         """Record a checkpoint about to be written (see :py:meth:`register`).
 
         Args:
@@ -294,7 +294,7 @@ class CheckpointRetention(CheckpointPart):
         update = self.register(path, state.global_epoch, state.current_iteration)
         return update.apply if update is not None else None
 
-    def register(self, path: pathlib.Path, epoch: int, iteration: int) -> RetentionUpdate | None:
+    def register(self, path: Location, epoch: int, iteration: int) -> RetentionUpdate | None:
         """Record a checkpoint about to be written and decide what it makes obsolete.
 
         Args:
@@ -305,7 +305,7 @@ class CheckpointRetention(CheckpointPart):
         Returns:
             What to do once the new file is durable (``None`` without retention).
         """
-        if not self.policy.is_active:
+        if not self.policy.is_active or self.folder is None:
             return None
         entry = RetainedCheckpoint(path.name, epoch, iteration, self._current_metric())
         candidates = [e for e in self._entries if e.name != entry.name] + [entry]
@@ -316,7 +316,7 @@ class CheckpointRetention(CheckpointPart):
         delete = tuple(dict.fromkeys(n for n in [*self._leftover, *dropped] if n not in kept_names))
         self._entries = kept
         self._pending, self._leftover = list(delete), []
-        return RetentionUpdate(path.parent, delete, self._index())
+        return RetentionUpdate(self.folder, delete, self._index())
 
     def _index(self) -> dict[str, Any]:
         return {
@@ -329,42 +329,66 @@ class CheckpointRetention(CheckpointPart):
         }
 
 
-def read_index(root: pathlib.Path) -> dict[str, Any] | None:
+def read_index(
+    root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
     """Read the retention index of a checkpoint folder.
 
     Args:
-        root: the checkpoint folder.
+        root: the checkpoint folder (a path or a store URL).
+        storage_options: for a URL, passed to fsspec.
 
     Returns:
         The index, or ``None`` if there is none or it cannot be read.
     """
-    path = root / INDEX_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    from .storage import open_folder
+
+    return open_folder(root, storage_options).read_index()
 
 
-def find_best_checkpoint(root: pathlib.Path | None) -> pathlib.Path | None:
+@overload
+def find_best_checkpoint(
+    root: pathlib.Path | None, storage_options: Mapping[str, Any] | None = None
+) -> pathlib.Path | None: ...
+
+
+@overload
+def find_best_checkpoint(
+    root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> Location | None: ...
+
+
+def find_best_checkpoint(
+    root: str | os.PathLike[str] | None, storage_options: Mapping[str, Any] | None = None
+) -> Location | None:
     """Find the best checkpoint of a folder from its index, without opening checkpoints.
 
     The index exists when the run was trained with ``chkpt_best_metric`` (see
     :py:class:`RetentionPolicy`).
 
     Args:
-        root: the checkpoint folder (``<chkpt_root>/<save_name>``).
+        root: the checkpoint folder (``<chkpt_root>/<save_name>``): a path, or a URL of a
+            folder in an object store.
+        storage_options: for a URL, passed to fsspec (``None``: the store's environment
+            variables).
 
     Returns:
-        The path of the best checkpoint, or ``None`` if no index names one that exists.
+        The path of the best checkpoint (a
+        :py:class:`~helios.trainer.checkpoint.storage.StorePath` for a store), or ``None``
+        if no index names one that exists.
     """
     if root is None:
         return None
-    index = read_index(root)
+    from .storage import open_folder
+
+    folder = open_folder(root, storage_options)
+    index = folder.read_index()
     if index is None or not isinstance(index.get("best"), str):
         return None
-    path = root / index["best"]
-    return path if path.is_file() else None
+    name = index["best"]
+    if "/" in name or "\\" in name or name in (".", "..") or not folder.exists(name):
+        return None
+    return folder.location(name)
 
 
 __all__ = [

@@ -9,7 +9,6 @@ newest readable checkpoint and hands each part its entry. Files are written and 
 from __future__ import annotations
 
 import contextlib
-import pathlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -18,19 +17,18 @@ import torch
 from helios.core import logging
 from helios.core.training_state import TrainingState
 
-from .async_save import BackgroundWriter, SnapshotBuffers, snapshot
-from .io import (
-    CheckpointWriteError,
-    commit_sharded,
-    load_newest_valid_checkpoint,
-    prepare_folder,
-    prepare_temporary_folder,
-    save_atomically,
-)
+from .async_save import BackgroundWriter, ShardedSaveInFlight, SnapshotBuffers, snapshot
+from .io import CheckpointWriteError, load_newest_valid_checkpoint
 from .layout import CHECKPOINT_SUFFIX, SHARDED_PARTS_KEY, SHARDED_SUFFIX
 from .parts import PartTable
 from .rank_state import rank_entry
-from .sharded import load_full_into_sharded, load_sharded_part, write_shards
+from .sharded import (
+    load_full_into_sharded,
+    load_sharded_part,
+    start_shards_in_background,
+    write_shards,
+)
+from .storage import CheckpointFolder, Location
 
 Check = Callable[[dict[str, Any], TrainingState], BaseException | None]
 """Inspects gathered contents before anything is written; returns the error that stops it."""
@@ -44,21 +42,24 @@ class RunCheckpoint:
     """Saves and restores the checkpoints of one run, part by part.
 
     Args:
-        folder: the checkpoint folder of the run (``None``: never saved nor loaded).
+        folder: the checkpoint folder of the run, local or in a store (``None``: never
+            saved nor loaded).
         parts: the run's parts, in restore order.
         name: the file name (without extension) for a training state.
         global_rank: the global rank of this process.
         world_size: the number of processes of the run.
         map_location: passed to ``torch.load``.
         asynchronous: write in a background thread after a synchronous snapshot (see
-            :py:mod:`helios.trainer.checkpoint.async_save`).
+            :py:mod:`helios.trainer.checkpoint.async_save`); the shards of a sharded model
+            through Distributed Checkpoint's asynchronous save. Saves to a store are
+            always asynchronous.
         check: inspects the gathered contents before anything is written (the non-finite
             guard); the error it returns stops the save on every rank.
     """
 
     def __init__(
         self,
-        folder: pathlib.Path | None,
+        folder: CheckpointFolder | None,
         parts: PartTable,
         name: Callable[[TrainingState], str],
         global_rank: int = 0,
@@ -71,16 +72,17 @@ class RunCheckpoint:
         self._name = name
         self._global_rank, self._world_size = global_rank, world_size
         self._map_location = map_location
-        self._writer = BackgroundWriter() if asynchronous else None
+        remote = folder is not None and folder.is_remote
+        self._writer = BackgroundWriter() if asynchronous or remote else None
         self._buffers = SnapshotBuffers()
-        self._warned_sync_shards = False
+        self._shards_in_flight: ShardedSaveInFlight | None = None
 
     def prepare_folder(self) -> None:
         """Create the folder and remove what interrupted saves left there (rank 0)."""
         if self.folder is not None and self._global_rank == 0:
-            prepare_folder(self.folder)
+            self.folder.prepare()
 
-    def save(self, state: TrainingState) -> pathlib.Path | None:
+    def save(self, state: TrainingState) -> Location | None:
         """Save a checkpoint at ``state``; every rank calls this, rank 0 writes the file.
 
         When a part is sharded (a model sharded with FSDP2), every rank also writes its
@@ -96,15 +98,16 @@ class RunCheckpoint:
             CheckpointWriteError: if the previous background save failed (on every rank).
             Exception: what :py:attr:`check` returned for the gathered contents.
         """
+        # At most one save in flight; its error (naming its checkpoint) surfaces here.
+        problem: BaseException | None = self._wait_in_flight()
         entry: dict[str, Any] = {}
         for part in self.parts.per_rank:
             part.write(entry)
         shards = self._sharded_states()
-        path: pathlib.Path | None = None
+        path: Location | None = None
         contents: dict[str, Any] = {}
         after: list[Callable[[], None]] = []
-        problem: BaseException | None = None
-        if self._global_rank == 0 and self.folder is not None:
+        if self._global_rank == 0 and self.folder is not None and problem is None:
             path, contents, after, problem = self._gather(state, self.folder, shards)
         if shards and self.check is not None and problem is None:
             problem = self.check(shards, state)  # each rank checks its own shards
@@ -124,25 +127,34 @@ class RunCheckpoint:
         self._write(contents, path, after)
         return path
 
+    def _wait_in_flight(self) -> BaseException | None:
+        """Wait for the save in flight on this rank; return its error, if it failed."""
+        try:
+            if self._shards_in_flight is not None:
+                in_flight, self._shards_in_flight = self._shards_in_flight, None
+                in_flight.wait()
+            if self._writer is not None:
+                self._writer.wait()
+        except CheckpointWriteError as error:
+            return error
+        return None
+
     def _gather(
-        self, state: TrainingState, folder: pathlib.Path, shards: Mapping[str, Any]
-    ) -> tuple[pathlib.Path | None, dict[str, Any], list[Callable[[], None]], BaseException | None]:
+        self, state: TrainingState, folder: CheckpointFolder, shards: Mapping[str, Any]
+    ) -> tuple[Location | None, dict[str, Any], list[Callable[[], None]], BaseException | None]:
         """Rank 0: the path, the shared parts' states, what follows the write, any problem."""
         import helios
 
         contents: dict[str, Any] = {"version": helios.__version__}
         after: list[Callable[[], None]] = []
         problem: BaseException | None = None
-        path: pathlib.Path | None = None
+        path: Location | None = None
         try:
-            if self._writer is not None:
-                # At most one save in flight; its error (naming its file) surfaces here.
-                self._writer.wait()
             unsharded = [part for part in self.parts if part.name not in shards]
             for part in unsharded:
                 part.write(contents)
             suffix = SHARDED_SUFFIX if shards else CHECKPOINT_SUFFIX
-            path = folder / f"{self._name(state)}{suffix}"
+            path = folder.location(f"{self._name(state)}{suffix}")
             for part in unsharded:
                 action = part.saving(path, state)
                 if action is not None:
@@ -152,9 +164,9 @@ class RunCheckpoint:
             problem = _unexpected_shards(contents)
             if self.check is not None and problem is None:
                 problem = self.check(contents, state)
-            if shards:
-                prepare_temporary_folder(path)
-        except CheckpointWriteError as error:
+            if shards and not folder.is_remote:
+                folder.begin_sharded(path.name)  # a store's writer begins in the background
+        except (CheckpointWriteError, OSError) as error:
             problem = error
         return path, contents, after, problem
 
@@ -166,16 +178,18 @@ class RunCheckpoint:
         return gathered
 
     def _write(
-        self, contents: dict[str, Any], path: pathlib.Path, after: list[Callable[[], None]]
+        self, contents: dict[str, Any], path: Location, after: list[Callable[[], None]]
     ) -> None:
         """Write a one-file checkpoint (now, or in the background after a snapshot)."""
+        folder = self.folder
+        assert folder is not None
         if self._writer is None:
-            _write_then(contents, path, after)
+            _write_then(folder.write, contents, path, after)
             return
-        # The previous write has completed (waited for in _gather): reuse its buffers.
+        # The previous write has completed (waited for in save): reuse its buffers.
         self._buffers.recycle()
         copied = snapshot(contents, self._buffers)
-        self._writer.submit(lambda: _write_then(copied, path, after), path)
+        self._writer.submit(lambda: _write_then(folder.write, copied, path, after), path)
 
     def _sharded_states(self) -> dict[str, Any]:
         """The states of the parts that are sharded now, by key (every rank, its shards)."""
@@ -186,19 +200,18 @@ class RunCheckpoint:
     def _save_sharded(
         self,
         shards: dict[str, Any],
-        path: pathlib.Path,
+        path: Location,
         contents: dict[str, Any],
         after: list[Callable[[], None]],
-    ) -> pathlib.Path | None:
+    ) -> Location | None:
         """Write every rank's shards, then rank 0 commits the folder; all ranks agree."""
-        if self._writer is not None and not self._warned_sync_shards:
-            self._warned_sync_shards = True
-            logging.get_root_logger().warning(
-                "chkpt_async: the shards of a sharded model are written synchronously"
-            )
+        folder = self.folder
+        assert folder is not None
+        if self._writer is not None:
+            return self._save_sharded_in_background(shards, path, contents, after)
         error: BaseException | None = None
         try:
-            write_shards(shards, path)
+            write_shards(shards, folder.shard_writer(path.name))
         except Exception as failure:  # Distributed Checkpoint raises on every rank
             error = CheckpointWriteError(
                 f"could not write the shards of checkpoint {path}: {failure}", path
@@ -206,13 +219,44 @@ class RunCheckpoint:
         if error is None and self._global_rank == 0:
             contents[SHARDED_PARTS_KEY] = sorted(shards)
             try:
-                _write_then(contents, path, after, commit_sharded)
+                _write_then(folder.commit_sharded, contents, path, after)
             except (CheckpointWriteError, OSError) as failure:
                 error = failure
         error = next((e for e in self._gather_from_ranks(error) if e is not None), None)
         if error is not None:
             raise error
         return path if self._global_rank == 0 else None
+
+    def _save_sharded_in_background(
+        self,
+        shards: dict[str, Any],
+        path: Location,
+        contents: dict[str, Any],
+        after: list[Callable[[], None]],
+    ) -> Location | None:
+        """Start Distributed Checkpoint's asynchronous save; rank 0 commits once it is done.
+
+        Training waits only for the copy of the shards (Distributed Checkpoint's staging)
+        and of rank 0's other parts; the next save (or the end of ``fit``) waits for the
+        write, and every rank raises its error there.
+        """
+        folder = self.folder
+        assert folder is not None and self._writer is not None
+        in_flight = start_shards_in_background(shards, folder.shard_writer(path.name), path)
+        if self._global_rank != 0:
+            # Rank 0's commit waits for the shards in its writer thread; the others here.
+            self._shards_in_flight = in_flight
+            return None
+        contents[SHARDED_PARTS_KEY] = sorted(shards)
+        self._buffers.recycle()
+        copied = snapshot(contents, self._buffers)
+
+        def commit() -> None:
+            in_flight.wait()
+            _write_then(folder.commit_sharded, copied, path, after)
+
+        self._writer.submit(commit, path)
+        return path
 
     def close(self, raise_errors: bool = True) -> None:
         """Wait for a background save in flight (the end of ``fit`` calls this).
@@ -224,10 +268,18 @@ class RunCheckpoint:
         Raises:
             CheckpointWriteError: if the background write failed, naming the file.
         """
+        in_flight, self._shards_in_flight = self._shards_in_flight, None
+        if in_flight is not None:
+            try:
+                in_flight.wait()
+            except CheckpointWriteError as error:
+                if raise_errors:
+                    raise
+                logging.get_root_logger().error(str(error))
         if self._writer is not None:
             self._writer.close(raise_errors)
 
-    def resume(self) -> pathlib.Path | None:
+    def resume(self) -> Location | None:
         """Load the newest readable checkpoint and restore every part from it.
 
         Parts whose key the file lacks are left as they are.
@@ -247,7 +299,8 @@ class RunCheckpoint:
         for part in self.parts:
             with _fitting(path, part.name):
                 if part.name in sharded_keys:
-                    load_sharded_part(path, part.name, part)
+                    assert self.folder is not None
+                    load_sharded_part(self.folder, path.name, part.name, part)
                 elif part.name in saved and part.is_sharded:
                     load_full_into_sharded(saved[part.name], part)
                 else:
@@ -259,16 +312,16 @@ class RunCheckpoint:
 
 
 def _write_then(
+    write: Callable[[dict[str, Any], str], None],
     contents: dict[str, Any],
-    path: pathlib.Path,
+    path: Location,
     after: list[Callable[[], None]],
-    write: Callable[[dict[str, Any], pathlib.Path], None] = save_atomically,
 ) -> None:
     """Write a checkpoint durably, then do what the parts wanted done once it is.
 
-    ``write`` writes a file; a sharded checkpoint's folder passes its commit.
+    ``write`` is the folder's write of a one-file checkpoint, or its commit of a sharded one.
     """
-    write(contents, path)
+    write(contents, path.name)
     logging.get_root_logger().info(f"Saved checkpoint {path}")
     for action in after:
         action()
@@ -295,7 +348,7 @@ def _unexpected_shards(contents: Mapping[str, Any]) -> RuntimeError | None:
 
 
 @contextlib.contextmanager
-def _fitting(path: pathlib.Path, key: str) -> Iterator[None]:
+def _fitting(path: Location, key: str) -> Iterator[None]:
     """Turn a part's failure to take its entry into a :py:class:`CheckpointMismatchError`."""
     try:
         yield
