@@ -102,7 +102,7 @@ nitpick_ignore_regex = [
     # type variables and private base classes shown by show-inheritance
     (r"py:class", r"(.*\.)?(T|T_\w+|_[A-Z])"),
     # type aliases of signatures (written out where they are defined)
-    (r"py:class", r"(RunBody|GpuArg|Metric|DataLoader|SummaryWriter|Figure|LayerSelector)"),
+    (r"py:class", r"(GpuArg|Metric|DataLoader|SummaryWriter|Figure|LayerSelector)"),
 ]
 napoleon_use_ivar = True
 

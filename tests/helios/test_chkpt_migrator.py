@@ -29,6 +29,7 @@ import helios
 import helios.data as hld
 import helios.model as hlm
 import helios.trainer as hlt
+import toys
 from helios import chkpt_migrator
 from helios.core import rng
 from helios.trainer.checkpoint import io as checkpoints
@@ -107,7 +108,7 @@ class _Model(hlm.Model):
         self.loaded: dict[str, Any] | None = None
 
     def setup(self, fast_init: bool = False) -> None:
-        self.net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 1))
+        self.net = toys.regression_mlp()
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.05, momentum=0.9)
 
     def state_dict(self) -> dict[str, Any]:

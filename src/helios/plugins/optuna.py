@@ -6,6 +6,7 @@ and is not imported by :py:mod:`helios.plugins`; import it explicitly.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import datetime
 import fcntl
@@ -15,10 +16,14 @@ import pickle
 import re
 import shutil
 import sqlite3
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
 
 try:
     import optuna
@@ -289,9 +294,14 @@ def _requeue_failed_trials(
         def mark_failed(trial_id: int = trial_id) -> None:
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
-        # Another worker may finish or fail it first: then it is no longer ours to fail.
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        try:
             _retry_on_schema_race(mark_failed, f"mark the dead trial {trial.number} as failed")
+        except RuntimeError:
+            # Another worker finished or failed it first: then it is no longer ours to fail
+            # (Optuna raises UpdateFinishedTrialError, a plain RuntimeError before 4.9).
+            if not storage.get_trial(trial_id).state.is_finished():
+                raise
+        else:
             marked.add(trial_id)
 
     trials = study.get_trials(deepcopy=False)
@@ -335,6 +345,16 @@ def _requeue_failed_trials(
         )
 
 
+# The RDBStorage argument of the callback for trials whose heartbeat stopped: Optuna 4.9
+# renamed failed_trial_callback (which 6.0 removes) to heartbeat_stale_trial_callback.
+_STALE_TRIAL_CALLBACK = (
+    "heartbeat_stale_trial_callback"
+    if "heartbeat_stale_trial_callback"
+    in inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    else "failed_trial_callback"
+)
+
+
 def _open_study(
     study_args: dict[str, Any],
     storage_path: pathlib.Path,
@@ -358,6 +378,8 @@ def _open_study(
 
         callback = requeue_stale
 
+    callback_argument: dict[str, Any] = {_STALE_TRIAL_CALLBACK: callback}
+
     def make_storage() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -367,7 +389,7 @@ def _open_study(
                 engine_kwargs={"connect_args": {"timeout": 60}},
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=callback,
+                **callback_argument,
             )
 
     args["storage"] = _retry_on_schema_race(make_storage, f"open the study storage {url}")
@@ -507,10 +529,15 @@ def resume_study(
 def checkpoint_sampler(trial: optuna.Trial, chkpt_root: pathlib.Path) -> pathlib.Path:
     """Save the sampler of the trial's study to ``chkpt_root/sampler_trial-<n>.pkl``.
 
-    Call it from the objective function, so :py:func:`restore_sampler` can give a resumed
-    study the sampler (and its random state) of the last trial. The file is pickled to a
-    temporary file in the same folder and then renamed, so a crash never leaves a partial
-    file. ``chkpt_root`` is created if needed.
+    Call it from the objective function once the trial has drawn its parameters, so
+    :py:func:`restore_sampler` can give a resumed study the sampler of the last trial with
+    all its state (random state and caches included): the resumed study draws what the
+    uninterrupted one would have drawn. Every built-in Optuna sampler can be saved; what
+    pickle cannot carry is written as an explicit record instead (a thread lock, such as the
+    one of the NSGA-II and NSGA-III samplers, becomes a fresh lock on load; a tensor of the
+    GP sampler becomes its numbers). The file is pickled to a temporary file in the same
+    folder and then renamed, so a crash never leaves a partial file. ``chkpt_root`` is
+    created if needed.
 
     Args:
         trial: the current trial; ``n`` is its number.
@@ -518,11 +545,61 @@ def checkpoint_sampler(trial: optuna.Trial, chkpt_root: pathlib.Path) -> pathlib
 
     Returns:
         The path of the checkpoint.
+
+    Raises:
+        TypeError: if the sampler holds something that can neither be pickled nor recorded
+            (a user-defined sampler may); the previous checkpoint is left as it was.
     """
     chkpt_root.mkdir(parents=True, exist_ok=True)
     path = chkpt_root / f"sampler_trial-{trial.number}.pkl"
-    write_atomically(path, lambda file: pickle.dump(trial.study.sampler, file))
+    sampler = trial.study.sampler
+
+    def write(file: IO[bytes]) -> None:
+        try:
+            _SamplerPickler(file).dump(sampler)
+        except (pickle.PicklingError, TypeError, AttributeError) as error:
+            raise TypeError(
+                f"cannot checkpoint the sampler {type(sampler).__name__} to {path}: {error}"
+            ) from error
+
+    write_atomically(path, write)
     return path
+
+
+_LOCK_TYPES = {_thread.LockType: "lock", _thread.RLock: "rlock"}
+
+
+class _SamplerPickler(pickle.Pickler):
+    """Pickles a sampler, writing what pickle cannot carry as explicit records.
+
+    A record is a tuple of a kind and plain data: ``("lock",)`` and ``("rlock",)`` for a
+    thread lock (rebuilt unlocked), ``("tensor", array, requires_grad)`` for a torch tensor
+    and ``("torch.dtype", name)`` for a torch dtype. :py:class:`_SamplerUnpickler` rebuilds
+    them from the data alone.
+    """
+
+    def __init__(self, file: IO[bytes]) -> None:
+        # Protocol 5 would write numpy arrays through numpy's buffer functions, which the
+        # loader does not allow; protocol 4 writes them as plain data.
+        super().__init__(file, protocol=4)
+
+    def persistent_id(self, obj: Any) -> tuple[Any, ...] | None:
+        kind = _LOCK_TYPES.get(type(obj))
+        if kind is not None:
+            return (kind,)
+        torch = sys.modules.get("torch")  # a sampler holds tensors only if torch is loaded
+        if torch is None:
+            return None
+        if isinstance(obj, torch.dtype):
+            return ("torch.dtype", str(obj).removeprefix("torch."))
+        if isinstance(obj, torch.Tensor):
+            tensor = obj.detach().cpu()
+            try:
+                array = tensor.numpy()
+            except TypeError as error:
+                raise TypeError(f"it holds a {tensor.dtype} tensor ({error})") from error
+            return ("tensor", array.copy(), bool(obj.requires_grad))
+        return None
 
 
 # What a sampler checkpoint may reference: the classes and functions *defined* in Optuna's
@@ -583,13 +660,35 @@ class _SamplerUnpickler(pickle.Unpickler):
             f"{module}.{name} is not an Optuna sampler type or part of a sampler's state"
         )
 
+    def persistent_load(self, pid: Any) -> Any:
+        match pid:
+            case ("lock",):
+                return threading.Lock()
+            case ("rlock",):
+                return threading.RLock()
+            case ("torch.dtype", str(name)):
+                import torch
+
+                dtype = getattr(torch, name, None)
+                if isinstance(dtype, torch.dtype):
+                    return dtype
+            case ("tensor", np.ndarray() as array, bool(requires_grad)):
+                # Numbers only (no objects); only floats can require gradients.
+                if array.dtype.kind in ("fc" if requires_grad else "biufc"):
+                    import torch
+
+                    return torch.from_numpy(array.copy()).requires_grad_(requires_grad)
+        raise pickle.UnpicklingError(f"{pid!r} is not a record of a sampler's state")
+
 
 def load_sampler_file(path: pathlib.Path) -> optuna.samplers.BaseSampler:
     """Load a sampler checkpoint written by :py:func:`checkpoint_sampler`, safely.
 
-    The file is unpickled with an unpickler that only builds Optuna sampler types and the
-    numpy and builtin types their state holds; a file that references anything else (a
-    function that runs code, an Optuna storage, ...) is refused before it can run it.
+    The file is unpickled with an unpickler that only builds Optuna sampler types, the
+    numpy and builtin types their state holds, and the records :py:func:`checkpoint_sampler`
+    writes for what pickle cannot carry (a fresh thread lock, a tensor made from its
+    numbers); a file that references anything else (a function that runs code, an Optuna
+    storage, ...) is refused before it can run it.
 
     Args:
         path: the sampler checkpoint.
@@ -598,9 +697,11 @@ def load_sampler_file(path: pathlib.Path) -> optuna.samplers.BaseSampler:
         The sampler.
 
     Raises:
-        pickle.UnpicklingError: if the file references a type outside the allowed ones, or
-            does not hold a sampler.
+        pickle.UnpicklingError: if the file references a type outside the allowed ones, holds
+            an unknown record, or does not hold a sampler.
         OSError: if the file cannot be read.
+        Exception: a forged file may make the allowed types fail with any error while they
+            are built; :py:func:`restore_sampler` refuses such a file.
     """
     with path.open("rb") as file:
         sampler = _SamplerUnpickler(file).load()
@@ -639,7 +740,7 @@ def restore_sampler(chkpt_root: pathlib.Path) -> optuna.samplers.BaseSampler | N
     _, last = max(numbered)
     try:
         return load_sampler_file(last)
-    except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError) as error:
+    except Exception as error:  # a hostile file can make the allowed types fail anyhow
         warnings.warn(
             f"refused the sampler checkpoint {last}: {error}; the study goes on with a fresh "
             "sampler",

@@ -16,48 +16,22 @@ import signal
 import sys
 from typing import Any
 
-import torch
-from torch import nn
-from torch.utils.data import TensorDataset
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # tests/, for toys
 
-import helios.data as hld
-import helios.model as hlm
 import helios.trainer as hlt
+import toys
 from helios.core import logging
 
 
-class Data(hld.DataModule):
-    def setup(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(256, 3, generator=generator)
-        dataset = TensorDataset(x, (x.sum(dim=1) > 0).long())
-        self._train_dataset = self._create_dataset(dataset, hld.DataLoaderParams(batch_size=4))
-
-
-class Tiny(hlm.Model):
-    def __init__(self) -> None:
-        super().__init__("tiny")
-
-    def setup(self, fast_init: bool = False) -> None:
-        self.net = nn.Linear(3, 2)
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.1)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any], fast_init: bool = False) -> None:
-        self.net.load_state_dict(state_dict["net"])
+class Tiny(toys.LinearClassifier):
+    """The shared linear classifier; every step writes a long log line and TensorBoard events."""
 
     def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
-        x, y = batch
-        self.optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(self.net(x), y)
-        loss.backward()
-        self.optimizer.step()
+        super().train_step(batch, state)
         logging.get_root_logger().info(f"iteration {state.global_iteration} " + "x" * 200)
         writer = logging.get_tensorboard_writer()
         assert writer is not None
-        writer.add_scalar("loss", loss, state.global_iteration)
+        writer.add_scalar("loss", self._loss_items["loss"], state.global_iteration)
         writer.add_text("note", "y" * 100, state.global_iteration)
 
 
@@ -79,7 +53,8 @@ def main() -> None:
         run_path=root / "runs",
         print_banner=False,
     )
-    result = trainer.fit(Tiny(), Data())
+    data = toys.BlobsData(256, shuffle=False, eval_batch_size=None)
+    result = trainer.fit(Tiny(), data)
     print(f"FIT {result}")
     sys.exit(0 if result else 1)
 

@@ -45,15 +45,17 @@ import sys
 import time
 from typing import Any
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # tests/, for toys
+
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 import helios.data as hld
 import helios.model as hlm
 import helios.plugins as hlp
 import helios.trainer as hlt
+import toys
 from helios.core import rng
 
 NUM_SAMPLES = 20
@@ -65,21 +67,6 @@ TOTAL_ITERATIONS = 9
 ACCUMULATION = 2
 
 _REAL_TORCH_SAVE = torch.save
-
-
-class IndexedDataset(Dataset):
-    """Fixed samples ``(id, x, y)``."""
-
-    def __init__(self, size: int = NUM_SAMPLES) -> None:
-        generator = torch.Generator().manual_seed(1234)
-        self.x = torch.randn(size, 3, generator=generator)
-        self.y = torch.randn(size, 1, generator=generator)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return torch.tensor(index), self.x[index], self.y[index]
 
 
 class DistDataModule(hld.DataModule):
@@ -107,10 +94,10 @@ class DistDataModule(hld.DataModule):
         if not (self.workdir / "prepared.jsonl").exists():
             raise RuntimeError("setup() ran before prepare_data() had finished")
         params = hld.DataLoaderParams(batch_size=BATCH_SIZE, shuffle=True, drop_last=False)
-        self._train_dataset = self._create_dataset(IndexedDataset(), params)
+        self._train_dataset = self._create_dataset(toys.IndexedSamples(NUM_SAMPLES), params)
         valid = hld.DataLoaderParams(batch_size=BATCH_SIZE, shuffle=False)
-        self._valid_dataset = self._create_dataset(IndexedDataset(8), valid)
-        self._test_dataset = self._create_dataset(IndexedDataset(8), valid)
+        self._valid_dataset = self._create_dataset(toys.IndexedSamples(8), valid)
+        self._test_dataset = self._create_dataset(toys.IndexedSamples(8), valid)
 
 
 class ProbePlugin(hlp.Plugin):
@@ -173,7 +160,7 @@ class DistModel(hlm.Model):
 
     def setup(self, fast_init: bool = False) -> None:
         torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 1))
+        net = toys.regression_mlp()
         self.net: nn.Module = net.to(self.device)
         if self.is_distributed:
             self.net = nn.parallel.DistributedDataParallel(net)

@@ -44,14 +44,16 @@ import signal
 import sys
 from typing import Any
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # tests/, for toys
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
-from torch.utils.data import Dataset
 
 import helios.data as hld
 import helios.model as hlm
 import helios.trainer as hlt
+import toys
 from helios.trainer.checkpoint import storage
 
 NUM_SAMPLES = 48
@@ -61,29 +63,19 @@ WIDTH = 16
 SAVE_NAME = "sharded"
 
 
-class Samples(Dataset):
-    """Fixed regression samples ``(id, x, y)``."""
-
-    def __init__(self, size: int = NUM_SAMPLES, seed: int = 1234) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(size, WIDTH, generator=generator)
-        self.y = torch.randn(size, 1, generator=generator)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return torch.tensor(index), self.x[index], self.y[index]
+def samples(size: int, seed: int = 1234) -> toys.IndexedSamples:
+    """Fixed regression samples ``(id, x, y)`` with ``WIDTH`` features."""
+    return toys.IndexedSamples(size, seed, features=WIDTH)
 
 
 class Data(hld.DataModule):
     def setup(self) -> None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         batch = hld.DataLoaderParams(batch_size=GLOBAL_BATCH // world_size, shuffle=True)
-        self._train_dataset = self._create_dataset(Samples(), batch)
+        self._train_dataset = self._create_dataset(samples(NUM_SAMPLES), batch)
         valid = hld.DataLoaderParams(batch_size=4, shuffle=False)
-        self._valid_dataset = self._create_dataset(Samples(8, seed=99), valid)
-        self._test_dataset = self._create_dataset(Samples(8, seed=5), valid)
+        self._valid_dataset = self._create_dataset(samples(8, seed=99), valid)
+        self._test_dataset = self._create_dataset(samples(8, seed=5), valid)
 
 
 class Block(nn.Module):

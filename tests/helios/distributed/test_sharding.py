@@ -258,7 +258,7 @@ def test_checkpoint_of_two_processes_resumes_on_another_number(
 def test_testing_loads_the_newest_sharded_checkpoint(plain_reference: pathlib.Path) -> None:
     net = shard_job.Net()
     net.load_state_dict(_weights(plain_reference))
-    samples = shard_job.Samples(8, seed=5)
+    samples = shard_job.samples(8, seed=5)
     tested: dict[int, float] = {}
     for rank in (0, 1):
         for line in (plain_reference / f"tested{rank}.jsonl").read_text().splitlines():

@@ -17,15 +17,15 @@ import pathlib
 import sys
 from typing import Any
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # tests/, for toys
+
 import optuna
 import torch
 from optuna.trial import TrialState
 from torch import nn
-from torch.utils.data import TensorDataset
 
-import helios.data as hld
-import helios.model as hlm
 import helios.trainer as hlt
+import toys
 from helios.core import distributed as dist
 from helios.plugins import optuna as hlpo
 
@@ -39,42 +39,16 @@ class PruneFirstTrial(optuna.pruners.BasePruner):
         return trial.number == 0 and len(trial.intermediate_values) >= 2
 
 
-class RegressionData(hld.DataModule):
-    def setup(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(32, 4, generator=generator)
-        y = x.sum(dim=1, keepdim=True)
-        self._train_dataset = self._create_dataset(
-            TensorDataset(x, y), hld.DataLoaderParams(batch_size=4, shuffle=True)
-        )
-        self._valid_dataset = self._create_dataset(
-            TensorDataset(x, y), hld.DataLoaderParams(batch_size=8)
-        )
+class TunedModel(toys.TunedRegressor):
+    lr_range = (1e-3, 1e-2)
+    lr_log = False
 
-
-class TunedModel(hlm.Model):
     def __init__(self) -> None:
         super().__init__("dist-tuned")
         self.epochs: list[int] = []
-        self.lr = 0.0
-
-    def setup(self, fast_init: bool = False) -> None:
-        self.plugin = self.trainer.plugins[hlpo.OptunaPlugin.plugin_id]
-        assert isinstance(self.plugin, hlpo.OptunaPlugin)
-        self.lr = self.plugin.suggest("float", "lr", low=1e-3, high=1e-2)
-        self.net = nn.Linear(4, 1)
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=self.lr)
 
     def on_training_epoch_start(self, current_epoch: int) -> None:
         self.epochs.append(current_epoch)
-
-    def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
-        x, y = batch
-        self.optimizer.zero_grad()
-        loss = nn.functional.mse_loss(self.net(x), y)
-        loss.backward()
-        self.optimizer.step()
-        self._loss_items["loss"] = loss
 
     def on_validation_start(self, validation_cycle: int) -> None:
         super().on_validation_start(validation_cycle)
@@ -115,7 +89,7 @@ def run_trial(workdir: pathlib.Path, study: optuna.Study) -> dict[str, Any]:
     plugin = hlpo.OptunaPlugin(trial, "loss")
     plugin.configure_trainer(trainer)
     plugin.configure_model(model)
-    fit_ok = trainer.fit(model, RegressionData())
+    fit_ok = trainer.fit(model, toys.RegressionData(target="sum", batch_size=4, valid_batch_size=8))
 
     pruned_message = None
     try:

@@ -33,15 +33,14 @@ import sys
 import time
 from typing import Any
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # tests/, for toys
+
 import optuna
 import torch
 from optuna.trial import TrialState
-from torch import nn
-from torch.utils.data import TensorDataset
 
-import helios.data as hld
-import helios.model as hlm
 import helios.trainer as hlt
+import toys
 from helios.plugins import optuna as hlpo
 
 TOTAL_EPOCHS = 4
@@ -53,58 +52,16 @@ CURVES = {0: [5.0, 4.0, 3.0, 2.0], 1: [1.0, 6.0, 6.0, 6.0]}
 DEFAULT_CURVE = [4.0, 3.5, 3.0, 2.5]
 
 
-class RegressionData(hld.DataModule):
-    def setup(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(32, 4, generator=generator)
-        y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
-        self._train_dataset = self._create_dataset(
-            TensorDataset(x, y), hld.DataLoaderParams(batch_size=8, shuffle=True)
-        )
-        self._valid_dataset = self._create_dataset(
-            TensorDataset(x, y), hld.DataLoaderParams(batch_size=16)
-        )
-
-
-class PacedModel(hlm.Model):
+class PacedModel(toys.TunedRegressor):
     def __init__(self, identity: int, kill: tuple[int, int] | None) -> None:
         super().__init__("worker")
         self.identity = identity
         self.kill = kill
 
-    def setup(self, fast_init: bool = False) -> None:
-        plugin = self.trainer.plugins[hlpo.OptunaPlugin.plugin_id]
-        assert isinstance(plugin, hlpo.OptunaPlugin)
-        self.plugin = plugin
-        lr = plugin.suggest("float", "lr", low=1e-3, high=1e-1, log=True)
-        self._net = nn.Linear(4, 1)
-        self._optimizer = torch.optim.SGD(self._net.parameters(), lr=lr)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self._net.state_dict(), "optimizer": self._optimizer.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any], fast_init: bool = False) -> None:
-        self._net.load_state_dict(state_dict["net"])
-        self._optimizer.load_state_dict(state_dict["optimizer"])
-
-    def train(self) -> None:
-        self._net.train()
-
-    def eval(self) -> None:
-        self._net.eval()
-
     def on_training_epoch_start(self, current_epoch: int) -> None:
         if self.kill == (self.identity, current_epoch):
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(EPOCH_SECONDS)
-
-    def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
-        x, y = batch
-        self._optimizer.zero_grad()
-        loss = nn.functional.mse_loss(self._net(x), y)
-        loss.backward()
-        self._optimizer.step()
-        self._loss_items["loss"] = loss
 
     def valid_step(self, batch: Any, step: int) -> None:
         pass
@@ -157,7 +114,7 @@ def train(root: pathlib.Path, n_trials: int, kill: tuple[int, int] | None) -> No
         )
         plugin.configure_trainer(trainer)
         plugin.configure_model(model)
-        if not trainer.fit(model, RegressionData()):
+        if not trainer.fit(model, toys.RegressionData()):
             raise RuntimeError("training failed")
         plugin.check_pruned()
         value: float = model.metrics["loss"]

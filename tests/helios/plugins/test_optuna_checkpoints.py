@@ -3,22 +3,21 @@ trials' folders."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import pathlib
 import pickle
 import warnings
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
-import torch
-from optuna.trial import TrialState
 from torch import nn
-from torch.utils.data import TensorDataset
 
-import helios.data as hld
-import helios.model as hlm
 import helios.trainer as hlt
+import toys
 from helios.plugins import optuna as hlpo
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -28,38 +27,131 @@ def _objective(trial: optuna.Trial) -> float:
     return trial.suggest_float("x", 0, 1) + trial.suggest_int("y", 0, 3)
 
 
-SAMPLERS = {
-    "random": lambda: optuna.samplers.RandomSampler(seed=3),
-    "tpe": lambda: optuna.samplers.TPESampler(seed=3, n_startup_trials=3),
-    "tpe-multivariate": lambda: optuna.samplers.TPESampler(
-        seed=3, n_startup_trials=3, multivariate=True, group=True, constant_liar=True
+S = optuna.samplers
+GRID = {"x": [0.0, 0.5, 1.0], "y": [0, 3], "c": ["a", "b"]}
+
+# Every built-in sampler, each on its own kind of study: a sampler factory, whether the
+# search space is discrete (grid and brute force), and the number of objectives.
+SAMPLERS: dict[str, tuple[Callable[[], optuna.samplers.BaseSampler], bool, int]] = {
+    "random": (lambda: S.RandomSampler(seed=3), False, 1),
+    "tpe": (lambda: S.TPESampler(seed=3, n_startup_trials=3), False, 1),
+    "tpe-multivariate": (
+        lambda: S.TPESampler(
+            seed=3, n_startup_trials=3, multivariate=True, group=True, constant_liar=True
+        ),
+        False,
+        1,
     ),
-    "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=3, population_size=4),
-    "nsga3": lambda: optuna.samplers.NSGAIIISampler(seed=3, population_size=4),
-    "qmc": lambda: optuna.samplers.QMCSampler(seed=3),
-    "partial-fixed": lambda: optuna.samplers.PartialFixedSampler(
-        {"y": 1}, optuna.samplers.TPESampler(seed=3, n_startup_trials=3)
+    "gp": (lambda: S.GPSampler(seed=3, n_startup_trials=3), False, 1),
+    "cmaes": (
+        lambda: S.CmaEsSampler(
+            seed=3, n_startup_trials=2, popsize=4, warn_independent_sampling=False
+        ),
+        False,
+        1,
+    ),
+    "nsga2": (lambda: S.NSGAIISampler(seed=3, population_size=4), False, 2),
+    "nsga3": (lambda: S.NSGAIIISampler(seed=3, population_size=4), False, 2),
+    "qmc": (lambda: S.QMCSampler(seed=3, warn_independent_sampling=False), False, 1),
+    "grid": (lambda: S.GridSampler(GRID, seed=3), True, 1),
+    "brute-force": (lambda: S.BruteForceSampler(seed=3), True, 1),
+    "partial-fixed": (
+        lambda: S.PartialFixedSampler({"y": 1}, S.TPESampler(seed=3, n_startup_trials=3)),
+        False,
+        1,
     ),
 }
 
 
-@pytest.mark.parametrize("kind", list(SAMPLERS))
-def test_every_builtin_sampler_round_trips(kind: str, tmp_path: pathlib.Path) -> None:
-    study = optuna.create_study(sampler=SAMPLERS[kind]())
-    study.optimize(_objective, n_trials=8)
-    trial = study.ask()
-    hlpo.checkpoint_sampler(trial, tmp_path)
+def test_the_sampler_list_covers_every_builtin_sampler() -> None:
+    builtin = {
+        cls
+        for name in S.__all__
+        if isinstance(cls := getattr(S, name), type)
+        and issubclass(cls, S.BaseSampler)
+        and not inspect.isabstract(cls)
+    }
+    assert builtin == {type(make()) for make, _, _ in SAMPLERS.values()}
+
+
+def _checkpointing_objective(root: pathlib.Path, discrete: bool, objectives: int) -> Any:
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        x = trial.suggest_float("x", 0, 1, step=0.5 if discrete else None)
+        y = trial.suggest_int("y", 0, 3, step=3 if discrete else 1)
+        c = trial.suggest_categorical("c", ["a", "b"])
+        hlpo.checkpoint_sampler(trial, root)
+        value = (x - 0.3) ** 2 + y + (c == "b")
+        return value if objectives == 1 else (value, (x - 0.8) ** 2 - y)
+
+    return objective
+
+
+# The GP sampler fits a Gaussian process at every trial: seconds, not milliseconds.
+KINDS = [pytest.param(k, marks=pytest.mark.slow) if k == "gp" else k for k in SAMPLERS]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_builtin_sampler_resumes_as_if_never_stopped(
+    kind: str, tmp_path: pathlib.Path
+) -> None:
+    make, discrete, objectives = SAMPLERS[kind]
+    trials, stop_after = 9, 5
+
+    def study(storage: optuna.storages.BaseStorage, sampler: Any) -> optuna.Study:
+        return optuna.create_study(
+            study_name="study",
+            storage=storage,
+            load_if_exists=True,
+            sampler=sampler,
+            directions=["minimize"] * objectives,
+        )
+
+    straight = study(optuna.storages.InMemoryStorage(), make())
+    straight.optimize(
+        _checkpointing_objective(tmp_path / "straight", discrete, objectives), n_trials=trials
+    )
+
+    # The same study stopped after a few trials and resumed in a new study object with the
+    # sampler read back from its last checkpoint.
+    samplers = tmp_path / "samplers"
+    storage = optuna.storages.InMemoryStorage()
+    stopped = study(storage, make())
+    stopped.optimize(_checkpointing_objective(samplers, discrete, objectives), n_trials=stop_after)
+    original = stopped.sampler
+    del stopped
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        restored = hlpo.restore_sampler(tmp_path)
-    assert type(restored) is type(study.sampler)
-    # The restored sampler proposes what the original proposes next.
-    twin = optuna.create_study(sampler=restored)
-    for finished in study.trials:
-        if finished.state == TrialState.COMPLETE:
-            twin.add_trial(finished)
-    study.tell(trial, 1.0)
-    assert twin.ask().params == study.ask().params
+        warnings.simplefilter("error", RuntimeWarning)  # a refused file would warn
+        restored = hlpo.restore_sampler(samplers)
+    assert type(restored) is type(original) and restored is not original
+    resumed = study(storage, restored)
+    resumed.optimize(
+        _checkpointing_objective(samplers, discrete, objectives), n_trials=trials - stop_after
+    )
+
+    # The grid and QMC samplers keep their progress in the study, so this also shows that
+    # the restored sampler continues it; the others draw from their restored random state.
+    params = [trial.params for trial in resumed.trials]
+    assert params == [trial.params for trial in straight.trials]
+    assert len({repr(p) for p in params}) > 1  # the sampler really drew different values
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(
+    tmp_path: pathlib.Path,
+) -> None:
+    class Unsaveable(S.RandomSampler):
+        def __init__(self) -> None:
+            super().__init__(seed=0)
+            self.callback = lambda: None  # a local function: pickle refuses it
+
+    study = optuna.create_study(sampler=S.RandomSampler(seed=0))
+    hlpo.checkpoint_sampler(study.ask(), tmp_path)
+    saved = (tmp_path / "sampler_trial-0.pkl").read_bytes()
+    study.sampler = Unsaveable()
+    trial = study.ask()
+    with pytest.raises(TypeError, match=r"cannot checkpoint the sampler Unsaveable"):
+        hlpo.checkpoint_sampler(trial, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sampler_trial-0.pkl"]
+    assert (tmp_path / "sampler_trial-0.pkl").read_bytes() == saved
 
 
 class _RunsCode:
@@ -111,6 +203,40 @@ def test_a_malicious_sampler_file_is_refused_and_the_study_goes_on(
     assert len(study.trials) == 2
 
 
+class _Record:
+    def __init__(self, record: tuple[Any, ...]) -> None:
+        self.record = record
+
+
+class _RecordPickler(pickle.Pickler):
+    """Writes _Record objects as the records (persistent ids) of a sampler checkpoint."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        return obj.record if isinstance(obj, _Record) else None
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (("os.system", "touch pwned"), "not a record"),
+        (("torch.dtype", "load"), "not a record"),
+        (("tensor", np.array(["a"], dtype=object), False), "not a record"),
+        (("tensor", [1.0], False), "not a record"),
+        (("tensor", np.array([1]), True), "not a record"),
+        (("lock", "extra"), "not a record"),
+    ],
+)
+def test_a_forged_record_in_a_sampler_file_is_refused(
+    record: tuple[Any, ...], reason: str, tmp_path: pathlib.Path
+) -> None:
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    sampler.extra = _Record(record)  # type: ignore[attr-defined]
+    with (tmp_path / "sampler_trial-0.pkl").open("wb") as file:
+        _RecordPickler(file, protocol=4).dump(sampler)
+    with pytest.warns(RuntimeWarning, match=reason):
+        assert hlpo.restore_sampler(tmp_path) is None
+
+
 def test_a_file_that_holds_no_sampler_is_refused(tmp_path: pathlib.Path) -> None:
     (tmp_path / "sampler_trial-3.pkl").write_bytes(pickle.dumps({"a": 1}))
     with pytest.warns(RuntimeWarning, match="holds a dict, not an Optuna sampler"):
@@ -123,34 +249,7 @@ def test_a_file_that_holds_no_sampler_is_refused(tmp_path: pathlib.Path) -> None
 # -- trial folders ------------------------------------------------------------------------------
 
 
-class Data(hld.DataModule):
-    def setup(self) -> None:
-        x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
-        data = TensorDataset(x, x.sum(dim=1, keepdim=True))
-        self._train_dataset = self._create_dataset(data, hld.DataLoaderParams(batch_size=8))
-        self._valid_dataset = self._create_dataset(data, hld.DataLoaderParams(batch_size=8))
-
-
-class Tuned(hlm.Model):
-    def setup(self, fast_init: bool = False) -> None:
-        plugin = self.trainer.plugins[hlpo.OptunaPlugin.plugin_id]
-        assert isinstance(plugin, hlpo.OptunaPlugin)
-        self.plugin = plugin
-        self.net = nn.Linear(4, 1)
-        lr = plugin.suggest("float", "lr", low=1e-3, high=1e-1, log=True)
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict()}
-
-    def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
-        x, y = batch
-        self.optimizer.zero_grad()
-        loss = nn.functional.mse_loss(self.net(x), y)
-        loss.backward()
-        self.optimizer.step()
-        self._loss_items["loss"] = loss.detach()
-
+class Tuned(toys.TunedRegressor):
     def valid_step(self, batch: Any, step: int) -> None:
         x, y = batch
         self._val_scores["loss"] = nn.functional.mse_loss(self.net(x), y).item()
@@ -186,7 +285,7 @@ def test_trial_folders_are_pruned_and_finished_trials_removed(tmp_path: pathlib.
         plugin.configure_model(model)
         if trial.number == 2:
             raise RuntimeError("a failed trial keeps its folder for resume_study")
-        assert trainer.fit(model, Data())
+        assert trainer.fit(model, toys.RegressionData(16, "sum", 8, 8, shuffle=False))
         return float(model.metrics["loss"])
 
     study.optimize(objective, n_trials=4, catch=(RuntimeError,))

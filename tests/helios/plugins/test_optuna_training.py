@@ -7,14 +7,11 @@ from typing import Any
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 from torch import nn
-from torch.utils.data import TensorDataset
 
-import helios.data as hld
-import helios.model as hlm
 import helios.trainer as hlt
+import toys
 from helios.plugins import optuna as hlpo
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -22,20 +19,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 TOTAL_EPOCHS = 3
 
 
-class RegressionData(hld.DataModule):
-    def setup(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(32, 4, generator=generator)
-        y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
-        self._train_dataset = self._create_dataset(
-            TensorDataset(x, y), hld.DataLoaderParams(batch_size=8, shuffle=True)
-        )
-        self._valid_dataset = self._create_dataset(
-            TensorDataset(x, y), hld.DataLoaderParams(batch_size=16)
-        )
-
-
-class TunedModel(hlm.Model):
+class TunedModel(toys.TunedRegressor):
     """Reports its validation loss to the trial; can crash once to simulate a kill."""
 
     def __init__(
@@ -49,39 +33,10 @@ class TunedModel(hlm.Model):
         self.crash_in_epoch = crash_in_epoch
         self.curve = curve
 
-    def setup(self, fast_init: bool = False) -> None:
-        plugin = self.trainer.plugins[hlpo.OptunaPlugin.plugin_id]
-        assert isinstance(plugin, hlpo.OptunaPlugin)
-        self.plugin = plugin
-        lr = plugin.suggest("float", "lr", low=1e-3, high=1e-1, log=True)
-        self._net = nn.Linear(4, 1)
-        self._optimizer = torch.optim.SGD(self._net.parameters(), lr=lr)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self._net.state_dict(), "optimizer": self._optimizer.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any], fast_init: bool = False) -> None:
-        self._net.load_state_dict(state_dict["net"])
-        self._optimizer.load_state_dict(state_dict["optimizer"])
-
-    def train(self) -> None:
-        self._net.train()
-
-    def eval(self) -> None:
-        self._net.eval()
-
     def on_training_epoch_start(self, current_epoch: int) -> None:
         self.events.append(f"epoch {current_epoch}")
         if current_epoch == self.crash_in_epoch:
             raise RuntimeError("simulated crash")
-
-    def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
-        x, y = batch
-        self._optimizer.zero_grad()
-        loss = nn.functional.mse_loss(self._net(x), y)
-        loss.backward()
-        self._optimizer.step()
-        self._loss_items["loss"] = loss
 
     def on_validation_start(self, validation_cycle: int) -> None:
         super().on_validation_start(validation_cycle)
@@ -90,7 +45,7 @@ class TunedModel(hlm.Model):
 
     def valid_step(self, batch: Any, step: int) -> None:
         x, y = batch
-        self._val_scores["loss"] += nn.functional.mse_loss(self._net(x), y, reduction="sum").item()
+        self._val_scores["loss"] += nn.functional.mse_loss(self.net(x), y, reduction="sum").item()
         self._val_scores["count"] += len(x)
 
     def on_validation_end(self, validation_cycle: int) -> None:
@@ -149,7 +104,7 @@ def make_objective(
         plugin.configure_trainer(trainer)
         plugin.configure_model(model)
         hlpo.checkpoint_sampler(trial, root / "samplers")
-        if not trainer.fit(model, RegressionData()):
+        if not trainer.fit(model, toys.RegressionData()):
             raise RuntimeError("training failed")
         plugin.check_pruned()
         value: float = model.metrics["loss"]

@@ -54,15 +54,17 @@ import sys
 import time
 from typing import Any
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # tests/, for toys
+
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 import helios.core as hlc
 import helios.data as hld
 import helios.model as hlm
 import helios.trainer as hlt
+import toys
 from helios.core import logging, rng
 
 NUM_SAMPLES = 10
@@ -74,21 +76,16 @@ _REAL_TORCH_SAVE = torch.save
 SCORES = (0.5, 0.9, 0.2, 0.7, 0.95, 0.1, 0.3, 0.6, 0.4)
 
 
-class CountingDataset(Dataset):
-    """Fixed samples ``(id, x, y)``; counts every ``__getitem__`` call."""
+class CountingDataset(toys.IndexedSamples):
+    """The shared samples ``(id, x, y)``; counts every ``__getitem__`` call."""
 
     def __init__(self, size: int = NUM_SAMPLES, seed: int = 1234) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(size, 3, generator=generator)
-        self.y = torch.randn(size, 1, generator=generator)
+        super().__init__(size, seed)
         self.accessed: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.x)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.accessed.append(index)
-        return torch.tensor(index), self.x[index], self.y[index]
+        return super().__getitem__(index)
 
 
 class ResumeDataModule(hld.DataModule):
@@ -140,8 +137,7 @@ class ResumeModel(hlm.Model):
         self.extra_state: dict[str, Any] = {}
 
     def setup(self, fast_init: bool = False) -> None:
-        self.net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 1))
-        self.net.to(self.device)
+        self.net = toys.regression_mlp().to(self.device)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.05, momentum=0.9)
         scaler = self.trainer.precision.scaler
         if scaler is not None:

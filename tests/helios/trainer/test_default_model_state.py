@@ -19,6 +19,7 @@ from torch import nn
 
 import helios.model as hlm
 import helios.trainer as hlt
+import toys
 
 
 class PlainModel(hlm.Model):
@@ -35,7 +36,7 @@ class PlainModel(hlm.Model):
         self.trained: list[int] = []
 
     def setup(self, fast_init: bool = False) -> None:
-        self.net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 1))
+        self.net = toys.regression_mlp()
         self.net.to(self.device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=0.05)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, 2, gamma=0.5)

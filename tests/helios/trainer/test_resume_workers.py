@@ -10,22 +10,17 @@ import numpy as np
 import pytest
 import resume_job as job
 import torch
-from torch.utils.data import Dataset
 
 import helios.data as hld
+import toys
 from helios.core import rng
 
 
-class AugmentedDataset(Dataset):
-    """Samples ``(id, x, y)`` whose ``x`` gets noise from torch, NumPy and ``random``."""
+class AugmentedDataset(toys.IndexedSamples):
+    """The shared samples ``(id, x, y)`` whose ``x`` gets noise from torch, NumPy and ``random``."""
 
     def __init__(self, size: int = job.NUM_SAMPLES) -> None:
-        generator = torch.Generator().manual_seed(1234)
-        self.x = torch.randn(size, 3, generator=generator)
-        self.y = torch.randn(size, 1, generator=generator)
-
-    def __len__(self) -> int:
-        return len(self.x)
+        super().__init__(size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         noise = torch.rand(3) + float(np.random.rand()) + random.random()

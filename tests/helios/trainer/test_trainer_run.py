@@ -9,53 +9,20 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
-import helios.data as hld
-import helios.model as hlm
 import helios.plugins as hlp
 import helios.trainer as hlt
+import toys
 from helios.core import logging
 
 
-class TinyData(hld.DataModule):
-    def __init__(self, n: int = 16, batch_size: int = 4) -> None:
-        super().__init__()
-        self.n, self.batch_size = n, batch_size
-        self.prepared = False
+class TinyModel(toys.LinearClassifier):
+    """The shared linear classifier, with failures planted on request and logged losses."""
 
-    def prepare_data(self) -> None:
-        self.prepared = True
-
-    def setup(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(self.n, 3, generator=generator)
-        y = (x.sum(dim=1) > 0).long()
-        dataset = TensorDataset(x, y)
-        self._train_dataset = self._create_dataset(
-            dataset, hld.DataLoaderParams(batch_size=self.batch_size, shuffle=True)
-        )
-        self._valid_dataset = self._create_dataset(dataset, hld.DataLoaderParams(batch_size=8))
-        self._test_dataset = self._create_dataset(dataset, hld.DataLoaderParams(batch_size=8))
-
-
-class TinyModel(hlm.Model):
     def __init__(self, fail_in: str | None = None, error: type[Exception] = KeyError) -> None:
         super().__init__("tiny")
         self.fail_in, self.error = fail_in, error
         self.tested_weights: torch.Tensor | None = None
-
-    def setup(self, fast_init: bool = False) -> None:
-        self.net = nn.Linear(3, 2).to(self.device)
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.1)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any], fast_init: bool = False) -> None:
-        self.net.load_state_dict(state_dict["net"])
-        if not fast_init:
-            self.optimizer.load_state_dict(state_dict["optimizer"])
 
     def _maybe_fail(self, where: str) -> None:
         if self.fail_in == where:
@@ -66,12 +33,7 @@ class TinyModel(hlm.Model):
 
     def train_step(self, batch: Any, state: hlt.TrainingState) -> None:
         self._maybe_fail("train_step")
-        x, y = batch
-        self.optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(self.net(x), y)
-        loss.backward()
-        self.optimizer.step()
-        self._loss_items["loss"] = loss
+        super().train_step(batch, state)
 
     def on_training_batch_end(self, state: hlt.TrainingState, should_log: bool = False) -> None:
         super().on_training_batch_end(state, should_log)
@@ -101,7 +63,7 @@ def make_trainer(tmp_path: pathlib.Path, **kwargs: Any) -> hlt.Trainer:
 @pytest.mark.parametrize("method", ["fit", "test"])
 def test_wrong_types_raise_before_starting(tmp_path, method) -> None:
     trainer = make_trainer(tmp_path)
-    data = TinyData()
+    data = toys.BlobsData()
     with pytest.raises(TypeError, match=r"expects a helios.model.Model as model.*Linear"):
         getattr(trainer, method)(nn.Linear(1, 1), data)
     with pytest.raises(TypeError, match=r"helios.data.DataModule as datamodule.*list"):
@@ -114,7 +76,7 @@ def test_unlisted_exception_is_logged_and_fit_returns_false(tmp_path, capsys, wh
     trainer = make_trainer(
         tmp_path, enable_file_logging=True, log_path=tmp_path / "logs"
     )  # fmt: skip
-    assert trainer.fit(TinyModel(fail_in=where), TinyData()) is False
+    assert trainer.fit(TinyModel(fail_in=where), toys.BlobsData()) is False
     captured = capsys.readouterr()
     err = captured.err
     assert "planted" not in captured.out
@@ -133,17 +95,17 @@ def test_listed_exception_is_reraised(tmp_path) -> None:
     trainer = make_trainer(tmp_path)
     trainer.train_exceptions.append(ValueError)
     with pytest.raises(ValueError, match="planted failure in train_step"):
-        trainer.fit(TinyModel(fail_in="train_step", error=ValueError), TinyData())
+        trainer.fit(TinyModel(fail_in="train_step", error=ValueError), toys.BlobsData())
     assert not logging.is_root_logger_active()
 
 
 def test_test_exceptions(tmp_path, capsys) -> None:
     trainer = make_trainer(tmp_path)
-    assert trainer.test(TinyModel(fail_in="test_step"), TinyData()) is False
+    assert trainer.test(TinyModel(fail_in="test_step"), toys.BlobsData()) is False
     assert "test failed in TinyModel.test_step: KeyError" in capsys.readouterr().err
     trainer.test_exceptions.append(RuntimeError)
     with pytest.raises(RuntimeError, match="planted"):
-        trainer.test(TinyModel(fail_in="on_testing_start", error=RuntimeError), TinyData())
+        trainer.test(TinyModel(fail_in="on_testing_start", error=RuntimeError), toys.BlobsData())
 
 
 def test_two_runs_in_one_process_keep_their_logs_apart(tmp_path, capsys) -> None:
@@ -152,19 +114,19 @@ def test_two_runs_in_one_process_keep_their_logs_apart(tmp_path, capsys) -> None
             tmp_path, run_name=name, enable_file_logging=True, log_path=tmp_path / name,
             print_frequency=1,
         )  # fmt: skip
-        assert trainer.fit(TinyModel(), TinyData())
+        assert trainer.fit(TinyModel(), toys.BlobsData())
     first = next((tmp_path / "first").glob("*.log")).read_text()
     second = next((tmp_path / "second").glob("*.log")).read_text()
     assert first.count("iteration 1 loss") == 1 and second.count("iteration 1 loss") == 1
     assert first.count("Starting epoch 1") == 1 and second.count("Starting epoch 1") == 1
-    assert make_trainer(tmp_path).fit(TinyModel(fail_in="train_step"), TinyData()) is False
+    assert make_trainer(tmp_path).fit(TinyModel(fail_in="train_step"), toys.BlobsData()) is False
     assert capsys.readouterr().err.count("KeyError: 'planted failure in train_step'") == 2
     assert "planted" not in first + second + next((tmp_path / "second").glob("*.log")).read_text()
 
 
 def test_log_path_without_file_logging_writes_nothing(tmp_path) -> None:
     trainer = make_trainer(tmp_path, log_path=tmp_path / "logs", run_path=tmp_path / "runs")
-    assert trainer.fit(TinyModel(), TinyData())
+    assert trainer.fit(TinyModel(), toys.BlobsData())
     assert not (tmp_path / "logs").exists() and not (tmp_path / "runs").exists()
 
 
@@ -176,7 +138,7 @@ def test_tensorboard_and_log_file_and_resume_message(tmp_path, capsys) -> None:
         "enable_file_logging": True, "log_path": tmp_path / "logs", "print_frequency": 2,
         "chkpt_frequency": 1, "chkpt_root": tmp_path / "chkpt",
     }  # fmt: skip
-    assert make_trainer(tmp_path, **options).fit(TinyModel(), TinyData())
+    assert make_trainer(tmp_path, **options).fit(TinyModel(), toys.BlobsData())
     (run_dir,) = (tmp_path / "runs").iterdir()
     events = EventAccumulator(str(run_dir))
     events.Reload()
@@ -184,7 +146,9 @@ def test_tensorboard_and_log_file_and_resume_message(tmp_path, capsys) -> None:
     assert steps == [2, 4, 6, 8]
     capsys.readouterr()
 
-    assert make_trainer(tmp_path, **{**options, "total_steps": 3}).fit(TinyModel(), TinyData())
+    assert make_trainer(tmp_path, **{**options, "total_steps": 3}).fit(
+        TinyModel(), toys.BlobsData()
+    )
     out = capsys.readouterr().out
     assert "Resuming training from checkpoint" in out and "tiny_epoch_2_iter_8.pth" in out
     (log_file,) = (tmp_path / "logs").iterdir()
@@ -204,9 +168,9 @@ def test_tensorboard_and_log_file_and_resume_message(tmp_path, capsys) -> None:
 def test_test_loads_the_last_checkpoint(tmp_path, capsys) -> None:
     trainer = make_trainer(tmp_path, chkpt_frequency=1, chkpt_root=tmp_path)
     trained = TinyModel()
-    assert trainer.fit(trained, TinyData())
+    assert trainer.fit(trained, toys.BlobsData())
     fresh = TinyModel()
-    assert trainer.test(fresh, TinyData())
+    assert trainer.test(fresh, toys.BlobsData())
     assert fresh.tested_weights is not None
     assert torch.equal(fresh.tested_weights, trained.net.weight)
     assert "Testing using checkpoint" in capsys.readouterr().out
@@ -236,7 +200,7 @@ def test_no_host_device_sync_per_batch(tmp_path, monkeypatch) -> None:
     trainer.train_exceptions.append(AssertionError)
     monkeypatch.setattr(torch.Tensor, "item", guard(original_item))
     monkeypatch.setattr(torch.Tensor, "cpu", guard(original_cpu))
-    assert trainer.fit(TinyModel(), TinyData())
+    assert trainer.fit(TinyModel(), toys.BlobsData())
 
 
 class CountingPlugin(hlp.Plugin):
@@ -269,14 +233,14 @@ def test_plugin_state_is_checkpointed_and_restored(tmp_path) -> None:
     trainer = make_trainer(tmp_path, **options)
     plugin = CountingPlugin()
     plugin.configure_trainer(trainer)
-    assert trainer.fit(TinyModel(), TinyData())
+    assert trainer.fit(TinyModel(), toys.BlobsData())
     saved = torch.load(tmp_path / "tiny" / "tiny_epoch_2_iter_8.pth", weights_only=True)
     assert saved["counter"] == {"batches": 8}
 
     trainer = make_trainer(tmp_path, total_steps=3, **options)
     resumed = CountingPlugin()
     resumed.configure_trainer(trainer)
-    assert trainer.fit(TinyModel(), TinyData())
+    assert trainer.fit(TinyModel(), toys.BlobsData())
     assert resumed.loaded == {"batches": 8} and resumed.batches == 12
 
 
@@ -298,7 +262,7 @@ def test_model_and_plugin_see_the_run(tmp_path) -> None:
     plugin = CountingPlugin()
     plugin.configure_trainer(trainer)
     model = TinyModel()
-    assert trainer.fit(model, TinyData())
+    assert trainer.fit(model, toys.BlobsData())
     for obj in (model, plugin):
         assert obj.trainer is trainer
         assert obj.device == torch.device("cpu")
@@ -308,7 +272,7 @@ def test_model_and_plugin_see_the_run(tmp_path) -> None:
 
 def test_progress_bars_off_a_terminal_print_whole_lines(tmp_path, capsys) -> None:
     trainer = make_trainer(tmp_path, enable_progress_bar=True, total_steps=3)
-    assert trainer.fit(TinyModel(), TinyData())
+    assert trainer.fit(TinyModel(), toys.BlobsData())
     err = capsys.readouterr().err
     assert "\r" not in err and "\x1b[" not in err
     lines = [line for line in err.splitlines() if line.startswith("Training epochs")]
@@ -324,11 +288,11 @@ class BannerModel(TinyModel):
 def test_banner_is_printed_with_the_model_addition(tmp_path, capsys) -> None:
     trainer = make_trainer(tmp_path, print_banner=True, enable_file_logging=True,
                            log_path=tmp_path)  # fmt: skip
-    assert trainer.fit(BannerModel(), TinyData())
+    assert trainer.fit(BannerModel(), toys.BlobsData())
     out = capsys.readouterr().out
     assert "Environment info" in out and "banner addition from the model" in out
     assert "banner addition from the model" in next(tmp_path.glob("*.log")).read_text()
-    assert make_trainer(tmp_path, print_banner=False).fit(BannerModel(), TinyData())
+    assert make_trainer(tmp_path, print_banner=False).fit(BannerModel(), toys.BlobsData())
     assert "Environment info" not in capsys.readouterr().out
 
 
@@ -336,7 +300,7 @@ def test_plugin_table_filled_by_hand_is_checked_before_starting(tmp_path) -> Non
     trainer = make_trainer(tmp_path)
     first, second = CountingPlugin(), CountingPlugin()
     trainer.plugins = {"a": first, "b": second}
-    data = TinyData()
+    data = toys.BlobsData()
     with pytest.raises(ValueError, match="training_batch"):
         trainer.fit(TinyModel(), data)
     assert not data.prepared
@@ -345,7 +309,7 @@ def test_plugin_table_filled_by_hand_is_checked_before_starting(tmp_path) -> Non
 @pytest.mark.parametrize("unit", ["epoch", "iteration"])
 def test_fit_with_zero_total_steps_is_rejected_before_starting(tmp_path, unit) -> None:
     trainer = make_trainer(tmp_path, total_steps=0, train_unit=unit)
-    data = TinyData()
+    data = toys.BlobsData()
     with pytest.raises(ValueError, match=f"total_steps=0 has nothing to train.*{unit}s"):
         trainer.fit(TinyModel(), data)
     assert not data.prepared

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import pyblaze.nn as xnn
+from pyblaze_toys import Crash, three_classes
 
 JOB = pathlib.Path(__file__).with_name("shard_fit_job.py")
-SRC = pathlib.Path(__file__).resolve().parents[2] / "src"
+SRC = pathlib.Path(__file__).resolve().parents[3] / "src"
 
 
 class Net(xnn.Estimator, nn.Module):
@@ -36,32 +37,14 @@ class Net(xnn.Estimator, nn.Module):
         return self.body(self.drop(x))
 
 
-class Crash(xnn.TrainingCallback):
-    """Fails in ``after_epoch`` of one epoch (before that epoch's checkpoint is written)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch, self.seen = epoch, 0
-
-    def after_epoch(self, metrics: xnn.Evaluation) -> None:
-        self.seen += 1
-        if self.seen == self.epoch:
-            raise RuntimeError("crash")
-
-
-def _data() -> TensorDataset:
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(40, 4, generator=generator)
-    return TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
-
-
 def _fit(shard: bool, root: pathlib.Path | None = None, *extra: Any) -> tuple[Any, Net, Any]:
     torch.manual_seed(0)
     model = Net()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     options = {} if root is None else {"chkpt_root": root, "chkpt_frequency": 1}
     history = model.fit(
-        DataLoader(_data(), batch_size=10, shuffle=True),
-        val_data=DataLoader(_data(), batch_size=20),
+        DataLoader(three_classes(40), batch_size=10, shuffle=True),
+        val_data=DataLoader(three_classes(40), batch_size=20),
         epochs=4,
         optimizer=optimizer,
         loss=nn.CrossEntropyLoss(),
@@ -78,7 +61,7 @@ def test_shard_must_be_a_bool(value: Any) -> None:
     model = Net()
     with pytest.raises(TypeError, match=r"shard must be a bool, but received"):
         model.fit(
-            DataLoader(_data(), batch_size=10),
+            DataLoader(three_classes(40), batch_size=10),
             epochs=1,
             optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
             loss=nn.CrossEntropyLoss(),

@@ -1,4 +1,5 @@
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -238,3 +239,9 @@ def test_adaptive_avg_pool_rejects_upsampling() -> None:
     with pytest.raises(ValueError, match=r"output_size \(8, None\) is larger than.*\(4, 4\)"):
         pool(torch.zeros(1, 1, 4, 4))
     assert "output_size=(8, None)" in repr(pool)
+
+
+@pytest.mark.parametrize("output_size", [1.0, None, (1, 2, 3), (1,), (1, 1.0), (1.0, 1), 0])
+def test_adaptive_avg_pool_raises_runtime_error_as_documented(output_size: Any) -> None:
+    with pytest.raises(RuntimeError, match="output_size"):
+        layers.AdaptiveAvgPool2d(output_size)

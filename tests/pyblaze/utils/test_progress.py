@@ -2,6 +2,7 @@ import io
 import pathlib
 import re
 
+import pytest
 import torch
 from torch import nn
 
@@ -80,3 +81,12 @@ def test_prediction_logger_prints_elapsed_time(capsys, make_model, dataset) -> N
         gpu=False,
     )
     assert re.fullmatch(r"\[Elapsed 0:00:0\d\]\n", capsys.readouterr().out)
+
+
+def test_progress_bar_frac() -> None:
+    from pyblaze.utils import ProgressBar
+
+    assert ProgressBar.frac(10, 3, verbose=False).total == 4
+    assert ProgressBar.frac(9, 3).total == 3
+    with pytest.raises(ValueError, match="denom must be greater than 0, got 0"):
+        ProgressBar.frac(9, 0)

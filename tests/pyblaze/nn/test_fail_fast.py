@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 import helios.loggers as hll
 import pyblaze.nn as xnn
 from helios.trainer.checkpoint.retention import read_index
+from pyblaze_toys import BatchCounter, LinearEstimator
 
 
 class Regressor(xnn.Estimator, nn.Module):
@@ -28,14 +29,6 @@ class Regressor(xnn.Estimator, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(x))
-
-
-class BatchCounter(xnn.TrainingCallback):
-    def __init__(self) -> None:
-        self.batches = 0
-
-    def after_batch(self, *args) -> None:
-        self.batches += 1
 
 
 def _xy(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,19 +136,9 @@ def test_targets_that_broadcast_against_the_predictions_are_refused(with_val) ->
 def test_classification_shapes_still_train() -> None:
     model = xnn.Estimator  # noqa: F841 - (readability)
 
-    class Classifier(xnn.Estimator, nn.Module):
-        __engine__ = xnn.SupervisedEngine
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(x)
-
     x, _ = _xy()
     labels = (x[:, 0] > 0).long()
-    clf = Classifier()
+    clf = LinearEstimator(4, 3)
     history = clf.fit(
         _loader(x, labels),
         val_data=_loader(x, labels),

@@ -153,7 +153,7 @@ COMPILE_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import torch
-from test_pyblaze_precision import DtypeRecorder, _fit, xnn
+from test_precision import DtypeRecorder, _fit, xnn
 
 class CompileWatcher(xnn.TrainingCallback):
     def __init__(self):

@@ -21,7 +21,7 @@ from torch import nn
 
 import pyblaze.nn as xnn
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 _PRELUDE = textwrap.dedent(
     """

@@ -9,33 +9,17 @@ import signal
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import pyblaze.nn as xnn
+from pyblaze_toys import BatchCounter, Crash, LinearEstimator, three_classes
 
 
-class Net(xnn.Estimator, nn.Module):
-    __engine__ = xnn.SupervisedEngine
+class Net(LinearEstimator):
+    """The shared linear estimator, after dropout; its checkpoints go to ``pyblaze_Net``."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-        self.drop = nn.Dropout(0.2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(x))
-
-
-class Crash(xnn.TrainingCallback):
-    """Fails in ``after_epoch`` of one epoch (before that epoch's checkpoint is written)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch, self.seen = epoch, 0
-
-    def after_epoch(self, metrics: xnn.Evaluation) -> None:
-        self.seen += 1
-        if self.seen == self.epoch:
-            raise RuntimeError("crash")
+        super().__init__(dropout=0.2)
 
 
 class Preempt(xnn.TrainingCallback):
@@ -54,20 +38,6 @@ class Preempt(xnn.TrainingCallback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-class BatchCounter(xnn.TrainingCallback):
-    def __init__(self) -> None:
-        self.batches = 0
-
-    def after_batch(self, *args) -> None:
-        self.batches += 1
-
-
-def _data() -> TensorDataset:
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(40, 4, generator=generator)
-    return TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
-
-
 def _run(root: pathlib.Path | None, *extra: xnn.TrainingCallback):
     """One ``fit`` as a fresh process would run it: new objects, the same seed."""
     torch.manual_seed(0)
@@ -78,7 +48,7 @@ def _run(root: pathlib.Path | None, *extra: xnn.TrainingCallback):
     # a counter restarted by a resume would stop later.
     stopper = xnn.EarlyStopping(metric="train_loss", patience=3, minimize=False)
     options = {} if root is None else {"chkpt_root": root, "chkpt_frequency": 1}
-    data = _data()
+    data = three_classes(40)
     history = model.fit(
         DataLoader(data, batch_size=10, shuffle=True),
         val_data=DataLoader(data, batch_size=20),
@@ -126,7 +96,7 @@ def test_callback_states_are_in_the_checkpoint(tmp_path: pathlib.Path) -> None:
     beta = torch.tensor(1.0)
     halve = xnn.ParameterScheduler(beta, lambda value, epoch: value / 2)
     model.fit(
-        DataLoader(_data(), batch_size=10),
+        DataLoader(three_classes(40), batch_size=10),
         epochs=2,
         optimizer=optimizer,
         loss=nn.CrossEntropyLoss(),
@@ -145,7 +115,7 @@ def test_callback_states_are_in_the_checkpoint(tmp_path: pathlib.Path) -> None:
     torch.manual_seed(0)
     model = Net()
     model.fit(
-        DataLoader(_data(), batch_size=10),
+        DataLoader(three_classes(40), batch_size=10),
         epochs=3,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         loss=nn.CrossEntropyLoss(),
@@ -162,7 +132,7 @@ def test_callback_states_are_in_the_checkpoint(tmp_path: pathlib.Path) -> None:
 SCRIPT = """
 import json, os, signal, sys
 sys.path.insert(0, {tests!r})
-from test_pyblaze_resume import Preempt, _run, xnn
+from test_resume import Preempt, _run, xnn
 
 class Kill(xnn.TrainingCallback):
     def __init__(self):

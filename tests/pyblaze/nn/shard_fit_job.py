@@ -1,6 +1,6 @@
 """A pyblaze ``fit`` under ``torchrun`` on CPU processes (gloo), sharded or replicated.
 
-For the tests of ``fit(shard=True)`` (test_pyblaze_shard.py)::
+For the tests of ``fit(shard=True)`` (test_shard.py)::
 
     torchrun --nproc_per_node=2 shard_fit_job.py WORKDIR MODE [--chkpt DIR] [--kill-after N]
                                                  [--more]
