@@ -31,6 +31,13 @@ _ALLOWED = {
 }
 
 
+class RefusedIndexError(pickle.UnpicklingError, ValueError):
+    """A shard index that refers to a type an index does not hold (damaged or hostile).
+
+    A ``ValueError`` too: a run resuming skips such a checkpoint as it skips a damaged one.
+    """
+
+
 class _IndexUnpickler(pickle.Unpickler):
     """Builds only the types of a Distributed Checkpoint index."""
 
@@ -44,7 +51,7 @@ class _IndexUnpickler(pickle.Unpickler):
             found = getattr(torch, name, None)
             if isinstance(found, torch.dtype):
                 return found
-        raise pickle.UnpicklingError(
+        raise RefusedIndexError(
             f"the shard index refers to {module}.{name}, which is not a type of a Distributed "
             "Checkpoint index: refused (the file is damaged or was not written by helios)"
         )
@@ -66,10 +73,14 @@ def load_metadata(data: bytes) -> Any:
 
     try:
         metadata = _IndexUnpickler(io.BytesIO(data)).load()
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
-        raise pickle.UnpicklingError(f"the shard index is unreadable: {error}") from error
+    except RefusedIndexError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+        raise RefusedIndexError(f"the shard index is unreadable: {error}") from error
+    except (IndexError, KeyError) as error:
+        raise RefusedIndexError(f"the shard index is unreadable: {error}") from error
     if not isinstance(metadata, Metadata):
-        raise pickle.UnpicklingError(
+        raise RefusedIndexError(
             f"the shard index holds a {type(metadata).__name__}, not a Metadata"
         )
     return metadata
@@ -107,4 +118,4 @@ def safe_reader(path: str | pathlib.Path, storage_options: Mapping[str, Any] | N
     return SafeIndexReader(str(path), **dict(storage_options or {}))
 
 
-__all__ = ["load_metadata", "safe_reader"]
+__all__ = ["RefusedIndexError", "load_metadata", "safe_reader"]
