@@ -271,6 +271,11 @@ class StoreFolder(CheckpointFolder):
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.key(name), recursive=recursive)
 
+    def remove_all(self) -> None:
+        """Remove the folder and everything in it."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self._path, recursive=True)
+
     def _check_claim(self) -> None:
         if self.claim_error is not None:
             raise CheckpointWriteError(self.claim_error)
