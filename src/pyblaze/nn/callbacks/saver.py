@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from typing import Any, ClassVar
@@ -143,9 +144,8 @@ class ModelSaverCallback(TrainingCallback):
                 state = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
                 torch.save(state, local.with_name(name + ".pt"))
             for file in sorted(pathlib.Path(staging).iterdir()):
-                data = file.read_bytes()
-                target = file.name
-                retrying(lambda: folder.put(target, data), f"{self.directory}/{target}")
+                put = functools.partial(folder.put, file.name, file.read_bytes())
+                retrying(put, f"{self.directory}/{file.name}")
 
     def _delete(self, name: str) -> None:
         if isinstance(self.directory, pathlib.Path):
