@@ -22,6 +22,7 @@ runs on 1, 2 and 3 processes take the same steps up to float rounding.
 * ``--hidden-network``: the sharded network is kept two levels deep in a dict attribute,
   where the trainer does not find it (its first save must fail, on every rank).
 * ``--async-save``: ``chkpt_async=True``.
+* ``--chkpt-root URL``: checkpoints in an object store (the AWS environment points at it).
 * ``--replicate``: the network is wrapped in DDP instead of sharded (one-file checkpoints).
 * ``--term-at N``: rank 0 sends itself SIGTERM when iteration N starts (a preemption).
 * ``--chkpt-every N``: a checkpoint every N iterations instead of every one.
@@ -262,6 +263,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--meta-init", action="store_true")
     parser.add_argument("--hidden-network", action="store_true")
     parser.add_argument("--async-save", action="store_true")
+    parser.add_argument("--chkpt-root", default=None, help="a store URL (s3://...)")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--keep-last", type=int, default=None)
@@ -281,7 +283,7 @@ def main(argv: list[str]) -> int:
         chkpt_frequency=args.chkpt_every,
         chkpt_keep_last=args.keep_last,
         chkpt_async=args.async_save,
-        chkpt_root=args.workdir / "chkpt",
+        chkpt_root=args.chkpt_root or args.workdir / "chkpt",
         use_cpu=True,
         random_seed=7,
         enable_deterministic=True,
