@@ -363,3 +363,44 @@ def test_a_store_that_stays_down_fails_the_save_naming_the_url(
     found = hlt.find_last_checkpoint(f"s3://{bucket}/{job.SAVE_NAME}")
     assert found is not None and found.name == "resume_epoch_2_iter_2.pth"
     hlt.checkpoint.read_checkpoint(found)
+
+
+# -- SIGKILL during uploads ---------------------------------------------------------------------
+
+
+def test_sigkill_at_random_moments_during_uploads_resumes_bit_identical(
+    s3_env: Any, tmp_path: pathlib.Path, reference: job.ResumeModel
+) -> None:
+    # Every upload sleeps in the middle of its data; each job is killed at a random moment
+    # (seeded) while training goes on and uploads are in flight, three times in a row, each
+    # time from an empty working folder. No partial checkpoint is ever loaded: every resume
+    # starts right after a committed checkpoint, and the end is the uninterrupted run.
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    bucket = s3_env.new_bucket("sigkill")
+    options = json.dumps({"chkpt_root": f"s3://{bucket}/runs", "chkpt_keep_last": 2})
+    env = {**os.environ, **s3_env.environment(), "PYTHONUNBUFFERED": "1"}
+    draw = random.Random(25)
+    for attempt in range(3):
+        workdir = tmp_path / f"machine{attempt}"
+        workdir.mkdir()
+        command = [sys.executable, str(job.__file__), str(workdir), UNIT, str(TOTAL)]
+        command += [str(ACCUMULATION), "--save-sleep", "0.2", "--trainer", options]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+        records = workdir / "batches.jsonl"
+        deadline = time.monotonic() + 120
+        while not records.exists() and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(draw.uniform(0.05, 0.6))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        newest = hlt.find_last_checkpoint(f"s3://{bucket}/runs/{job.SAVE_NAME}")
+        if newest is not None:
+            hlt.checkpoint.read_checkpoint(newest)  # committed means complete
+    ok, model = _fit(f"s3://{bucket}/runs", chkpt_keep_last=2)
+    assert ok
+    _assert_same_weights(reference, model)
