@@ -10,6 +10,8 @@ anywhere else on the page, ``% test: slow`` marks the page:
 * ``% test: needs gpu`` - runs only where CUDA is available.
 * ``% test: needs 2 gpus`` - runs only where at least 2 CUDA devices are.
 * ``% test: needs torchvision`` - runs only where torchvision imports.
+* ``% test: needs s3`` - runs against the tests' S3 server on localhost (the AWS
+  environment points at it, and the bucket ``my-bucket`` is there, empty).
 * ``% test: write NAME`` - the block is a script: it is written to the file ``NAME`` in the
   page's working directory (for a later block to run), not executed in the page.
 * ``% test: slow`` (anywhere) - the page's test is marked ``slow``.
@@ -27,7 +29,7 @@ DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
 
 _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})\s*(?P<info>.*)$")
 _MARKER = re.compile(r"^%\s*test:\s*(?P<what>.*?)\s*$")
-_NEEDS = re.compile(r"^needs (?:(?P<count>\d+) gpus|(?P<what>gpu|torchvision))$")
+_NEEDS = re.compile(r"^needs (?:(?P<count>\d+) gpus|(?P<what>gpu|torchvision|s3))$")
 _WRITE = re.compile(r"^write (?P<name>[\w.-]+)$")
 
 
@@ -111,7 +113,8 @@ def parse_page(text: str, name: str) -> Page:
             else:
                 raise ValueError(
                     f"{name}:{index + 1}: unknown marker {line!r}; expected '% test: slow', "
-                    "'% test: needs gpu', '% test: needs N gpus', '% test: needs torchvision' "
+                    "'% test: needs gpu', '% test: needs N gpus', '% test: needs torchvision', "
+                    "'% test: needs s3' "
                     "or '% test: write FILE'"
                 )
             index += 1

@@ -14,6 +14,7 @@ import pathlib
 import re
 import types
 from collections.abc import Iterator
+from typing import Any
 
 import docs_blocks as blocks
 import pytest
@@ -27,6 +28,8 @@ def _missing(needs: str | None) -> str | None:
     """Why a block cannot run here, or None when it can."""
     if needs is None:
         return None
+    if needs == "s3":
+        return None if importlib.util.find_spec("s3fs") else "needs s3fs (the dev extra)"
     if needs == "torchvision":
         # find_spec does not import it: torchvision cannot load on these machines
         return None if importlib.util.find_spec("torchvision") else "needs torchvision"
@@ -92,9 +95,28 @@ def _page_sandbox(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> It
     torch.set_num_threads(threads)
 
 
+DOCS_BUCKET = "my-bucket"
+"""The bucket the pages that need S3 use (on the tests' S3 server)."""
+
+
+def _empty_bucket(server: Any, name: str) -> None:
+    """Create the bucket on the test server, or empty it (a page runs from a clean store)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=server.endpoint_url, key="testing", secret="testing")
+    if fs.exists(name):
+        for path in fs.find(name):
+            fs.rm_file(path)
+    else:
+        fs.mkdir(name)
+    fs.invalidate_cache()
+
+
 @pytest.mark.parametrize("page", _page_params())
 @pytest.mark.usefixtures("_page_sandbox")
-def test_page_blocks_run_in_order(page: blocks.Page) -> None:
+def test_page_blocks_run_in_order(page: blocks.Page, request: pytest.FixtureRequest) -> None:
+    if any(block.needs == "s3" and not _missing("s3") for block in page.blocks):
+        _empty_bucket(request.getfixturevalue("s3_env"), DOCS_BUCKET)
     namespace: dict[str, object] = {"__name__": "__docs__"}
     docs_path = str(blocks.DOCS / page.path)
     for block in page.blocks:

@@ -787,7 +787,7 @@ def remove_finished_trial_checkpoints(
     if keep_best_trial and len(study.directions) == 1:
         with contextlib.suppress(ValueError):  # no completed trial
             keep.add(_trial_identity(study.best_trial))
-    from helios.trainer.checkpoint.storage import StorePath, as_location
+    from helios.trainer.checkpoint.locations import StorePath, as_location
     from helios.trainer.checkpoint.store import StoreFolder
 
     root = as_location(chkpt_root)

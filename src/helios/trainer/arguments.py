@@ -15,8 +15,8 @@ import torch
 
 from helios.core.precision import PRECISIONS
 
+from .checkpoint.locations import StorePath, as_location, check_protocol, url_protocol
 from .checkpoint.retention import RetentionPolicy
-from .checkpoint.storage import StorePath, as_location, check_protocol, url_protocol
 from .state import TrainingUnit
 
 
@@ -176,7 +176,7 @@ def check_chkpt_root(value: Any) -> pathlib.Path | StorePath | None:
         value: the value given.
 
     Returns:
-        The folder: a path, or a :py:class:`~helios.trainer.checkpoint.storage.StorePath`
+        The folder: a path, or a :py:class:`~helios.trainer.checkpoint.locations.StorePath`
         for a URL (``file://`` URLs are local paths).
 
     Raises:

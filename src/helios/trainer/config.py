@@ -22,8 +22,8 @@ from helios.core import distributed as dist
 from helios.core import rng
 from helios.core.training_state import TrainingUnit
 
+from .checkpoint.locations import StorePath
 from .checkpoint.retention import RetentionPolicy
-from .checkpoint.storage import StorePath
 from .loops import LoopOptions
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class RunConfig:
     Attributes are the Trainer's arguments, checked; ``retention`` holds the four
     ``chkpt_keep_*``/``chkpt_best_*`` arguments, ``precision`` the precision's name;
     ``chkpt_root`` is a path or, for a folder in an object store, a
-    :py:class:`~helios.trainer.checkpoint.storage.StorePath` (its URL). The
+    :py:class:`~helios.trainer.checkpoint.locations.StorePath` (its URL). The
     devices: ``use_cpu`` (``None`` resolved), ``gpu_ids`` (every visible GPU when none
     were listed), ``is_torchrun`` and ``is_distributed`` (several GPUs, or a ``torchrun``
     world of several processes).

@@ -42,6 +42,7 @@ from helios.core.training_state import TrainingState, TrainingUnit
 from helios.core.utils import get_env_info_str, update_all_registries
 from helios.model.model import register_model_types_for_safe_load
 
+from .checkpoint.folder import CheckpointFolder
 from .checkpoint.io import register_trainer_types_for_safe_load
 from .checkpoint.layout import checkpoint_name
 from .checkpoint.model_part import ModelPart, RunningLossesPart
@@ -49,7 +50,7 @@ from .checkpoint.parts import CheckpointPart, OwnedPart, PartTable, StateOwner, 
 from .checkpoint.rank_state import RankState
 from .checkpoint.retention import CheckpointRetention
 from .checkpoint.run_checkpoint import RunCheckpoint
-from .checkpoint.storage import CheckpointFolder, open_folder
+from .checkpoint.storage import open_folder
 from .failures import log_uncaught
 from .loops import EvaluationLoop, Hooks, TrainingLoop
 from .nonfinite import NonFiniteGuard

@@ -21,7 +21,8 @@ import torch
 
 import helios.trainer as hlt
 from helios.trainer.checkpoint import store, store_lock
-from helios.trainer.checkpoint.storage import StorePath, open_folder
+from helios.trainer.checkpoint.locations import StorePath
+from helios.trainer.checkpoint.storage import open_folder
 from helios.trainer.run_folder import CheckpointFolderError
 
 pytestmark = pytest.mark.slow

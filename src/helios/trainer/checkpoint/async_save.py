@@ -114,36 +114,6 @@ def snapshot(contents: Any, buffers: SnapshotBuffers | None = None) -> Any:
     return copy.deepcopy(contents, memo)
 
 
-class ShardedSaveInFlight:
-    """The shards of one rank being written by Distributed Checkpoint's asynchronous save.
-
-    Args:
-        future: the future ``torch.distributed.checkpoint.async_save`` returned.
-        path: the checkpoint, for messages.
-    """
-
-    def __init__(self, future: Any, path: Any) -> None:
-        self._future = future
-        self.path = path
-
-    def wait(self) -> None:
-        """Wait until the shards are written.
-
-        Raises:
-            CheckpointWriteError: if writing them failed (on every rank), naming the
-                checkpoint and the first rank's own error.
-        """
-        from .sharded import first_failure
-
-        try:
-            with first_failure():
-                self._future.result()
-        except Exception as error:
-            raise CheckpointWriteError(
-                f"could not write the shards of checkpoint {self.path}: {error}", self.path
-            ) from error
-
-
 class BackgroundWriter:
     """Runs checkpoint writes in a background thread, one at a time."""
 
@@ -208,4 +178,4 @@ class BackgroundWriter:
             logging.get_root_logger().error(str(error))
 
 
-__all__ = ["BackgroundWriter", "ShardedSaveInFlight", "SnapshotBuffers", "snapshot"]
+__all__ = ["BackgroundWriter", "SnapshotBuffers", "snapshot"]

@@ -20,10 +20,10 @@ types a checkpoint may hold beyond tensors and builtins are registered first
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pathlib
 import shutil
-import warnings
 import zipfile
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
@@ -31,7 +31,6 @@ from typing import IO, TYPE_CHECKING, Any
 import torch
 from packaging import version as _version
 
-from helios.core import logging
 from helios.core.files import TEMPORARY_SUFFIX, fsync_directory, write_atomically
 from helios.core.training_state import TrainingState
 from helios.core.utils import safe_torch_load
@@ -48,7 +47,7 @@ from .layout import (
 )
 
 if TYPE_CHECKING:
-    from .storage import CheckpointFolder, Location
+    from .locations import Location
 
 
 class CheckpointWriteError(RuntimeError):
@@ -147,6 +146,21 @@ def _describe_os_error(error: BaseException) -> str:
         where = f" ({error.filename})" if error.filename else ""
         return f"[{name}] {error.strerror}{where}"
     return f"{type(error).__name__}: {error}"
+
+
+def write_json_atomically(
+    data: Any, path: pathlib.Path, indent: int = 2, sort_keys: bool = False
+) -> None:
+    """Write JSON through a synced temporary file renamed over ``path``.
+
+    Args:
+        data: the JSON-serialisable data.
+        path: the final path.
+        indent: passed to ``json.dump``.
+        sort_keys: passed to ``json.dump``.
+    """
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys).encode("utf-8")
+    write_atomically(path, lambda file: file.write(text))
 
 
 def prepare_folder(root: pathlib.Path) -> None:
@@ -318,44 +332,6 @@ def validate_checkpoint(contents: Any, path: Location) -> None:
         )
 
 
-def read_checkpoint(
-    path: str | os.PathLike[str],
-    map_location: Any = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Read one checkpoint, file or sharded folder, local or in a store, and check it.
-
-    For a sharded checkpoint this is its ``helios.pth``: every unsharded part, and under
-    ``sharded_parts`` the keys of those written as shards (read them with
-    :py:func:`helios.trainer.checkpoint.sharded.load_full_state`). No model is needed: the
-    entries come back as saved. Types of your own in the checkpoint must be registered
-    for ``torch.load(weights_only=True)`` first. A checkpoint in an object store (a URL:
-    ``s3://...``) is checked against its commit object first
-    (:py:mod:`helios.trainer.checkpoint.store`).
-
-    Args:
-        path: the checkpoint: a path, or the URL of one in an object store.
-        map_location: passed to ``torch.load`` (``"cpu"`` reads GPU tensors anywhere).
-        storage_options: for a URL, passed to fsspec (``None``: the store's environment
-            variables).
-
-    Returns:
-        The checkpoint's entries by key (see :py:mod:`helios.trainer.checkpoint.layout`).
-
-    Raises:
-        ValueError: if the file is not a ``torch.save`` archive, a sharded folder is
-            incomplete, or a checkpoint in a store does not match its commit object.
-        RuntimeError: if it lacks keys every checkpoint has, or a newer helios wrote it.
-        pickle.UnpicklingError: if it holds a type not registered for safe loading.
-    """
-    from .storage import StorePath, as_location, open_folder
-
-    location = as_location(path)
-    if isinstance(location, StorePath):
-        return open_folder(location.parent, storage_options).read(location.name, map_location)
-    return read_local_checkpoint(location, map_location)
-
-
 def read_local_checkpoint(path: pathlib.Path, map_location: Any = None) -> dict[str, Any]:
     """Read a checkpoint on this machine (see :py:func:`read_checkpoint`)."""
     register_trainer_types_for_safe_load()
@@ -369,58 +345,13 @@ def read_local_checkpoint(path: pathlib.Path, map_location: Any = None) -> dict[
     return contents
 
 
-_CORRUPTION_ERRORS = (RuntimeError, EOFError, OSError, ValueError)
-
-
-def load_newest_valid_checkpoint(
-    folder: CheckpointFolder | pathlib.Path | None, map_location: Any = None
-) -> tuple[Location, dict[str, Any]] | None:
-    """Load the newest readable checkpoint of a folder (local or in a store).
-
-    A newest checkpoint that is truncated, unreadable or (in a store) does not match its
-    commit object is reported with a warning naming it, and the previous one is tried.
-    Unregistered types in a readable checkpoint (``pickle.UnpicklingError``) are not
-    corruption and are raised.
-
-    Args:
-        folder: the folder of the checkpoints (a path: a local folder).
-        map_location: passed to ``torch.load``.
-
-    Returns:
-        The location and contents of the checkpoint, or ``None`` if none could be read.
-    """
-    if folder is None:
-        return None
-    if isinstance(folder, pathlib.Path):
-        from .storage import LocalFolder
-
-        folder = LocalFolder(folder)
-    for name in folder.names():
-        path = folder.location(name)
-        try:
-            contents = folder.read(name, map_location)
-        except _CORRUPTION_ERRORS as error:
-            message = (
-                f"checkpoint {path} could not be read ({type(error).__name__}: {error}); "
-                "trying the previous one"
-            )
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            if logging.is_root_logger_active():
-                logging.get_root_logger().warning(message)
-            continue
-        return path, contents
-    return None
-
-
 __all__ = [
     "CheckpointWriteError",
     "check_shard_sizes",
     "commit_sharded",
     "get_trainer_safe_types_for_load",
-    "load_newest_valid_checkpoint",
     "prepare_folder",
     "prepare_temporary_folder",
-    "read_checkpoint",
     "read_local_checkpoint",
     "read_metadata",
     "read_sharded_contents",
@@ -428,4 +359,5 @@ __all__ = [
     "remove_temporary_files",
     "save_atomically",
     "validate_checkpoint",
+    "write_json_atomically",
 ]

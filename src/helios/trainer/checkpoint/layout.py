@@ -21,17 +21,11 @@ Top-level keys of the dict, compatible with Helios 1.2.7's:
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, overload
 
 from helios.core.files import TEMPORARY_SUFFIX
 from helios.core.training_state import TrainingState
-
-if TYPE_CHECKING:
-    from .storage import Location
 
 CHECKPOINT_SUFFIX = ".pth"
 """The suffix of a one-file checkpoint."""
@@ -104,79 +98,6 @@ def list_local_checkpoints(root: pathlib.Path | None) -> list[pathlib.Path]:
     return [path for _, _, path in found]
 
 
-@overload
-def list_checkpoints(
-    root: pathlib.Path | None, storage_options: Mapping[str, Any] | None = None
-) -> list[pathlib.Path]: ...
-
-
-@overload
-def list_checkpoints(
-    root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
-) -> list[Location]: ...
-
-
-def list_checkpoints(
-    root: str | os.PathLike[str] | None, storage_options: Mapping[str, Any] | None = None
-) -> list[Location] | list[pathlib.Path]:
-    """List the checkpoints in a folder, newest (highest epoch, then iteration) first.
-
-    Args:
-        root: the folder: a path, or the URL of a folder in an object store (``None`` or a
-            missing folder gives an empty list). In a store, a save that was interrupted
-            (never committed) is not listed.
-        storage_options: for a URL, passed to fsspec.
-
-    Returns:
-        The checkpoint paths (:py:class:`~helios.trainer.checkpoint.storage.StorePath` URLs
-        for a store).
-    """
-    if root is None:
-        return []
-    from .storage import open_folder
-
-    folder = open_folder(root, storage_options)
-    return [folder.location(name) for name in folder.names()]
-
-
-@overload
-def find_last_checkpoint(
-    root: pathlib.Path | None, storage_options: Mapping[str, Any] | None = None
-) -> pathlib.Path | None: ...
-
-
-@overload
-def find_last_checkpoint(
-    root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
-) -> Location | None: ...
-
-
-def find_last_checkpoint(
-    root: str | os.PathLike[str] | None, storage_options: Mapping[str, Any] | None = None
-) -> Location | None:
-    """Find the newest checkpoint in a folder, local or in an object store.
-
-    Names must contain ``epoch_<e>_iter_<i>``; the newest is the one with the highest epoch,
-    then the highest iteration (``epoch_0_iter_0`` included). A checkpoint is a ``.pth``
-    file, or a ``.dcp`` folder for a sharded model
-    (:py:mod:`helios.trainer.checkpoint.sharded`). In an object store only committed
-    checkpoints count (:py:mod:`helios.trainer.checkpoint.store`).
-
-    Args:
-        root: the folder where the checkpoints are stored: a path or a URL
-            (``"s3://bucket/runs/<save_name>"``).
-        storage_options: for a URL, passed to fsspec (``None``: the store's environment
-            variables, such as ``AWS_ENDPOINT_URL``).
-
-    Returns:
-        The path of the newest checkpoint (a
-        :py:class:`~helios.trainer.checkpoint.storage.StorePath`, a ``str`` URL, for a
-        store), or ``None`` if there is none.
-    """
-    checkpoints = list_checkpoints(root, storage_options)
-    return checkpoints[0] if checkpoints else None
-
-
 def is_sharded_checkpoint(path: pathlib.Path) -> bool:
     """Whether ``path`` names a sharded checkpoint (a ``.dcp`` folder)."""
     return path.suffix == SHARDED_SUFFIX and path.is_dir()
@@ -196,9 +117,7 @@ __all__ = [
     "SHARDED_SUFFIX",
     "checkpoint_name",
     "checkpoint_position",
-    "find_last_checkpoint",
     "is_sharded_checkpoint",
-    "list_checkpoints",
     "list_local_checkpoints",
     "temporary_folder",
 ]

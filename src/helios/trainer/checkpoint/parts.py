@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from helios.core.training_state import TrainingState
 
 if TYPE_CHECKING:
-    from .storage import Location
+    from .locations import Location
 
 RESERVED_NAMES: Mapping[str, str] = {
     "version": "the version of helios that wrote the checkpoint",

@@ -25,23 +25,21 @@ checkpoint is found without opening any checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import pathlib
 import warnings
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 from helios.core import logging
-from helios.core.files import write_atomically
 from helios.core.training_state import TrainingState
 
+from .io import write_json_atomically
 from .layout import INDEX_NAME
 from .parts import CheckpointPart
 
 if TYPE_CHECKING:
-    from .storage import CheckpointFolder, Location
+    from .folder import CheckpointFolder
+    from .locations import Location
 
 _INDEX_VERSION = 1
 
@@ -152,21 +150,6 @@ def metric_value(metrics: Mapping[str, Any], name: str) -> float | None:
     except (TypeError, ValueError, RuntimeError):
         return None
     return number if math.isfinite(number) else None
-
-
-def write_json_atomically(
-    data: Any, path: pathlib.Path, indent: int = 2, sort_keys: bool = False
-) -> None:
-    """Write JSON through a synced temporary file renamed over ``path``.
-
-    Args:
-        data: the JSON-serialisable data.
-        path: the final path.
-        indent: passed to ``json.dump``.
-        sort_keys: passed to ``json.dump``.
-    """
-    text = json.dumps(data, indent=indent, sort_keys=sort_keys).encode("utf-8")
-    write_atomically(path, lambda file: file.write(text))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,76 +312,12 @@ class CheckpointRetention(CheckpointPart):
         }
 
 
-def read_index(
-    root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
-) -> dict[str, Any] | None:
-    """Read the retention index of a checkpoint folder.
-
-    Args:
-        root: the checkpoint folder (a path or a store URL).
-        storage_options: for a URL, passed to fsspec.
-
-    Returns:
-        The index, or ``None`` if there is none or it cannot be read.
-    """
-    from .storage import open_folder
-
-    return open_folder(root, storage_options).read_index()
-
-
-@overload
-def find_best_checkpoint(
-    root: pathlib.Path | None, storage_options: Mapping[str, Any] | None = None
-) -> pathlib.Path | None: ...
-
-
-@overload
-def find_best_checkpoint(
-    root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
-) -> Location | None: ...
-
-
-def find_best_checkpoint(
-    root: str | os.PathLike[str] | None, storage_options: Mapping[str, Any] | None = None
-) -> Location | None:
-    """Find the best checkpoint of a folder from its index, without opening checkpoints.
-
-    The index exists when the run was trained with ``chkpt_best_metric`` (see
-    :py:class:`RetentionPolicy`).
-
-    Args:
-        root: the checkpoint folder (``<chkpt_root>/<save_name>``): a path, or a URL of a
-            folder in an object store.
-        storage_options: for a URL, passed to fsspec (``None``: the store's environment
-            variables).
-
-    Returns:
-        The path of the best checkpoint (a
-        :py:class:`~helios.trainer.checkpoint.storage.StorePath` for a store), or ``None``
-        if no index names one that exists.
-    """
-    if root is None:
-        return None
-    from .storage import open_folder
-
-    folder = open_folder(root, storage_options)
-    index = folder.read_index()
-    if index is None or not isinstance(index.get("best"), str):
-        return None
-    name = index["best"]
-    if "/" in name or "\\" in name or name in (".", "..") or not folder.exists(name):
-        return None
-    return folder.location(name)
-
-
 __all__ = [
     "INDEX_NAME",
     "CheckpointRetention",
     "RetainedCheckpoint",
     "RetentionPolicy",
     "RetentionUpdate",
-    "find_best_checkpoint",
-    "read_index",
     "select_kept",
     "write_json_atomically",
 ]

@@ -17,18 +17,21 @@ import torch
 from helios.core import logging
 from helios.core.training_state import TrainingState
 
-from .async_save import BackgroundWriter, ShardedSaveInFlight, SnapshotBuffers, snapshot
-from .io import CheckpointWriteError, load_newest_valid_checkpoint
+from .async_save import BackgroundWriter, SnapshotBuffers, snapshot
+from .folder import CheckpointFolder
+from .io import CheckpointWriteError
 from .layout import CHECKPOINT_SUFFIX, SHARDED_PARTS_KEY, SHARDED_SUFFIX
+from .locations import Location
 from .parts import PartTable
 from .rank_state import rank_entry
 from .sharded import (
+    ShardedSaveInFlight,
     load_full_into_sharded,
     load_sharded_part,
     start_shards_in_background,
     write_shards,
 )
-from .storage import CheckpointFolder, Location
+from .storage import load_newest_valid_checkpoint
 
 Check = Callable[[dict[str, Any], TrainingState], BaseException | None]
 """Inspects gathered contents before anything is written; returns the error that stops it."""

@@ -40,11 +40,12 @@ import torch
 
 from helios.core.utils import safe_torch_load
 
-from .async_save import ShardedSaveInFlight
-from .io import register_trainer_types_for_safe_load
+from .folder import CheckpointFolder
+from .io import CheckpointWriteError, register_trainer_types_for_safe_load
 from .layout import CHECKPOINT_SUFFIX, SHARDED_PARTS_KEY, SHARDED_SUFFIX
+from .locations import Location, as_location
 from .parts import CheckpointPart
-from .storage import CheckpointFolder, LocalFolder, Location, as_location, open_folder
+from .storage import LocalFolder, open_folder
 
 
 def write_shards(states: Mapping[str, Any], writer: Any) -> None:
@@ -64,6 +65,34 @@ def write_shards(states: Mapping[str, Any], writer: Any) -> None:
 
     with first_failure():
         dcp.save(dict(states), storage_writer=writer, no_dist=not _has_process_group())
+
+
+class ShardedSaveInFlight:
+    """The shards of one rank being written by Distributed Checkpoint's asynchronous save.
+
+    Args:
+        future: the future ``torch.distributed.checkpoint.async_save`` returned.
+        path: the checkpoint, for messages.
+    """
+
+    def __init__(self, future: Any, path: Any) -> None:
+        self._future = future
+        self.path = path
+
+    def wait(self) -> None:
+        """Wait until the shards are written.
+
+        Raises:
+            CheckpointWriteError: if writing them failed (on every rank), naming the
+                checkpoint and the first rank's own error.
+        """
+        try:
+            with first_failure():
+                self._future.result()
+        except Exception as error:
+            raise CheckpointWriteError(
+                f"could not write the shards of checkpoint {self.path}: {error}", self.path
+            ) from error
 
 
 _CHECKPOINT_GROUPS: dict[int, Any] = {}
@@ -339,6 +368,7 @@ def export_full_checkpoint(
 
 
 __all__ = [
+    "ShardedSaveInFlight",
     "export_full_checkpoint",
     "first_failure",
     "load_full_into_sharded",

@@ -49,6 +49,7 @@ import torch
 from helios.core import logging
 from helios.core.utils import safe_torch_load
 
+from .folder import CheckpointFolder
 from .io import CheckpointWriteError, check_shard_sizes, validate_checkpoint
 from .layout import (
     CONTENTS_NAME,
@@ -57,7 +58,7 @@ from .layout import (
     SHARDED_SUFFIX,
     checkpoint_position,
 )
-from .storage import CheckpointFolder, StorePath
+from .locations import StorePath
 
 COMMIT_SUFFIX = ".commit"
 """The suffix of a checkpoint's commit object (``<name>.commit``)."""

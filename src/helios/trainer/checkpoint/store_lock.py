@@ -31,12 +31,9 @@ import socket
 import sys
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from helios.core import logging
-
-if TYPE_CHECKING:
-    from .store import StoreFolder
 
 LOCK_NAME = ".helios-run.lock"
 """The lease object in a store folder (the same name as a local folder's lock file)."""
@@ -80,10 +77,10 @@ class StoreLock:
     """The lease of one run on a checkpoint folder in a store (see the module docstring).
 
     Args:
-        folder: the store folder.
+        folder: the :py:class:`~helios.trainer.checkpoint.store.StoreFolder`.
     """
 
-    def __init__(self, folder: StoreFolder) -> None:
+    def __init__(self, folder: Any) -> None:
         self.folder = folder
         self._etag: str | None = None
         self._token = uuid.uuid4().hex

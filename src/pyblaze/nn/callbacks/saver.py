@@ -67,7 +67,7 @@ class ModelSaverCallback(TrainingCallback):
                 "ModelSaverCallback: file_template needs a '{}' placeholder for the epoch, "
                 f"but received {file_template!r}"
             )
-        from helios.trainer.checkpoint.storage import as_location
+        from helios.trainer.checkpoint.locations import as_location
 
         self.directory = as_location(directory)
         self.file_template = file_template
