@@ -64,8 +64,8 @@ class StorePath(str):
         return f"StorePath({str(self)!r})"
 
 
+# Where a checkpoint or a checkpoint folder is: a local path or a store URL.
 Location = pathlib.Path | StorePath
-"""Where a checkpoint or a checkpoint folder is: a local path or a store URL."""
 
 
 def url_protocol(value: object) -> str | None:

@@ -54,7 +54,7 @@ def write_shards(states: Mapping[str, Any], writer: Any) -> None:
     Args:
         states: the states by part key (each rank passes its own shards).
         writer: the folder's storage writer
-            (:py:meth:`~helios.trainer.checkpoint.storage.CheckpointFolder.shard_writer`),
+            (:py:meth:`~helios.trainer.checkpoint.folder.CheckpointFolder.shard_writer`),
             or the final path of a local checkpoint folder (written into its temporary
             folder).
     """

@@ -215,8 +215,8 @@ class StoreFolder(CheckpointFolder):
         self.storage_options = dict(storage_options or {})
         self._fs: Any = None
         self._path = ""
+        # Set when the run's lease was taken over: every later save then fails.
         self.claim_error: str | None = None
-        """Set when the run's lease was taken over: every later save then fails."""
 
     # -- the file system -----------------------------------------------------------------
 
