@@ -64,8 +64,8 @@ class StorePath(str):
         return f"StorePath({str(self)!r})"
 
 
-# Where a checkpoint or a checkpoint folder is: a local path or a store URL.
 Location = pathlib.Path | StorePath
+"""A local path or a store URL, where a checkpoint or a folder of checkpoints is."""
 
 
 def url_protocol(value: object) -> str | None:
