@@ -58,13 +58,13 @@ def s3_server() -> Iterator[Any]:
 @pytest.fixture
 def s3_env(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Point S3 clients at the test server through the AWS environment variables."""
-    import fsspec
+    from s3_server import forget_clients
 
     for name, value in s3_server.environment().items():
         monkeypatch.setenv(name, value)
-    fsspec.AbstractFileSystem.clear_instance_cache()
+    forget_clients()
     yield s3_server
-    fsspec.AbstractFileSystem.clear_instance_cache()
+    forget_clients()
 
 
 @pytest.fixture

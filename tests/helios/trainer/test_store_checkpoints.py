@@ -290,20 +290,18 @@ def test_a_second_live_run_refuses_naming_the_holder_and_a_dead_runs_lease_is_ta
 @pytest.fixture
 def relay(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A relay in front of the server, the environment pointing at the relay."""
-    import fsspec
-
-    from s3_server import Relay
+    from s3_server import Relay, forget_clients
 
     relay = Relay(s3_server.port)
-    relay.start()
-    for name, value in s3_server.environment(relay.endpoint_url).items():
-        monkeypatch.setenv(name, value)
-    fsspec.AbstractFileSystem.clear_instance_cache()
     try:
+        relay.start()
+        for name, value in s3_server.environment(relay.endpoint_url).items():
+            monkeypatch.setenv(name, value)
+        forget_clients()
         yield relay
     finally:
-        relay.stop()
-        fsspec.AbstractFileSystem.clear_instance_cache()
+        relay.close()  # a pending restart included
+        forget_clients()
 
 
 def _fit_cutting_the_store(
@@ -322,7 +320,7 @@ def _fit_cutting_the_store(
             if saves == 3:
                 relay.kill()
                 if restart_after is not None:
-                    threading.Timer(restart_after, relay.start).start()
+                    relay.restart_after(restart_after)
         real(obj, f, *args, **kwargs)
 
     torch.save = cut
