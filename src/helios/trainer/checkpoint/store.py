@@ -194,6 +194,31 @@ def parse_commit(data: bytes, name: str, url: str) -> dict[str, int]:
     return sizes
 
 
+def store_options(url: StorePath, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The fsspec options helios opens a store with: the user's, and helios' defaults.
+
+    For S3 (s3fs, through botocore), botocore's own retries are turned off unless the options
+    configure them: botocore draws the jitter of its retry delays from Python's global
+    ``random`` generator, so a retry in a background upload would change the random numbers
+    training draws, and the run would no longer match an uninterrupted one bit for bit.
+    helios retries each store operation itself (:py:func:`retrying`, with a backoff that
+    draws nothing), and s3fs retries transient errors without drawing either.
+
+    Args:
+        url: the store folder's URL.
+        options: the user's options (``chkpt_storage_options``), or ``None``.
+
+    Returns:
+        The options to pass to fsspec.
+    """
+    merged = dict(options or {})
+    if url.protocol in ("s3", "s3a"):
+        config = dict(merged.get("config_kwargs") or {})
+        config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
+        merged["config_kwargs"] = config
+    return merged
+
+
 def _holder_record() -> bytes:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     record = {"pid": os.getpid(), "host": socket.gethostname(), "time": now}
@@ -212,7 +237,7 @@ class StoreFolder(CheckpointFolder):
 
     def __init__(self, url: StorePath, storage_options: Mapping[str, Any] | None = None) -> None:
         self.url = StorePath(url)
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = store_options(self.url, storage_options)
         self._fs: Any = None
         self._path = ""
         # Set when the run's lease was taken over: every later save then fails.
@@ -504,4 +529,5 @@ __all__ = [
     "StoreFolder",
     "parse_commit",
     "retrying",
+    "store_options",
 ]
