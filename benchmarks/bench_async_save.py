@@ -22,6 +22,12 @@ Usage (from the repository root; about 2 GB of disk in a temporary folder)::
     python benchmarks/bench_async_save.py
     python benchmarks/bench_async_save.py --repeats 3 --saves 4 --dir /some/disk
 
+Also printed for mode ``store``: the wait for the previous upload within the blocked time,
+the time of each background upload, and the time s3fs alone takes to upload the same bytes
+to the same server (what is the server's, not helios'). A save to a store blocks for the
+snapshot only when the upload finishes within the training time between two saves
+(``--store-steps``); otherwise training also waits for the store.
+
 Goal: blocked time of an asynchronous save, and of a save to a store, <= 20% of the
 synchronous local save.
 """
@@ -40,10 +46,10 @@ from typing import Any
 
 
 def run_once(
-    folder: Any, asynchronous: bool, args: argparse.Namespace
-) -> tuple[list[float], list[float], list[float], int]:
-    """Train once; return the blocked time and snapshot time of each save, the step times
-    and the file size."""
+    folder: Any, asynchronous: bool, args: argparse.Namespace, steps_between: int
+) -> tuple[list[float], list[float], list[float], int, dict[str, list[float]]]:
+    """Train once; return the blocked time and snapshot time of each save, the step times,
+    the file size, and the waits for the previous write and the background write times."""
     import torch
     from torch import nn
 
@@ -51,15 +57,19 @@ def run_once(
     import helios.model as hlm
     import helios.trainer as hlt
     from helios.trainer.checkpoint import run_checkpoint as checkpoints
+    from helios.trainer.checkpoint.async_save import BackgroundWriter
+    from helios.trainer.checkpoint.store import StoreFolder
 
     width = int(math.sqrt(args.params / args.layers))
     blocked: list[float] = []
     copies: list[float] = []
     steps: list[float] = []
+    background: dict[str, list[float]] = {"wait": [], "write": []}
+    waiting: list[float] = []  # the waits of the save in progress
 
     class Data(torch.utils.data.Dataset):  # type: ignore[type-arg]
         def __len__(self) -> int:
-            return args.steps * args.saves * args.batch
+            return steps_between * args.saves * args.batch
 
         def __getitem__(self, index: int) -> torch.Tensor:
             return torch.full((width,), float(index % 7) / 7.0)
@@ -92,10 +102,12 @@ def run_once(
 
     def timed_save(self: Any, state: Any) -> Any:
         started = time.perf_counter()
+        waiting.clear()
         try:
             return real_save(self, state)
         finally:
             blocked.append(time.perf_counter() - started)
+            background["wait"].append(sum(waiting))  # the waits for the previous write
 
     def timed_snapshot(contents: Any, buffers: Any = None) -> Any:
         started = time.perf_counter()
@@ -104,13 +116,31 @@ def run_once(
         finally:
             copies.append(time.perf_counter() - started)
 
+    real_wait, real_write = BackgroundWriter.wait, StoreFolder.write
+
+    def timed_wait(self: Any) -> None:
+        started = time.perf_counter()
+        try:
+            real_wait(self)
+        finally:
+            waiting.append(time.perf_counter() - started)
+
+    def timed_write(self: Any, contents: Any, name: str) -> None:
+        started = time.perf_counter()
+        try:
+            real_write(self, contents, name)
+        finally:
+            background["write"].append(time.perf_counter() - started)
+
     checkpoints.RunCheckpoint.save = timed_save  # type: ignore[method-assign]
     checkpoints.snapshot = timed_snapshot
+    BackgroundWriter.wait = timed_wait  # type: ignore[method-assign]
+    StoreFolder.write = timed_write  # type: ignore[method-assign]
     try:
         trainer = hlt.Trainer(
             train_unit="iteration",
             total_steps=args.saves,
-            accumulation_steps=args.steps,
+            accumulation_steps=steps_between,
             chkpt_frequency=1,
             chkpt_root=folder,
             chkpt_keep_last=1,
@@ -123,10 +153,12 @@ def run_once(
     finally:
         checkpoints.RunCheckpoint.save = real_save  # type: ignore[method-assign]
         checkpoints.snapshot = real_snapshot
+        BackgroundWriter.wait = real_wait  # type: ignore[method-assign]
+        StoreFolder.write = real_write  # type: ignore[method-assign]
     newest = hlt.find_last_checkpoint(f"{folder}/big")
     assert newest is not None
     size = pathlib.Path(newest).stat().st_size if isinstance(newest, pathlib.Path) else 0
-    return blocked, copies, steps, size
+    return blocked, copies, steps, size, background
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--saves", type=int, default=4, help="checkpoints per run")
     parser.add_argument("--steps", type=int, default=4, help="batches between checkpoints")
+    parser.add_argument(
+        "--store-steps",
+        type=int,
+        default=None,
+        help="batches between checkpoints in mode store (default: --steps)",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="runs per mode")
     parser.add_argument("--dir", type=pathlib.Path, default=None, help="where to write")
@@ -147,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     root = pathlib.Path(tempfile.mkdtemp(prefix="bench_async_save_", dir=args.dir))
     results: dict[str, dict[str, list[float]]] = {
-        mode: {"blocked": [], "steps": []} for mode in modes
+        mode: {"blocked": [], "steps": [], "wait": [], "write": [], "snapshot": []}
+        for mode in modes
     }
+    raw_uploads: list[float] = []
     size = 0
     server = _start_s3_server() if "store" in modes else None
     try:
@@ -157,18 +197,34 @@ def main(argv: list[str] | None = None) -> int:
                 folder: Any = root / f"{mode}_{repeat}"
                 if mode == "store":
                     folder = f"s3://bench/{mode}_{repeat}"
-                blocked, copies, steps, run_size = run_once(folder, mode == "async", args)
+                between = args.steps
+                if mode == "store" and args.store_steps is not None:
+                    between = args.store_steps
+                blocked, copies, steps, run_size, background = run_once(
+                    folder, mode == "async", args, between
+                )
                 size = run_size or size
                 if mode != "store":
                     shutil.rmtree(folder)
+                else:
+                    raw_uploads.append(_raw_upload(f"{folder}/big"))
                 results[mode]["blocked"] += blocked[1:]
                 results[mode]["steps"] += steps
+                results[mode]["snapshot"] += copies[1:]
+                results[mode]["wait"] += background["wait"][1:]
+                results[mode]["write"] += background["write"]
                 print(
                     f"run {repeat} {mode:5s}: blocked per save "
                     + ", ".join(f"{b:.3f}" for b in blocked)
                     + " s"
                     + (f" (snapshot {', '.join(f'{c:.3f}' for c in copies)} s)" if copies else "")
-                    + f"; mean step {statistics.mean(steps):.3f} s",
+                    + f"; mean step {statistics.mean(steps):.3f} s"
+                    + (
+                        f"; background writes {', '.join(f'{w:.2f}' for w in background['write'])}"
+                        f" s; raw upload of the same bytes {raw_uploads[-1]:.2f} s"
+                        if mode == "store"
+                        else ""
+                    ),
                     flush=True,
                 )
     finally:
@@ -192,7 +248,43 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes[1:] if modes[0] == "sync" else []:
         ratio = statistics.median(results[mode]["blocked"]) / sync_blocked
         print(f"{mode} blocked / sync local save: {ratio:.1%} (goal <= 20%)")
+    if "store" in modes and "sync" in modes:
+        # What is helios and what is the server: the blocked time of a save to the store is
+        # helios' snapshot plus the wait for the previous upload, which lasts as long as the
+        # store takes to accept the bytes beyond the training time between two saves.
+        store = results["store"]
+        snap, wait = statistics.median(store["snapshot"]), statistics.median(store["wait"])
+        write, raw = statistics.median(store["write"]), statistics.median(raw_uploads)
+        own = [b - w for b, w in zip(store["blocked"], store["wait"], strict=True)]
+        print(
+            f"store: snapshot {snap:.3f} s + wait for the previous upload {wait:.3f} s "
+            f"(medians); a background upload takes {write:.2f} s, the raw s3fs upload of "
+            f"the same bytes to the same server {raw:.2f} s"
+        )
+        print(
+            f"store blocked without the wait for the server / sync local save: "
+            f"{statistics.median(own) / sync_blocked:.1%}; helios' "
+            f"upload over the raw upload: {write / raw:.2f}x"
+        )
     return 0
+
+
+def _raw_upload(folder: str) -> float:
+    """Seconds s3fs takes to upload the bytes of the newest checkpoint in ``folder`` again,
+    straight (no helios): the server's and the client's share of an upload."""
+    import s3fs
+
+    import helios.trainer as hlt
+
+    newest = hlt.find_last_checkpoint(folder)
+    assert newest is not None
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    data = fs.cat_file(str(newest))
+    started = time.perf_counter()
+    fs.pipe_file(f"{folder}-raw-upload", data)
+    elapsed = time.perf_counter() - started
+    fs.rm(f"{folder}-raw-upload")
+    return elapsed
 
 
 def _start_s3_server() -> Any:

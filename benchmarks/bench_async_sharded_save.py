@@ -84,6 +84,15 @@ def worker(args: argparse.Namespace) -> None:
     dist.destroy_process_group()
 
 
+def _free_port() -> int:
+    """A TCP port free on localhost now (torchrun's static rendezvous needs a real one)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=float, default=100e6, help="about this many weights")
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            "--master_port=0",
+            f"--master_port={_free_port()}",
             __file__,
             "--worker",
             f"--params={args.params}",
