@@ -228,6 +228,22 @@ def test_hostile_objects_in_the_store_are_refused_and_never_run(
     assert not marker.exists()
 
 
+def test_an_index_naming_objects_outside_the_folder_is_not_followed(s3_bucket: str) -> None:
+    # checkpoints.json comes from the store: its "best" is trusted only as a bare checkpoint
+    # name of the folder (the same check as a local folder's index).
+    buffer = io.BytesIO()
+    torch.save({"version": "0.1.0"}, buffer)
+    outside = open_folder(f"{s3_bucket}/other")
+    outside.put("resume_epoch_1_iter_1.pth", buffer.getvalue())
+    folder = open_folder(f"{s3_bucket}/runs/{job.SAVE_NAME}")
+    folder.put("resume_epoch_1_iter_1.pth", buffer.getvalue())
+    for hostile in ("../../other/resume_epoch_1_iter_1.pth", ".resume_epoch_1_iter_1.pth", 7):
+        folder.put("checkpoints.json", json.dumps({"best": hostile}).encode())
+        assert hlt.find_best_checkpoint(folder.url) is None, hostile
+    folder.put("checkpoints.json", json.dumps({"best": "resume_epoch_1_iter_1.pth"}).encode())
+    assert hlt.find_best_checkpoint(folder.url) == folder.url / "resume_epoch_1_iter_1.pth"
+
+
 @pytest.mark.parametrize(
     "objects",
     [

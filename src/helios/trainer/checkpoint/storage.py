@@ -40,7 +40,13 @@ from .io import (
     save_atomically,
     write_json_atomically,
 )
-from .layout import INDEX_NAME, is_sharded_checkpoint, list_local_checkpoints, temporary_folder
+from .layout import (
+    INDEX_NAME,
+    is_checkpoint_name,
+    is_sharded_checkpoint,
+    list_local_checkpoints,
+    temporary_folder,
+)
 from .locations import Location, StorePath, as_location
 from .safe_metadata import safe_reader
 from .store import StoreFolder
@@ -267,7 +273,7 @@ def find_best_checkpoint(
     if index is None or not isinstance(index.get("best"), str):
         return None
     name = index["best"]
-    if "/" in name or "\\" in name or name in (".", "..") or not folder.exists(name):
+    if not is_checkpoint_name(name) or not folder.exists(name):
         return None
     return folder.location(name)
 

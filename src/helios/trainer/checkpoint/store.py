@@ -57,6 +57,7 @@ from .layout import (
     SHARDED_PARTS_KEY,
     SHARDED_SUFFIX,
     checkpoint_position,
+    is_checkpoint_name,
 )
 from .locations import StorePath
 
@@ -314,7 +315,7 @@ class StoreFolder(CheckpointFolder):
         for entry in sorted(listing):
             if entry.endswith(PENDING_SUFFIX):
                 name = entry[: -len(PENDING_SUFFIX)]
-                if checkpoint_position(pathlib.PurePosixPath(name)) is None:
+                if not is_checkpoint_name(name):
                     continue
                 logging.get_root_logger().info(
                     f"Removing the interrupted save of {self.location(name)}"
@@ -324,7 +325,7 @@ class StoreFolder(CheckpointFolder):
                 self.remove(entry)
             elif entry.endswith(COMMIT_SUFFIX):
                 name = entry[: -len(COMMIT_SUFFIX)]
-                if name not in listing and checkpoint_position(pathlib.PurePosixPath(name)):
+                if name not in listing and is_checkpoint_name(name):
                     self.remove(entry)
 
     def names(self) -> list[str]:  # noqa: D102
@@ -332,7 +333,7 @@ class StoreFolder(CheckpointFolder):
         found = []
         for name, entry in listing.items():
             position = checkpoint_position(pathlib.PurePosixPath(name))
-            if position is None:
+            if position is None or not is_checkpoint_name(name):
                 continue
             if (entry.get("type") == "directory") != name.endswith(SHARDED_SUFFIX):
                 continue
