@@ -432,15 +432,23 @@ def test_sharded_run_in_an_object_store_resumes_bit_identical_on_an_empty_disk(
     dropout_reference: pathlib.Path, tmp_path: pathlib.Path, s3_bucket: str, s3_env: Any
 ) -> None:
     # The shards go to S3 through Distributed Checkpoint over fsspec, in the background; the
-    # resumed run has a fresh working folder (nothing local survives).
+    # job is SIGKILLed when an iteration drawn at random starts, the previous iteration's
+    # upload then in flight; the resumed run has a fresh working folder (nothing local
+    # survives).
+    import random
+
+    kill_at = random.Random().randint(4, 8)
+    print(f"killing the job when iteration {kill_at} starts")
     root = f"{s3_bucket}/runs"
     env = {**os.environ, **s3_env.environment()}
     options = ("--dropout", "0.2", "--chkpt-root", root, "--keep-last", "2")
-    done = _run(tmp_path / "killed", *options, "--kill-at", "7", expect_ok=False, env=env)
+    done = _run(tmp_path / "killed", *options, "--kill-at", str(kill_at), expect_ok=False, env=env)
     assert done.returncode != 0
     folder = f"{root}/{shard_job.SAVE_NAME}"
     newest = hlt.find_last_checkpoint(folder)
-    assert newest is not None and newest.endswith(("_iter_5.dcp", "_iter_6.dcp"))
+    assert newest is not None
+    assert newest.endswith((f"_iter_{kill_at - 2}.dcp", f"_iter_{kill_at - 1}.dcp"))
+    hlt.checkpoint.read_checkpoint(newest)  # committed means complete
     fresh = tmp_path / "fresh"
     _run(fresh, *options, env=env)
     _assert_identical(_weights(fresh), _weights(dropout_reference))
