@@ -37,6 +37,7 @@ import io
 import json
 import os
 import pathlib
+import random
 import re
 import socket
 import time
@@ -196,14 +197,10 @@ def parse_commit(data: bytes, name: str, url: str) -> dict[str, int]:
 
 
 def store_options(url: StorePath, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The fsspec options helios opens a store with: the user's, and helios' defaults.
+    """The fsspec options helios opens a store with (the user's), preparing its client.
 
-    For S3 (s3fs, through botocore), botocore's own retries are turned off unless the options
-    configure them: botocore draws the jitter of its retry delays from Python's global
-    ``random`` generator, so a retry in a background upload would change the random numbers
-    training draws, and the run would no longer match an uninterrupted one bit for bit.
-    helios retries each store operation itself (:py:func:`retrying`, with a backoff that
-    draws nothing), and s3fs retries transient errors without drawing either.
+    For S3, botocore's retry delays get a random generator of their own
+    (:py:func:`isolate_retry_jitter`) before the first request.
 
     Args:
         url: the store folder's URL.
@@ -212,12 +209,38 @@ def store_options(url: StorePath, options: Mapping[str, Any] | None) -> dict[str
     Returns:
         The options to pass to fsspec.
     """
-    merged = dict(options or {})
     if url.protocol in ("s3", "s3a"):
-        config = dict(merged.get("config_kwargs") or {})
-        config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
-        merged["config_kwargs"] = config
-    return merged
+        isolate_retry_jitter()
+    return dict(options or {})
+
+
+_JITTER = random.Random()
+
+
+def isolate_retry_jitter() -> None:
+    """Make botocore draw the jitter of its retry delays from a generator of its own.
+
+    botocore (under s3fs) retries a failed request after a random delay drawn from Python's
+    global ``random`` generator. From an upload in the background, that draw would change
+    the random numbers training draws, and the run would no longer match an uninterrupted
+    one bit for bit. botocore's legacy retry mode calls ``random.random()`` of the module it
+    imported, and its standard mode binds ``random.random`` as a default argument; both are
+    pointed at a private generator (once per process; nothing else in botocore changes).
+    Without botocore installed, nothing happens.
+    """
+    try:
+        from botocore import retryhandler
+        from botocore.retries import standard
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        return
+    if getattr(retryhandler, "random", None) is random:
+        retryhandler.random = _JITTER
+    init = standard.ExponentialBackoff.__init__
+    defaults = init.__defaults__ or ()
+    if any(value == random.random for value in defaults):
+        init.__defaults__ = tuple(
+            _JITTER.random if value == random.random else value for value in defaults
+        )
 
 
 def _holder_record() -> bytes:
@@ -528,6 +551,7 @@ __all__ = [
     "UPLOAD_BACKOFF",
     "UPLOAD_TRIES",
     "StoreFolder",
+    "isolate_retry_jitter",
     "parse_commit",
     "retrying",
     "store_options",
