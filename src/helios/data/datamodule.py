@@ -415,6 +415,24 @@ class DataModule(abc.ABC):
         self._valid_dataset: Dataset | None = None
         self._test_dataset: Dataset | None = None
         self._trainer: RunTrainer | None = None
+        self._run_seed: int | None = None
+
+    @property
+    def run_seed(self) -> int | None:
+        """The run's seed, for the loaders whose ``random_seed`` is left at its default.
+
+        The trainer sets it to its ``random_seed`` (:py:class:`helios.trainer.Trainer`), so
+        that the seed of a run also changes the order the loaders shuffle in: a split whose
+        :py:class:`DataLoaderParams` keep the default ``random_seed`` (6691) is shuffled by
+        the run's seed, a split with a seed of its own keeps it. With the default run seed
+        (6691) nothing changes. ``None`` (a checkpoint written before this rule, resumed
+        with the order it had): every split uses its ``DataLoaderParams`` seed.
+        """
+        return getattr(self, "_run_seed", None)
+
+    @run_seed.setter
+    def run_seed(self, seed: int | None) -> None:
+        self._run_seed = seed
 
     @property
     def is_distributed(self) -> bool:
@@ -543,7 +561,8 @@ class DataModule(abc.ABC):
     def _create_dataloader(self, dataset: Dataset) -> tuple[tud.DataLoader, ResumableSamplerType]:
         """Build a new loader and sampler for a dataset.
 
-        A split whose ``is_distributed`` is ``None`` follows :py:attr:`is_distributed`.
+        A split whose ``is_distributed`` is ``None`` follows :py:attr:`is_distributed`; a
+        split whose ``random_seed`` is the default takes :py:attr:`run_seed` when it is set.
 
         Args:
             dataset: the dataset with its settings.
@@ -554,6 +573,8 @@ class DataModule(abc.ABC):
         kwargs = dataset.dict()
         if kwargs["is_distributed"] is None:
             kwargs["is_distributed"] = self._is_distributed
+        if kwargs["random_seed"] == _DEFAULT_SEED and self.run_seed is not None:
+            kwargs["random_seed"] = self.run_seed
         return create_dataloader(**kwargs)
 
 

@@ -166,6 +166,11 @@ def build_config(arguments: dict[str, Any]) -> RunConfig:
     c["retention"] = check.check_retention(
         a["chkpt_keep_last"], a["chkpt_keep_best"], a["chkpt_best_metric"], a["chkpt_best_mode"]
     )
+    if c["retention"].keep_best is not None and c["valid_frequency"] is None:
+        raise ValueError(
+            f"chkpt_keep_best={c['retention'].keep_best} ranks the checkpoints saved after "
+            "a validation, but valid_frequency=None never validates: set valid_frequency"
+        )
     for name in ("chkpt_async", "nonfinite_guard", "print_summaries"):
         c[name] = check.check_bool(name, a[name])
     c.update(_place_devices(a["use_cpu"], a["gpus"]))

@@ -70,6 +70,9 @@ validate(cycle)::
         M.on_validation_batch_start(step); M.valid_step(batch, step)
         M.on_validation_batch_end(step)
     M.train(); P.on_validation_end(cycle); M.on_validation_end(cycle)
+    the loop clears the running losses (also without validation data: no hook runs then,
+    and the console line says there was none; ``cycle`` counts from 0 in hooks and on the
+    console alike)
 
 test::
 
@@ -297,6 +300,8 @@ class TrainingLoop:
             checkpoint that the loop then writes at the stop.
         guard: checks losses and the model state for NaN/inf (see
             :py:mod:`helios.trainer.nonfinite`); ``None``: no checks.
+        after_validation: called with the training state after each validation cycle
+            that ran (the retention record notes where the metrics were produced).
 
     Attributes:
         ended_by: why the loop ended (``run_end.EARLY_STOPPING``, ``STOP_REQUESTED`` or
@@ -314,8 +319,10 @@ class TrainingLoop:
         report: RunReport | None = None,
         run_end: RunEnd | None = None,
         guard: NonFiniteGuard | None = None,
+        after_validation: Callable[[TrainingState], None] | None = None,
     ) -> None:
         self.options = options
+        self._after_validation = after_validation
         self.ended_by: str | None = None
         self._run_end = run_end
         self._report = report or RunReport(hooks.model, [], show=False)
@@ -585,13 +592,22 @@ class TrainingLoop:
         return cycles is not None and state.early_stop_count >= cycles
 
     def _validate_and_track(self, state: TrainingState) -> None:
-        """Run a validation cycle and update the cycle and early-stop counters."""
+        """Run a validation cycle and update the cycle and early-stop counters.
+
+        The running losses are read before the cycle and cleared after it by the loop
+        itself: a model whose ``on_validation_end`` skips ``super()``, or a run without
+        validation data (no cycle runs), still starts the next sums from zero.
+        """
         if self._validation.loader is None:
             valid = self._datamodule.valid_dataloader()
             self._validation.loader = valid[0] if valid is not None else None
-        loss_means = self._report.loss_means(state)  # on_validation_end clears the sums
-        self._validation.validate(state.validation_cycles)
-        self._report.validated(state, loss_means)
+        loss_means = self._report.loss_means(state)
+        batches = self._report.batches_summed(state)
+        validated = self._validation.validate(state.validation_cycles)
+        self._report.validated(state, loss_means, batches, validated)
+        self.model.running_losses.clear()
+        if validated and self._after_validation is not None:
+            self._after_validation(state)
         state.validation_cycles += 1
         state.running_iter = 0
         improved = self.model.have_metrics_improved()
@@ -622,10 +638,10 @@ class EvaluationLoop:
         self._show_progress = show_progress
         self._stop_requested = stop_requested
 
-    def validate(self, cycle: int) -> None:
-        """Run one validation cycle (nothing happens without a validation loader)."""
+    def validate(self, cycle: int) -> bool:
+        """Run one validation cycle; return whether it ran (not without a loader)."""
         if self.loader is None:
-            return
+            return False
         hooks, model = self.hooks, self.model
         with core_cuda.DisableCuDNNBenchmarkContext():
             model.eval()
@@ -643,6 +659,7 @@ class EvaluationLoop:
             model.train()
             hooks.call_plugins("on_validation_end", validation_cycle=cycle)
             model.on_validation_end(cycle)
+        return True
 
     def test(self, loader: Iterable[Any]) -> None:
         """Run the testing loop over a loader."""

@@ -71,7 +71,10 @@ class Trainer:
         early_stop_cycles: stop after this many validation cycles without improvement.
         use_cpu: train on the CPU; ``None`` picks the CPU when CUDA is unavailable.
         gpus: ids of the GPUs to use; several start one process per GPU.
-        random_seed: seed for every RNG (defaults to :py:func:`helios.core.rng.get_default_seed`).
+        random_seed: seed for every RNG (defaults to :py:func:`helios.core.rng.get_default_seed`),
+            the loaders' shuffling included: a split whose ``DataLoaderParams`` keep the
+            default ``random_seed`` is shuffled by this seed
+            (:py:attr:`helios.data.DataModule.run_seed`).
         enable_tensorboard: write a TensorBoard run into ``run_path``.
         enable_file_logging: write a log file into ``log_path``.
         enable_progress_bar: show progress bars.

@@ -296,10 +296,21 @@ class EngineRun(Model):
         return epoch
 
     def train_step(self, batch: Any, state: TrainingState) -> None:
-        """Train on the batch with the engine."""
+        """Train on the batch with the engine; its loss goes to helios's loss table.
+
+        There helios's non-finite guard reads it (``Trainer(nonfinite_guard=True)``, the
+        default: a NaN or infinite loss stops ``fit`` with
+        :py:class:`~helios.trainer.NonFiniteError` before any checkpoint or callback
+        saves it), and in a distributed run it is averaged over the ranks.
+        """
         loss = self._epoch.train(batch)
-        if self._average_losses and isinstance(loss, float | int) and not isinstance(loss, bool):
-            self._loss_items["loss"] = torch.tensor(float(loss), device=self.device)
+        if isinstance(loss, float | int) and not isinstance(loss, bool):
+            if self._average_losses:
+                self._loss_items["loss"] = torch.tensor(float(loss), device=self.device)
+            else:  # a number: the guard reads it as it is, at no cost
+                self._loss_items["loss"] = loss  # type: ignore[assignment]
+        elif isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self._loss_items["loss"] = loss.detach()
 
     def on_training_batch_end(self, state: TrainingState, should_log: bool = False) -> None:
         """Record the batch and call ``after_batch`` (the loss averaged over ranks)."""

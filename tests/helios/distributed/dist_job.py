@@ -19,6 +19,9 @@ runs one scenario on gloo (``use_cpu=True``):
   its bytes, sleep, then write the rest, so a SIGKILL can land mid-upload.
 * ``crash``: the reference run, where rank 1 raises an unlisted exception at iteration 3;
   a rank whose fit failed then calls ``fit`` once more.
+* ``sparse``: a longer run (``SPARSE_ITERATIONS`` iterations) that saves only every
+  ``SPARSE_CHKPT_EVERY`` iterations and never validates, so the ranks agree on a signal
+  only at their periodic agreements (the preemption tests count the batches it takes).
 
 Each rank writes, per fit ``<fit>`` (``main``, ``early``, ``stop``), ``result<r>_<fit>.json``
 (what the model, the plug-in and the trainer reported, and where training stopped) and
@@ -63,6 +66,8 @@ from helios.core import rng
 
 NUM_SAMPLES = 20
 BATCH_SIZE = 4
+SPARSE_ITERATIONS = 60
+SPARSE_CHKPT_EVERY = 25
 SAVE_NAME = "dist"
 # ITERATION unit, 2 batches per iteration: each rank has 10 samples, 3 batches per epoch
 # (4, 4, 2), so iterations straddle epochs and the run covers 6 epochs.
@@ -221,6 +226,7 @@ class DistModel(hlm.Model):
             "epoch": state.global_epoch,
             "ids": ids.tolist(),
             "local_loss": float(loss.item()),
+            "py_draw": py_draw,
         }
 
     def on_training_batch_end(self, state: hlt.TrainingState, should_log: bool = False) -> None:
@@ -328,6 +334,10 @@ def run_torchrun(
         )
     elif chkpt_root is not None:
         trainer = make_trainer(workdir, chkpt_root=chkpt_root)
+    elif scenario == "sparse":
+        trainer = make_trainer(
+            workdir, total_steps=SPARSE_ITERATIONS, chkpt_frequency=SPARSE_CHKPT_EVERY
+        )
     else:
         trainer = make_trainer(workdir)
     crash_at = 3 if scenario == "crash" else None
@@ -403,7 +413,7 @@ def main(argv: list[str]) -> int:
     """Parse the arguments and run the scenario; return the exit code."""
     parser = argparse.ArgumentParser()
     parser.add_argument("workdir", type=pathlib.Path)
-    parser.add_argument("scenario", choices=["reference", "resume", "crash", "spawn"])
+    parser.add_argument("scenario", choices=["reference", "resume", "crash", "sparse", "spawn"])
     parser.add_argument("--step-sleep", type=float, default=0.0)
     parser.add_argument("--chkpt-root", default=None, help="a store URL (s3://...)")
     parser.add_argument("--save-sleep", type=float, default=0.0)

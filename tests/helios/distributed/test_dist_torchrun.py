@@ -466,6 +466,39 @@ def test_sigterm_to_torchrun_saves_where_the_workers_are_and_the_rerun_is_exact(
     _assert_finished_like(reference, tmp_path)
 
 
+def test_a_signal_stops_a_run_that_saves_rarely_within_two_agreements(
+    tmp_path: pathlib.Path,
+) -> None:
+    # No save or validation makes the ranks agree early: only the periodic agreement (every
+    # AGREE_EVERY iterations, read at the next one) tells them. The signal comes after the
+    # save at iteration 25 and long before the next one (50).
+    import importlib.util
+
+    from helios.trainer.preemption import AGREE_EVERY
+
+    spec = importlib.util.spec_from_file_location("dist_job", JOB_PATH)
+    assert spec is not None and spec.loader is not None
+    dist_job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dist_job)
+
+    command = _torchrun(tmp_path, "sparse", "--step-sleep", "0.03")
+    with open(tmp_path / "sparse.out", "wb") as output:
+        job = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)
+    signalled_at = (dist_job.SPARSE_CHKPT_EVERY + 3) * dist_job.ACCUMULATION
+    _wait_for_batches(tmp_path, signalled_at, job)
+    sent_after = _batches_done(tmp_path)  # batches rank 0 had finished when it was sent
+    job.send_signal(signal.SIGTERM)
+    job.wait(timeout=120)
+    output = (tmp_path / "sparse.out").read_text()
+    assert output.count("Training stopped by SIGTERM") == 1, output
+    stopped = _newest_checkpoint_iteration(tmp_path)  # the batch count of the stop's save
+    assert [len(_records(tmp_path, rank, "main")) for rank in RANKS] == [stopped, stopped]
+    # At most two agreements after the signal (plus the iteration it lands in).
+    bound = (2 * AGREE_EVERY + 1) * dist_job.ACCUMULATION
+    assert sent_after < stopped <= sent_after + bound, (sent_after, stopped)
+    assert stopped < 2 * dist_job.SPARSE_CHKPT_EVERY * dist_job.ACCUMULATION
+
+
 def test_workers_of_a_killed_torchrun_agent_save_and_exit(
     reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -562,6 +595,24 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
     assert f"written by 2 process(es) and this run has {new_world_size}" in output
     if new_world_size == 3:
         assert "ranks [2] have no saved RNG states" in output
+        # Rank 2 has no saved streams: its first draws come from (seed, iteration, rank),
+        # never from another rank's streams; ranks 0 and 1 continue their own.
+        import random as python_random
+
+        from helios.core import rng
+        from helios.data.datamodule import sample_seed
+
+        first = {}
+        for rank in range(3):
+            resumed_records = [
+                r for r in _records(tmp_path, rank, "main", keep_pid=True)
+                if r["pid"] not in first_launch and r["gi"] == done + 1
+            ]  # fmt: skip
+            first[rank] = resumed_records[-1]["py_draw"]
+        seed = sample_seed(rng.get_default_seed(), done, "rank2")
+        assert first[2] == python_random.Random(seed).random()
+        # (Ranks 0 and 1 share Python's stream in this job: only their torch draws differ.)
+        assert first[2] != first[0], first
     after = [
         i
         for pid, ids in _ids_by_launch(tmp_path, epoch, new_world_size).items()

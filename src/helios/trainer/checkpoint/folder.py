@@ -98,6 +98,10 @@ class CheckpointFolder:
         """Whether checkpoint ``name`` is in the folder and visible."""
         return name in self.names()
 
+    def is_link(self, name: str) -> bool:
+        """Whether ``name`` is a symbolic link (never followed to read or delete)."""
+        return False
+
     def lock(self) -> Any:
         """Return the claim of one run on the folder (``acquire``/``release``)."""
         raise NotImplementedError

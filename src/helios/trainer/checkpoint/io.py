@@ -45,6 +45,7 @@ from .layout import (
     is_sharded_checkpoint,
     temporary_folder,
 )
+from .shard_index import ShardIndexError, read_shard_index
 
 if TYPE_CHECKING:
     from .locations import Location
@@ -232,11 +233,14 @@ def commit_sharded(contents: dict[str, Any], path: pathlib.Path) -> None:
 def read_metadata(path: pathlib.Path) -> Any:
     """Read the shard index (Distributed Checkpoint metadata) of a sharded checkpoint.
 
-    The index is unpickled with a restricted unpickler (:py:mod:`.safe_metadata`).
-    """
-    from .safe_metadata import load_metadata
+    The index is unpickled by :py:func:`~helios.trainer.checkpoint.shard_index.load_shard_index`,
+    which resolves only the index's own types: a planted ``.metadata`` runs nothing.
 
-    return load_metadata((path / ".metadata").read_bytes())
+    Raises:
+        helios.trainer.checkpoint.shard_index.ShardIndexError: if the index names any
+            other global.
+    """
+    return read_shard_index(path)
 
 
 def check_shard_sizes(metadata: Any, sizes: Mapping[str, int], where: Any) -> None:
@@ -282,6 +286,8 @@ def read_sharded_contents(path: pathlib.Path, map_location: Any = None) -> dict[
         raise ValueError(f"{contents_file} is missing")
     try:
         metadata = read_metadata(path)
+    except ShardIndexError:
+        raise  # not corruption: a file that names code; it is refused, not skipped
     except Exception as error:
         raise ValueError(f"the shard index {path / '.metadata'} is unreadable: {error}") from error
     sizes = {

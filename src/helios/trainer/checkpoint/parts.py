@@ -18,8 +18,9 @@ Any object with ``state_dict()`` and ``load_state_dict()`` (a :py:class:`StateOw
 plug-in, a pyblaze run's records, a front end's resolved configuration) becomes a part with
 :py:class:`OwnedPart`. :py:class:`PartTable` holds the parts of one run, in restore order:
 
-    logs, model, running_losses, precision, <plug-ins>, <extra parts>, training_state,
-    preemption, loggers, run_end, checkpoint_retention;  per rank: rng, sampler
+    logs, model, running_losses, precision, loader_seed, <plug-ins>, <extra parts>,
+    training_state, preemption, loggers, run_end, checkpoint_retention;
+    per rank: rng, sampler
 
 The names helios uses are reserved (:py:data:`RESERVED_NAMES`): a plug-in id or an extra
 part taking one is refused before anything trains, with a message naming both the part and
@@ -49,6 +50,7 @@ RESERVED_NAMES: Mapping[str, str] = {
     "model": "the model's state_dict()",
     "running_losses": "the model's running losses",
     "precision": "the run's precision and gradient scaler",
+    "loader_seed": "the seed the loaders shuffle by (the run's random_seed)",
     "training_state": "the TrainingState",
     "preemption": "the signal that stopped the run",
     "loggers": "the experiment loggers' states",

@@ -16,6 +16,7 @@ import torch
 
 from helios.core import logging
 from helios.core.training_state import TrainingState
+from helios.model.wrapper_keys import WRAPPER_PREFIX, differs_only_by_wrapper_prefix
 
 from .async_save import BackgroundWriter, SnapshotBuffers, snapshot
 from .folder import CheckpointFolder
@@ -356,11 +357,21 @@ def _fitting(path: Location, key: str) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        raise CheckpointMismatchError(
+        head = (
             f"the checkpoint {path} does not fit this run: restoring its '{key}' "
-            f"entry failed ({type(error).__name__}: {error}). If the {key} changed on "
-            f"purpose (a new architecture, say), start fresh: move or delete "
-            f"{path.parent}, or give the model a new save_name"
+            f"entry failed ({type(error).__name__}: {error})."
+        )
+        if differs_only_by_wrapper_prefix(error):
+            # The run is fine: nothing to start afresh, the keys only need the same wrapper.
+            raise CheckpointMismatchError(
+                f"{head} The keys differ only by the '{WRAPPER_PREFIX}' prefix of "
+                "DistributedDataParallel: load the network's state through the same wrapper "
+                "as it was saved (or through the wrapped module on both sides, as the default "
+                "state_dict does); the checkpoint itself is intact"
+            ) from error
+        raise CheckpointMismatchError(
+            f"{head} If the {key} changed on purpose (a new architecture, say), start "
+            f"fresh: move or delete {path.parent}, or give the model a new save_name"
         ) from error
 
 

@@ -48,7 +48,7 @@ from .layout import (
     temporary_folder,
 )
 from .locations import Location, StorePath, as_location
-from .safe_metadata import safe_reader
+from .shard_index import shard_reader
 from .store import StoreFolder
 
 
@@ -96,7 +96,7 @@ class LocalFolder(CheckpointFolder):
         commit_sharded(contents, self.path / name)
 
     def shard_reader(self, name: str) -> Any:  # noqa: D102
-        return safe_reader(self.path / name)
+        return shard_reader(self.path / name)
 
     def read_metadata(self, name: str) -> Any:  # noqa: D102
         return read_metadata(self.path / name)
@@ -120,7 +120,11 @@ class LocalFolder(CheckpointFolder):
         return data if isinstance(data, dict) else None
 
     def exists(self, name: str) -> bool:  # noqa: D102
-        return (self.path / name).exists()
+        path = self.path / name
+        return not path.is_symlink() and (path.is_file() or is_sharded_checkpoint(path))
+
+    def is_link(self, name: str) -> bool:  # noqa: D102
+        return (self.path / name).is_symlink()
 
     def lock(self) -> RunFolderLock:  # noqa: D102
         return RunFolderLock(self.path)

@@ -15,7 +15,7 @@ the next run (its lock held) deletes what the interrupted save left
 it must name only objects of its own checkpoint (``<name>`` or ``<name>/<file>``), and each
 must exist with exactly the size it gives; a checkpoint that fails is reported and the
 previous one is tried, as for a truncated local file. The data itself is read with the safe
-loaders (``torch.load(weights_only=True)``, :py:mod:`.safe_metadata`). A checkpoint
+loaders (``torch.load(weights_only=True)``, :py:mod:`.shard_index`). A checkpoint
 without either marker (copied into the store by another tool) is read like a local one:
 its contents are checked.
 
@@ -445,14 +445,15 @@ class StoreFolder(CheckpointFolder):
         return contents
 
     def read_metadata(self, name: str) -> Any:  # noqa: D102
-        from .safe_metadata import load_metadata
+        from .shard_index import METADATA_NAME, load_shard_index
 
-        return load_metadata(self.cat(f"{name}/.metadata"))
+        data = self.cat(f"{name}/{METADATA_NAME}")
+        return load_shard_index(io.BytesIO(data), self.location(name) / METADATA_NAME)
 
     def shard_reader(self, name: str) -> Any:  # noqa: D102
-        from .safe_metadata import safe_reader
+        from .shard_index import shard_reader
 
-        return safe_reader(str(self.location(name)), self.storage_options)
+        return shard_reader(str(self.location(name)), self.storage_options)
 
     def read_index(self) -> dict[str, Any] | None:  # noqa: D102
         try:
