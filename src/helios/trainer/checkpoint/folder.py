@@ -10,7 +10,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .layout import is_checkpoint_name
 from .locations import Location
+
+
+def check_deletable(name: str) -> None:
+    """Refuse to delete anything but a bare checkpoint name of the folder.
+
+    Args:
+        name: what a folder is asked to delete.
+
+    Raises:
+        ValueError: if ``name`` is not a bare checkpoint name
+            (:py:func:`~helios.trainer.checkpoint.layout.is_checkpoint_name`).
+    """
+    if not is_checkpoint_name(name):
+        raise ValueError(f"{name!r} is not a checkpoint name: not deleted")
 
 
 class CheckpointFolder:
@@ -107,4 +122,4 @@ class CheckpointFolder:
         raise NotImplementedError
 
 
-__all__ = ["CheckpointFolder"]
+__all__ = ["CheckpointFolder", "check_deletable"]

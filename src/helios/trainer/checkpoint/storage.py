@@ -30,7 +30,7 @@ from typing import Any, overload
 from helios.core import logging
 from helios.trainer.run_folder import RunFolderLock
 
-from .folder import CheckpointFolder
+from .folder import CheckpointFolder, check_deletable
 from .io import (
     commit_sharded,
     prepare_folder,
@@ -102,6 +102,7 @@ class LocalFolder(CheckpointFolder):
         return read_metadata(self.path / name)
 
     def delete(self, name: str) -> None:  # noqa: D102
+        check_deletable(name)
         path = self.path / name
         if path.is_dir() and not path.is_symlink():  # a sharded checkpoint
             shutil.rmtree(path)

@@ -50,7 +50,7 @@ import torch
 from helios.core import logging
 from helios.core.utils import safe_torch_load
 
-from .folder import CheckpointFolder
+from .folder import CheckpointFolder, check_deletable
 from .io import CheckpointWriteError, check_shard_sizes, validate_checkpoint
 from .layout import (
     CONTENTS_NAME,
@@ -522,6 +522,7 @@ class StoreFolder(CheckpointFolder):
         retrying(attempt, f"checkpoint {self.location(name)}")
 
     def delete(self, name: str) -> None:  # noqa: D102
+        check_deletable(name)
         self.put(name + PENDING_SUFFIX, _holder_record())
         self.remove(name + COMMIT_SUFFIX)
         self.remove(name, recursive=self.is_sharded(name))

@@ -63,16 +63,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _describe(holder: dict[str, Any]) -> str:
-    try:
-        return (
-            f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}: "
-            f"{holder['command']}"
-        )
-    except (KeyError, TypeError):
-        return "holder unknown: the lease object names no holder"
-
-
 class StoreLock:
     """The lease of one run on a checkpoint folder in a store (see the module docstring).
 
@@ -85,6 +75,7 @@ class StoreLock:
         self._etag: str | None = None
         self._token = uuid.uuid4().hex
         self._holder: dict[str, Any] = {}
+        self._seen = b""  # the lease object as last read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._held = False
@@ -136,7 +127,7 @@ class StoreLock:
                 if not self._stale(holder, renewed, server_now):
                     raise CheckpointFolderError(
                         f"the checkpoint folder {url} is in use by another run "
-                        f"({_describe(holder)}); its lease was renewed at {renewed} and lasts "
+                        f"({self._describe()}); its lease was renewed at {renewed} and lasts "
                         f"{holder.get('lease_seconds', LEASE_SECONDS)} s. Two runs must not "
                         "write to one folder: wait for that run to end or stop it, or give "
                         "this run another chkpt_root or model save_name"
@@ -171,14 +162,19 @@ class StoreLock:
         key = self.folder.key(LOCK_NAME)
         self.folder.fs.invalidate_cache(key)
         info = self.folder.fs.info(key)
-        try:
-            holder = json.loads(self.folder.cat(LOCK_NAME).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            holder = {}
-        if not isinstance(holder, dict):
-            holder = {}
+        from helios.trainer.run_folder import parse_holder
+
+        data = self.folder.cat(LOCK_NAME)
+        self._seen = data
+        holder = parse_holder(data) or {}
         stamp = info.get("LastModified") or info.get("mtime") or info.get("created")
         return holder, info.get("ETag"), _as_datetime(stamp)
+
+    def _describe(self) -> str:
+        """The holder named by the lease object last read (the same words as a local lock)."""
+        from helios.trainer.run_folder import describe_holder
+
+        return describe_holder(self._seen, str(self.folder.url / LOCK_NAME))
 
     def _stale(
         self,
@@ -202,7 +198,7 @@ class StoreLock:
 
         logging.get_root_logger().warning(
             f"taking over the stale lease of {self.folder.url} from a run that is gone "
-            f"({_describe(holder)})"
+            f"({self._describe()})"
         )
         try:
             if self._is_s3 and etag:
