@@ -43,6 +43,7 @@ from helios.core.training_state import TrainingState, TrainingUnit
 from helios.core.utils import get_env_info_str, update_all_registries
 from helios.model.model import register_model_types_for_safe_load
 
+from .checkpoint.environment import EnvironmentPart
 from .checkpoint.folder import CheckpointFolder
 from .checkpoint.io import register_trainer_types_for_safe_load
 from .checkpoint.layout import checkpoint_name
@@ -297,6 +298,7 @@ class Run:
             OwnedPart("preemption", self._preemption),
             self._logger_states,
             OwnedPart("run_end", self._run_end),
+            EnvironmentPart(self._context.device),
             retention,
             self._rank_state,
         )

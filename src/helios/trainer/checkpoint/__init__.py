@@ -11,6 +11,7 @@ writes and commits, validated safe loads; nothing else touches checkpoint files)
   :py:func:`export_full_checkpoint`.
 * :py:mod:`.retention`: which checkpoints to keep and the index of the best.
 * :py:mod:`.async_save`: snapshots and the background writer of asynchronous saves.
+* :py:mod:`.environment`: the versions and the device that wrote each checkpoint.
 
 For front ends and tools: :py:meth:`helios.trainer.Trainer.add_checkpoint_part` adds a
 named part to every checkpoint of a trainer's runs; :py:func:`read_checkpoint` reads the

@@ -19,7 +19,7 @@ plug-in, a pyblaze run's records, a front end's resolved configuration) becomes 
 :py:class:`OwnedPart`. :py:class:`PartTable` holds the parts of one run, in restore order:
 
     logs, model, running_losses, precision, loader_seed, <plug-ins>, <extra parts>,
-    training_state, preemption, loggers, run_end, checkpoint_retention;
+    training_state, preemption, loggers, run_end, environment, checkpoint_retention;
     per rank: rng, sampler
 
 The names helios uses are reserved (:py:data:`RESERVED_NAMES`): a plug-in id or an extra
@@ -55,6 +55,7 @@ RESERVED_NAMES: Mapping[str, str] = {
     "preemption": "the signal that stopped the run",
     "loggers": "the experiment loggers' states",
     "run_end": "the reason the run ended",
+    "environment": "the versions and the device that wrote the checkpoint",
     "checkpoint_retention": "the record of the checkpoints kept",
 }
 """The checkpoint keys helios keeps its own state under, with what each holds."""
