@@ -21,6 +21,7 @@ HEAVY = [
     "wandb",
     "jsonargparse",
     "yaml",
+    "datasets",
 ]
 
 

@@ -10,6 +10,7 @@ changes: what a run finds out as it starts (its ranks, its device) is its run co
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import pathlib
 from collections.abc import Sequence
@@ -72,6 +73,7 @@ class RunConfig:
     chkpt_storage_options: dict[str, Any] | None
     nonfinite_guard: bool
     print_summaries: bool
+    dist_timeout: datetime.timedelta | None
     use_cpu: bool
     gpu_ids: tuple[int, ...]
     is_torchrun: bool
@@ -173,6 +175,7 @@ def build_config(arguments: dict[str, Any]) -> RunConfig:
         )
     for name in ("chkpt_async", "nonfinite_guard", "print_summaries"):
         c[name] = check.check_bool(name, a[name])
+    c["dist_timeout"] = check.check_dist_timeout(a["dist_timeout"])
     c.update(_place_devices(a["use_cpu"], a["gpus"]))
     c["precision"] = check.check_precision(a["precision"], not c["use_cpu"])
     c["enable_compile"] = check.check_bool("enable_compile", a["enable_compile"])

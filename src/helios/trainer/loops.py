@@ -130,6 +130,7 @@ if TYPE_CHECKING:
     from helios.model import Model
     from helios.plugins import Plugin
 
+    from .checkpoint.loader_state import LoaderState
     from .checkpoint.rank_state import RankState
     from .nonfinite import NonFiniteGuard
 
@@ -300,6 +301,8 @@ class TrainingLoop:
             checkpoint that the loop then writes at the stop.
         guard: checks losses and the model state for NaN/inf (see
             :py:mod:`helios.trainer.nonfinite`); ``None``: no checks.
+        loader_state: this rank's position in a training stream; when it holds a loaded
+            position, that is applied when the run resumes inside an epoch.
         after_validation: called with the training state after each validation cycle
             that ran (the retention record notes where the metrics were produced).
 
@@ -319,6 +322,7 @@ class TrainingLoop:
         report: RunReport | None = None,
         run_end: RunEnd | None = None,
         guard: NonFiniteGuard | None = None,
+        loader_state: LoaderState | None = None,
         after_validation: Callable[[TrainingState], None] | None = None,
     ) -> None:
         self.options = options
@@ -331,6 +335,7 @@ class TrainingLoop:
         self._datamodule = datamodule
         self._save = save
         self._rank_state = rank_state
+        self._loader_state = loader_state
         self._resume = rank_state if rank_state is not None and rank_state.is_pending else None
         self._preemption = preemption or Preemption()
         self._unit_end_pending = self._preemption.unit_end_pending
@@ -357,6 +362,8 @@ class TrainingLoop:
         loader, sampler = train
         if self._rank_state is not None:
             self._rank_state.track_sampler(sampler)
+        if self._loader_state is not None:
+            self._loader_state.track(loader)
         self.model.train()
         accumulators = gradient_accumulators(self.model)  # noqa: F841 - held until the end
         total = self.options.total_steps
@@ -418,7 +425,7 @@ class TrainingLoop:
         print_frequency = self.options.print_frequency
         units_end_in_epoch = not self._epoch_unit
         resumed_inside_epoch, batches_at_start = state.dataset_iter > 0, state.global_iteration
-        bar, preemption, stop = self._epoch_bar(state, len(loader)), self._preemption, False
+        bar, preemption, stop = self._epoch_bar(state, _safe_len(loader)), self._preemption, False
         solo = hooks.collective_device is None
         if self._unit_end_pending:  # a signal interrupted this unit's validation
             self._unit_end_pending = False
@@ -489,7 +496,7 @@ class TrainingLoop:
         self._end_epoch(state)
         return stop
 
-    def _epoch_bar(self, state: TrainingState, batches: int) -> Any:
+    def _epoch_bar(self, state: TrainingState, batches: int | None) -> Any:
         """The transient bar of an epoch's batches (EPOCH unit, on a terminal)."""
         return make_bar(
             self.options.show_progress and self._epoch_unit, batches,
@@ -580,6 +587,8 @@ class TrainingLoop:
             resume.restore_rng()
             position = resume.resume_position(position)
         place_sampler(sampler, **position)
+        if resuming_inside_epoch and self._loader_state is not None:
+            self._loader_state.restore()  # a stream continues where it was
 
     def _end_epoch(self, state: TrainingState) -> None:
         self.model.on_training_epoch_end(state.global_epoch)

@@ -47,6 +47,7 @@ from .checkpoint.environment import EnvironmentPart
 from .checkpoint.folder import CheckpointFolder
 from .checkpoint.io import register_trainer_types_for_safe_load
 from .checkpoint.layout import checkpoint_name
+from .checkpoint.loader_state import LoaderState
 from .checkpoint.model_part import ModelPart, RunningLossesPart
 from .checkpoint.parts import CheckpointPart, OwnedPart, PartTable, StateOwner, add_extra_parts
 from .checkpoint.rank_state import RankState
@@ -251,6 +252,7 @@ class Run:
         self._rank_state = RankState(
             state, context.global_rank, context.world_size, config.random_seed
         )
+        self._loader_state = LoaderState(state, context.global_rank)
         self._retention = CheckpointRetention(
             config.retention, folder, lambda: model.metrics, model.save_name
         )
@@ -301,6 +303,7 @@ class Run:
             EnvironmentPart(self._context.device),
             retention,
             self._rank_state,
+            self._loader_state,
         )
         return table
 
@@ -443,7 +446,7 @@ class FitRun(Run):
         return TrainingLoop(
             config.loop_options(self.shows_progress), self._loop_hooks, self.job.datamodule,
             checkpoint.save, self._rank_state, self._preemption, report, self._run_end, guard,
-            after_validation=self._retention.validated,
+            self._loader_state, after_validation=self._retention.validated,
         )  # fmt: skip
 
     @contextlib.contextmanager

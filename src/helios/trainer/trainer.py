@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -118,6 +119,14 @@ class Trainer:
         print_summaries: print one line after each validation (the model's ``metrics`` and
             the running losses) and one when training ends, on rank 0; the log file gets
             them either way.
+        dist_timeout: how long a rank waits for the others in any collective (the gradient
+            sync, a checkpoint's agreement) and in the process group's store before it
+            fails with an error: seconds or a ``datetime.timedelta``. ``None`` takes the
+            ``HELIOS_DIST_TIMEOUT`` environment variable (seconds), else torch's default
+            (30 minutes on gloo, 10 on NCCL). It bounds how long the survivors of a dead or
+            cut-off node wait; it applies to the process group helios creates (under
+            ``torchrun`` or spawned), not to one the script initialised itself. Added in
+            Helios 1.3.0.
         chkpt_storage_options: options for fsspec when ``chkpt_root`` is a URL
             (``{"endpoint_url": ..., "key": ..., "secret": ...}`` for S3); ``None`` uses the
             store's usual environment variables (``AWS_ENDPOINT_URL``,
@@ -164,6 +173,7 @@ class Trainer:
         chkpt_async: bool = False,
         nonfinite_guard: bool = True,
         print_summaries: bool = True,
+        dist_timeout: float | datetime.timedelta | None = None,
         chkpt_storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         arguments = dict(locals())

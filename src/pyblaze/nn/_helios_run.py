@@ -61,6 +61,14 @@ if TYPE_CHECKING:
 _SKIPPED = Epoch()
 
 
+def _length(loader: Any) -> int | None:
+    """The batches of a loader, or ``None`` for a stream (no length)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 class EngineRun(Model):
     """The helios model that runs an engine and its callbacks (see the module docstring).
 
@@ -93,7 +101,8 @@ class EngineRun(Model):
         self._callbacks = RunCallbacks(CallbackList([]), CallbackList([]))
         self._stop: CallbackException | None = None
         self._average_losses = False
-        self._num_batches = self._num_val_batches = 0
+        self._num_batches: int | None = 0
+        self._num_val_batches: int | None = 0
         self._epoch_open = False
         self._resumed_callbacks: dict[str, Any] | None = None
         self._resumed_epoch: dict[str, Any] | None = None
@@ -253,9 +262,9 @@ class EngineRun(Model):
         self._stop = None
         self._epoch = _SKIPPED
         datamodule = self.trainer.datamodule
-        self._num_batches = len(datamodule.train_dataloader()[0])
+        self._num_batches = _length(datamodule.train_dataloader()[0])
         valid = datamodule.valid_dataloader()
-        self._num_val_batches = len(valid[0]) if valid is not None else 0
+        self._num_val_batches = _length(valid[0]) if valid is not None else 0
         if self._spec.val_data is not None:
             sanity_check(self._engine, self.placement.module, self._spec, self.device)
         self._callbacks.training.call("before_training", self.placement.module, self._spec.epochs)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pathlib
 import re
 import signal
-import time
 
 import pytest
 from cli_support import EXAMPLES, mlp_config, run_helios
@@ -41,7 +40,6 @@ def test_the_first_divergence_names_the_step_the_loss_and_the_tensor() -> None:
 
 
 def test_verify_resume_passes_on_the_digits_config(tmp_path: pathlib.Path) -> None:
-    start = time.monotonic()
     result = run_helios(
         "verify-resume", EXAMPLES / "digits_config.yaml", "--kills", "1", "--steps", "36",
         "--trainer.train_unit=iteration", "--trainer.valid_frequency=12",
@@ -53,11 +51,9 @@ def test_verify_resume_passes_on_the_digits_config(tmp_path: pathlib.Path) -> No
     assert len(re.findall(r"interrupted: SIGKILL at step \d+", result.stdout)) == 1
     assert len(re.findall(r"interrupted: SIGTERM at step \d+ .*exit 143", result.stdout)) == 1
     assert "IDENTICAL" in result.stdout
-    assert time.monotonic() - start < 120
 
 
 def test_verify_resume_names_where_a_non_resumable_model_diverges(tmp_path: pathlib.Path) -> None:
-    start = time.monotonic()
     config = mlp_config(tmp_path, model="LeakyCounter", total_steps=30, chkpt_frequency=5)
     # The SIGTERM alone (no SIGKILL: the digits test above sends both) shows the divergence.
     result = run_helios("verify-resume", config, "--kills", "0", "--seed", "3", cwd=tmp_path)
@@ -75,4 +71,3 @@ def test_verify_resume_names_where_a_non_resumable_model_diverges(tmp_path: path
     # The counter restarts with the resumed process, from the checkpoint written at the stop.
     assert int(found.group(1)) == stop + 1
     assert "final checkpoints: first difference in model._net.0.weight" in result.stdout
-    assert time.monotonic() - start < 120

@@ -320,9 +320,15 @@ def run_torchrun(
     step_sleep: float,
     chkpt_root: str | None = None,
     save_sleep: float = 0.0,
+    own_group: bool = False,
 ) -> int:
-    """Run a scenario in one torchrun worker; return the exit code."""
+    """Run a scenario in one torchrun worker; return the exit code.
+
+    ``own_group``: the script initialises the process group itself before the Trainer runs.
+    """
     _record_saves(workdir, save_sleep)
+    if own_group:
+        torch.distributed.init_process_group("gloo")
     if scenario == "reference":
         trainer = make_trainer(
             workdir,
@@ -417,13 +423,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--step-sleep", type=float, default=0.0)
     parser.add_argument("--chkpt-root", default=None, help="a store URL (s3://...)")
     parser.add_argument("--save-sleep", type=float, default=0.0)
+    parser.add_argument("--own-group", action="store_true")
     args = parser.parse_args(argv)
     if args.scenario == "spawn":
         for case in ("ok", "unlisted", "listed"):
             print(f"SPAWN {case} {run_spawned(args.workdir, case)}", flush=True)
         return 0
     return run_torchrun(
-        args.workdir, args.scenario, args.step_sleep, args.chkpt_root, args.save_sleep
+        args.workdir,
+        args.scenario,
+        args.step_sleep,
+        args.chkpt_root,
+        args.save_sleep,
+        args.own_group,
     )
 
 

@@ -499,11 +499,15 @@ def test_a_signal_stops_a_run_that_saves_rarely_within_two_agreements(
     assert stopped < 2 * dist_job.SPARSE_CHKPT_EVERY * dist_job.ACCUMULATION
 
 
+@pytest.mark.parametrize("own_group", [False, True], ids=["helios_group", "script_group"])
 def test_workers_of_a_killed_torchrun_agent_save_and_exit(
-    reference: pathlib.Path, tmp_path: pathlib.Path
+    reference: pathlib.Path, tmp_path: pathlib.Path, own_group: bool
 ) -> None:
+    # script_group: the script initialised the process group itself before fit; helios
+    # still makes its workers end with their agent.
+    options = ["--own-group"] if own_group else []
     launches: list[subprocess.Popen[bytes]] = []
-    _launch(tmp_path, launches)
+    _launch(tmp_path, launches, *options)
     _wait_for_batches(tmp_path, 5, launches[0])
     workers = _descendants(launches[0].pid)
     assert len(workers) == 2
@@ -513,8 +517,12 @@ def test_workers_of_a_killed_torchrun_agent_save_and_exit(
     while any(_alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "orphaned workers are still running"
         time.sleep(0.05)
+    # They stopped because their agent died (SIGTERM from the kernel), not at the end.
+    output = (tmp_path / "launch_0.out").read_text()
+    assert output.count("Training stopped by SIGTERM") == 1, output
+    assert _batches_done(tmp_path) < BATCHES
     assert _newest_checkpoint_iteration(tmp_path) == _batches_done(tmp_path)
-    _launch(tmp_path, launches)
+    _launch(tmp_path, launches, *options)
     assert launches[1].wait(timeout=240) == 0, (tmp_path / "launch_1.out").read_text()
     _assert_finished_like(reference, tmp_path)
 

@@ -6,6 +6,7 @@ writes and commits, validated safe loads; nothing else touches checkpoint files)
 :py:mod:`.layout` (names, keys and discovery). Around them:
 
 * :py:mod:`.rank_state`: each rank's RNG states and sampler position (the per-rank part).
+* :py:mod:`.loader_state`: each rank's position in a training stream (per rank too).
 * :py:mod:`.model_part`: the model's part, the one that may be sharded.
 * :py:mod:`.sharded`: the shards of a sharded model (Distributed Checkpoint folders), and
   :py:func:`export_full_checkpoint`.
@@ -26,13 +27,14 @@ from .io import (
 from .layout import checkpoint_name
 from .locations import StorePath
 from .parts import RESERVED_NAMES, CheckpointPart, OwnedPart, PartTable, StateOwner
-from .run_checkpoint import CheckpointMismatchError, RunCheckpoint
+from .run_checkpoint import CheckpointMismatchError, CheckpointNotSharedError, RunCheckpoint
 from .sharded import export_full_checkpoint, load_full_state
 from .storage import find_best_checkpoint, find_last_checkpoint, list_checkpoints, read_checkpoint
 
 __all__ = [
     "RESERVED_NAMES",
     "CheckpointMismatchError",
+    "CheckpointNotSharedError",
     "CheckpointPart",
     "CheckpointWriteError",
     "OwnedPart",

@@ -7,6 +7,7 @@ implement it, and :py:func:`~.storage.open_folder` picks one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,22 @@ def check_deletable(name: str) -> None:
     """
     if not is_checkpoint_name(name):
         raise ValueError(f"{name!r} is not a checkpoint name: not deleted")
+
+
+_MARKER_NAME = re.compile(r"^\.helios-[a-z]+-[0-9a-f]+$")
+
+
+def check_marker_name(name: str) -> None:
+    """Refuse a marker name that is not ``.helios-<what>-<hex>`` (a hidden helios file).
+
+    Args:
+        name: the marker's name.
+
+    Raises:
+        ValueError: for any other name (it could be a checkpoint's, or leave the folder).
+    """
+    if not _MARKER_NAME.match(name):
+        raise ValueError(f"{name!r} is not a helios marker name (.helios-<what>-<hex>)")
 
 
 class CheckpointFolder:
@@ -109,6 +126,25 @@ class CheckpointFolder:
         """Read the retention index (``None`` if missing or unreadable)."""
         raise NotImplementedError
 
+    def write_marker(self, name: str, text: str) -> None:
+        """Write a small hidden marker ``name`` (``.helios-<what>-<hex>``) holding ``text``.
+
+        Markers are never checkpoints; the check that every rank sees the folder uses one.
+
+        Raises:
+            ValueError: for a name that is not a marker's.
+            OSError: if it cannot be written.
+        """
+        raise NotImplementedError
+
+    def read_marker(self, name: str) -> str | None:
+        """Return the text of marker ``name``, or ``None`` if it cannot be read."""
+        raise NotImplementedError
+
+    def delete_marker(self, name: str) -> None:
+        """Delete marker ``name`` (a missing one is no error)."""
+        raise NotImplementedError
+
     def exists(self, name: str) -> bool:
         """Whether checkpoint ``name`` is in the folder and visible."""
         return name in self.names()
@@ -122,4 +158,4 @@ class CheckpointFolder:
         raise NotImplementedError
 
 
-__all__ = ["CheckpointFolder", "check_deletable"]
+__all__ = ["CheckpointFolder", "check_deletable", "check_marker_name"]

@@ -20,7 +20,7 @@ plug-in, a pyblaze run's records, a front end's resolved configuration) becomes 
 
     logs, model, running_losses, precision, loader_seed, <plug-ins>, <extra parts>,
     training_state, preemption, loggers, run_end, environment, checkpoint_retention;
-    per rank: rng, sampler
+    per rank: rng, sampler, loader
 
 The names helios uses are reserved (:py:data:`RESERVED_NAMES`): a plug-in id or an extra
 part taking one is refused before anything trains, with a message naming both the part and
@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 RESERVED_NAMES: Mapping[str, str] = {
     "version": "the version of helios that wrote the checkpoint",
     "rng": "rank 0's RNG states",
-    "ranks": "every rank's RNG states and sampler position",
+    "ranks": "every rank's RNG states, sampler position and stream position",
+    "loader": "a rank's position in its training stream (in its entry of ranks)",
     "sharded_parts": "the list of the parts written as shards",
     "logs": "the run's log file and TensorBoard run",
     "log_path": "the run's log file",

@@ -4,17 +4,26 @@
 from rank 0, the per-rank part from every rank; :py:meth:`RunCheckpoint.resume` loads the
 newest readable checkpoint and hands each part its entry. Files are written and read by
 :py:mod:`.io` only; a part whose state is sharded goes through :py:mod:`.sharded`.
+
+In a run of several processes rank 0 decides which checkpoint every rank resumes from, and
+every rank checks that it sees that checkpoint (a ``chkpt_root`` on per-node local disks
+fails with :py:class:`CheckpointNotSharedError`, never a resume that differs between
+nodes); a run whose model is sharded also checks, before anything trains, that every rank
+sees the folder its shards will be written to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 
 from helios.core import logging
+from helios.core.distributed import broadcast_object
 from helios.core.training_state import TrainingState
 from helios.model.wrapper_keys import WRAPPER_PREFIX, differs_only_by_wrapper_prefix
 
@@ -40,6 +49,15 @@ Check = Callable[[dict[str, Any], TrainingState], BaseException | None]
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint that does not fit the run (a part's ``load_state_dict`` failed)."""
+
+
+class CheckpointNotSharedError(RuntimeError):
+    """Some ranks of a run cannot see the checkpoint folder that rank 0 uses.
+
+    Raised on every rank before anything trains: when a rank cannot read the checkpoint
+    rank 0 resumes from, or, for a sharded model, cannot see the folder the shards go to.
+    The message names each such rank's host and the path. Added in Helios 1.3.0.
+    """
 
 
 class RunCheckpoint:
@@ -294,8 +312,11 @@ class RunCheckpoint:
         Raises:
             CheckpointMismatchError: if a part refuses its entry (a changed architecture,
                 say), naming the file and the part and saying how to start fresh.
+            CheckpointNotSharedError: on every rank, if a rank cannot read the checkpoint
+                rank 0 resumes from, or cannot see the folder of a sharded model's shards.
         """
-        found = load_newest_valid_checkpoint(self.folder, self._map_location)
+        self._check_shared_folder()
+        found = self._load_agreed_checkpoint()
         if found is None:
             return None
         path, saved = found
@@ -313,6 +334,108 @@ class RunCheckpoint:
         for part in self.parts.per_rank:
             part.read(entry)
         return path
+
+    def _load_agreed_checkpoint(self) -> tuple[Location, dict[str, Any]] | None:
+        """Load the checkpoint rank 0 resumes from, on every rank; all fail if one cannot.
+
+        Rank 0 finds the newest readable checkpoint and sends where it is; the other ranks
+        read that checkpoint, not the newest one they see themselves, so that no rank
+        resumes from another checkpoint (or none) when the folder (a local one, or a store
+        reached with other options) is not the same everywhere.
+        """
+        folder = self.folder
+        if self._world_size == 1 or folder is None:
+            return load_newest_valid_checkpoint(folder, self._map_location)
+        found: tuple[Location, dict[str, Any]] | None = None
+        failure: BaseException | None = None
+        if self._global_rank == 0:
+            try:
+                found = load_newest_valid_checkpoint(folder, self._map_location)
+            except Exception as error:  # the other ranks must not wait for a path
+                failure = error
+        sent = broadcast_object(
+            (None if found is None else (str(found[0]), found[0].name), failure is not None)
+        )
+        if failure is not None:
+            raise failure
+        if sent[1]:
+            raise RuntimeError(
+                f"rank 0 could not read the newest checkpoint of {folder.root} (its error "
+                "is in its output); this rank stops with it"
+            )
+        if sent[0] is None:
+            return None
+        where, name = sent[0]
+        problem: str | None = None
+        if self._global_rank != 0:
+            # The checkpoint by its name in this rank's own folder, which must be rank 0's.
+            path = folder.location(name)
+            if str(path) != where:
+                problem = f"saves into another folder ({folder.root})"
+            elif not folder.exists(name):
+                problem = "does not see it"
+            else:
+                try:
+                    found = (path, folder.read(name, self._map_location))
+                except Exception as error:
+                    problem = f"cannot read it ({type(error).__name__}: {error})"
+        self._raise_unshared(
+            problem,
+            f"rank 0 resumes from the checkpoint {where}, but",
+            "every rank must read the checkpoint rank 0 resumes from",
+        )
+        return found
+
+    def _check_shared_folder(self) -> None:
+        """For a sharded model: check that every rank sees the folder its shards go to.
+
+        Rank 0 writes a marker (``.helios-shared-<hex>``) into the folder, local or in a
+        store, and every rank reads it back; the marker is removed after. A folder on
+        per-node local disks (or a store some rank reaches elsewhere) fails here, before
+        anything trains, rather than as a checkpoint with missing shards.
+        """
+        folder = self.folder
+        if self._world_size == 1 or folder is None:
+            return
+        if not any(part.is_sharded for part in self.parts):
+            return
+        token = secrets.token_hex(16)
+        problem: str | None = None
+        if self._global_rank == 0:
+            try:
+                folder.write_marker(f".helios-shared-{token}", token)
+            except Exception as error:  # the other ranks must not wait for the token
+                problem = f"cannot write into it ({error})"
+        token = broadcast_object(token)
+        marker = f".helios-shared-{token}"
+        if self._global_rank != 0 and folder.read_marker(marker) != token:
+            problem = "does not see what rank 0 wrote into it"
+        try:
+            self._raise_unshared(
+                problem,
+                f"the model is sharded, so every rank writes its shards into {folder.root}, but",
+                "sharded checkpoints need a chkpt_root that every rank writes to",
+            )
+        finally:
+            if self._global_rank == 0:
+                with contextlib.suppress(Exception):
+                    folder.delete_marker(marker)
+
+    def _raise_unshared(self, problem: str | None, what: str, need: str) -> None:
+        """Raise :py:class:`CheckpointNotSharedError` on every rank if any rank had a problem."""
+        where = f"{socket.gethostname()} (rank {self._global_rank})"
+        reports = self._gather_from_ranks(None if problem is None else f"{where} {problem}")
+        failed = [report for report in reports if report is not None]
+        if not failed:
+            return
+        if self.folder is not None and self.folder.is_remote:
+            fix = "give every rank the same chkpt_root URL and chkpt_storage_options"
+        else:
+            fix = (
+                "put chkpt_root on a file system every node mounts (a shared folder), not on "
+                "a disk of each node"
+            )
+        raise CheckpointNotSharedError(f"{what} {'; '.join(failed)}. {need.capitalize()}: {fix}")
 
 
 def _write_then(
@@ -375,4 +498,4 @@ def _fitting(path: Location, key: str) -> Iterator[None]:
         ) from error
 
 
-__all__ = ["CheckpointMismatchError", "RunCheckpoint"]
+__all__ = ["CheckpointMismatchError", "CheckpointNotSharedError", "RunCheckpoint"]

@@ -30,7 +30,7 @@ from typing import Any, overload
 from helios.core import logging
 from helios.trainer.run_folder import RunFolderLock
 
-from .folder import CheckpointFolder, check_deletable
+from .folder import CheckpointFolder, check_deletable, check_marker_name
 from .io import (
     commit_sharded,
     prepare_folder,
@@ -119,6 +119,21 @@ class LocalFolder(CheckpointFolder):
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    def write_marker(self, name: str, text: str) -> None:  # noqa: D102
+        check_marker_name(name)
+        (self.path / name).write_text(text, encoding="utf-8")
+
+    def read_marker(self, name: str) -> str | None:  # noqa: D102
+        check_marker_name(name)
+        try:
+            return (self.path / name).read_text(encoding="utf-8")
+        except (OSError, ValueError):
+            return None
+
+    def delete_marker(self, name: str) -> None:  # noqa: D102
+        check_marker_name(name)
+        (self.path / name).unlink(missing_ok=True)
 
     def exists(self, name: str) -> bool:  # noqa: D102
         path = self.path / name

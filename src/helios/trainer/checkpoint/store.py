@@ -50,7 +50,7 @@ import torch
 from helios.core import logging
 from helios.core.utils import safe_torch_load
 
-from .folder import CheckpointFolder, check_deletable
+from .folder import CheckpointFolder, check_deletable, check_marker_name
 from .io import CheckpointWriteError, check_shard_sizes, validate_checkpoint
 from .layout import (
     CONTENTS_NAME,
@@ -527,6 +527,26 @@ class StoreFolder(CheckpointFolder):
         self.remove(name + COMMIT_SUFFIX)
         self.remove(name, recursive=self.is_sharded(name))
         self.remove(name + PENDING_SUFFIX)
+
+    def write_marker(self, name: str, text: str) -> None:  # noqa: D102
+        check_marker_name(name)
+        try:
+            self.put(name, text.encode("utf-8"))
+        except OSError:
+            raise
+        except Exception as error:  # a store's client error: report it as the OSError it is
+            raise OSError(f"could not write {self.location(name)}: {error}") from error
+
+    def read_marker(self, name: str) -> str | None:  # noqa: D102
+        check_marker_name(name)
+        try:
+            return self.cat(name).decode("utf-8")
+        except Exception:  # missing, denied, or another store's: not seen
+            return None
+
+    def delete_marker(self, name: str) -> None:  # noqa: D102
+        check_marker_name(name)
+        self.remove(name)
 
     def write_index(self, data: Mapping[str, Any]) -> None:  # noqa: D102
         text = json.dumps(dict(data), indent=2).encode("utf-8")
