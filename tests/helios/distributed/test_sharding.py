@@ -232,7 +232,7 @@ def test_crash_while_writing_helios_pth_leaves_no_committed_folder_without_it(
     assert hlt.find_last_checkpoint(folder) == folder / "sharded_epoch_1_iter_3.dcp"
     for committed in folder.glob("*.dcp"):
         assert (committed / layout.CONTENTS_NAME).is_file(), committed
-        io.read_checkpoint(committed)  # complete and readable
+        io.read_local_checkpoint(committed)  # complete and readable
     unfinished = folder / ".sharded_epoch_1_iter_4.dcp.tmp"
     assert (unfinished / ".metadata").is_file()  # every rank's shards were written
 

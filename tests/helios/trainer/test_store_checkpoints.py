@@ -114,6 +114,31 @@ def test_a_memory_store_works_like_a_folder(reference: job.ResumeModel) -> None:
     _assert_same_weights(reference, resumed)
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_the_shared_folder_marker_is_written_read_and_deleted_through_the_folder(
+    where: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> None:
+    # The check that every rank of a sharded run sees the checkpoint folder writes a hidden
+    # marker through the folder, local or in a store; it is never a checkpoint.
+    if where == "s3":
+        root: Any = f"{request.getfixturevalue('s3_bucket')}/runs/net"
+    else:
+        root = tmp_path / "net"
+        root.mkdir()
+    folder = open_folder(root)
+    marker = ".helios-shared-0123abcd"
+    assert folder.read_marker(marker) is None
+    folder.write_marker(marker, "0123abcd")
+    assert open_folder(root).read_marker(marker) == "0123abcd"  # another rank's view
+    assert folder.names() == []
+    folder.delete_marker(marker)
+    assert folder.read_marker(marker) is None
+    folder.delete_marker(marker)  # already gone: no error
+    for name in ("net_epoch_1_iter_2.pth", "../escape", "checkpoints.json", ".helios-x-zz"):
+        with pytest.raises(ValueError, match="not a helios marker name"):
+            folder.write_marker(name, "x")
+
+
 # -- the commit protocol ----------------------------------------------------------------------
 
 
