@@ -39,3 +39,35 @@ def dataset() -> Any:
     from pyblaze_toys import three_classes
 
     return three_classes(30)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """moto's S3 server on localhost for the whole session (stopped after, also on failure)."""
+    pytest.importorskip("s3fs", reason="the object store tests need the dev extra (s3fs)")
+    from s3_server import S3Server
+
+    server = S3Server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Point S3 clients at the test server through the AWS environment variables."""
+    from s3_server import forget_clients
+
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    forget_clients()
+    yield s3_server
+    forget_clients()
+
+
+@pytest.fixture
+def s3_bucket(s3_env: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the test server (the environment points at it); its URL."""
+    return f"s3://{s3_env.new_bucket(request.node.name)}"

@@ -20,7 +20,7 @@ What a migration changes:
   that names the installed version is left as it is.
 * The ``TrainingState`` class is re-recorded under its current module (Helios 1.2.7 pickled
   it as ``helios.trainer.TrainingState``), and ``"version"`` becomes the installed version,
-  so :py:func:`helios.trainer.checkpoint.io.load_newest_valid_checkpoint` accepts the file.
+  so :py:func:`helios.trainer.checkpoint.storage.load_newest_valid_checkpoint` accepts the file.
 * Paths written on the other kind of system (``WindowsPath`` on Linux, ``PosixPath`` on
   Windows) in ``log_path`` / ``run_path`` cannot name a file here: they are dropped with a
   warning, so the resumed run starts a new log file and TensorBoard run.

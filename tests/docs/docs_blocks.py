@@ -12,6 +12,8 @@ anywhere else on the page, ``% test: slow`` marks the page:
 * ``% test: needs torchvision`` - runs only where torchvision imports.
 * ``% test: needs lightning``, ``% test: needs keras`` - another framework's code, shown
   side by side with helios's: runs only where that framework is installed.
+* ``% test: needs s3`` - runs against the tests' S3 server on localhost (the AWS
+  environment points at it, and the bucket ``my-bucket`` is there, empty).
 * ``% test: write NAME`` - the block (Python, or a YAML/JSON config, ...) is written to the
   file ``NAME`` in the page's working directory (for a later block to use), not executed.
 * ``% test: run`` - on a ``bash``/``console``/``shell`` block: its commands run with
@@ -35,7 +37,7 @@ DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
 
 _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})\s*(?P<info>.*)$")
 _MARKER = re.compile(r"^%\s*test:\s*(?P<what>.*?)\s*$")
-_NEEDS = re.compile(r"^needs (?:(?P<count>\d+) gpus|(?P<what>gpu|torchvision|lightning|keras))$")
+_NEEDS = re.compile(r"^needs (?:(?P<count>\d+) gpus|(?P<what>gpu|torchvision|lightning|keras|s3))$")
 _WRITE = re.compile(r"^write (?P<name>[\w.-]+)$")
 _ONCE = re.compile(r"^run once:\s*(?P<reason>\S.*)$")
 _SHELLS = ("bash", "console", "shell", "sh")
@@ -134,8 +136,8 @@ def parse_page(text: str, name: str) -> Page:
                 raise ValueError(
                     f"{name}:{index + 1}: unknown marker {line!r}; expected '% test: slow', "
                     "'% test: needs gpu', '% test: needs N gpus', '% test: needs torchvision' "
-                    "(lightning, keras), '% test: write FILE', '% test: run' or "
-                    "'% test: run once: REASON'"
+                    "(lightning, keras), '% test: needs s3', '% test: write FILE', "
+                    "'% test: run' or '% test: run once: REASON'"
                 )
             index += 1
             continue

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import types
 from collections.abc import Iterator
+from typing import Any
 
 import docs_blocks as blocks
 import pytest
@@ -30,6 +31,8 @@ def _missing(needs: str | None) -> str | None:
     """Why a block cannot run here, or None when it can."""
     if needs is None:
         return None
+    if needs == "s3":
+        return None if importlib.util.find_spec("s3fs") else "needs s3fs (the dev extra)"
     if needs in ("torchvision", "lightning", "keras"):
         # find_spec does not import it: torchvision cannot load on these machines
         return None if importlib.util.find_spec(needs) else f"needs {needs}"
@@ -98,6 +101,23 @@ def _page_sandbox(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> It
     if modes != (deterministic, warn_only):  # only on a change: a first call costs seconds
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.set_num_threads(threads)
+
+
+DOCS_BUCKET = "my-bucket"
+"""The bucket the pages that need S3 use (on the tests' S3 server)."""
+
+
+def _empty_bucket(server: Any, name: str) -> None:
+    """Create the bucket on the test server, or empty it (a page runs from a clean store)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=server.endpoint_url, key="testing", secret="testing")
+    if fs.exists(name):
+        for path in fs.find(name):
+            fs.rm_file(path)
+    else:
+        fs.mkdir(name)
+    fs.invalidate_cache()
 
 
 def _run_page(page: blocks.Page) -> None:
@@ -178,8 +198,16 @@ def _run_as_a_user(page: blocks.Page, monkeypatch: pytest.MonkeyPatch) -> int:
 
 @pytest.mark.parametrize("page", _page_params())
 @pytest.mark.usefixtures("_page_sandbox")
-def test_page_blocks_run_in_order(page: blocks.Page, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each page runs in order; a page that trains runs twice (see ``_run_as_a_user``)."""
+def test_page_blocks_run_in_order(
+    page: blocks.Page, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """Each page runs in order; a page that trains runs twice (see ``_run_as_a_user``).
+
+    A page that needs S3 starts from an empty bucket; its second run finds what the first
+    left there, as a user running it again would.
+    """
+    if any(block.needs == "s3" and not _missing("s3") for block in page.blocks):
+        _empty_bucket(request.getfixturevalue("s3_env"), DOCS_BUCKET)
     _run_as_a_user(page, monkeypatch)
 
 

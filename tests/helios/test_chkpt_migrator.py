@@ -33,7 +33,7 @@ import helios.trainer as hlt
 import toys
 from helios import chkpt_migrator
 from helios.core import rng
-from helios.trainer.checkpoint import io as checkpoints
+from helios.trainer.checkpoint import storage
 from helios.trainer.state import TrainingState
 
 SRC = pathlib.Path(__file__).resolve().parents[2] / "src"
@@ -153,17 +153,17 @@ def test_a_helios_127_checkpoint_resumes_exactly_after_migration(tmp_path: pathl
     folder = tmp_path / "part" / "legacy"
     [path] = folder.glob("*.pth")
     assert path.name == "legacy_epoch_2_iter_4.pth"
-    ours = checkpoints.load_newest_valid_checkpoint(folder)
+    ours = storage.load_newest_valid_checkpoint(folder)
     assert ours is not None
     # ... whose checkpoint a Helios 1.2.7 user would have in the 1.2.7 layout.
     write_helios_127_checkpoint(path, to_helios_127_layout(ours[1]))
 
     # Unmigrated, the file cannot be read: 1.2.7's class name is not a registered type.
     with pytest.raises(pickle.UnpicklingError, match=r"helios\.trainer\.TrainingState"):
-        checkpoints.load_newest_valid_checkpoint(folder)
+        storage.load_newest_valid_checkpoint(folder)
 
     chkpt_migrator.migrate_checkpoints_to_current_version(folder)
-    found = checkpoints.load_newest_valid_checkpoint(folder)
+    found = storage.load_newest_valid_checkpoint(folder)
     assert found is not None
     migrated = found[1]
     assert migrated["version"] == helios.__version__
@@ -260,7 +260,7 @@ def test_paths_from_windows_are_dropped_with_a_warning(tmp_path: pathlib.Path) -
     write_helios_127_checkpoint(tmp_path / "w_epoch_1_iter_1.pth", contents, windows_paths=True)
     with pytest.warns(RuntimeWarning, match=r"log_path='C:\\\\logs\\\\run.log' was written on"):
         chkpt_migrator.migrate_checkpoints_to_current_version(tmp_path)
-    found = checkpoints.load_newest_valid_checkpoint(tmp_path)
+    found = storage.load_newest_valid_checkpoint(tmp_path)
     assert found is not None and "log_path" not in found[1]
 
 
@@ -270,7 +270,7 @@ def test_local_paths_are_kept(tmp_path: pathlib.Path) -> None:
         tmp_path / "p_epoch_1_iter_1.pth", _minimal(TrainingState(), version="1.2.7", log_path=log)
     )
     chkpt_migrator.migrate_checkpoints_to_current_version(tmp_path)
-    found = checkpoints.load_newest_valid_checkpoint(tmp_path)
+    found = storage.load_newest_valid_checkpoint(tmp_path)
     assert found is not None and found[1]["log_path"] == log
 
 
@@ -318,7 +318,7 @@ def test_command_line(tmp_path: pathlib.Path) -> None:
     result = _run_cli(str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "Migrating checkpoints" in result.stderr
-    found = checkpoints.load_newest_valid_checkpoint(tmp_path)
+    found = storage.load_newest_valid_checkpoint(tmp_path)
     assert found is not None and found[1]["version"] == helios.__version__
 
     missing = _run_cli(str(tmp_path / "nope"))

@@ -34,9 +34,11 @@ def export_single_file(path: pathlib.Path, output: pathlib.Path | None) -> pathl
             "already. To export its networks to ONNX, pass --onnx OUT.onnx --config CONFIG"
         )
     try:
-        return export_full_checkpoint(path, output)
+        written = export_full_checkpoint(path, output)
     except ValueError as error:
         raise CheckpointReadError(f"{path}: {error}") from error
+    assert isinstance(written, pathlib.Path)  # a local checkpoint exports to a local file
+    return written
 
 
 def export_onnx(

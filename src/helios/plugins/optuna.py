@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
@@ -900,10 +900,11 @@ _FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 def remove_finished_trial_checkpoints(
     study: optuna.Study,
-    chkpt_root: pathlib.Path,
+    chkpt_root: pathlib.Path | str,
     save_name: str,
     keep_best_trial: bool = True,
-) -> list[pathlib.Path]:
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[Any]:
     """Delete the checkpoint folders of the study's finished (complete or pruned) trials.
 
     A trial's folder is ``<chkpt_root>/<save_name>_trial-<n>`` (see
@@ -914,12 +915,15 @@ def remove_finished_trial_checkpoints(
 
     Args:
         study: the study.
-        chkpt_root: the ``chkpt_root`` the trials were trained with.
+        chkpt_root: the ``chkpt_root`` the trials were trained with: a path, or the URL of
+            a folder in an object store.
         save_name: the model's save name, without the ``_trial-<n>`` suffix.
         keep_best_trial: keep the folder of the best trial (single-objective studies).
+        storage_options: for a URL, passed to fsspec (as the Trainer's
+            ``chkpt_storage_options``).
 
     Returns:
-        The folders deleted.
+        The folders deleted (paths, or URLs for a store).
     """
     keep: set[int] = set()
     for trial in study.get_trials(deepcopy=False):
@@ -928,13 +932,25 @@ def remove_finished_trial_checkpoints(
     if keep_best_trial and len(study.directions) == 1:
         with contextlib.suppress(ValueError):  # no completed trial
             keep.add(_trial_identity(study.best_trial))
-    removed = []
+    from helios.trainer.checkpoint.locations import StorePath, as_location
+    from helios.trainer.checkpoint.store import StoreFolder
+
+    root = as_location(chkpt_root)
+    removed: list[Any] = []
     for trial in study.get_trials(deepcopy=False, states=_FINISHED_STATES):
         identity = _trial_identity(trial)
-        folder = chkpt_root / f"{save_name}_trial-{identity}"
-        if identity in keep or not folder.is_dir():
+        folder = root / f"{save_name}_trial-{identity}"
+        if identity in keep:
             continue
-        shutil.rmtree(folder)
+        if isinstance(folder, StorePath):
+            store = StoreFolder(folder, storage_options)
+            if not store.listing():
+                continue
+            store.remove_all()
+        elif folder.is_dir():
+            shutil.rmtree(folder)
+        else:
+            continue
         removed.append(folder)
     return removed
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import datetime
 import math
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from helios.core.precision import PRECISIONS
 
+from .checkpoint.locations import StorePath, as_location, check_protocol, url_protocol
 from .checkpoint.retention import RetentionPolicy
 from .monitor import MONITOR_MODES, MonitorSpec, default_mode
 from .state import TrainingUnit
@@ -161,10 +163,77 @@ def check_path(name: str, value: Any) -> pathlib.Path | None:
         return None
     if not isinstance(value, str | pathlib.Path):
         raise TypeError(f"{name} must be a pathlib.Path (or str), but received {_describe(value)}")
-    path = pathlib.Path(value)
+    if url_protocol(value) not in (None, "file", "local"):
+        raise ValueError(
+            f"{name}={value!r} must be a local folder: only chkpt_root may be the URL of an "
+            "object store. Log locally and copy the logs to the store (see the guide "
+            "'Checkpoints in S3 or GCS')"
+        )
+    path = as_location(value)
+    assert isinstance(path, pathlib.Path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{name} must be a directory, but {path} is a file")
     return path
+
+
+def check_chkpt_root(value: Any) -> pathlib.Path | StorePath | None:
+    """Check ``chkpt_root``: a local folder (path or ``str``), or the URL of a store folder.
+
+    Args:
+        value: the value given.
+
+    Returns:
+        The folder: a path, or a :py:class:`~helios.trainer.checkpoint.locations.StorePath`
+        for a URL (``file://`` URLs are local paths).
+
+    Raises:
+        TypeError: for another type.
+        ValueError: if a local path is a file, or fsspec knows no such protocol.
+        ImportError: if the store's fsspec package is not installed, naming it.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str | pathlib.Path):
+        raise TypeError(
+            "chkpt_root must be a pathlib.Path, a str path or the URL of a folder in an "
+            f"object store (s3://bucket/prefix), but received {_describe(value)}"
+        )
+    location = as_location(value)
+    if isinstance(location, StorePath):
+        check_protocol(location, "chkpt_root")
+        return location
+    return check_path("chkpt_root", location)
+
+
+def check_storage_options(
+    value: Any, chkpt_root: pathlib.Path | StorePath | None
+) -> dict[str, Any] | None:
+    """Check ``chkpt_storage_options``: fsspec options for a ``chkpt_root`` URL.
+
+    Args:
+        value: the value given.
+        chkpt_root: the checked ``chkpt_root``.
+
+    Returns:
+        The options (a copy), or ``None``.
+
+    Raises:
+        TypeError: if it is not a dict with str keys.
+        ValueError: if it is given without a URL ``chkpt_root``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise TypeError(
+            "chkpt_storage_options must be None or a dict of fsspec options by name "
+            f"(e.g. {{'endpoint_url': ...}}), but received {_describe(value)}"
+        )
+    if not isinstance(chkpt_root, StorePath):
+        raise ValueError(
+            f"chkpt_storage_options={dict(value)!r} is only used with a chkpt_root that is "
+            f"the URL of a store folder (s3://bucket/prefix), but chkpt_root={chkpt_root!r}"
+        )
+    return dict(value)
 
 
 def check_gpus(gpus: Any, use_cpu: bool | None) -> list[int]:
@@ -221,7 +290,7 @@ def check_flags(
     enable_file_logging: bool,
     log_path: pathlib.Path | None,
     chkpt_frequency: int | None,
-    chkpt_root: pathlib.Path | None,
+    chkpt_root: pathlib.Path | StorePath | None,
     src_root: pathlib.Path | None,
 ) -> None:
     """Check the combinations of flags and the paths they need.

@@ -26,6 +26,7 @@ from helios.core import rng
 from helios.core.training_state import TrainingUnit
 
 from .checkpoint import keep_policy
+from .checkpoint.locations import StorePath
 from .checkpoint.retention import RetentionPolicy
 from .loops import LoopOptions
 from .monitor import MonitorSpec
@@ -42,9 +43,11 @@ class RunConfig:
     ``monitor*`` arguments, ``retention`` the policy that the four
     ``chkpt_keep_*``/``chkpt_best_*`` arguments and the defaults give
     (:py:mod:`helios.trainer.checkpoint.keep_policy`; ``retention_line`` says it in
-    words), ``precision`` the precision's name. The devices: ``use_cpu`` (``None``
-    resolved), ``gpu_ids`` (every visible GPU when none were listed), ``is_torchrun`` and
-    ``is_distributed`` (several GPUs, or a ``torchrun`` world of several processes).
+    words), ``precision`` the precision's name; ``chkpt_root`` is a path or, for a folder
+    in an object store, a :py:class:`~helios.trainer.checkpoint.locations.StorePath` (its
+    URL). The devices: ``use_cpu`` (``None`` resolved), ``gpu_ids`` (every visible GPU
+    when none were listed), ``is_torchrun`` and ``is_distributed`` (several GPUs, or a
+    ``torchrun`` world of several processes).
     """
 
     run_name: str
@@ -61,7 +64,7 @@ class RunConfig:
     enable_tensorboard: bool
     enable_file_logging: bool
     enable_progress_bar: bool
-    chkpt_root: pathlib.Path | None
+    chkpt_root: pathlib.Path | StorePath | None
     log_path: pathlib.Path | None
     run_path: pathlib.Path | None
     src_root: pathlib.Path | None
@@ -75,6 +78,7 @@ class RunConfig:
     retention: RetentionPolicy
     retention_line: str
     chkpt_async: bool
+    chkpt_storage_options: dict[str, Any] | None
     nonfinite_guard: bool
     print_summaries: bool
     dist_timeout: datetime.timedelta | None
@@ -152,7 +156,11 @@ def build_config(arguments: dict[str, Any]) -> RunConfig:
     c["early_stop_cycles"] = check.check_positive_int("early_stop_cycles", a["early_stop_cycles"])
     seed = check.check_random_seed(a["random_seed"])
     c["random_seed"] = rng.get_default_seed() if seed is None else seed
-    for name in ("chkpt_root", "log_path", "run_path", "src_root"):
+    c["chkpt_root"] = check.check_chkpt_root(a["chkpt_root"])
+    c["chkpt_storage_options"] = check.check_storage_options(
+        a["chkpt_storage_options"], c["chkpt_root"]
+    )
+    for name in ("log_path", "run_path", "src_root"):
         c[name] = check.check_path(name, a[name])
     flags = ("enable_deterministic", "enable_cudnn_benchmark", "enable_tensorboard")
     check.check_flags(

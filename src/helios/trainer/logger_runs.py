@@ -36,6 +36,7 @@ from .checkpoint.parts import CheckpointPart
 if TYPE_CHECKING:
     from helios.loggers import ExperimentLogger
 
+    from .checkpoint.locations import Location
     from .state import TrainingState
 
 RECORD_NAME = ".helios-logger-runs.json"
@@ -84,7 +85,7 @@ class LoggerStates(CheckpointPart):
         for logger, saved in zip(self._loggers, state_dict, strict=False):
             logger.load_state_dict(saved)
 
-    def saving(self, path: pathlib.Path, state: TrainingState) -> Callable[[], None] | None:
+    def saving(self, path: Location, state: TrainingState) -> Callable[[], None] | None:
         """Once the checkpoint (which names every logged run) is durable, drop the record."""
         record = self._record
         if record is None or not self._loggers:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import pathlib
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ from helios.core.utils import get_env_info_str, update_all_registries
 from helios.model.model import Model, register_model_types_for_safe_load
 
 from .checkpoint.environment import EnvironmentPart
+from .checkpoint.folder import CheckpointFolder
 from .checkpoint.io import register_trainer_types_for_safe_load
 from .checkpoint.layout import checkpoint_name
 from .checkpoint.loader_state import LoaderState
@@ -53,6 +55,7 @@ from .checkpoint.parts import CheckpointPart, OwnedPart, PartTable, StateOwner, 
 from .checkpoint.rank_state import RankState
 from .checkpoint.retention import CheckpointRetention
 from .checkpoint.run_checkpoint import RunCheckpoint
+from .checkpoint.storage import open_folder
 from .failures import log_uncaught
 from .loader_seed import LoaderSeed
 from .logger_runs import LoggerStates
@@ -62,7 +65,7 @@ from .nonfinite import NonFiniteGuard
 from .preemption import Preemption
 from .reporting import RunReport, run_summary
 from .run_end import RunEnd, finished_message
-from .run_folder import CheckpointFolderError, RunFolderLock
+from .run_folder import CheckpointFolderError
 from .run_logs import RunLogs
 
 if TYPE_CHECKING:
@@ -122,6 +125,7 @@ class Run:
         self.parts = PartTable()
         self._run_logs = RunLogs(config.run_name, None, None)
         self._logger_states = LoggerStates([], TrainingState())
+        self._opened_folder: CheckpointFolder | None = None
 
     def main(self, index: int | None = None, spawn: launch.Spawn | None = None) -> bool:
         """The whole body of the run in one process (see the module docstring).
@@ -242,11 +246,14 @@ class Run:
         A test run (``fast_init``) restores the networks only; its loggers log nothing.
         """
         config, context, model = self.config, self._context, self.job.model
-        folder = config.chkpt_root / model.save_name if config.chkpt_root is not None else None
+        folder = self._folder()
         self._preemption = Preemption(context.collective_device)
         self._run_end = RunEnd()
         loggers = [] if fast_init else config.loggers
-        record = folder if context.global_rank == 0 and not fast_init else None
+        # The record of the logged runs is kept beside local checkpoints only: the log files
+        # are local, so in a store it would outlive the logs it names.
+        local = None if folder is None or folder.is_remote else pathlib.Path(folder.root)
+        record = local if context.global_rank == 0 and not fast_init else None
         self._logger_states = LoggerStates(loggers, state, record)
         self._rank_state = RankState(
             state, context.global_rank, context.world_size, config.random_seed
@@ -269,6 +276,17 @@ class Run:
             map_location=context.map_location,
             asynchronous=config.chkpt_async,
         )
+
+    def _folder(self) -> CheckpointFolder | None:
+        """The run's checkpoint folder, local or in a store (opened once per run)."""
+        root = self.config.chkpt_root
+        if root is None:
+            return None
+        if self._opened_folder is None:
+            self._opened_folder = open_folder(
+                root / self.job.model.save_name, self.config.chkpt_storage_options
+            )
+        return self._opened_folder
 
     def _part_table(
         self, model: ModelPart, state: CheckpointPart, retention: CheckpointPart
@@ -328,14 +346,14 @@ class FitRun(Run):
 
         Every rank learns whether rank 0 got it, so no rank trains alone.
         """
-        root, context = self.config.chkpt_root, self._context
-        if root is None:
+        folder, context = self._folder(), self._context
+        if folder is None:
             yield
             return
         lock = None
         error: CheckpointFolderError | None = None
         if context.global_rank == 0:
-            lock = RunFolderLock(root / self.job.model.save_name)
+            lock = folder.lock()
             try:
                 lock.acquire()
             except CheckpointFolderError as refused:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import pathlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -85,7 +85,12 @@ class Trainer:
         enable_tensorboard: write a TensorBoard run into ``run_path``.
         enable_file_logging: write a log file into ``log_path``.
         enable_progress_bar: show progress bars.
-        chkpt_root: folder for checkpoints (a sub-folder per model ``save_name``).
+        chkpt_root: folder for checkpoints (a sub-folder per model ``save_name``): a local
+            path, or the URL of a folder in an object store (``"s3://bucket/prefix"``,
+            ``gs://``, ``az://``, any fsspec protocol; needs fsspec and the store's package,
+            ``pip install 'helios-blaze[s3]'``). Saves to a store upload in the background
+            and become visible through a commit object; see
+            :py:mod:`helios.trainer.checkpoint.store`.
         log_path: folder for log files (used only with ``enable_file_logging``).
         run_path: folder for TensorBoard runs (used only with ``enable_tensorboard``).
         src_root: root package whose registries are imported in every process.
@@ -145,6 +150,10 @@ class Trainer:
             cut-off node wait; it applies to the process group helios creates (under
             ``torchrun`` or spawned), not to one the script initialised itself. Added in
             Helios 1.3.0.
+        chkpt_storage_options: options for fsspec when ``chkpt_root`` is a URL
+            (``{"endpoint_url": ..., "key": ..., "secret": ...}`` for S3); ``None`` uses the
+            store's usual environment variables (``AWS_ENDPOINT_URL``,
+            ``AWS_ACCESS_KEY_ID``, ``GOOGLE_APPLICATION_CREDENTIALS``...).
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -171,7 +180,7 @@ class Trainer:
         enable_tensorboard: bool = False,
         enable_file_logging: bool = False,
         enable_progress_bar: bool = False,
-        chkpt_root: pathlib.Path | None = None,
+        chkpt_root: pathlib.Path | str | None = None,
         log_path: pathlib.Path | None = None,
         run_path: pathlib.Path | None = None,
         src_root: pathlib.Path | None = None,
@@ -192,6 +201,7 @@ class Trainer:
         monitor_mode: str | None = None,
         monitor_min_delta: float = 0.0,
         dist_timeout: float | datetime.timedelta | None = None,
+        chkpt_storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         arguments = dict(locals())
         del arguments["self"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -196,16 +195,18 @@ def _refuse_sharded_checkpoint(plan: FitPlan, save_name: str) -> None:
         ValueError: if the newest checkpoint of the run is a sharded one (a ``.dcp``
             folder) and ``shard`` is false.
     """
-    from helios.trainer.checkpoint.layout import find_last_checkpoint, is_sharded_checkpoint
+    from helios.trainer.checkpoint.storage import as_location, open_folder
 
     root = plan.trainer_options.get("chkpt_root")
     if plan.shard or root is None:
         return
-    newest = find_last_checkpoint(pathlib.Path(root) / save_name)
-    if newest is not None and is_sharded_checkpoint(newest):
+    options = plan.trainer_options.get("chkpt_storage_options")
+    folder = open_folder(as_location(root) / save_name, options)
+    names = folder.names()
+    if names and folder.is_sharded(names[0]):
         raise ValueError(
-            f"the newest checkpoint {newest} holds a sharded model (written by a "
-            "distributed fit with shard=True); resume it with shard=True"
+            f"the newest checkpoint {folder.location(names[0])} holds a sharded model "
+            "(written by a distributed fit with shard=True); resume it with shard=True"
         )
 
 

@@ -312,6 +312,6 @@ __all__ = ["Config", "Configurable"]
 
 
 def _write_json_atomically(data: Any, path: pathlib.Path) -> None:
-    from helios.trainer.checkpoint.retention import write_json_atomically
+    from helios.trainer.checkpoint.io import write_json_atomically
 
     write_json_atomically(data, path, indent=4, sort_keys=True)

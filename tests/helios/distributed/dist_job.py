@@ -2,7 +2,7 @@
 
 Under ``torchrun`` (``python -m torch.distributed.run --nproc_per_node=2 dist_job.py ...``)::
 
-    dist_job.py WORKDIR SCENARIO [--step-sleep S]
+    dist_job.py WORKDIR SCENARIO [--step-sleep S] [--chkpt-root URL] [--save-sleep S]
 
 runs one scenario on gloo (``use_cpu=True``):
 
@@ -14,6 +14,9 @@ runs one scenario on gloo (``use_cpu=True``):
   and the summed outputs of every test batch).
 * ``resume``: the reference run alone, resumed from the newest checkpoint in WORKDIR (the
   tests SIGKILL it and start it again).
+* ``resume`` with ``--chkpt-root URL``: the checkpoints go to an object store (the AWS
+  environment points at it), and ``--save-sleep S`` makes each checkpoint upload write half
+  its bytes, sleep, then write the rest, so a SIGKILL can land mid-upload.
 * ``crash``: the reference run, where rank 1 raises an unlisted exception at iteration 3;
   a rank whose fit failed then calls ``fit`` once more.
 * ``sparse``: a longer run (``SPARSE_ITERATIONS`` iterations) that saves only every
@@ -264,14 +267,26 @@ def _append_line(path: pathlib.Path, line: str) -> None:
         os.close(fd)
 
 
-def _record_saves(workdir: pathlib.Path) -> None:
-    """Make every ``torch.save`` into a file object record the rank that wrote it."""
+def _record_saves(workdir: pathlib.Path, save_sleep: float = 0.0) -> None:
+    """Make every ``torch.save`` into a file object record the rank that wrote it (and,
+    with ``save_sleep``, write half the bytes, sleep, then the rest)."""
 
     def recording_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
         # A checkpoint file (written through a file object), not the buffer of a collective.
-        if hasattr(f, "write") and not isinstance(f, io.BytesIO):
-            _append_line(workdir / "saves.jsonl", json.dumps({"rank": int(os.environ["RANK"])}))
-        _REAL_TORCH_SAVE(obj, f, *args, **kwargs)
+        if not hasattr(f, "write") or isinstance(f, io.BytesIO):
+            _REAL_TORCH_SAVE(obj, f, *args, **kwargs)
+            return
+        _append_line(workdir / "saves.jsonl", json.dumps({"rank": int(os.environ["RANK"])}))
+        if not save_sleep:
+            _REAL_TORCH_SAVE(obj, f, *args, **kwargs)
+            return
+        buffer = io.BytesIO()
+        _REAL_TORCH_SAVE(obj, buffer, *args, **kwargs)
+        data = buffer.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        time.sleep(save_sleep)
+        f.write(data[len(data) // 2 :])
 
     torch.save = recording_save
 
@@ -300,13 +315,18 @@ def _fit(trainer: hlt.Trainer, model: DistModel, slow_prepare: bool = False) -> 
 
 
 def run_torchrun(
-    workdir: pathlib.Path, scenario: str, step_sleep: float, own_group: bool = False
+    workdir: pathlib.Path,
+    scenario: str,
+    step_sleep: float,
+    chkpt_root: str | None = None,
+    save_sleep: float = 0.0,
+    own_group: bool = False,
 ) -> int:
     """Run a scenario in one torchrun worker; return the exit code.
 
     ``own_group``: the script initialises the process group itself before the Trainer runs.
     """
-    _record_saves(workdir)
+    _record_saves(workdir, save_sleep)
     if own_group:
         torch.distributed.init_process_group("gloo")
     if scenario == "reference":
@@ -318,6 +338,8 @@ def run_torchrun(
             run_path=workdir / "runs",
             print_frequency=1,
         )
+    elif chkpt_root is not None:
+        trainer = make_trainer(workdir, chkpt_root=chkpt_root)
     elif scenario == "sparse":
         trainer = make_trainer(
             workdir, total_steps=SPARSE_ITERATIONS, chkpt_frequency=SPARSE_CHKPT_EVERY
@@ -399,13 +421,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("workdir", type=pathlib.Path)
     parser.add_argument("scenario", choices=["reference", "resume", "crash", "sparse", "spawn"])
     parser.add_argument("--step-sleep", type=float, default=0.0)
+    parser.add_argument("--chkpt-root", default=None, help="a store URL (s3://...)")
+    parser.add_argument("--save-sleep", type=float, default=0.0)
     parser.add_argument("--own-group", action="store_true")
     args = parser.parse_args(argv)
     if args.scenario == "spawn":
         for case in ("ok", "unlisted", "listed"):
             print(f"SPAWN {case} {run_spawned(args.workdir, case)}", flush=True)
         return 0
-    return run_torchrun(args.workdir, args.scenario, args.step_sleep, args.own_group)
+    return run_torchrun(
+        args.workdir,
+        args.scenario,
+        args.step_sleep,
+        args.chkpt_root,
+        args.save_sleep,
+        args.own_group,
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ runs on 1, 2 and 3 processes take the same steps up to float rounding.
 * ``--hidden-network``: the sharded network is kept two levels deep in a dict attribute,
   where the trainer does not find it (its first save must fail, on every rank).
 * ``--async-save``: ``chkpt_async=True``.
+* ``--chkpt-root URL``: checkpoints in an object store (the AWS environment points at it).
 * ``--replicate``: the network is wrapped in DDP instead of sharded (one-file checkpoints).
 * ``--term-at N``: rank 0 sends itself SIGTERM when iteration N starts (a preemption).
 * ``--chkpt-every N``: a checkpoint every N iterations instead of every one.
@@ -57,7 +58,7 @@ import helios.data as hld
 import helios.model as hlm
 import helios.trainer as hlt
 import toys
-from helios.trainer.checkpoint import run_checkpoint
+from helios.trainer.checkpoint import storage
 
 NUM_SAMPLES = 48
 GLOBAL_BATCH = 12
@@ -242,17 +243,17 @@ def _append(path: pathlib.Path, line: str) -> None:
 
 def _kill_in_commit(after_saves: int) -> None:
     """Make rank 0 die (SIGKILL) at its N-th save, between the shards and the commit."""
-    real_commit = run_checkpoint.commit_sharded
+    real_commit = storage.LocalFolder.commit_sharded
     count = 0
 
-    def dying_commit(contents: dict[str, Any], path: pathlib.Path) -> None:
+    def dying_commit(folder: storage.LocalFolder, contents: dict[str, Any], name: str) -> None:
         nonlocal count
         count += 1
         if count == after_saves:
             os.kill(os.getpid(), signal.SIGKILL)
-        real_commit(contents, path)
+        real_commit(folder, contents, name)
 
-    run_checkpoint.commit_sharded = dying_commit  # type: ignore[assignment]
+    storage.LocalFolder.commit_sharded = dying_commit  # type: ignore[method-assign]
 
 
 def _kill_writing_contents(at_save: int) -> None:
@@ -295,6 +296,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--meta-init", action="store_true")
     parser.add_argument("--hidden-network", action="store_true")
     parser.add_argument("--async-save", action="store_true")
+    parser.add_argument("--chkpt-root", default=None, help="a store URL (s3://...)")
     parser.add_argument("--precision", default="32")
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--keep-last", type=int, default=None)
@@ -316,7 +318,7 @@ def main(argv: list[str]) -> int:
         chkpt_frequency=args.chkpt_every,
         chkpt_keep_last=args.keep_last,
         chkpt_async=args.async_save,
-        chkpt_root=args.workdir / "chkpt",
+        chkpt_root=args.chkpt_root or args.workdir / "chkpt",
         use_cpu=True,
         random_seed=7,
         enable_deterministic=True,

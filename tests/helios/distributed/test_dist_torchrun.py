@@ -255,7 +255,12 @@ def test_test_after_fit_shards_the_test_data_and_uses_the_checkpoint(
             assert record["output"] == pytest.approx(expected, rel=1e-6)
 
 
-def _launch(workdir: pathlib.Path, launches: list[subprocess.Popen[bytes]], *options: str) -> None:
+def _launch(
+    workdir: pathlib.Path,
+    launches: list[subprocess.Popen[bytes]],
+    *options: str,
+    env: dict[str, str] | None = None,
+) -> None:
     output = open(workdir / f"launch_{len(launches)}.out", "wb")  # noqa: SIM115
     with output:
         launches.append(
@@ -264,6 +269,7 @@ def _launch(workdir: pathlib.Path, launches: list[subprocess.Popen[bytes]], *opt
                 cwd=REPO_ROOT,
                 stdout=output,
                 stderr=subprocess.STDOUT,
+                env=env,
             )
         )
 
@@ -320,6 +326,77 @@ def test_sigkill_of_the_whole_job_then_rerun_is_bit_identical(
     first_batches = [r["gi"] for i, r in enumerate(records) if r["pid"] != records[i - 1]["pid"]]
     assert len(first_batches) == 3
     assert first_batches[0] == 1 and first_batches[1] > 1 and first_batches[2] > first_batches[1]
+
+
+def _assert_resumed_like(reference: pathlib.Path, workdir: pathlib.Path, launches: int) -> None:
+    """Both ranks end with the reference weights, re-done batches repeat the originals, and
+    every launch after the first resumed from a checkpoint."""
+    for rank in RANKS:
+        _assert_same_weights(_weights(workdir, rank, "main"), _weights(reference, rank, "main"))
+        by_iteration: dict[int, dict[str, Any]] = {}
+        for record in _records(workdir, rank, "main"):
+            earlier = by_iteration.setdefault(record["gi"], record)
+            assert earlier == record, f"rank {rank} re-did batch {record['gi']} differently"
+        assert [by_iteration[gi] for gi in sorted(by_iteration)] == _records(
+            reference, rank, "main"
+        )
+    records = _records(workdir, 0, "main", keep_pid=True)
+    first_batches = [r["gi"] for i, r in enumerate(records) if r["pid"] != records[i - 1]["pid"]]
+    assert len(first_batches) == launches
+    assert first_batches[0] == 1 and first_batches[1:] == sorted(set(first_batches[1:]))
+    assert all(gi > 1 for gi in first_batches[1:])
+
+
+def _lines(path: pathlib.Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_sigkill_during_uploads_to_a_store_then_rerun_is_bit_identical(
+    reference: pathlib.Path, tmp_path: pathlib.Path, s3_env: Any
+) -> None:
+    # The checkpoints go to S3 (rank 0 uploads them in the background while both ranks
+    # train); each upload writes half its bytes, then pauses. The whole job is SIGKILLed
+    # twice during an upload, a random moment into it, then runs to the end from the store:
+    # no partial checkpoint is ever loaded, and the end is the uninterrupted run's.
+    import helios.trainer as hlt
+    from helios.trainer.checkpoint.store import PENDING_SUFFIX
+
+    bucket = s3_env.new_bucket("torchrun")
+    folder = f"s3://{bucket}/runs/dist"
+    env = {**os.environ, **s3_env.environment()}
+    options = ("--chkpt-root", f"s3://{bucket}/runs", "--save-sleep", "0.3")
+    draw = random.Random(25)
+    saves = tmp_path / "saves.jsonl"
+    interrupted = 0
+    launches: list[subprocess.Popen[bytes]] = []
+    for _ in range(2):
+        target = _lines(saves) + draw.randint(2, 4)
+        _launch(tmp_path, launches, *options, env=env)
+        deadline = time.monotonic() + 120
+        while _lines(saves) < target and launches[-1].poll() is None:
+            assert time.monotonic() < deadline, "the job made no progress"
+            time.sleep(0.01)
+        time.sleep(draw.uniform(0.03, 0.2))  # into the upload's pause
+        _kill_job(launches[-1])
+        objects = [pathlib.PurePosixPath(o).name for o in _store_objects(folder)]
+        interrupted += any(o.endswith(PENDING_SUFFIX) for o in objects)
+        newest = hlt.find_last_checkpoint(folder)
+        assert newest is not None
+        hlt.checkpoint.read_checkpoint(newest)  # committed means complete
+    assert interrupted, "no kill landed during an upload"
+    _launch(tmp_path, launches, *options, env=env)
+    assert launches[-1].wait(timeout=240) == 0, (tmp_path / "launch_2.out").read_text()
+
+    _assert_resumed_like(reference, tmp_path, launches=3)
+    assert hlt.find_last_checkpoint(folder) == f"{folder}/dist_epoch_6_iter_9.pth"
+    assert not [o for o in _store_objects(folder) if o.endswith(PENDING_SUFFIX)]
+
+
+def _store_objects(url: str) -> list[str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True)
+    return list(fs.find(path))
 
 
 def test_exception_on_rank1_ends_the_job_quickly_with_its_traceback(

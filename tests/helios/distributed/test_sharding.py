@@ -8,6 +8,7 @@ per-batch records, and the checkpoint folders.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 import socket
@@ -36,7 +37,11 @@ def _free_port() -> int:
 
 
 def _run(
-    workdir: pathlib.Path, *options: str, processes: int = 2, expect_ok: bool = True
+    workdir: pathlib.Path,
+    *options: str,
+    processes: int = 2,
+    expect_ok: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the job with ``processes`` ranks under torchrun (1: a plain process)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +57,9 @@ def _run(
             f"--master_port={_free_port()}",
             *job,
         ]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
     if expect_ok:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return done
@@ -225,7 +232,7 @@ def test_crash_while_writing_helios_pth_leaves_no_committed_folder_without_it(
     assert hlt.find_last_checkpoint(folder) == folder / "sharded_epoch_1_iter_3.dcp"
     for committed in folder.glob("*.dcp"):
         assert (committed / layout.CONTENTS_NAME).is_file(), committed
-        io.read_checkpoint(committed)  # complete and readable
+        io.read_local_checkpoint(committed)  # complete and readable
     unfinished = folder / ".sharded_epoch_1_iter_4.dcp.tmp"
     assert (unfinished / ".metadata").is_file()  # every rank's shards were written
 
@@ -419,13 +426,55 @@ def test_fp16_mixed_sharded_run_resumes_bit_identical(tmp_path: pathlib.Path) ->
     _assert_identical(_weights(workdir), _weights(reference))
 
 
-def test_async_saves_write_the_shards_synchronously_and_say_so(
-    plain_reference: pathlib.Path, tmp_path: pathlib.Path
+def test_async_sharded_saves_run_in_the_background_and_resume_bit_identical(
+    dropout_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
-    done = _run(tmp_path, "--async-save")
+    # chkpt_async=True with a sharded model: Distributed Checkpoint's asynchronous save on a
+    # process group of its own, rank 0 committing once every shard is written; a SIGKILL
+    # (iteration 7 starts while the save of iteration 6 may still be in flight) leaves the
+    # previous checkpoints whole.
+    workdir = tmp_path / "run"
+    options = ("--dropout", "0.2", "--async-save", "--keep-last", "2")
+    done = _run(workdir, *options, "--kill-at", "7", expect_ok=False)
+    assert "written synchronously" not in done.stdout + done.stderr
+    folder = _folder(workdir)
+    newest = hlt.find_last_checkpoint(folder)
+    assert newest is not None and newest.name in (
+        "sharded_epoch_2_iter_5.dcp",
+        "sharded_epoch_2_iter_6.dcp",
+    )
+    _run(workdir, *options)
+    _assert_identical(_weights(workdir), _weights(dropout_reference))
+    kept = sorted(p.name for p in folder.glob("*.dcp"))
+    assert kept == ["sharded_epoch_3_iter_10.dcp", "sharded_epoch_3_iter_9.dcp"]
+    assert not list(folder.glob(".*.tmp"))
 
-    assert (done.stdout + done.stderr).count(
-        "the shards of a sharded model are written synchronously"
-    ) == 1
-    assert len(list(_folder(tmp_path).glob("*.dcp"))) == shard_job.TOTAL_ITERATIONS
-    _assert_identical(_weights(tmp_path), _weights(plain_reference))
+
+def test_sharded_run_in_an_object_store_resumes_bit_identical_on_an_empty_disk(
+    dropout_reference: pathlib.Path, tmp_path: pathlib.Path, s3_bucket: str, s3_env: Any
+) -> None:
+    # The shards go to S3 through Distributed Checkpoint over fsspec, in the background; the
+    # job is SIGKILLed when an iteration drawn at random starts, the previous iteration's
+    # upload then in flight; the resumed run has a fresh working folder (nothing local
+    # survives).
+    import random
+
+    kill_at = random.Random().randint(4, 8)
+    print(f"killing the job when iteration {kill_at} starts")
+    root = f"{s3_bucket}/runs"
+    env = {**os.environ, **s3_env.environment()}
+    options = ("--dropout", "0.2", "--chkpt-root", root, "--keep-last", "2")
+    done = _run(tmp_path / "killed", *options, "--kill-at", str(kill_at), expect_ok=False, env=env)
+    assert done.returncode != 0
+    folder = f"{root}/{shard_job.SAVE_NAME}"
+    newest = hlt.find_last_checkpoint(folder)
+    assert newest is not None
+    assert newest.endswith((f"_iter_{kill_at - 2}.dcp", f"_iter_{kill_at - 1}.dcp"))
+    hlt.checkpoint.read_checkpoint(newest)  # committed means complete
+    fresh = tmp_path / "fresh"
+    _run(fresh, *options, env=env)
+    _assert_identical(_weights(fresh), _weights(dropout_reference))
+    assert hlt.find_last_checkpoint(folder) == f"{folder}/sharded_epoch_3_iter_10.dcp"
+    exported = sharded.export_full_checkpoint(f"{folder}/sharded_epoch_3_iter_10.dcp")
+    assert exported == f"{folder}/sharded_epoch_3_iter_10.pth"
+    _assert_identical(hlt.checkpoint.read_checkpoint(exported)["model"]["net"], _weights(fresh))

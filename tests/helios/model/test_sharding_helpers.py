@@ -21,7 +21,7 @@ import helios.model as hlm
 import helios.trainer as hlt
 from helios.model import sharding
 from helios.trainer.checkpoint import io as checkpoints
-from helios.trainer.checkpoint import layout, sharded
+from helios.trainer.checkpoint import layout, sharded, storage
 from helios.trainer.state import TrainingState
 
 
@@ -159,7 +159,7 @@ def test_sharded_folders_are_found_validated_and_skipped_when_damaged(
     shard = next(newer.glob("*.distcp"))
     os.truncate(shard, shard.stat().st_size - 1)
     with pytest.warns(RuntimeWarning, match=rf"checkpoint {newer} could not be read.*truncated"):
-        found = checkpoints.load_newest_valid_checkpoint(tmp_path)
+        found = storage.load_newest_valid_checkpoint(tmp_path)
     assert found is not None
     assert found[0] == older
 

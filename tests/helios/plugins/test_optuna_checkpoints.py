@@ -306,3 +306,43 @@ def test_trial_folders_are_pruned_and_finished_trials_removed(tmp_path: pathlib.
     removed = hlpo.remove_finished_trial_checkpoints(study, root, "tuned", keep_best_trial=False)
     assert removed == [root / f"tuned_trial-{best}"]
     assert [p.name for p in root.iterdir()] == ["tuned_trial-2"]
+
+
+@pytest.mark.slow
+def test_trial_folders_in_an_object_store(s3_bucket: str) -> None:
+    # Each trial checkpoints into its own folder of the store, and a trial run again
+    # (the same hl:id) resumes from it; finished trials' folders are removed from the store.
+    root = f"{s3_bucket}/tuning"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        trainer = hlt.Trainer(
+            train_unit="epoch",
+            total_steps=2,
+            valid_frequency=1,
+            chkpt_frequency=1,
+            chkpt_root=root,
+            chkpt_best_metric="loss",
+            chkpt_best_mode="min",
+            use_cpu=True,
+            print_banner=False,
+        )
+        model = Tuned("tuned")
+        plugin = hlpo.OptunaPlugin(trial, "loss")
+        plugin.configure_trainer(trainer)
+        plugin.configure_model(model)
+        assert trainer.fit(model, toys.RegressionData(16, "sum", 8, 8, shuffle=False))
+        return float(model.metrics["loss"])
+
+    study.optimize(objective, n_trials=2)
+    for number in (0, 1):
+        folder = f"{root}/tuned_trial-{number}"
+        newest = hlt.find_last_checkpoint(folder)
+        assert newest is not None and newest.name.endswith("_iter_4.pth")
+        assert hlt.find_best_checkpoint(folder) is not None
+
+    removed = hlpo.remove_finished_trial_checkpoints(study, root, "tuned")
+    best = study.best_trial.number
+    assert removed == [f"{root}/tuned_trial-{1 - best}"]
+    assert hlt.find_last_checkpoint(f"{root}/tuned_trial-{1 - best}") is None
+    assert hlt.find_last_checkpoint(f"{root}/tuned_trial-{best}") is not None

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import helios.trainer as hlt
 import pyblaze.nn as xnn
-from helios.trainer.checkpoint.retention import read_index
+from helios.trainer.checkpoint.storage import open_folder
 
 UNIT = "epoch"
 BEST_2 = {"chkpt_keep_best": 2, "chkpt_best_metric": "score", "valid_frequency": 1}
@@ -63,7 +63,7 @@ def _fit(workdir: pathlib.Path, total: int, model: job.ResumeModel, **options: A
 
 
 def _index(workdir: pathlib.Path) -> dict[str, float | None]:
-    index = read_index(job.checkpoint_dir(workdir))
+    index = open_folder(job.checkpoint_dir(workdir)).read_index()
     assert index is not None
     return {entry["name"]: entry["metric"] for entry in index["checkpoints"]}
 
@@ -228,7 +228,7 @@ def test_pyblaze_ranks_no_preemption_checkpoint_either(tmp_path: pathlib.Path) -
             gpu=False,
         )
     (folder,) = tmp_path.iterdir()
-    index = read_index(folder)
+    index = open_folder(folder).read_index()
     assert index is not None
     ranked = [(e["epoch"], e["iteration"], e["metric"] is not None) for e in index["checkpoints"]]
     # Epochs 1 and 2 are ranked by their train_loss; the one saved inside epoch 3 is not.

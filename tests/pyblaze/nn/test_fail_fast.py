@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import helios.loggers as hll
 import pyblaze.nn as xnn
-from helios.trainer.checkpoint.retention import read_index
+from helios.trainer.checkpoint.storage import open_folder
 from pyblaze_toys import BatchCounter, LinearEstimator
 
 
@@ -244,7 +244,7 @@ def test_checkpoints_are_kept_by_a_pyblaze_metric(tmp_path: pathlib.Path) -> Non
             "chkpt_best_mode": "min",
         },
     )
-    index = read_index(tmp_path / "pyblaze_Regressor")
+    index = open_folder(tmp_path / "pyblaze_Regressor").read_index()
     assert index is not None
     metrics = {entry["epoch"]: entry["metric"] for entry in index["checkpoints"]}
     best_epoch = int(np.argmin(history.val_mae)) + 1

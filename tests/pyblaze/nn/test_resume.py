@@ -38,7 +38,7 @@ class Preempt(xnn.TrainingCallback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _run(root: pathlib.Path | None, *extra: xnn.TrainingCallback):
+def _run(root: pathlib.Path | str | None, *extra: xnn.TrainingCallback):
     """One ``fit`` as a fresh process would run it: new objects, the same seed."""
     torch.manual_seed(0)
     model = Net()
@@ -87,6 +87,26 @@ def test_a_crashed_fit_resumes_as_if_never_interrupted(tmp_path: pathlib.Path) -
     assert _entries(again) == _entries(whole)
     for key, value in model.state_dict().items():
         assert torch.equal(model3.state_dict()[key], value), key
+
+
+@pytest.mark.slow
+def test_a_crashed_fit_resumes_from_an_object_store(s3_bucket: str) -> None:
+    # chkpt_root in S3 (the test server); ModelSaverCallback writes its files there too.
+    whole, model, _, _ = _run(None)
+    saver = f"{s3_bucket}/models"
+    with pytest.raises(RuntimeError, match="crash"):
+        _run(f"{s3_bucket}/runs", Crash(epoch=3), xnn.ModelSaverCallback(saver, keep_last=1))
+    resumed, model2, _, _ = _run(f"{s3_bucket}/runs", xnn.ModelSaverCallback(saver, keep_last=1))
+    assert _entries(resumed) == _entries(whole)
+    for key, value in model.state_dict().items():
+        assert torch.equal(model2.state_dict()[key], value), key
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(saver)
+    names = [p.rsplit("/", 1)[1] for p in fs.ls(path, refresh=True)]
+    assert "model_epoch-3.pt" in names and "model_epoch-2.pt" not in names  # keep_last=1
+    state = torch.load(fs.open(f"{path}/model_epoch-3.pt", "rb"), weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
 def test_callback_states_are_in_the_checkpoint(tmp_path: pathlib.Path) -> None:

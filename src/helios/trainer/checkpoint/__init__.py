@@ -22,14 +22,14 @@ entries of a saved checkpoint without a model.
 from .io import (
     CheckpointWriteError,
     get_trainer_safe_types_for_load,
-    read_checkpoint,
     register_trainer_types_for_safe_load,
 )
-from .layout import checkpoint_name, find_last_checkpoint, list_checkpoints
+from .layout import checkpoint_name
+from .locations import StorePath
 from .parts import RESERVED_NAMES, CheckpointPart, OwnedPart, PartTable, StateOwner
-from .retention import find_best_checkpoint
 from .run_checkpoint import CheckpointMismatchError, CheckpointNotSharedError, RunCheckpoint
 from .sharded import export_full_checkpoint, load_full_state
+from .storage import find_best_checkpoint, find_last_checkpoint, list_checkpoints, read_checkpoint
 
 __all__ = [
     "RESERVED_NAMES",
@@ -41,6 +41,7 @@ __all__ = [
     "PartTable",
     "RunCheckpoint",
     "StateOwner",
+    "StorePath",
     "checkpoint_name",
     "export_full_checkpoint",
     "find_best_checkpoint",

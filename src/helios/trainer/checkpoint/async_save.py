@@ -13,7 +13,6 @@ previous checkpoint the newest valid one.
 from __future__ import annotations
 
 import copy
-import pathlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -121,19 +120,19 @@ class BackgroundWriter:
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._path: pathlib.Path | None = None
+        self._path: Any = None
 
     @property
     def busy(self) -> bool:
         """Whether a write is in flight."""
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, write: Callable[[], None], path: pathlib.Path) -> None:
+    def submit(self, write: Callable[[], None], path: Any) -> None:
         """Wait for the write in flight (raising its error), then start ``write``.
 
         Args:
             write: writes the checkpoint and applies what follows a durable save.
-            path: the checkpoint path, for messages.
+            path: the checkpoint path (or URL), for messages.
         """
         self.wait()
         self._path = path

@@ -20,17 +20,17 @@ types a checkpoint may hold beyond tensors and builtins are registered first
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pathlib
 import shutil
-import warnings
 import zipfile
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from packaging import version as _version
 
-from helios.core import logging
 from helios.core.files import TEMPORARY_SUFFIX, fsync_directory, write_atomically
 from helios.core.training_state import TrainingState
 from helios.core.utils import safe_torch_load
@@ -43,10 +43,12 @@ from .layout import (
     SHARDED_PARTS_KEY,
     SHARDED_SUFFIX,
     is_sharded_checkpoint,
-    list_checkpoints,
     temporary_folder,
 )
 from .shard_index import ShardIndexError, read_shard_index
+
+if TYPE_CHECKING:
+    from .locations import Location
 
 
 class CheckpointWriteError(RuntimeError):
@@ -57,7 +59,7 @@ class CheckpointWriteError(RuntimeError):
         path: the checkpoint path.
     """
 
-    def __init__(self, message: str, path: pathlib.Path | None = None) -> None:
+    def __init__(self, message: str, path: object = None) -> None:
         super().__init__(message)
         self.path = path
 
@@ -147,6 +149,21 @@ def _describe_os_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def write_json_atomically(
+    data: Any, path: pathlib.Path, indent: int = 2, sort_keys: bool = False
+) -> None:
+    """Write JSON through a synced temporary file renamed over ``path``.
+
+    Args:
+        data: the JSON-serialisable data.
+        path: the final path.
+        indent: passed to ``json.dump``.
+        sort_keys: passed to ``json.dump``.
+    """
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys).encode("utf-8")
+    write_atomically(path, lambda file: file.write(text))
+
+
 def prepare_folder(root: pathlib.Path) -> None:
     """Create a run's checkpoint folder and delete what interrupted saves left in it.
 
@@ -226,6 +243,28 @@ def read_metadata(path: pathlib.Path) -> Any:
     return read_shard_index(path)
 
 
+def check_shard_sizes(metadata: Any, sizes: Mapping[str, int], where: Any) -> None:
+    """Check that every shard file the index names is there and long enough.
+
+    Args:
+        metadata: the shard index.
+        sizes: the files of the checkpoint folder by relative name, with their sizes.
+        where: the checkpoint, for messages.
+
+    Raises:
+        ValueError: naming the first missing or truncated shard file.
+    """
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, size in needed.items():
+        actual = sizes.get(name, -1)
+        if actual < size:
+            what = "missing" if actual < 0 else f"truncated ({actual} of {size} bytes)"
+            raise ValueError(f"shard file {name} of {where} is {what}")
+
+
 def read_sharded_contents(path: pathlib.Path, map_location: Any = None) -> dict[str, Any]:
     """Read the unsharded parts of a sharded checkpoint, after checking it is complete.
 
@@ -251,23 +290,19 @@ def read_sharded_contents(path: pathlib.Path, map_location: Any = None) -> dict[
         raise  # not corruption: a file that names code; it is refused, not skipped
     except Exception as error:
         raise ValueError(f"the shard index {path / '.metadata'} is unreadable: {error}") from error
-    needed: dict[str, int] = {}
-    for info in metadata.storage_data.values():
-        end = info.offset + info.length
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
-    for name, size in needed.items():
-        shard = path / name
-        actual = shard.stat().st_size if shard.is_file() else -1
-        if actual < size:
-            what = "missing" if actual < 0 else f"truncated ({actual} of {size} bytes)"
-            raise ValueError(f"shard file {shard} is {what}")
+    sizes = {
+        shard.name: shard.stat().st_size
+        for shard in path.iterdir()
+        if shard.is_file() and not shard.is_symlink()
+    }
+    check_shard_sizes(metadata, sizes, path)
     contents = safe_torch_load(contents_file, map_location=map_location)
     if not isinstance(contents, dict) or SHARDED_PARTS_KEY not in contents:
         raise ValueError(f"{contents_file} lists no sharded parts")
     return contents
 
 
-def validate_checkpoint(contents: Any, path: pathlib.Path) -> None:
+def validate_checkpoint(contents: Any, path: Location) -> None:
     """Check that a loaded object is a checkpoint this version of helios can resume.
 
     Args:
@@ -303,28 +338,8 @@ def validate_checkpoint(contents: Any, path: pathlib.Path) -> None:
         )
 
 
-def read_checkpoint(path: pathlib.Path, map_location: Any = None) -> dict[str, Any]:
-    """Read one checkpoint, file or sharded folder, and check it can be resumed.
-
-    For a sharded checkpoint this is its ``helios.pth``: every unsharded part, and under
-    ``sharded_parts`` the keys of those written as shards (read them with
-    :py:func:`helios.trainer.checkpoint.sharded.load_full_state`). No model is needed: the
-    entries come back as saved. Types of your own in the checkpoint must be registered
-    for ``torch.load(weights_only=True)`` first.
-
-    Args:
-        path: the checkpoint.
-        map_location: passed to ``torch.load`` (``"cpu"`` reads GPU tensors anywhere).
-
-    Returns:
-        The checkpoint's entries by key (see :py:mod:`helios.trainer.checkpoint.layout`).
-
-    Raises:
-        ValueError: if the file is not a ``torch.save`` archive or a sharded folder is
-            incomplete.
-        RuntimeError: if it lacks keys every checkpoint has, or a newer helios wrote it.
-        pickle.UnpicklingError: if it holds a type not registered for safe loading.
-    """
+def read_local_checkpoint(path: pathlib.Path, map_location: Any = None) -> dict[str, Any]:
+    """Read a checkpoint on this machine (see :py:func:`read_checkpoint`)."""
     register_trainer_types_for_safe_load()
     if is_sharded_checkpoint(path):
         contents = read_sharded_contents(path, map_location)
@@ -336,53 +351,19 @@ def read_checkpoint(path: pathlib.Path, map_location: Any = None) -> dict[str, A
     return contents
 
 
-_CORRUPTION_ERRORS = (RuntimeError, EOFError, OSError, ValueError)
-
-
-def load_newest_valid_checkpoint(
-    root: pathlib.Path | None, map_location: Any = None
-) -> tuple[pathlib.Path, dict[str, Any]] | None:
-    """Load the newest readable checkpoint of a folder.
-
-    A newest checkpoint that is truncated or unreadable is reported with a warning naming the
-    file, and the previous one is tried. Unregistered types in a readable checkpoint
-    (``pickle.UnpicklingError``) are not corruption and are raised.
-
-    Args:
-        root: the folder of the checkpoints.
-        map_location: passed to ``torch.load``.
-
-    Returns:
-        The path and contents of the checkpoint, or ``None`` if none could be read.
-    """
-    for path in list_checkpoints(root):
-        try:
-            contents = read_checkpoint(path, map_location)
-        except _CORRUPTION_ERRORS as error:
-            message = (
-                f"checkpoint {path} could not be read ({type(error).__name__}: {error}); "
-                "trying the previous one"
-            )
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            if logging.is_root_logger_active():
-                logging.get_root_logger().warning(message)
-            continue
-        return path, contents
-    return None
-
-
 __all__ = [
     "CheckpointWriteError",
+    "check_shard_sizes",
     "commit_sharded",
     "get_trainer_safe_types_for_load",
-    "load_newest_valid_checkpoint",
     "prepare_folder",
     "prepare_temporary_folder",
-    "read_checkpoint",
+    "read_local_checkpoint",
     "read_metadata",
     "read_sharded_contents",
     "register_trainer_types_for_safe_load",
     "remove_temporary_files",
     "save_atomically",
     "validate_checkpoint",
+    "write_json_atomically",
 ]

@@ -61,7 +61,7 @@ def checkpoint_name(save_name: str, state: TrainingState) -> str:
     return f"{save_name}_epoch_{state.global_epoch}_iter_{state.current_iteration}"
 
 
-def checkpoint_position(path: pathlib.Path) -> tuple[int, int] | None:
+def checkpoint_position(path: pathlib.PurePath) -> tuple[int, int] | None:
     """Return the ``(epoch, iteration)`` encoded in a checkpoint name, if any.
 
     Args:
@@ -108,8 +108,8 @@ def is_checkpoint_name(name: object, save_name: str | None = None) -> bool:
     return re.match(rf"{re.escape(save_name)}_epoch_\d+_iter_\d+", name) is not None
 
 
-def list_checkpoints(root: pathlib.Path | None) -> list[pathlib.Path]:
-    """List the checkpoints in a folder, newest (highest epoch, then iteration) first.
+def list_local_checkpoints(root: pathlib.Path | None) -> list[pathlib.Path]:
+    """List the checkpoints in a local folder, newest (highest epoch, then iteration) first.
 
     Args:
         root: the folder (``None`` or missing gives an empty list).
@@ -126,24 +126,6 @@ def list_checkpoints(root: pathlib.Path | None) -> list[pathlib.Path]:
             found.append((position, path.name, path))
     found.sort(reverse=True)
     return [path for _, _, path in found]
-
-
-def find_last_checkpoint(root: pathlib.Path | None) -> pathlib.Path | None:
-    """Find the newest checkpoint in a folder.
-
-    Names must contain ``epoch_<e>_iter_<i>``; the newest is the one with the highest epoch,
-    then the highest iteration (``epoch_0_iter_0`` included). A checkpoint is a ``.pth``
-    file, or a ``.dcp`` folder for a sharded model
-    (:py:mod:`helios.trainer.checkpoint.sharded`).
-
-    Args:
-        root: the folder where the checkpoints are stored.
-
-    Returns:
-        The path of the newest checkpoint, or ``None`` if there is none.
-    """
-    checkpoints = list_checkpoints(root)
-    return checkpoints[0] if checkpoints else None
 
 
 def is_sharded_checkpoint(path: pathlib.Path) -> bool:
@@ -165,9 +147,8 @@ __all__ = [
     "SHARDED_SUFFIX",
     "checkpoint_name",
     "checkpoint_position",
-    "find_last_checkpoint",
     "is_checkpoint_name",
     "is_sharded_checkpoint",
-    "list_checkpoints",
+    "list_local_checkpoints",
     "temporary_folder",
 ]

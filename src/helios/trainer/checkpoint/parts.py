@@ -31,11 +31,13 @@ what helios keeps under that name. Extra parts are added with
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from helios.core.training_state import TrainingState
+
+if TYPE_CHECKING:
+    from .locations import Location
 
 RESERVED_NAMES: Mapping[str, str] = {
     "version": "the version of helios that wrote the checkpoint",
@@ -119,7 +121,7 @@ class CheckpointPart:
         if self.name in saved:
             self.load_state_dict(saved[self.name])
 
-    def saving(self, path: pathlib.Path, state: TrainingState) -> Callable[[], None] | None:
+    def saving(self, path: Location, state: TrainingState) -> Callable[[], None] | None:
         """Note a checkpoint about to be written (on the writing rank, before gathering).
 
         Args:

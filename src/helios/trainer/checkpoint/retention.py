@@ -2,7 +2,8 @@
 
 Reading order: :py:class:`RetentionPolicy` (what to keep), :py:func:`select_kept` (the rule),
 :py:class:`CheckpointRetention` (the record of one run: a checkpoint part, so a resumed run
-keeps the same best K), :py:func:`find_best_checkpoint` (reads the index).
+keeps the same best K), :py:func:`~helios.trainer.checkpoint.storage.find_best_checkpoint`
+(reads the index).
 
 The rule, for the checkpoints a run wrote, oldest first:
 
@@ -35,7 +36,8 @@ the run never recorded (written without retention, or by hand) are never deleted
 names in a record or the index are trusted only when they are bare checkpoint names of
 this run (:py:func:`~helios.trainer.checkpoint.layout.is_checkpoint_name`): a record that
 names ``../..``, an absolute path, a hidden file or another run's checkpoint deletes
-nothing, and the index never sends :py:func:`find_best_checkpoint` outside the folder.
+nothing, and the index never sends
+:py:func:`~helios.trainer.checkpoint.storage.find_best_checkpoint` outside the folder.
 
 The index ``checkpoints.json`` in the checkpoint folder (written atomically after every save)
 names the kept checkpoints with their metric, the best one and the newest one, so the best
@@ -45,20 +47,21 @@ checkpoint is found without opening any checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import pathlib
-import shutil
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from helios.core import logging
-from helios.core.files import write_atomically
 from helios.core.training_state import TrainingState
 
-from .layout import INDEX_NAME, is_checkpoint_name, is_sharded_checkpoint
+from .io import write_json_atomically
+from .layout import INDEX_NAME, is_checkpoint_name
 from .parts import CheckpointPart
+
+if TYPE_CHECKING:
+    from .folder import CheckpointFolder
+    from .locations import Location
 
 _INDEX_VERSION = 1
 
@@ -171,32 +174,17 @@ def metric_value(metrics: Mapping[str, Any], name: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def write_json_atomically(
-    data: Any, path: pathlib.Path, indent: int = 2, sort_keys: bool = False
-) -> None:
-    """Write JSON through a synced temporary file renamed over ``path``.
-
-    Args:
-        data: the JSON-serialisable data.
-        path: the final path.
-        indent: passed to ``json.dump``.
-        sort_keys: passed to ``json.dump``.
-    """
-    text = json.dumps(data, indent=indent, sort_keys=sort_keys).encode("utf-8")
-    write_atomically(path, lambda file: file.write(text))
-
-
 @dataclasses.dataclass(frozen=True)
 class RetentionUpdate:
-    """What one save changes on disk once its file is durable.
+    """What one save changes in the folder once its checkpoint is durable.
 
     Attributes:
-        folder: the checkpoint folder.
+        folder: the checkpoint folder (local or in a store).
         delete: names of the checkpoints to delete.
         index: the new contents of the index.
     """
 
-    folder: pathlib.Path
+    folder: CheckpointFolder
     delete: tuple[str, ...]
     index: dict[str, Any]
     save_name: str | None = None
@@ -204,19 +192,17 @@ class RetentionUpdate:
     def apply(self) -> None:
         """Write the index, then delete the obsolete checkpoints (call once durable).
 
-        Only bare checkpoint names of the run are deleted, and never through a link.
+        Only bare checkpoint names of the run are deleted (a local folder never deletes
+        through a link).
         """
-        write_json_atomically(self.index, self.folder / INDEX_NAME)
+        self.folder.write_index(self.index)
         for name in self.delete:
-            path = self.folder / name
-            if not is_checkpoint_name(name, self.save_name) or path.is_symlink():
+            path = self.folder.location(name)
+            if not is_checkpoint_name(name, self.save_name) or self.folder.is_link(name):
                 _refuse_name(name, self.folder)
                 continue
             try:
-                if path.is_dir():  # a sharded checkpoint
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+                self.folder.delete(name)
             except OSError as error:
                 logging.get_root_logger().warning(
                     f"could not delete old checkpoint {path}: {error}"
@@ -234,7 +220,7 @@ class CheckpointRetention(CheckpointPart):
 
     Args:
         policy: what to keep.
-        folder: the checkpoint folder of the run.
+        folder: the checkpoint folder of the run (local or in a store).
         metrics: returns the model's ``metrics`` table.
         save_name: the model's save name: a name in a resumed record that is not a
             checkpoint name of this run (:py:func:`~.layout.is_checkpoint_name`) is dropped.
@@ -245,7 +231,7 @@ class CheckpointRetention(CheckpointPart):
     def __init__(
         self,
         policy: RetentionPolicy,
-        folder: pathlib.Path | None,
+        folder: CheckpointFolder | None,
         metrics: Callable[[], Mapping[str, Any]],
         save_name: str | None = None,
     ) -> None:
@@ -349,7 +335,7 @@ class CheckpointRetention(CheckpointPart):
             logging.get_root_logger().warning(message)
         return value
 
-    def saving(self, path: pathlib.Path, state: TrainingState) -> Callable[[], None] | None:
+    def saving(self, path: Location, state: TrainingState) -> Callable[[], None] | None:
         """Record a checkpoint about to be written (see :py:meth:`register`).
 
         Args:
@@ -367,7 +353,7 @@ class CheckpointRetention(CheckpointPart):
         return update.apply if update is not None else None
 
     def register(
-        self, path: pathlib.Path, epoch: int, iteration: int, metric: float | None = None
+        self, path: Location, epoch: int, iteration: int, metric: float | None = None
     ) -> RetentionUpdate | None:
         """Record a checkpoint about to be written and decide what it makes obsolete.
 
@@ -380,7 +366,7 @@ class CheckpointRetention(CheckpointPart):
         Returns:
             What to do once the new file is durable (``None`` without retention).
         """
-        if not self.policy.is_active:
+        if not self.policy.is_active or self.folder is None:
             return None
         entry = RetainedCheckpoint(path.name, epoch, iteration, metric)
         candidates = [e for e in self._entries if e.name != entry.name] + [entry]
@@ -391,7 +377,7 @@ class CheckpointRetention(CheckpointPart):
         delete = tuple(dict.fromkeys(n for n in [*self._leftover, *dropped] if n not in kept_names))
         self._entries = kept
         self._pending, self._leftover = list(delete), []
-        return RetentionUpdate(path.parent, delete, self._index(), self.save_name)
+        return RetentionUpdate(self.folder, delete, self._index(), self.save_name)
 
     def _index(self) -> dict[str, Any]:
         return {
@@ -408,57 +394,15 @@ def _list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else []
 
 
-def _refuse_name(name: Any, folder: pathlib.Path | None) -> None:
+def _refuse_name(name: Any, folder: CheckpointFolder | None) -> None:
+    where = None if folder is None else folder.root
     message = (
         f"the retention record names {name!r}, which is not a checkpoint name of this run "
-        f"in {folder}; it is left alone (a retention record deletes only the run's own "
+        f"in {where}; it is left alone (a retention record deletes only the run's own "
         "checkpoints, by their bare names)"
     )
     warnings.warn(message, RuntimeWarning, stacklevel=3)
     logging.get_root_logger().warning(message)
-
-
-def read_index(root: pathlib.Path) -> dict[str, Any] | None:
-    """Read the retention index of a checkpoint folder.
-
-    Args:
-        root: the checkpoint folder.
-
-    Returns:
-        The index, or ``None`` if there is none or it cannot be read.
-    """
-    path = root / INDEX_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def find_best_checkpoint(root: pathlib.Path | None) -> pathlib.Path | None:
-    """Find the best checkpoint of a folder from its index, without opening checkpoints.
-
-    The index exists when the run was trained with ``chkpt_best_metric`` (see
-    :py:class:`RetentionPolicy`).
-
-    Args:
-        root: the checkpoint folder (``<chkpt_root>/<save_name>``).
-
-    Returns:
-        The path of the best checkpoint (a file, or a sharded checkpoint's folder), or
-        ``None`` if no index names one that exists. A name that is not a bare checkpoint
-        name, or a link, is never followed.
-    """
-    if root is None:
-        return None
-    index = read_index(root)
-    best = None if index is None else index.get("best")
-    if not is_checkpoint_name(best):
-        return None
-    path = root / str(best)
-    if path.is_symlink() or not (path.is_file() or is_sharded_checkpoint(path)):
-        return None
-    return path
 
 
 __all__ = [
@@ -467,8 +411,6 @@ __all__ = [
     "RetainedCheckpoint",
     "RetentionPolicy",
     "RetentionUpdate",
-    "find_best_checkpoint",
-    "read_index",
     "select_kept",
     "write_json_atomically",
 ]

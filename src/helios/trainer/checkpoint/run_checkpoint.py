@@ -15,7 +15,6 @@ sees the folder its shards will be written to.
 from __future__ import annotations
 
 import contextlib
-import pathlib
 import secrets
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -29,19 +28,20 @@ from helios.core.training_state import TrainingState
 from helios.model.wrapper_keys import WRAPPER_PREFIX, differs_only_by_wrapper_prefix
 
 from .async_save import BackgroundWriter, SnapshotBuffers, snapshot
-from .io import (
-    CheckpointWriteError,
-    commit_sharded,
-    load_newest_valid_checkpoint,
-    prepare_folder,
-    prepare_temporary_folder,
-    read_checkpoint,
-    save_atomically,
-)
+from .folder import CheckpointFolder
+from .io import CheckpointWriteError
 from .layout import CHECKPOINT_SUFFIX, SHARDED_PARTS_KEY, SHARDED_SUFFIX
+from .locations import Location
 from .parts import PartTable
 from .rank_state import rank_entry
-from .sharded import load_full_into_sharded, load_sharded_part, write_shards
+from .sharded import (
+    ShardedSaveInFlight,
+    load_full_into_sharded,
+    load_sharded_part,
+    start_shards_in_background,
+    write_shards,
+)
+from .storage import load_newest_valid_checkpoint
 
 Check = Callable[[dict[str, Any], TrainingState], BaseException | None]
 """Inspects gathered contents before anything is written; returns the error that stops it."""
@@ -64,21 +64,24 @@ class RunCheckpoint:
     """Saves and restores the checkpoints of one run, part by part.
 
     Args:
-        folder: the checkpoint folder of the run (``None``: never saved nor loaded).
+        folder: the checkpoint folder of the run, local or in a store (``None``: never
+            saved nor loaded).
         parts: the run's parts, in restore order.
         name: the file name (without extension) for a training state.
         global_rank: the global rank of this process.
         world_size: the number of processes of the run.
         map_location: passed to ``torch.load``.
         asynchronous: write in a background thread after a synchronous snapshot (see
-            :py:mod:`helios.trainer.checkpoint.async_save`).
+            :py:mod:`helios.trainer.checkpoint.async_save`); the shards of a sharded model
+            through Distributed Checkpoint's asynchronous save. Saves to a store are
+            always asynchronous.
         check: inspects the gathered contents before anything is written (the non-finite
             guard); the error it returns stops the save on every rank.
     """
 
     def __init__(
         self,
-        folder: pathlib.Path | None,
+        folder: CheckpointFolder | None,
         parts: PartTable,
         name: Callable[[TrainingState], str],
         global_rank: int = 0,
@@ -91,16 +94,17 @@ class RunCheckpoint:
         self._name = name
         self._global_rank, self._world_size = global_rank, world_size
         self._map_location = map_location
-        self._writer = BackgroundWriter() if asynchronous else None
+        remote = folder is not None and folder.is_remote
+        self._writer = BackgroundWriter() if asynchronous or remote else None
         self._buffers = SnapshotBuffers()
-        self._warned_sync_shards = False
+        self._shards_in_flight: ShardedSaveInFlight | None = None
 
     def prepare_folder(self) -> None:
         """Create the folder and remove what interrupted saves left there (rank 0)."""
         if self.folder is not None and self._global_rank == 0:
-            prepare_folder(self.folder)
+            self.folder.prepare()
 
-    def save(self, state: TrainingState) -> pathlib.Path | None:
+    def save(self, state: TrainingState) -> Location | None:
         """Save a checkpoint at ``state``; every rank calls this, rank 0 writes the file.
 
         When a part is sharded (a model sharded with FSDP2), every rank also writes its
@@ -116,15 +120,16 @@ class RunCheckpoint:
             CheckpointWriteError: if the previous background save failed (on every rank).
             Exception: what ``check`` returned for the gathered contents.
         """
+        # At most one save in flight; its error (naming its checkpoint) surfaces here.
+        problem: BaseException | None = self._wait_in_flight()
         entry: dict[str, Any] = {}
         for part in self.parts.per_rank:
             part.write(entry)
         shards = self._sharded_states()
-        path: pathlib.Path | None = None
+        path: Location | None = None
         contents: dict[str, Any] = {}
         after: list[Callable[[], None]] = []
-        problem: BaseException | None = None
-        if self._global_rank == 0 and self.folder is not None:
+        if self._global_rank == 0 and self.folder is not None and problem is None:
             path, contents, after, problem = self._gather(state, self.folder, shards)
         if shards and self.check is not None and problem is None:
             problem = self.check(shards, state)  # each rank checks its own shards
@@ -144,25 +149,34 @@ class RunCheckpoint:
         self._write(contents, path, after)
         return path
 
+    def _wait_in_flight(self) -> BaseException | None:
+        """Wait for the save in flight on this rank; return its error, if it failed."""
+        try:
+            if self._shards_in_flight is not None:
+                in_flight, self._shards_in_flight = self._shards_in_flight, None
+                in_flight.wait()
+            if self._writer is not None:
+                self._writer.wait()
+        except CheckpointWriteError as error:
+            return error
+        return None
+
     def _gather(
-        self, state: TrainingState, folder: pathlib.Path, shards: Mapping[str, Any]
-    ) -> tuple[pathlib.Path | None, dict[str, Any], list[Callable[[], None]], BaseException | None]:
+        self, state: TrainingState, folder: CheckpointFolder, shards: Mapping[str, Any]
+    ) -> tuple[Location | None, dict[str, Any], list[Callable[[], None]], BaseException | None]:
         """Rank 0: the path, the shared parts' states, what follows the write, any problem."""
         import helios
 
         contents: dict[str, Any] = {"version": helios.__version__}
         after: list[Callable[[], None]] = []
         problem: BaseException | None = None
-        path: pathlib.Path | None = None
+        path: Location | None = None
         try:
-            if self._writer is not None:
-                # At most one save in flight; its error (naming its file) surfaces here.
-                self._writer.wait()
             unsharded = [part for part in self.parts if part.name not in shards]
             for part in unsharded:
                 part.write(contents)
             suffix = SHARDED_SUFFIX if shards else CHECKPOINT_SUFFIX
-            path = folder / f"{self._name(state)}{suffix}"
+            path = folder.location(f"{self._name(state)}{suffix}")
             for part in unsharded:
                 action = part.saving(path, state)
                 if action is not None:
@@ -172,9 +186,9 @@ class RunCheckpoint:
             problem = _unexpected_shards(contents)
             if self.check is not None and problem is None:
                 problem = self.check(contents, state)
-            if shards:
-                prepare_temporary_folder(path)
-        except CheckpointWriteError as error:
+            if shards and not folder.is_remote:
+                folder.begin_sharded(path.name)  # a store's writer begins in the background
+        except (CheckpointWriteError, OSError) as error:
             problem = error
         return path, contents, after, problem
 
@@ -186,16 +200,18 @@ class RunCheckpoint:
         return gathered
 
     def _write(
-        self, contents: dict[str, Any], path: pathlib.Path, after: list[Callable[[], None]]
+        self, contents: dict[str, Any], path: Location, after: list[Callable[[], None]]
     ) -> None:
         """Write a one-file checkpoint (now, or in the background after a snapshot)."""
+        folder = self.folder
+        assert folder is not None
         if self._writer is None:
-            _write_then(contents, path, after)
+            _write_then(folder.write, contents, path, after)
             return
-        # The previous write has completed (waited for in _gather): reuse its buffers.
+        # The previous write has completed (waited for in save): reuse its buffers.
         self._buffers.recycle()
         copied = snapshot(contents, self._buffers)
-        self._writer.submit(lambda: _write_then(copied, path, after), path)
+        self._writer.submit(lambda: _write_then(folder.write, copied, path, after), path)
 
     def _sharded_states(self) -> dict[str, Any]:
         """The states of the parts that are sharded now, by key (every rank, its shards)."""
@@ -206,19 +222,18 @@ class RunCheckpoint:
     def _save_sharded(
         self,
         shards: dict[str, Any],
-        path: pathlib.Path,
+        path: Location,
         contents: dict[str, Any],
         after: list[Callable[[], None]],
-    ) -> pathlib.Path | None:
+    ) -> Location | None:
         """Write every rank's shards, then rank 0 commits the folder; all ranks agree."""
-        if self._writer is not None and not self._warned_sync_shards:
-            self._warned_sync_shards = True
-            logging.get_root_logger().warning(
-                "chkpt_async: the shards of a sharded model are written synchronously"
-            )
+        folder = self.folder
+        assert folder is not None
+        if self._writer is not None:
+            return self._save_sharded_in_background(shards, path, contents, after)
         error: BaseException | None = None
         try:
-            write_shards(shards, path)
+            write_shards(shards, folder.shard_writer(path.name))
         except Exception as failure:  # Distributed Checkpoint raises on every rank
             error = CheckpointWriteError(
                 f"could not write the shards of checkpoint {path}: {failure}", path
@@ -226,13 +241,44 @@ class RunCheckpoint:
         if error is None and self._global_rank == 0:
             contents[SHARDED_PARTS_KEY] = sorted(shards)
             try:
-                _write_then(contents, path, after, commit_sharded)
+                _write_then(folder.commit_sharded, contents, path, after)
             except (CheckpointWriteError, OSError) as failure:
                 error = failure
         error = next((e for e in self._gather_from_ranks(error) if e is not None), None)
         if error is not None:
             raise error
         return path if self._global_rank == 0 else None
+
+    def _save_sharded_in_background(
+        self,
+        shards: dict[str, Any],
+        path: Location,
+        contents: dict[str, Any],
+        after: list[Callable[[], None]],
+    ) -> Location | None:
+        """Start Distributed Checkpoint's asynchronous save; rank 0 commits once it is done.
+
+        Training waits only for the copy of the shards (Distributed Checkpoint's staging)
+        and of rank 0's other parts; the next save (or the end of ``fit``) waits for the
+        write, and every rank raises its error there.
+        """
+        folder = self.folder
+        assert folder is not None and self._writer is not None
+        in_flight = start_shards_in_background(shards, folder.shard_writer(path.name), path)
+        if self._global_rank != 0:
+            # Rank 0's commit waits for the shards in its writer thread; the others here.
+            self._shards_in_flight = in_flight
+            return None
+        contents[SHARDED_PARTS_KEY] = sorted(shards)
+        self._buffers.recycle()
+        copied = snapshot(contents, self._buffers)
+
+        def commit() -> None:
+            in_flight.wait()
+            _write_then(folder.commit_sharded, copied, path, after)
+
+        self._writer.submit(commit, path)
+        return path
 
     def close(self, raise_errors: bool = True) -> None:
         """Wait for a background save in flight (the end of ``fit`` calls this).
@@ -244,10 +290,18 @@ class RunCheckpoint:
         Raises:
             CheckpointWriteError: if the background write failed, naming the file.
         """
+        in_flight, self._shards_in_flight = self._shards_in_flight, None
+        if in_flight is not None:
+            try:
+                in_flight.wait()
+            except CheckpointWriteError as error:
+                if raise_errors:
+                    raise
+                logging.get_root_logger().error(str(error))
         if self._writer is not None:
             self._writer.close(raise_errors)
 
-    def resume(self) -> pathlib.Path | None:
+    def resume(self) -> Location | None:
         """Load the newest readable checkpoint and restore every part from it.
 
         Parts whose key the file lacks are left as they are.
@@ -270,7 +324,8 @@ class RunCheckpoint:
         for part in self.parts:
             with _fitting(path, part.name):
                 if part.name in sharded_keys:
-                    load_sharded_part(path, part.name, part)
+                    assert self.folder is not None
+                    load_sharded_part(self.folder, path.name, part.name, part)
                 elif part.name in saved and part.is_sharded:
                     load_full_into_sharded(saved[part.name], part)
                 else:
@@ -280,45 +335,53 @@ class RunCheckpoint:
             part.read(entry)
         return path
 
-    def _load_agreed_checkpoint(self) -> tuple[pathlib.Path, dict[str, Any]] | None:
+    def _load_agreed_checkpoint(self) -> tuple[Location, dict[str, Any]] | None:
         """Load the checkpoint rank 0 resumes from, on every rank; all fail if one cannot.
 
-        Rank 0 finds the newest readable checkpoint and sends its path; the other ranks read
-        that file, not the newest one they see themselves, so that no rank resumes from
-        another checkpoint (or none) when the folder is not the same everywhere.
+        Rank 0 finds the newest readable checkpoint and sends where it is; the other ranks
+        read that checkpoint, not the newest one they see themselves, so that no rank
+        resumes from another checkpoint (or none) when the folder (a local one, or a store
+        reached with other options) is not the same everywhere.
         """
-        if self._world_size == 1 or self.folder is None:
-            return load_newest_valid_checkpoint(self.folder, self._map_location)
-        found: tuple[pathlib.Path, dict[str, Any]] | None = None
+        folder = self.folder
+        if self._world_size == 1 or folder is None:
+            return load_newest_valid_checkpoint(folder, self._map_location)
+        found: tuple[Location, dict[str, Any]] | None = None
         failure: BaseException | None = None
         if self._global_rank == 0:
             try:
-                found = load_newest_valid_checkpoint(self.folder, self._map_location)
+                found = load_newest_valid_checkpoint(folder, self._map_location)
             except Exception as error:  # the other ranks must not wait for a path
                 failure = error
-        sent = broadcast_object((None if found is None else str(found[0]), failure is not None))
+        sent = broadcast_object(
+            (None if found is None else (str(found[0]), found[0].name), failure is not None)
+        )
         if failure is not None:
             raise failure
         if sent[1]:
             raise RuntimeError(
-                f"rank 0 could not read the newest checkpoint of {self.folder} (its error "
+                f"rank 0 could not read the newest checkpoint of {folder.root} (its error "
                 "is in its output); this rank stops with it"
             )
         if sent[0] is None:
             return None
-        path = pathlib.Path(sent[0])
+        where, name = sent[0]
         problem: str | None = None
         if self._global_rank != 0:
-            if not path.exists():
+            # The checkpoint by its name in this rank's own folder, which must be rank 0's.
+            path = folder.location(name)
+            if str(path) != where:
+                problem = f"saves into another folder ({folder.root})"
+            elif not folder.exists(name):
                 problem = "does not see it"
             else:
                 try:
-                    found = (path, read_checkpoint(path, self._map_location))
+                    found = (path, folder.read(name, self._map_location))
                 except Exception as error:
                     problem = f"cannot read it ({type(error).__name__}: {error})"
         self._raise_unshared(
             problem,
-            f"rank 0 resumes from the checkpoint {path}, but",
+            f"rank 0 resumes from the checkpoint {where}, but",
             "every rank must read the checkpoint rank 0 resumes from",
         )
         return found
@@ -326,9 +389,10 @@ class RunCheckpoint:
     def _check_shared_folder(self) -> None:
         """For a sharded model: check that every rank sees the folder its shards go to.
 
-        Rank 0 writes a token file into the folder, every rank reads it back; the file is
-        removed after. A folder on per-node local disks fails here, before anything
-        trains, rather than as a checkpoint with missing shards.
+        Rank 0 writes a marker (``.helios-shared-<hex>``) into the folder, local or in a
+        store, and every rank reads it back; the marker is removed after. A folder on
+        per-node local disks (or a store some rank reaches elsewhere) fails here, before
+        anything trains, rather than as a checkpoint with missing shards.
         """
         folder = self.folder
         if self._world_size == 1 or folder is None:
@@ -336,55 +400,55 @@ class RunCheckpoint:
         if not any(part.is_sharded for part in self.parts):
             return
         token = secrets.token_hex(16)
-        marker = folder / f".helios-shared-{token}"
         problem: str | None = None
         if self._global_rank == 0:
             try:
-                marker.write_text(token)
-            except OSError as error:
+                folder.write_marker(f".helios-shared-{token}", token)
+            except Exception as error:  # the other ranks must not wait for the token
                 problem = f"cannot write into it ({error})"
         token = broadcast_object(token)
-        marker = folder / f".helios-shared-{token}"
-        if self._global_rank != 0:
-            try:
-                seen = marker.read_text()
-            except OSError:
-                seen = None
-            if seen != token:
-                problem = "does not see what rank 0 wrote into it"
+        marker = f".helios-shared-{token}"
+        if self._global_rank != 0 and folder.read_marker(marker) != token:
+            problem = "does not see what rank 0 wrote into it"
         try:
             self._raise_unshared(
                 problem,
-                f"the model is sharded, so every rank writes its shards into {folder}, but",
+                f"the model is sharded, so every rank writes its shards into {folder.root}, but",
                 "sharded checkpoints need a chkpt_root that every rank writes to",
             )
         finally:
             if self._global_rank == 0:
-                marker.unlink(missing_ok=True)
+                with contextlib.suppress(Exception):
+                    folder.delete_marker(marker)
 
     def _raise_unshared(self, problem: str | None, what: str, need: str) -> None:
         """Raise :py:class:`CheckpointNotSharedError` on every rank if any rank had a problem."""
         where = f"{socket.gethostname()} (rank {self._global_rank})"
         reports = self._gather_from_ranks(None if problem is None else f"{where} {problem}")
         failed = [report for report in reports if report is not None]
-        if failed:
-            raise CheckpointNotSharedError(
-                f"{what} {'; '.join(failed)}. {need.capitalize()}: put chkpt_root on a "
-                "file system every node mounts (a shared folder), not on a disk of each node"
+        if not failed:
+            return
+        if self.folder is not None and self.folder.is_remote:
+            fix = "give every rank the same chkpt_root URL and chkpt_storage_options"
+        else:
+            fix = (
+                "put chkpt_root on a file system every node mounts (a shared folder), not on "
+                "a disk of each node"
             )
+        raise CheckpointNotSharedError(f"{what} {'; '.join(failed)}. {need.capitalize()}: {fix}")
 
 
 def _write_then(
+    write: Callable[[dict[str, Any], str], None],
     contents: dict[str, Any],
-    path: pathlib.Path,
+    path: Location,
     after: list[Callable[[], None]],
-    write: Callable[[dict[str, Any], pathlib.Path], None] = save_atomically,
 ) -> None:
     """Write a checkpoint durably, then do what the parts wanted done once it is.
 
-    ``write`` writes a file; a sharded checkpoint's folder passes its commit.
+    ``write`` is the folder's write of a one-file checkpoint, or its commit of a sharded one.
     """
-    write(contents, path)
+    write(contents, path.name)
     logging.get_root_logger().info(f"Saved checkpoint {path}")
     for action in after:
         action()
@@ -411,7 +475,7 @@ def _unexpected_shards(contents: Mapping[str, Any]) -> RuntimeError | None:
 
 
 @contextlib.contextmanager
-def _fitting(path: pathlib.Path, key: str) -> Iterator[None]:
+def _fitting(path: Location, key: str) -> Iterator[None]:
     """Turn a part's failure to take its entry into a :py:class:`CheckpointMismatchError`."""
     try:
         yield

@@ -40,36 +40,110 @@ import torch
 
 from helios.core.utils import safe_torch_load
 
-from .io import (
-    read_metadata,
-    read_sharded_contents,
-    register_trainer_types_for_safe_load,
-    save_atomically,
-)
-from .layout import CHECKPOINT_SUFFIX, SHARDED_PARTS_KEY, SHARDED_SUFFIX, is_sharded_checkpoint
-from .layout import temporary_folder as _temporary_folder
+from .folder import CheckpointFolder
+from .io import CheckpointWriteError, register_trainer_types_for_safe_load
+from .layout import CHECKPOINT_SUFFIX, SHARDED_PARTS_KEY, SHARDED_SUFFIX
+from .locations import Location, as_location
 from .parts import CheckpointPart
-from .shard_index import shard_reader
+from .storage import LocalFolder, open_folder
 
 
-def write_shards(states: Mapping[str, Any], path: pathlib.Path) -> None:
-    """Write the sharded parts' states into the temporary folder of ``path`` (every rank).
+def write_shards(states: Mapping[str, Any], writer: Any) -> None:
+    """Write the sharded parts' states through a storage writer (every rank).
 
     Args:
         states: the states by part key (each rank passes its own shards).
-        path: the final path of the checkpoint folder.
+        writer: the folder's storage writer
+            (:py:meth:`~helios.trainer.checkpoint.folder.CheckpointFolder.shard_writer`),
+            or the final path of a local checkpoint folder (written into its temporary
+            folder).
     """
     import torch.distributed.checkpoint as dcp
 
-    with _first_failure():
-        dcp.save(
+    if isinstance(writer, pathlib.Path):
+        writer = LocalFolder(writer.parent).shard_writer(writer.name)
+
+    with first_failure():
+        dcp.save(dict(states), storage_writer=writer, no_dist=not _has_process_group())
+
+
+class ShardedSaveInFlight:
+    """The shards of one rank being written by Distributed Checkpoint's asynchronous save.
+
+    Args:
+        future: the future ``torch.distributed.checkpoint.async_save`` returned.
+        path: the checkpoint, for messages.
+    """
+
+    def __init__(self, future: Any, path: Any) -> None:
+        self._future = future
+        self.path = path
+
+    def wait(self) -> None:
+        """Wait until the shards are written.
+
+        Raises:
+            CheckpointWriteError: if writing them failed (on every rank), naming the
+                checkpoint and the first rank's own error.
+        """
+        try:
+            with first_failure():
+                self._future.result()
+        except Exception as error:
+            raise CheckpointWriteError(
+                f"could not write the shards of checkpoint {self.path}: {error}", self.path
+            ) from error
+
+
+_CHECKPOINT_GROUPS: dict[int, Any] = {}
+
+
+def _checkpoint_group() -> Any:
+    """A gloo process group of its own for the background saves' collectives.
+
+    Distributed Checkpoint's asynchronous save runs collectives in its thread; on the
+    training's own group they would interleave with the training's collectives.
+    """
+    default = torch.distributed.distributed_c10d._get_default_group()
+    group = _CHECKPOINT_GROUPS.get(id(default))
+    if group is None:
+        group = torch.distributed.new_group(backend="gloo")
+        _CHECKPOINT_GROUPS.clear()
+        _CHECKPOINT_GROUPS[id(default)] = group
+    return group
+
+
+def start_shards_in_background(
+    states: Mapping[str, Any], writer: Any, path: Any
+) -> ShardedSaveInFlight:
+    """Start Distributed Checkpoint's asynchronous save of the shards (every rank).
+
+    The shards are copied to CPU memory before this returns (Distributed Checkpoint's
+    staging); the write runs in a thread, its collectives on a process group of their own.
+
+    Args:
+        states: the states by part key (each rank passes its own shards).
+        writer: the folder's storage writer.
+        path: the checkpoint, for messages.
+
+    Returns:
+        The save in flight (wait for it before the next save).
+    """
+    import torch.distributed.checkpoint as dcp
+
+    distributed = _has_process_group()
+    with first_failure():
+        future = dcp.async_save(
             dict(states),
-            storage_writer=dcp.FileSystemWriter(_temporary_folder(path), sync_files=True),
+            storage_writer=writer,
+            process_group=_checkpoint_group() if distributed else None,
+            no_dist=not distributed,
         )
+    return ShardedSaveInFlight(future, path)
 
 
 @contextlib.contextmanager
-def _first_failure() -> Iterator[None]:
+def first_failure() -> Iterator[None]:
     """Raise the first rank's own error instead of Distributed Checkpoint's wrapper.
 
     ``CheckpointException`` derives from ``BaseException`` (an ``except Exception`` misses
@@ -104,17 +178,17 @@ def _has_process_group() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _load(state_dict: dict[str, Any], path: pathlib.Path, single_process: bool) -> None:
-    """Fill ``state_dict`` in place from the shards in ``path``."""
+def _load(state_dict: dict[str, Any], reader: Any, single_process: bool) -> None:
+    """Fill ``state_dict`` in place from the shards a storage reader reads."""
     import torch.distributed.checkpoint as dcp
 
     with warnings.catch_warnings():
         # Loading on one process is what we ask for, not an assumption to warn about.
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-        with _first_failure():
+        with first_failure():
             dcp.load(
                 state_dict,
-                storage_reader=shard_reader(path),
+                storage_reader=reader,
                 planner=_safe_load_planner(),
                 no_dist=single_process,
             )
@@ -129,7 +203,7 @@ def _flat_keys(state_dict: dict[str, Any], metadata: Any) -> set[str]:
     return set(planner.state_dict)
 
 
-def load_sharded_part(path: pathlib.Path, key: str, part: CheckpointPart) -> None:
+def load_sharded_part(folder: CheckpointFolder, name: str, key: str, part: CheckpointPart) -> None:
     """Load one part's state from the shards of a checkpoint (every rank calls this).
 
     The part's current ``state_dict()`` is the template: Distributed Checkpoint fills its
@@ -139,7 +213,8 @@ def load_sharded_part(path: pathlib.Path, key: str, part: CheckpointPart) -> Non
     the part first creates them (its :py:meth:`~CheckpointPart.prepare_to_load`).
 
     Args:
-        path: the checkpoint folder.
+        folder: the run's checkpoint folder.
+        name: the checkpoint's name in it.
         key: the part's key.
         part: the part.
 
@@ -147,13 +222,13 @@ def load_sharded_part(path: pathlib.Path, key: str, part: CheckpointPart) -> Non
         RuntimeError: if the checkpoint lacks entries the part needs (from
             ``torch.distributed.checkpoint``).
     """
-    metadata = read_metadata(path)
+    metadata = folder.read_metadata(name)
     template = {key: part.state_dict()}
     saved = {name for name in metadata.state_dict_metadata if name.startswith(f"{key}.")}
     if not saved <= _flat_keys(template, metadata):
         part.prepare_to_load()
         template = {key: part.state_dict()}
-    _load(template, path, single_process=not _has_process_group())
+    _load(template, folder.shard_reader(name), single_process=not _has_process_group())
     part.load_state_dict(template[key])
 
 
@@ -194,14 +269,17 @@ def _set_nested(target: dict[str, Any], keys: tuple[Any, ...], value: Any) -> No
     node[last] = value
 
 
-def load_full_state(path: pathlib.Path) -> dict[str, Any]:
+def load_full_state(
+    path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Load every sharded part of a checkpoint as full tensors, on one process.
 
     No process group is needed (nor used when one exists): the shards of all ranks are read
     and joined.
 
     Args:
-        path: the checkpoint folder.
+        path: the checkpoint folder: a path, or a URL in an object store.
+        storage_options: for a URL, passed to fsspec.
 
     Returns:
         The sharded parts' states by key, nested as they were saved, with plain tensors.
@@ -209,14 +287,16 @@ def load_full_state(path: pathlib.Path) -> dict[str, Any]:
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    metadata = read_metadata(path)
+    location = as_location(path)
+    folder, checkpoint = open_folder(location.parent, storage_options), location.name
+    metadata = folder.read_metadata(checkpoint)
     flat: dict[str, Any] = {}
     for name, entry in metadata.state_dict_metadata.items():
         if isinstance(entry, TensorStorageMetadata):
             flat[name] = torch.empty(entry.size, dtype=entry.properties.dtype)
         else:
             flat[name] = None
-    _load(flat, path, single_process=True)
+    _load(flat, folder.shard_reader(checkpoint), single_process=True)
     nested: dict[str, Any] = {}
     mappings = metadata.planner_data or {}
     for name, value in flat.items():
@@ -243,8 +323,10 @@ def _restore_optimizer_keys(node: Any) -> None:
 
 
 def export_full_checkpoint(
-    path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None
-) -> pathlib.Path:
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Location:
     """Write a sharded checkpoint as one ordinary checkpoint file of full tensors.
 
     The file holds every part of the checkpoint, with the model's networks and optimizers
@@ -253,38 +335,45 @@ def export_full_checkpoint(
     It runs on one process, without a process group; a sharded run on any number of
     processes also resumes from it (:py:func:`load_full_into_sharded`). Types of your own in the
     checkpoint must be registered for ``torch.load(weights_only=True)`` first (see
-    :py:meth:`helios.model.Model.types_for_safe_load`).
+    :py:meth:`helios.model.Model.types_for_safe_load`). Either side may be in an object
+    store (a URL); a file written there is committed like any checkpoint
+    (:py:mod:`helios.trainer.checkpoint.store`).
 
     Args:
-        path: the sharded checkpoint (a ``.dcp`` folder).
+        path: the sharded checkpoint (a ``.dcp`` folder, or its URL).
         output: the file to write; ``None`` writes ``<path without .dcp>.pth`` next to it.
+        storage_options: for URLs, passed to fsspec.
 
     Returns:
-        The path of the written file.
+        The path (or URL) of the written file.
 
     Raises:
         ValueError: if ``path`` is not a complete sharded checkpoint.
         CheckpointWriteError: if the file cannot be written.
     """
     register_trainer_types_for_safe_load()
-    source = pathlib.Path(path)
-    if not is_sharded_checkpoint(source):
+    source = as_location(path)
+    folder = open_folder(source.parent, storage_options)
+    if source.suffix != SHARDED_SUFFIX or not folder.is_sharded(source.name):
         raise ValueError(
             f"invalid path={str(source)!r}: expected a sharded checkpoint folder "
             f"ending in {SHARDED_SUFFIX}"
         )
-    target = pathlib.Path(output) if output is not None else source.with_suffix(CHECKPOINT_SUFFIX)
-    contents = read_sharded_contents(source, map_location="cpu")
-    contents.update(load_full_state(source))
+    target = as_location(output) if output is not None else source.with_suffix(CHECKPOINT_SUFFIX)
+    contents = folder.read(source.name, map_location="cpu")
+    contents.update(load_full_state(source, storage_options))
     del contents[SHARDED_PARTS_KEY]
-    save_atomically(contents, target)
+    open_folder(target.parent, storage_options).write(contents, target.name)
     return target
 
 
 __all__ = [
+    "ShardedSaveInFlight",
     "export_full_checkpoint",
+    "first_failure",
     "load_full_into_sharded",
     "load_full_state",
     "load_sharded_part",
+    "start_shards_in_background",
     "write_shards",
 ]

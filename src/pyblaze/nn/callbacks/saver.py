@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from pyblaze.nn.callbacks.base import TrainingCallback
@@ -32,7 +34,8 @@ class ModelSaverCallback(TrainingCallback):
     ``fit`` calls are never deleted.
 
     Args:
-        directory: the folder of the files.
+        directory: the folder of the files: a path, or the URL of a folder in an object
+            store (``"s3://bucket/models"``, through fsspec; each file one object).
         file_template: the file name without extension, with a ``{}`` for the epoch.
         keep_last: keep the newest this many files (``None``: see above).
         keep_best: also keep this many files with the best ``best_metric``.
@@ -64,7 +67,9 @@ class ModelSaverCallback(TrainingCallback):
                 "ModelSaverCallback: file_template needs a '{}' placeholder for the epoch, "
                 f"but received {file_template!r}"
             )
-        self.directory = pathlib.Path(directory)
+        from helios.trainer.checkpoint.locations import as_location
+
+        self.directory = as_location(directory)
         self.file_template = file_template
         self.policy = check_retention(keep_last, keep_best, best_metric, best_mode, prefix="")
         self._model: nn.Module | None = None
@@ -72,7 +77,7 @@ class ModelSaverCallback(TrainingCallback):
         self._saved: list[Any] = []
 
     @property
-    def best_path(self) -> pathlib.Path | None:
+    def best_path(self) -> Any:
         """The path (without extension) of the best file of this fit, if ranked."""
         from helios.trainer.checkpoint.retention import best_of
 
@@ -100,12 +105,15 @@ class ModelSaverCallback(TrainingCallback):
         if self._model is None:
             return
         path = self.directory / self.file_template.format(self._epoch)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(self._model, Configurable):
-            self._model.save(path)
+        if isinstance(path, pathlib.Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(self._model, Configurable):
+                self._model.save(path)
+            else:
+                state = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
+                save_atomically(state, path.with_name(path.name + ".pt"))
         else:
-            state = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
-            save_atomically(state, path.with_name(path.name + ".pt"))
+            self._upload(path.name)
         metric = None
         if self.policy.best_metric is not None:
             names = list(metrics.keys)
@@ -118,7 +126,34 @@ class ModelSaverCallback(TrainingCallback):
         for dropped in candidates:
             if dropped.name not in kept:
                 for suffix in (".pt", ".json"):
-                    (self.directory / (dropped.name + suffix)).unlink(missing_ok=True)
+                    self._delete(dropped.name + suffix)
+
+    def _upload(self, name: str) -> None:
+        """Write the files of a save into the object store folder (one object each)."""
+        import tempfile
+
+        from helios.trainer.checkpoint.store import StoreFolder, retrying
+
+        assert self._model is not None
+        folder = StoreFolder(self.directory)  # type: ignore[arg-type]
+        with tempfile.TemporaryDirectory(prefix="pyblaze-saver-") as staging:
+            local = pathlib.Path(staging) / name
+            if isinstance(self._model, Configurable):
+                self._model.save(local)
+            else:
+                state = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
+                torch.save(state, local.with_name(name + ".pt"))
+            for file in sorted(pathlib.Path(staging).iterdir()):
+                put = functools.partial(folder.put, file.name, file.read_bytes())
+                retrying(put, f"{self.directory}/{file.name}")
+
+    def _delete(self, name: str) -> None:
+        if isinstance(self.directory, pathlib.Path):
+            (self.directory / name).unlink(missing_ok=True)
+        else:
+            from helios.trainer.checkpoint.store import StoreFolder
+
+            StoreFolder(self.directory).remove(name)
 
     def after_training(self) -> None:
         """Forget the model."""
