@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
 
 JOB_PATH = pathlib.Path(__file__).with_name("dist_job.py")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+# The tests that read the module's spawned job run on one xdist worker, so it runs once.
+SHARES_SPAWNED_RUN = pytest.mark.xdist_group("dist_spawn_spawned")
 TORCHRUN_ENV = {
     "LOCAL_RANK": "1",
     "RANK": "3",
@@ -130,6 +132,7 @@ def _children_exited(folder: pathlib.Path) -> bool:
     return not any(pathlib.Path(f"/proc/{pid}").exists() for pid in pids)
 
 
+@SHARES_SPAWNED_RUN
 def test_spawned_ranks_train_together_and_send_results_through_the_queue(
     spawned: tuple[pathlib.Path, str],
 ) -> None:
@@ -153,6 +156,7 @@ def test_spawned_ranks_train_together_and_send_results_through_the_queue(
     assert _children_exited(folder)
 
 
+@SHARES_SPAWNED_RUN
 def test_unlisted_exception_on_a_rank_is_shown_by_the_caller(
     spawned: tuple[pathlib.Path, str],
 ) -> None:
@@ -174,6 +178,7 @@ def test_unlisted_exception_on_a_rank_is_shown_by_the_caller(
     assert _children_exited(workdir / "unlisted")
 
 
+@SHARES_SPAWNED_RUN
 def test_listed_exception_on_a_rank_is_raised_by_the_caller(
     spawned: tuple[pathlib.Path, str],
 ) -> None:

@@ -29,6 +29,8 @@ JOB_PATH = pathlib.Path(__file__).with_name("dist_job.py")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 RANKS = (0, 1)
 BATCHES = 18  # per rank: 9 iterations of 2 batches
+# The tests that read the module's reference job run on one xdist worker, so it runs once.
+SHARES_REFERENCE = pytest.mark.xdist_group("dist_torchrun_reference")
 
 
 def _free_port() -> int:
@@ -123,6 +125,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return workdir
 
 
+@SHARES_REFERENCE
 def test_both_ranks_finish_with_identical_weights(reference: pathlib.Path) -> None:
     for fit in ("main", "early", "stop"):
         _assert_same_weights(_weights(reference, 0, fit), _weights(reference, 1, fit))
@@ -133,6 +136,7 @@ def test_both_ranks_finish_with_identical_weights(reference: pathlib.Path) -> No
     assert not torch.equal(_weights(reference, 0, "main")["0.weight"], initial)
 
 
+@SHARES_REFERENCE
 def test_model_plugin_and_trainer_see_the_distributed_run(reference: pathlib.Path) -> None:
     for rank in RANKS:
         result = _result(reference, rank, "main")
@@ -152,6 +156,7 @@ def test_model_plugin_and_trainer_see_the_distributed_run(reference: pathlib.Pat
         }
 
 
+@SHARES_REFERENCE
 def test_ranks_get_disjoint_shards_reshuffled_every_epoch(reference: pathlib.Path) -> None:
     per_rank = {rank: _records(reference, rank, "main") for rank in RANKS}
     orders = set()
@@ -165,6 +170,7 @@ def test_ranks_get_disjoint_shards_reshuffled_every_epoch(reference: pathlib.Pat
     assert len(orders) == 6
 
 
+@SHARES_REFERENCE
 def test_prepare_data_runs_on_local_rank_0_while_the_others_wait(reference: pathlib.Path) -> None:
     # Once per fit or test, on rank 0; the data module's setup raises if it ran before
     # prepare_data had finished.
@@ -172,6 +178,7 @@ def test_prepare_data_runs_on_local_rank_0_while_the_others_wait(reference: path
     assert [json.loads(line)["rank"] for line in lines] == ["0"] * 4
 
 
+@SHARES_REFERENCE
 def test_losses_are_averaged_across_ranks(reference: pathlib.Path) -> None:
     rank0, rank1 = (_records(reference, rank, "main") for rank in RANKS)
     for a, b in zip(rank0, rank1, strict=True):
@@ -181,6 +188,7 @@ def test_losses_are_averaged_across_ranks(reference: pathlib.Path) -> None:
         assert a["mean_loss"] == pytest.approx((a["local_loss"] + b["local_loss"]) / 2)
 
 
+@SHARES_REFERENCE
 def test_only_rank0_writes_logs_tensorboard_and_checkpoints(reference: pathlib.Path) -> None:
     logs = list((reference / "logs").iterdir())
     assert len(logs) == 1
@@ -201,6 +209,7 @@ def test_only_rank0_writes_logs_tensorboard_and_checkpoints(reference: pathlib.P
     assert len(checkpoints) == 9
 
 
+@SHARES_REFERENCE
 def test_checkpoints_hold_each_ranks_rng_and_sampler_position(reference: pathlib.Path) -> None:
     import helios.trainer as hlt
 
@@ -217,6 +226,7 @@ def test_checkpoints_hold_each_ranks_rng_and_sampler_position(reference: pathlib
     assert torch.equal(saved["rng"]["torch"], ranks[0]["rng"]["torch"])
 
 
+@SHARES_REFERENCE
 def test_early_stop_on_one_ranks_metric_stops_both(reference: pathlib.Path) -> None:
     # Rank 1's metric never improves: 2 cycles without improvement, i.e. after epoch 2.
     for rank in RANKS:
@@ -224,6 +234,7 @@ def test_early_stop_on_one_ranks_metric_stops_both(reference: pathlib.Path) -> N
         assert [r["epoch"] for r in _records(reference, rank, "early")] == [1] * 3 + [2] * 3
 
 
+@SHARES_REFERENCE
 def test_should_training_stop_on_one_rank_stops_both_at_the_same_step(
     reference: pathlib.Path,
 ) -> None:
@@ -232,6 +243,7 @@ def test_should_training_stop_on_one_rank_stops_both_at_the_same_step(
         assert [r["gi"] for r in _records(reference, rank, "stop")] == [1, 2, 3, 4, 5]
 
 
+@SHARES_REFERENCE
 def test_test_after_fit_shards_the_test_data_and_uses_the_checkpoint(
     reference: pathlib.Path,
 ) -> None:
@@ -285,6 +297,7 @@ def _batches_done(workdir: pathlib.Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@SHARES_REFERENCE
 def test_sigkill_of_the_whole_job_then_rerun_is_bit_identical(
     reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -371,6 +384,7 @@ def _assert_finished_like(reference: pathlib.Path, workdir: pathlib.Path) -> Non
         _assert_same_weights(_weights(workdir, rank, "main"), _weights(reference, rank, "main"))
 
 
+@SHARES_REFERENCE
 def test_sigterm_to_torchrun_saves_where_the_workers_are_and_the_rerun_is_exact(
     reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -389,6 +403,7 @@ def test_sigterm_to_torchrun_saves_where_the_workers_are_and_the_rerun_is_exact(
     _assert_finished_like(reference, tmp_path)
 
 
+@SHARES_REFERENCE
 def test_workers_of_a_killed_torchrun_agent_save_and_exit(
     reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -409,6 +424,7 @@ def test_workers_of_a_killed_torchrun_agent_save_and_exit(
     _assert_finished_like(reference, tmp_path)
 
 
+@SHARES_REFERENCE
 def test_max_restarts_brings_back_a_killed_rank_and_ends_bit_identical(
     reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:

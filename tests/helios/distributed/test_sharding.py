@@ -28,6 +28,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(JOB_PATH.parent))
 import shard_job  # noqa: E402
 
+# The tests that read one of the module's reference jobs run on one xdist worker, so each
+# reference runs once.
+SHARES_DROPOUT_REFERENCE = pytest.mark.xdist_group("sharding_dropout_reference")
+SHARES_PLAIN_REFERENCE = pytest.mark.xdist_group("sharding_plain_reference")
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -128,6 +133,7 @@ def plain_killed(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return workdir
 
 
+@SHARES_DROPOUT_REFERENCE
 def test_sharded_checkpoints_are_folders_of_every_ranks_shards(
     dropout_reference: pathlib.Path,
 ) -> None:
@@ -151,6 +157,7 @@ def test_sharded_checkpoints_are_folders_of_every_ranks_shards(
     _assert_identical(own, full)
 
 
+@SHARES_DROPOUT_REFERENCE
 def test_killed_sharded_run_resumes_bit_identical(
     dropout_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -173,6 +180,7 @@ def test_killed_sharded_run_resumes_bit_identical(
     assert kept == ["sharded_epoch_3_iter_10.dcp", "sharded_epoch_3_iter_9.dcp"]
 
 
+@SHARES_DROPOUT_REFERENCE
 def test_preempted_sharded_run_saves_where_it_stopped_and_resumes_bit_identical(
     dropout_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -194,6 +202,7 @@ def test_preempted_sharded_run_saves_where_it_stopped_and_resumes_bit_identical(
     _assert_identical(_weights(workdir), _weights(dropout_reference))
 
 
+@SHARES_DROPOUT_REFERENCE
 def test_crash_between_shards_and_commit_keeps_the_previous_checkpoint(
     dropout_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -213,6 +222,7 @@ def test_crash_between_shards_and_commit_keeps_the_previous_checkpoint(
     _assert_identical(_weights(workdir), _weights(dropout_reference))
 
 
+@SHARES_PLAIN_REFERENCE
 def test_truncated_newest_shard_falls_back_to_the_previous_checkpoint(
     plain_reference: pathlib.Path, plain_killed: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -230,6 +240,7 @@ def test_truncated_newest_shard_falls_back_to_the_previous_checkpoint(
     assert [r["iteration"] for r in resumed[-5:]] == [6, 7, 8, 9, 10]
 
 
+@SHARES_PLAIN_REFERENCE
 @pytest.mark.parametrize("processes", [1, 3])
 def test_checkpoint_of_two_processes_resumes_on_another_number(
     processes: int,
@@ -255,6 +266,7 @@ def test_checkpoint_of_two_processes_resumes_on_another_number(
     _assert_close(_weights(workdir), _weights(plain_reference))
 
 
+@SHARES_PLAIN_REFERENCE
 def test_testing_loads_the_newest_sharded_checkpoint(plain_reference: pathlib.Path) -> None:
     net = shard_job.Net()
     net.load_state_dict(_weights(plain_reference))
@@ -270,6 +282,7 @@ def test_testing_loads_the_newest_sharded_checkpoint(plain_reference: pathlib.Pa
     torch.testing.assert_close(torch.tensor([tested[i] for i in range(8)]), expected)
 
 
+@SHARES_PLAIN_REFERENCE
 def test_full_state_export_loads_into_the_unsharded_network(
     plain_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -298,6 +311,7 @@ def test_full_state_export_loads_into_the_unsharded_network(
     onnx.checker.check_model(str(tmp_path / "net.onnx"))
 
 
+@SHARES_PLAIN_REFERENCE
 @pytest.mark.parametrize("processes", [1, 2])
 def test_exported_checkpoint_resumes_sharded_or_not(
     processes: int,
@@ -321,6 +335,7 @@ def test_exported_checkpoint_resumes_sharded_or_not(
         _assert_close(_weights(workdir), _weights(plain_reference))
 
 
+@SHARES_PLAIN_REFERENCE
 def test_replicated_checkpoint_resumes_sharded(
     plain_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -397,6 +412,7 @@ def test_fp16_mixed_sharded_run_resumes_bit_identical(tmp_path: pathlib.Path) ->
     _assert_identical(_weights(workdir), _weights(reference))
 
 
+@SHARES_PLAIN_REFERENCE
 def test_async_saves_write_the_shards_synchronously_and_say_so(
     plain_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
