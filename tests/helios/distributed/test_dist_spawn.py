@@ -163,7 +163,7 @@ def test_unlisted_exception_on_a_rank_is_shown_by_the_caller(
     workdir, output = spawned
     summary = _summary(output, "unlisted")
     assert summary["returned"] is False and summary["queue"] is None
-    assert summary["seconds"] < 60
+    assert summary["seconds_after_failure"] < 60  # a hung collective waits 30 min
     # The calling process shows the rank's traceback and summary once on stderr (the rank
     # itself does not print it).
     traceback_line = "KeyError: 'planted failure on rank 1 at iteration 3'"
@@ -186,7 +186,7 @@ def test_listed_exception_on_a_rank_is_raised_by_the_caller(
     summary = _summary(output, "listed")
     assert summary["raised"] == "KeyError"
     assert summary["message"] == "'planted failure on rank 1 at iteration 3'"
-    assert summary["seconds"] < 60
+    assert summary["seconds_after_failure"] < 60  # a hung collective waits 30 min
     (note,) = summary["notes"]
     assert note.startswith("Raised on rank 1:\nTraceback (most recent call last):")
     assert "in train_step" in note

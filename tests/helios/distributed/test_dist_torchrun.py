@@ -338,12 +338,13 @@ def test_sigkill_of_the_whole_job_then_rerun_is_bit_identical(
 def test_exception_on_rank1_ends_the_job_quickly_with_its_traceback(
     tmp_path: pathlib.Path,
 ) -> None:
-    start = time.monotonic()
     proc = _run(tmp_path, "crash")
-    elapsed = time.monotonic() - start
+    ended = time.time()
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
-    assert elapsed < 45, output
+    # Timed from the failure, not from the start (slow on a loaded machine); a rank left
+    # waiting in a collective would hang for gloo's 30 minutes.
+    assert ended - float((tmp_path / "failed_main").read_text()) < 45, output
     assert "fit failed on rank 1 in " in output
     assert "RuntimeError: planted failure on rank 1 at iteration 3" in output
     assert 'dist_job.py", line' in output
