@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -459,21 +460,30 @@ def _ids_by_launch(workdir: pathlib.Path, epoch: int, ranks: int) -> dict[int, l
     return found
 
 
-@pytest.mark.parametrize("new_world_size", [1, 3])
-def test_a_checkpoint_resumes_on_another_number_of_processes(
-    new_world_size: int, tmp_path: pathlib.Path
-) -> None:
+@pytest.fixture(scope="module")
+def preempted(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A 2-process job stopped by SIGTERM after 4 batches of rank 0 (copied by each user)."""
+    workdir = tmp_path_factory.mktemp("preempted")
     launches: list[subprocess.Popen[bytes]] = []
-    _launch(tmp_path, launches)
-    _wait_for_batches(tmp_path, 4, launches[0])
+    _launch(workdir, launches)
+    _wait_for_batches(workdir, 4, launches[0])
     launches[0].send_signal(signal.SIGTERM)
     launches[0].wait(timeout=120)
+    return workdir
+
+
+@pytest.mark.xdist_group("dist_torchrun_preempted")
+@pytest.mark.parametrize("new_world_size", [1, 3])
+def test_a_checkpoint_resumes_on_another_number_of_processes(
+    new_world_size: int, preempted: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    workdir = shutil.copytree(preempted, tmp_path / "run")
     import helios.trainer as hlt
 
     hlt.register_trainer_types_for_safe_load()
     # Resume from a checkpoint inside an epoch (one is written every iteration): drop the
     # newer ones, wherever the signal happened to stop the job.
-    folder = tmp_path / "chkpt" / "dist"
+    folder = workdir / "chkpt" / "dist"
     inside = []
     for path in hlt.checkpoint.list_checkpoints(folder):
         saved = torch.load(path, weights_only=True)
@@ -489,12 +499,12 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
     done = saved["training_state"].global_iteration
     first_launch: dict[int, list[int]] = {}
     for rank in range(2):
-        for record in _records(tmp_path, rank, "main", keep_pid=True):
+        for record in _records(workdir, rank, "main", keep_pid=True):
             if record["epoch"] == epoch and record["gi"] <= done:
                 first_launch.setdefault(record["pid"], []).extend(record["ids"])
     before = [i for ids in first_launch.values() for i in ids]
 
-    command = _torchrun(tmp_path, "resume")
+    command = _torchrun(workdir, "resume")
     command[3] = f"--nproc_per_node={new_world_size}"
     resumed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
     output = resumed.stdout + resumed.stderr
@@ -504,7 +514,7 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
         assert "ranks [2] have no saved RNG states" in output
     after = [
         i
-        for pid, ids in _ids_by_launch(tmp_path, epoch, new_world_size).items()
+        for pid, ids in _ids_by_launch(workdir, epoch, new_world_size).items()
         if pid not in first_launch
         for i in ids
     ]

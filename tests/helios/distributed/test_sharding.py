@@ -353,18 +353,29 @@ def test_replicated_checkpoint_resumes_sharded(
     _assert_close(_weights(workdir), _weights(plain_reference))
 
 
-def test_network_built_on_the_meta_device_is_sharded_then_materialised(
+def test_meta_device_network_and_fp16_scaler_resume_bit_identical(
     tmp_path: pathlib.Path,
 ) -> None:
+    # One job (3 launches) for two things that must resume exactly: a network built on the
+    # meta device, sharded, then materialised; and fp16-mixed's gradient scaler (a checkpoint
+    # part of its own), which checks the sharded gradients for inf/NaN across the ranks and
+    # whose scale resumes with the shards.
+    options = ["--meta-init", "--precision", "fp16-mixed"]
     reference = tmp_path / "reference"
-    _run(reference, "--meta-init")
+    _run(reference, *options)
     workdir = tmp_path / "run"
-    _run(workdir, "--meta-init", "--kill-at", "7", expect_ok=False)
+    _run(workdir, *options, "--kill-at", "7", expect_ok=False)
+    newest = hlt.find_last_checkpoint(_folder(workdir))
+    assert newest is not None
+    hlt.register_trainer_types_for_safe_load()
+    scaler = io.read_sharded_contents(newest)["precision"]["scaler"]
+    assert scaler["scale"] < 2.0**16  # steps were skipped: the resume depends on the scale
 
-    _run(workdir, "--meta-init")
+    _run(workdir, *options)
 
     result = json.loads((workdir / "result.json").read_text())
     assert result["sharded"] == ["<root>", "blocks.0", "blocks.1", "blocks.2"]
+    assert result["forward_dtype"] == "torch.float16"
     _assert_identical(_weights(workdir), _weights(reference))
 
 
@@ -391,25 +402,6 @@ def test_bf16_mixed_computes_in_bf16_and_keeps_float32_weights(tmp_path: pathlib
     weights = _weights(tmp_path)
     assert {w.dtype for w in weights.values()} == {torch.float32}
     assert all(torch.isfinite(w).all() for w in weights.values())
-
-
-def test_fp16_mixed_sharded_run_resumes_bit_identical(tmp_path: pathlib.Path) -> None:
-    # The gradient scaler (a checkpoint part of its own) checks the sharded gradients for
-    # inf/NaN across the ranks, and its scale resumes with the shards.
-    reference = tmp_path / "reference"
-    _run(reference, "--precision", "fp16-mixed")
-    workdir = tmp_path / "run"
-    _run(workdir, "--precision", "fp16-mixed", "--kill-at", "7", expect_ok=False)
-    newest = hlt.find_last_checkpoint(_folder(workdir))
-    assert newest is not None
-    hlt.register_trainer_types_for_safe_load()
-    scaler = io.read_sharded_contents(newest)["precision"]["scaler"]
-    assert scaler["scale"] < 2.0**16  # steps were skipped: the resume depends on the scale
-
-    _run(workdir, "--precision", "fp16-mixed")
-
-    assert json.loads((workdir / "result.json").read_text())["forward_dtype"] == "torch.float16"
-    _assert_identical(_weights(workdir), _weights(reference))
 
 
 @SHARES_PLAIN_REFERENCE
