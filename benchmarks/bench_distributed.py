@@ -56,13 +56,37 @@ Usage (from the repository root)::
 
 ``--ddp-only`` runs just the two 2-process setups. It prints a markdown table. On a machine
 with fewer than 2 free cores the 2-process rows measure contention, not scaling.
+
+Two more modes (both need root for the simulated hosts, see ``tests/cluster/sim_hosts.py``,
+or valgrind):
+
+* ``--nodes 2``: the two DDP setups with their 2 processes on 2 simulated hosts (network
+  namespaces with their own addresses and hostnames, joined by a bridge), 1 process each,
+  started on every node by ``torchrun --nnodes=2 --rdzv-backend=c10d`` as in
+  ``docs/howto/cluster.md``; interleaved as above. The gradients then travel over a veth
+  pair and a bridge instead of the loopback device.
+* ``--callgrind``: instructions instead of time, on rank 0 only, which runs under
+  ``valgrind --tool=callgrind --instr-atstart=no`` and switches counting on
+  (``callgrind_control -i on``) where the timed loop starts and off where it ends. Every DDP
+  setup runs with ``--epochs`` and with twice as many; the difference is the cost of
+  ``--epochs`` epochs without any start-up or end cost, printed per sample with the ratio
+  helios / hand-written. Instructions do not count time spent waiting for the other rank
+  (which valgrind makes the faster one), so the figure is what rank 0 computes.
+  With ``--nodes 2`` the ranks run on the simulated hosts.
+
+Usage of those::
+
+    python benchmarks/bench_distributed.py --ddp-only --nodes 2 --repeats 6
+    python benchmarks/bench_distributed.py --callgrind --samples 1024 --epochs 1 --batch-size 32
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -72,6 +96,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -157,6 +182,7 @@ class Classifier(hlm.Model):
         self.net.train()
 
     def on_training_start(self) -> None:
+        count_instructions(True)
         self.started = time.perf_counter()
         self.cpu_started = time.process_time()
 
@@ -171,6 +197,20 @@ class Classifier(hlm.Model):
     def on_training_end(self) -> None:
         self.elapsed = time.perf_counter() - self.started
         self.cpu_seconds = time.process_time() - self.cpu_started
+        count_instructions(False)
+
+
+def count_instructions(on: bool) -> None:
+    """Switch callgrind's counting on or off in this process, if it runs under callgrind."""
+    if os.environ.get("BENCH_CALLGRIND") and os.environ.get("RANK", "0") == "0":
+        done = subprocess.run(
+            ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())],
+            capture_output=True,
+            text=True,
+        )
+        # callgrind_control exits with 0 even when it did not reach the process.
+        if done.returncode != 0 or "Error" in done.stdout + done.stderr:
+            raise RuntimeError(f"error: callgrind_control failed: {done.stdout}{done.stderr}")
 
 
 def run_worker(out: pathlib.Path, samples: int, epochs: int, batch_size: int) -> None:
@@ -191,6 +231,7 @@ def run_worker(out: pathlib.Path, samples: int, epochs: int, batch_size: int) ->
         else model.net
     )
     result = {
+        "rank": trainer.rank,
         "samples": model.samples,
         "seconds": model.elapsed,
         "cpu_seconds": model.cpu_seconds,
@@ -215,6 +256,7 @@ def run_plain_ddp_worker(out: pathlib.Path, samples: int, epochs: int, batch_siz
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     model.train()
     trained = 0
+    count_instructions(True)
     started, cpu_started = time.perf_counter(), time.process_time()
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
@@ -225,7 +267,9 @@ def run_plain_ddp_worker(out: pathlib.Path, samples: int, epochs: int, batch_siz
             optimizer.step()
             trained += len(labels)
     elapsed, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    count_instructions(False)
     result = {
+        "rank": rank,
         "samples": trained,
         "seconds": elapsed,
         "cpu_seconds": cpu_seconds,
@@ -267,48 +311,107 @@ class Measurement:
         throughput: samples per second (all ranks' samples over the slowest rank's loop time).
         cpu_per_sample: CPU seconds of all ranks' processes during their loops, per sample.
         weights: the digest of the final weights (the same on every rank).
+        instructions: the instructions of rank 0's loop (``--callgrind`` only).
+        rank0_samples: the samples rank 0 trained.
     """
 
     throughput: float
     cpu_per_sample: float
     weights: str
+    instructions: int = 0
+    rank0_samples: int = 0
 
 
-def _measure(setup: Setup, batch_size: int, args: argparse.Namespace) -> Measurement:
-    """Run one setup in fresh processes and collect its ranks' timings."""
+# Runs rank 0 under callgrind, with counting off until the worker switches it on.
+_CALLGRIND_WRAPPER = """#!/bin/sh
+if [ "$RANK" = 0 ]; then
+    exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$BENCH_CALLGRIND" "$@"
+fi
+exec "$@"
+"""
+
+
+def _run_job(
+    commands: dict[int | None, list[str]], env: dict[str, str], hosts: Any, name: str
+) -> None:
+    """Run a job's command(s): one here (key None), or one per simulated node (key = node)."""
+    if None in commands:
+        done = subprocess.run(commands[None], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"error: {name} failed ({done.returncode}):\n{done.stderr}")
+        return
+    with tempfile.TemporaryDirectory() as logs:
+        procs = {
+            node: hosts.popen(node, command, pathlib.Path(logs) / f"{node}.log", env=env)
+            for node, command in commands.items()
+        }
+        codes = {node: proc.wait() for node, proc in procs.items()}
+        if any(codes.values()):
+            text = "\n".join((pathlib.Path(logs) / f"{n}.log").read_text() for n in procs)
+            raise RuntimeError(f"error: {name} failed ({codes}):\n{text[-6000:]}")
+
+
+def _job_commands(
+    setup: Setup, worker: list[str], folder: str, hosts: Any, callgrind: str | None
+) -> dict[int | None, list[str]]:
+    launch = [sys.executable, "-m", "torch.distributed.run"]
+    if setup.processes == 1:
+        return {None: [sys.executable, *worker, "--out", folder]}
+    program = [*worker, "--out", folder]  # torchrun adds the interpreter
+    if callgrind is not None:
+        wrapper = pathlib.Path(folder) / "rank0_under_callgrind.sh"
+        wrapper.write_text(_CALLGRIND_WRAPPER)
+        wrapper.chmod(0o755)
+        launch.append("--no-python")
+        program = [str(wrapper), sys.executable, *program]
+    if hosts is None:
+        launch += [f"--nproc_per_node={setup.processes}", f"--master_port={_free_port()}"]
+        return {None: [*launch, *program]}
+    port = _free_port()
+    rendezvous = [
+        "--nnodes=2",
+        "--nproc-per-node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={hosts.hostname(0)}:{port}",
+        f"--rdzv-id=bench{port}",
+    ]
+    return {node: [*launch, *rendezvous, *program] for node in range(2)}
+
+
+def _measure(
+    setup: Setup,
+    batch_size: int,
+    args: argparse.Namespace,
+    hosts: Any = None,
+    epochs: int | None = None,
+) -> Measurement:
+    """Run one setup in fresh processes and collect its ranks' timings.
+
+    With ``args.callgrind``, rank 0 runs under callgrind and the measurement also holds the
+    instructions of its loop.
+    """
     worker = [
         __file__,
         "--plain-worker" if setup.plain else "--worker",
         "--samples",
         str(args.samples),
         "--epochs",
-        str(args.epochs),
+        str(epochs or args.epochs),
         "--batch-size",
         str(batch_size),
     ]
     threads = str(setup.threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    with tempfile.TemporaryDirectory() as folder:
-        if setup.processes == 1:
-            command = [sys.executable, *worker, "--out", folder]
-        else:
-            command = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                f"--nproc_per_node={setup.processes}",
-                f"--master_port={_free_port()}",
-                *worker,
-                "--out",
-                folder,
-            ]
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"error: the setup {setup.name!r} (batch {batch_size}) failed with exit code "
-                f"{done.returncode}:\n{done.stdout}\n{done.stderr}"
-            )
+    # A shared folder when the ranks are on simulated hosts (they all see it).
+    base = str(hosts.shared) if hosts is not None else None
+    with tempfile.TemporaryDirectory(dir=base) as folder:
+        callgrind = str(pathlib.Path(folder) / "callgrind.out") if args.callgrind else None
+        if callgrind is not None:
+            env["BENCH_CALLGRIND"] = callgrind
+        commands = _job_commands(setup, worker, folder, hosts, callgrind)
+        _run_job(commands, env, hosts, f"the setup {setup.name!r} (batch {batch_size})")
         results = [json.loads(p.read_text()) for p in pathlib.Path(folder).glob("rank*.json")]
+        instructions = _callgrind_total(pathlib.Path(callgrind)) if callgrind else 0
     assert len(results) == setup.processes
     digests = {r["weights"] for r in results}
     assert len(digests) == 1, f"the ranks of {setup.name!r} ended with different weights"
@@ -317,7 +420,18 @@ def _measure(setup: Setup, batch_size: int, args: argparse.Namespace) -> Measure
         throughput=samples / max(r["seconds"] for r in results),
         cpu_per_sample=sum(r["cpu_seconds"] for r in results) / samples,
         weights=digests.pop(),
+        instructions=instructions,
+        rank0_samples=next(r["samples"] for r in results if r.get("rank", 0) == 0),
     )
+
+
+def _callgrind_total(path: pathlib.Path) -> int:
+    """The instructions (Ir) callgrind counted in its output file."""
+    # "summary:" can stay 0 when counting starts switched off; "totals:" has the count.
+    for line in path.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"error: no totals in {path}")
 
 
 def main(argv: list[str]) -> int:
@@ -328,6 +442,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, nargs="+", default=[32, 128], help="per process")
     parser.add_argument("--repeats", type=int, default=5, help="runs per setup (best kept)")
     parser.add_argument("--ddp-only", action="store_true", help="only the 2-process setups")
+    parser.add_argument(
+        "--nodes", type=int, choices=[1, 2], default=1, help="hosts of the DDP setups"
+    )
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count rank 0's instructions instead"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=pathlib.Path, help=argparse.SUPPRESS)
@@ -339,7 +459,55 @@ def main(argv: list[str]) -> int:
         run_plain_ddp_worker(args.out, args.samples, args.epochs, args.batch_size[0])
         return 0
 
-    single = [] if args.ddp_only else SINGLE
+    with contextlib.ExitStack() as stack:
+        hosts = None
+        if args.nodes == 2:
+            hosts = stack.enter_context(_simulated_hosts())
+        if args.callgrind:
+            return _count_instructions(args, hosts)
+        return _time_setups(args, hosts)
+
+
+@contextlib.contextmanager
+def _simulated_hosts() -> Iterator[Any]:
+    """Two simulated hosts (the cluster tests' network namespaces), removed afterwards."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "tests" / "cluster" / "sim_hosts.py"
+    spec = importlib.util.spec_from_file_location("sim_hosts", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reason = module.available()
+    if reason is not None:
+        raise SystemExit(f"error: --nodes 2 {reason}")
+    with tempfile.TemporaryDirectory() as folder, module.SimHosts(2, pathlib.Path(folder)) as hosts:
+        yield hosts
+
+
+def _count_instructions(args: argparse.Namespace, hosts: Any) -> int:
+    """Instructions of rank 0's loop per sample, helios DDP against hand-written DDP."""
+    where = "2 simulated hosts, 1 process each" if hosts is not None else "1 host, 2 processes"
+    print(
+        f"callgrind, rank 0; {args.samples} samples, I({2 * args.epochs} epochs) - "
+        f"I({args.epochs} epochs); {where}\n"
+    )
+    print("| batch per process | setup | instructions per sample (rank 0) |")
+    print("|---:|---|---:|")
+    for batch_size in args.batch_size:
+        per_sample = {}
+        for setup in (HELIOS_DDP, PLAIN_DDP):
+            short = _measure(setup, batch_size, args, hosts, args.epochs)
+            long = _measure(setup, batch_size, args, hosts, 2 * args.epochs)
+            samples = long.rank0_samples - short.rank0_samples
+            per_sample[setup.name] = (long.instructions - short.instructions) / samples
+            print(f"| {batch_size} | {setup.name} | {per_sample[setup.name]:,.0f} |")
+        ratio = per_sample[HELIOS_DDP.name] / per_sample[PLAIN_DDP.name]
+        print(f"\nbatch {batch_size}: helios DDP / hand-written DDP instructions: {ratio:.4f}\n")
+    return 0
+
+
+def _time_setups(args: argparse.Namespace, hosts: Any) -> int:
+    """The timed table (see the module docstring)."""
+    single = [] if args.ddp_only or hosts is not None else SINGLE
     setups = [*single, HELIOS_DDP, PLAIN_DDP]
     runs: dict[tuple[int, str], list[Measurement]] = {}
     for repeat in range(args.repeats):
@@ -347,7 +515,7 @@ def main(argv: list[str]) -> int:
             # The two DDP setups run back to back, in alternating order.
             ddp = [HELIOS_DDP, PLAIN_DDP] if repeat % 2 == 0 else [PLAIN_DDP, HELIOS_DDP]
             for setup in [*single, *ddp]:
-                measurement = _measure(setup, batch_size, args)
+                measurement = _measure(setup, batch_size, args, hosts)
                 runs.setdefault((batch_size, setup.name), []).append(measurement)
 
     def best(batch_size: int, setup: Setup) -> float:
@@ -356,9 +524,10 @@ def main(argv: list[str]) -> int:
     def least_cpu(batch_size: int, setup: Setup) -> float:
         return min(m.cpu_per_sample for m in runs[(batch_size, setup.name)])
 
+    where = "; DDP on 2 simulated hosts, 1 process each" if hosts is not None else ""
     print(
         f"{args.samples} samples x {args.epochs} epochs, best of {args.repeats}, "
-        f"{os.cpu_count()} CPU(s)\n"
+        f"{os.cpu_count()} CPU(s){where}\n"
     )
     print(
         "| batch per process | setup | samples/s | vs 1 process, 1 thread "

@@ -84,6 +84,7 @@ _EXTERNAL = (
     "print",
     "warnings",
     "pickle",
+    "_pickle",
     "signal",
     "socket",
     "subprocess",

@@ -210,9 +210,13 @@ class ClassifierModel(hlm.Model):
             )
 
     def on_training_epoch_end(self, current_epoch: int) -> None:
-        """Keep the last loss of the epoch (it goes into the checkpoint)."""
+        """Keep the loss of the epoch's last batch (it goes into the checkpoint).
+
+        Its name says what it is: the trainer's validation line, printed before this hook
+        runs, shows the metrics table as it is then (this entry from the previous epoch).
+        """
         if "loss" in self._loss_items:
-            self.metrics["loss"] = self._loss_items["loss"].item()
+            self.metrics["last_batch_loss"] = self._loss_items["loss"].item()
 
     def on_training_end(self) -> None:
         """Log the hyper-parameters with the final accuracy and loss."""

@@ -19,6 +19,9 @@ HEAVY = [
     "skimage",
     "mlflow",
     "wandb",
+    "jsonargparse",
+    "yaml",
+    "datasets",
 ]
 
 
@@ -28,6 +31,7 @@ HEAVY = [
         ["helios.core", "helios.data", "helios.model", "helios.optim"],
         ["helios.trainer", "helios.plugins", "helios.losses", "helios.metrics", "helios.nn"],
         ["helios.loggers"],
+        ["helios", "helios.cli"],
     ],
 )
 def test_import_does_not_load_heavy_dependencies(packages: list[str]) -> None:

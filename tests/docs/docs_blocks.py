@@ -10,8 +10,11 @@ anywhere else on the page, ``% test: slow`` marks the page:
 * ``% test: needs gpu`` - runs only where CUDA is available.
 * ``% test: needs 2 gpus`` - runs only where at least 2 CUDA devices are.
 * ``% test: needs torchvision`` - runs only where torchvision imports.
-* ``% test: write NAME`` - the block is a script: it is written to the file ``NAME`` in the
-  page's working directory (for a later block to run), not executed in the page.
+* ``% test: write NAME`` - the block (Python, or a YAML/JSON config, ...) is written to the
+  file ``NAME`` in the page's working directory (for a later block to use), not executed.
+* ``% test: run`` - on a ``bash``/``console``/``shell`` block: its commands run with
+  ``bash -e`` in the page's working directory (the ``helios`` command of the running
+  Python first on ``PATH``); a command that fails fails the page.
 * ``% test: slow`` (anywhere) - the page's test is marked ``slow``.
 
 Any other ``% test:`` line is an error, so a typo cannot silently skip a block.
@@ -29,6 +32,7 @@ _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})\s*(?P<info>.*)$")
 _MARKER = re.compile(r"^%\s*test:\s*(?P<what>.*?)\s*$")
 _NEEDS = re.compile(r"^needs (?:(?P<count>\d+) gpus|(?P<what>gpu|torchvision))$")
 _WRITE = re.compile(r"^write (?P<name>[\w.-]+)$")
+_SHELLS = ("bash", "console", "shell", "sh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Block:
             ``None`` when it runs anywhere.
         write_to: the file name the block is written to, for a script that a later block
             runs; ``None`` for a block that runs in the page.
+        shell: the block holds shell commands to run (``% test: run``), not Python.
     """
 
     page: str
@@ -50,6 +55,7 @@ class Block:
     code: str
     needs: str | None = None
     write_to: str | None = None
+    shell: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +96,7 @@ def parse_page(text: str, name: str) -> Page:
     slow = False
     pending: str | None = None
     write_to: str | None = None
+    run = False
     containers: list[str] = []  # open fences of directives that hold other blocks ({note})
     index = 0
     while index < len(lines):
@@ -108,11 +115,13 @@ def parse_page(text: str, name: str) -> Page:
                 pending = what.removeprefix("needs ")
             elif written := _WRITE.match(what):
                 write_to = written.group("name")
+            elif what == "run":
+                run = True
             else:
                 raise ValueError(
                     f"{name}:{index + 1}: unknown marker {line!r}; expected '% test: slow', "
-                    "'% test: needs gpu', '% test: needs N gpus', '% test: needs torchvision' "
-                    "or '% test: write FILE'"
+                    "'% test: needs gpu', '% test: needs N gpus', '% test: needs torchvision', "
+                    "'% test: write FILE' or '% test: run'"
                 )
             index += 1
             continue
@@ -132,23 +141,31 @@ def parse_page(text: str, name: str) -> Page:
             if end == len(lines):
                 raise ValueError(f"{name}:{index + 1}: the code fence {opening} is never closed")
             body = lines[start:end]
-            if _is_python(fence.group("info")):
-                # directive options (":caption: ...") are not code
-                skip = 0
-                while skip < len(body) and body[skip].startswith(":"):
-                    skip += 1
-                code = "\n".join(body[skip:]) + "\n"
-                blocks.append(Block(name, start + skip + 1, code, pending, write_to))
-            elif pending is not None or write_to is not None:
+            # directive options (":caption: ...") are not code
+            skip = 0
+            while skip < len(body) and body[skip].startswith(":"):
+                skip += 1
+            code = "\n".join(body[skip:]) + "\n"
+            language = fence.group("info").replace("{code-block}", "").split()
+            if run and not (language and language[0] in _SHELLS):
+                raise ValueError(
+                    f"{name}:{index + 1}: '% test: run' is on a block that is not a shell "
+                    f"block ({', '.join(_SHELLS)})"
+                )
+            if _is_python(fence.group("info")) or write_to is not None or run:
+                blocks.append(Block(name, start + skip + 1, code, pending, write_to, run))
+            elif pending is not None:
                 raise ValueError(
                     f"{name}:{index + 1}: a '% test:' marker is on a block that is not "
                     "Python; only Python blocks are run"
                 )
             pending = write_to = None
+            run = False
             index = end + 1
             continue
         if line.strip():
             pending = write_to = None  # a marker applies only to the block right after it
+            run = False
         index += 1
     return Page(name, tuple(blocks), slow)
 

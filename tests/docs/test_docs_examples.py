@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 import pathlib
 import re
+import subprocess
+import sys
 import types
 from collections.abc import Iterator
 
@@ -103,9 +106,27 @@ def test_page_blocks_run_in_order(page: blocks.Page) -> None:
         if block.write_to is not None:
             pathlib.Path(block.write_to).write_text(block.code)
             continue
+        if block.shell:
+            _run_shell(block)
+            continue
         # Blank lines in front keep the page's line numbers in tracebacks.
         code = compile("\n" * (block.line - 1) + block.code, docs_path, "exec")
         exec(code, namespace)
+
+
+def _run_shell(block: blocks.Block) -> None:
+    """Run a shell block's commands; the ``helios`` of this Python comes first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", block.code],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if result.returncode != 0:
+        pytest.fail(
+            f"{block.page}:{block.line}: the shell block failed (exit {result.returncode})\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
 
 
 @pytest.mark.parametrize(("block", "reason"), _left_out_params())
@@ -131,7 +152,11 @@ def test_markers_are_parsed_and_a_typo_is_an_error() -> None:
         "````{note}\n```python\nz = 2\n```\n````\n\n"
         "```{code-block} python\n:caption: options are not code\nw = 3\n```\n\n"
         "% test: write job.py\n"
-        "```python\nprint('a script')\n```\n"
+        "```python\nprint('a script')\n```\n\n"
+        "% test: write run.yaml\n"
+        "```yaml\ntrainer: {}\n```\n\n"
+        "% test: run\n"
+        "```bash\nhelios --version\n```\n"
     )
     page = blocks.parse_page(text, "t.md")
     assert page.slow
@@ -141,11 +166,16 @@ def test_markers_are_parsed_and_a_typo_is_an_error() -> None:
         (18, "z = 2\n", None, None),
         (24, "w = 3\n", None, None),
         (29, "print('a script')\n", None, "job.py"),
+        (34, "trainer: {}\n", None, "run.yaml"),
+        (39, "helios --version\n", None, None),
     ]
+    assert page.blocks[-1].shell and not page.blocks[-2].shell
     with pytest.raises(ValueError, match=r"t\.md:1: unknown marker '% test: need gpu'"):
         blocks.parse_page("% test: need gpu\n```python\nx\n```\n", "t.md")
     with pytest.raises(ValueError, match="not Python"):
         blocks.parse_page("% test: needs gpu\n```bash\nnvidia-smi\n```\n", "t.md")
+    with pytest.raises(ValueError, match="not a shell block"):
+        blocks.parse_page("% test: run\n```python\nx = 1\n```\n", "t.md")
     with pytest.raises(ValueError, match="never closed"):
         blocks.parse_page("```python\nx = 1\n", "t.md")
 

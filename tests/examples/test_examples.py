@@ -77,6 +77,16 @@ def test_digits_main_job_trains_logs_checkpoints_and_resumes(tmp_path: pathlib.P
     assert [p.name for p in (root / "logs").iterdir()] == [log_file.name]
     assert "[Validation 1] accuracy:" in log_file.read_text()
     assert list((root / "runs").iterdir()) == [run_dir]
+    # The trainer's line numbers the cycle as the model's own line does, and says what each
+    # number is: the metrics table (the epoch's last batch loss is named so), then the mean
+    # training loss over the epoch's batches.
+    line = re.search(r"^Validation 1 \(epoch 2, iteration 178\): .*$", output, re.MULTILINE)
+    assert line is not None, output
+    assert re.fullmatch(
+        r"Validation 1 \(epoch 2, iteration 178\): metrics accuracy [0-9.]+, "
+        r"last_batch_loss [-+.e0-9]+ \| train loss [-+.e0-9]+ \(mean of 89 batches\)",
+        line.group(0),
+    ), line.group(0)
 
 
 def test_digits_rejects_a_non_positive_epoch_count(tmp_path: pathlib.Path) -> None:

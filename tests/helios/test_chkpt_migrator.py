@@ -85,7 +85,7 @@ def write_helios_127_checkpoint(
 
 def to_helios_127_layout(ours: dict[str, Any]) -> dict[str, Any]:
     """The same run position in the 1.2.7 layout: no per-rank entries, 1.2.7 RNG keys."""
-    contents = {k: v for k, v in ours.items() if k != "ranks"}
+    contents = {k: v for k, v in ours.items() if k not in ("ranks", "environment")}
     contents["version"] = "1.2.7"
     contents["rng"] = {k: ours["rng"][k] for k in ("torch", "rand", "numpy")}
     return contents

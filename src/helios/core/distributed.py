@@ -7,6 +7,7 @@ prints happen, barriers, means and broadcasts are identities.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 from collections.abc import Sequence
@@ -32,6 +33,37 @@ _TORCHRUN_ENV_VARS = (
 )
 _DEFAULT_MASTER_PORT = 12355
 
+TIMEOUT_ENV_VAR = "HELIOS_DIST_TIMEOUT"
+"""The environment variable that sets the process-group timeout, in seconds.
+
+Read by :py:func:`init_dist` when it is given no ``timeout``: every collective and every
+key-value store request of the group then fails after that long instead of torch's default
+(30 minutes on gloo, 10 on NCCL), so that a rank whose peer is cut off (a network partition,
+a frozen machine) fails with an error in bounded time instead of waiting. Added in
+Helios 1.3.0.
+"""
+
+
+def timeout_from_environment() -> datetime.timedelta | None:
+    """Return the process-group timeout set by ``HELIOS_DIST_TIMEOUT``, or None if unset.
+
+    Returns:
+        The timeout, or None when the variable is unset or empty (torch's default applies).
+
+    Raises:
+        ValueError: if the variable is not a positive, finite number of seconds.
+    """
+    value = os.environ.get(TIMEOUT_ENV_VAR, "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{TIMEOUT_ENV_VAR} must be a positive number of seconds, got {value!r}")
+    return datetime.timedelta(seconds=seconds)
+
 
 def is_using_torchrun() -> bool:
     """Return true if the process was launched by ``torchrun``.
@@ -48,6 +80,7 @@ def init_dist(
     world_size: int | None = None,
     master_port: int | None = None,
     device: torch.device | None = None,
+    timeout: datetime.timedelta | None = None,
 ) -> None:
     """Initialise the default process group.
 
@@ -59,23 +92,33 @@ def init_dist(
     which becomes the current CUDA device; it defaults to ``cuda:<rank>``, and to
     ``cuda:<LOCAL_RANK>`` when initialising from the environment.
 
+    ``timeout`` bounds every collective and store request of the group: a rank waiting for
+    a peer that is gone or cut off fails with an error after that long. Without it, the
+    ``HELIOS_DIST_TIMEOUT`` environment variable (seconds) applies, else torch's default.
+
     Args:
         backend: the :py:mod:`torch.distributed` backend (``"nccl"`` or ``"gloo"``).
         rank: the rank of this process.
         world_size: the number of processes.
         master_port: the port of the rendezvous on ``localhost``.
         device: the CUDA device of this process (``"nccl"`` only; ignored otherwise).
+        timeout: the process-group timeout (added in Helios 1.3.0).
 
     Raises:
         ValueError: if only one of ``rank`` and ``world_size`` is given, if ``rank`` is
-            not in ``[0, world_size)``, or if ``master_port`` is not a valid port.
+            not in ``[0, world_size)``, if ``master_port`` is not a valid port, or if
+            ``timeout`` (or ``HELIOS_DIST_TIMEOUT``) is not a positive duration.
     """
+    if timeout is None:
+        timeout = timeout_from_environment()
+    elif timeout <= datetime.timedelta(0):
+        raise ValueError(f"timeout must be a positive duration, got timeout={timeout}")
     if rank is None and world_size is None:
         env_device = None
         if backend == "nccl":
             env_device = device or torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(env_device)
-        _init_from_environment(backend, env_device)
+        _init_from_environment(backend, env_device, timeout)
         return
     if rank is None or world_size is None:
         raise ValueError(
@@ -104,10 +147,18 @@ def init_dist(
     if backend == "nccl":
         device_id = device or torch.device("cuda", rank)
         torch.cuda.set_device(device_id)
-    dist.init_process_group(backend, rank=rank, world_size=world_size, device_id=device_id)
+    dist.init_process_group(
+        backend, rank=rank, world_size=world_size, device_id=device_id, **_timeout_kwarg(timeout)
+    )
 
 
-def _init_from_environment(backend: str, device: torch.device | None) -> None:
+def _timeout_kwarg(timeout: datetime.timedelta | None) -> dict[str, Any]:
+    return {} if timeout is None else {"timeout": timeout}
+
+
+def _init_from_environment(
+    backend: str, device: torch.device | None, timeout: datetime.timedelta | None = None
+) -> None:
     """Join the process group that ``torchrun`` (or the environment) describes.
 
     Under ``torchrun``, the workers of every restart meet in the same key-value store, the
@@ -115,15 +166,25 @@ def _init_from_environment(backend: str, device: torch.device | None) -> None:
     every attempt, so a restarted worker can read the address a dead worker of the previous
     attempt published and fail with "Connection refused" (or wait on it). The keys of each
     attempt therefore get a prefix of their own, from ``TORCHELASTIC_RESTART_COUNT``.
+
+    Without the agent's store (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, which a job needs
+    for a replacement node to join a restart) every round of the rendezvous gets a new store
+    on a new port, so there are no keys of an earlier attempt; the prefix is then left out,
+    as the restart counts of the nodes differ (a replacement node starts at 0).
     """
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if restart is None:
-        dist.init_process_group(backend, device_id=device)
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "False":
+        dist.init_process_group(backend, device_id=device, **_timeout_kwarg(timeout))
         return
-    store, rank, world_size = next(dist.rendezvous("env://"))
+    store, rank, world_size = next(dist.rendezvous("env://", **_timeout_kwarg(timeout)))
     store = dist.PrefixStore(f"helios/attempt_{restart}", store)
     dist.init_process_group(
-        backend, store=store, rank=rank, world_size=world_size, device_id=device
+        backend,
+        store=store,
+        rank=rank,
+        world_size=world_size,
+        device_id=device,
+        **_timeout_kwarg(timeout),
     )
 
 

@@ -101,12 +101,35 @@ class RunPlacement:
 
     @property
     def rank(self) -> int:
-        """The local rank (device index) of the current process; 0 when not distributed."""
+        """The local rank (device index) of the current process; 0 when not distributed.
+
+        As in Helios 1.2.7 this is the rank *on this node*: in a job over several nodes,
+        one process per node sees 0. Use :py:attr:`global_rank` for "once in the job" and
+        :py:attr:`local_rank` where the name should say which.
+        """
         return self._rank
 
     @rank.setter
     def rank(self, r: int) -> None:
         self._rank = r
+
+    @property
+    def local_rank(self) -> int:
+        """The rank of this process on its node, its device index (the same as ``rank``).
+
+        Added in Helios 1.3.0.
+        """
+        return self._rank
+
+    @property
+    def global_rank(self) -> int:
+        """The rank of this process among all processes of the job, over every node.
+
+        0 when not distributed, and before the trainer has been set. Added in Helios 1.3.0.
+        """
+        if self._trainer is None or not self._is_distributed:
+            return 0
+        return self._trainer.rank
 
     @property
     def trainer(self) -> RunTrainer:

@@ -54,8 +54,10 @@ class TrainingState:
         dataset_iter: batches of the current epoch already consumed (0 between epochs).
         early_stop_count: consecutive validation cycles without improvement.
         average_iter_time: moving average of the time per batch, in seconds.
-        running_iter: iterations since the last validation cycle (divisor for running
-            averages of the losses).
+        running_iter: iterations since the last validation cycle. The running sums of the
+            losses add one term per batch, so their mean is the sum divided by
+            ``running_iter * accumulation_steps`` in the ITERATION unit (by
+            ``running_iter`` in the EPOCH unit, where every batch is an iteration).
     """
 
     current_iteration: int = 0

@@ -6,7 +6,6 @@ import abc
 import copy
 import dataclasses
 import enum
-import hashlib
 import inspect
 import typing
 from collections.abc import Callable, Sized
@@ -24,6 +23,8 @@ from .samplers import (
     ResumableSamplerType,
     ResumableSequentialSampler,
 )
+from .seeding import sample_seed
+from .streams import STREAM_RESUME_CHOICES, ResumableStream
 
 if typing.TYPE_CHECKING:
     from helios.core.placement import RunTrainer
@@ -111,21 +112,6 @@ def _seed_worker(worker_id: int) -> None:
     rng.seed_rngs(torch.initial_seed() % 2**32, skip_torch=True)
 
 
-def sample_seed(seed: int, epoch: int, index: object) -> int:
-    """Return the seed of the random streams of one sample in one epoch.
-
-    Args:
-        seed: the loader's base seed.
-        epoch: the epoch (as the sampler counts it, from 0).
-        index: the sample's index in the dataset.
-
-    Returns:
-        A 63-bit seed that depends only on the three values.
-    """
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 class _SeededSamples(tud.Dataset):
     """Loads every sample in a worker process with random streams of its own.
 
@@ -202,14 +188,39 @@ def _check_loader_args(
 
 
 def _check_dataset(dataset: object) -> None:
+    if isinstance(dataset, tud.IterableDataset):
+        return
     if not isinstance(dataset, Sized):
         raise TypeError(
-            "expected dataset to be a map-style dataset with a length, but "
-            f"received {type(dataset).__name__}"
+            "expected dataset to be a map-style dataset with a length or a "
+            f"torch.utils.data.IterableDataset, but received {type(dataset).__name__}"
         )
     if len(dataset) == 0:
         raise ValueError(
             f"expected dataset to be non-empty, but {type(dataset).__name__} has length 0"
+        )
+
+
+def _check_stream_args(
+    dataset: object, shuffle: bool, sampler: object, stream_resume: object
+) -> None:
+    if stream_resume not in STREAM_RESUME_CHOICES:
+        raise ValueError(
+            f"expected stream_resume to be one of {list(STREAM_RESUME_CHOICES)}, but "
+            f"received {stream_resume!r}"
+        )
+    if not isinstance(dataset, tud.IterableDataset):
+        return
+    if shuffle:
+        raise ValueError(
+            f"shuffle=True cannot shuffle {type(dataset).__name__}, an IterableDataset: a "
+            "stream yields its samples in its own order. Shuffle inside the stream (its "
+            "shard order by epoch, a shuffle buffer) and pass shuffle=False"
+        )
+    if sampler is not None:
+        raise ValueError(
+            f"a sampler cannot draw from {type(dataset).__name__}, an IterableDataset: a "
+            "stream has no indices. Pass sampler=None"
         )
 
 
@@ -225,8 +236,14 @@ def create_dataloader(
     is_distributed: bool = False,
     sampler: ResumableSamplerType | None = None,
     collate_fn: Callable | None = None,
-) -> tuple[tud.DataLoader, ResumableSamplerType]:
+    stream_resume: str = "restart",
+) -> tuple[tud.DataLoader, ResumableSamplerType | ResumableStream]:
     """Create a data loader and the resumable sampler that drives it.
+
+    An iterable dataset (a stream) gets a :py:class:`~helios.data.stream_loader.StreamLoader`
+    and the :py:class:`~helios.data.streams.ResumableStream` that drives it instead: see
+    :py:mod:`helios.data.streams` for how it is split among ranks (``is_distributed``) and
+    workers, resumed and seeded.
 
     Without a ``sampler``, one is chosen: :py:class:`ResumableDistributedSampler` when
     ``is_distributed`` (shuffled if ``shuffle``), else :py:class:`ResumableRandomSampler`
@@ -264,18 +281,30 @@ def create_dataloader(
         is_distributed: shard the data among the ranks of the process group.
         sampler: a resumable sampler to use instead of the default choice.
         collate_fn: the function that merges samples into a batch.
+        stream_resume: for a stream without ``state_dict()``, what a run resumed inside
+            an epoch does: ``"restart"`` the epoch's stream or ``"skip"`` the samples read
+            before (see :py:mod:`helios.data.streams`).
 
     Returns:
-        The data loader and its sampler.
+        The data loader and its sampler (or its stream).
 
     Raises:
-        TypeError: if ``dataset`` has no length, ``sampler`` is not a resumable sampler,
-            ``collate_fn`` is not callable, or an integer argument is not an int.
-        ValueError: if ``dataset`` is empty, ``batch_size`` < 1, ``num_workers`` < 0 or
-            ``sampler.batch_size`` differs from ``batch_size``.
+        TypeError: if ``dataset`` is neither map-style with a length nor iterable,
+            ``sampler`` is not a resumable sampler, ``collate_fn`` is not callable, or an
+            integer argument is not an int.
+        ValueError: if ``dataset`` is empty, ``batch_size`` < 1, ``num_workers`` < 0,
+            ``sampler.batch_size`` differs from ``batch_size``, ``stream_resume`` is not a
+            choice, or a stream gets ``shuffle=True`` or a sampler.
     """
     _check_dataset(dataset)
     _check_loader_args(random_seed, batch_size, num_workers, sampler, collate_fn)
+    _check_stream_args(dataset, shuffle, sampler, stream_resume)
+    num_workers = 0 if debug_mode else num_workers
+    if isinstance(dataset, tud.IterableDataset):
+        return _create_stream_loader(
+            dataset, random_seed, batch_size, num_workers, pin_memory, drop_last,
+            is_distributed, collate_fn, stream_resume,
+        )  # fmt: skip
 
     if sampler is None:
         if is_distributed:
@@ -295,7 +324,6 @@ def create_dataloader(
 
     generator = torch.Generator()
     sampler.attach_generator(generator, seed=random_seed)
-    num_workers = 0 if debug_mode else num_workers
     loader = tud.DataLoader(
         _SeededSamples(dataset, sampler, random_seed) if num_workers else dataset,
         batch_size=batch_size,
@@ -308,6 +336,43 @@ def create_dataloader(
         generator=generator,
     )
     return loader, sampler
+
+
+def _create_stream_loader(
+    dataset: tud.IterableDataset,
+    random_seed: int,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool,
+    drop_last: bool,
+    is_distributed: bool,
+    collate_fn: Callable | None,
+    stream_resume: str,
+) -> tuple[tud.DataLoader, ResumableStream]:
+    """The loader of a stream and the stream that drives it (see create_dataloader)."""
+    from .stream_loader import StreamLoader
+
+    rank, world_size = 0, 1
+    if is_distributed:
+        if not torch.distributed.is_initialized():
+            raise RuntimeError(
+                "is_distributed=True splits the stream among the ranks of the process "
+                "group, but no process group is initialised"
+            )
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    stream = ResumableStream(dataset, random_seed, batch_size, rank, world_size, stream_resume)
+    generator = torch.Generator()
+    stream.attach_generator(generator)
+    loader = StreamLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        drop_last=drop_last,
+        collate_fn=collate_fn,
+        generator=generator,
+    )
+    return loader, stream
 
 
 @dataclasses.dataclass
@@ -327,6 +392,9 @@ class DataLoaderParams:
         is_distributed: shard the data among ranks; ``None`` follows the data module.
         sampler: a resumable sampler to use instead of the default choice.
         collate_fn: the function that merges samples into a batch.
+        stream_resume: for a stream without ``state_dict()``, what a run resumed inside
+            an epoch does: ``"restart"`` the epoch's stream or ``"skip"`` the samples read
+            before (see :py:mod:`helios.data.streams`).
     """
 
     random_seed: int = _DEFAULT_SEED
@@ -339,6 +407,7 @@ class DataLoaderParams:
     is_distributed: bool | None = None
     sampler: ResumableSamplerType | None = None
     collate_fn: Callable | None = None
+    stream_resume: str = "restart"
 
     def to_dict(self) -> dict[str, Any]:
         """Return a shallow ``{field: value}`` table.
@@ -415,6 +484,24 @@ class DataModule(abc.ABC):
         self._valid_dataset: Dataset | None = None
         self._test_dataset: Dataset | None = None
         self._trainer: RunTrainer | None = None
+        self._run_seed: int | None = None
+
+    @property
+    def run_seed(self) -> int | None:
+        """The run's seed, for the loaders whose ``random_seed`` is left at its default.
+
+        The trainer sets it to its ``random_seed`` (:py:class:`helios.trainer.Trainer`), so
+        that the seed of a run also changes the order the loaders shuffle in: a split whose
+        :py:class:`DataLoaderParams` keep the default ``random_seed`` (6691) is shuffled by
+        the run's seed, a split with a seed of its own keeps it. With the default run seed
+        (6691) nothing changes. ``None`` (a checkpoint written before this rule, resumed
+        with the order it had): every split uses its ``DataLoaderParams`` seed.
+        """
+        return getattr(self, "_run_seed", None)
+
+    @run_seed.setter
+    def run_seed(self, seed: int | None) -> None:
+        self._run_seed = seed
 
     @property
     def is_distributed(self) -> bool:
@@ -464,7 +551,9 @@ class DataModule(abc.ABC):
     def setup(self) -> None:
         """Create the datasets with :py:meth:`_create_dataset`."""
 
-    def train_dataloader(self) -> tuple[tud.DataLoader, ResumableSamplerType] | None:
+    def train_dataloader(
+        self,
+    ) -> tuple[tud.DataLoader, ResumableSamplerType | ResumableStream] | None:
         """Build the training loader and its sampler.
 
         Returns:
@@ -474,7 +563,9 @@ class DataModule(abc.ABC):
             return None
         return self._create_dataloader(self._train_dataset)
 
-    def valid_dataloader(self) -> tuple[tud.DataLoader, ResumableSamplerType] | None:
+    def valid_dataloader(
+        self,
+    ) -> tuple[tud.DataLoader, ResumableSamplerType | ResumableStream] | None:
         """Build the validation loader and its sampler.
 
         Returns:
@@ -484,7 +575,9 @@ class DataModule(abc.ABC):
             return None
         return self._create_dataloader(self._valid_dataset)
 
-    def test_dataloader(self) -> tuple[tud.DataLoader, ResumableSamplerType] | None:
+    def test_dataloader(
+        self,
+    ) -> tuple[tud.DataLoader, ResumableSamplerType | ResumableStream] | None:
         """Build the testing loader and its sampler.
 
         Returns:
@@ -538,12 +631,16 @@ class DataModule(abc.ABC):
             params.sampler,
             params.collate_fn,
         )
+        _check_stream_args(dataset, params.shuffle, params.sampler, params.stream_resume)
         return Dataset(dataset, params)
 
-    def _create_dataloader(self, dataset: Dataset) -> tuple[tud.DataLoader, ResumableSamplerType]:
+    def _create_dataloader(
+        self, dataset: Dataset
+    ) -> tuple[tud.DataLoader, ResumableSamplerType | ResumableStream]:
         """Build a new loader and sampler for a dataset.
 
-        A split whose ``is_distributed`` is ``None`` follows :py:attr:`is_distributed`.
+        A split whose ``is_distributed`` is ``None`` follows :py:attr:`is_distributed`; a
+        split whose ``random_seed`` is the default takes :py:attr:`run_seed` when it is set.
 
         Args:
             dataset: the dataset with its settings.
@@ -554,6 +651,8 @@ class DataModule(abc.ABC):
         kwargs = dataset.dict()
         if kwargs["is_distributed"] is None:
             kwargs["is_distributed"] = self._is_distributed
+        if kwargs["random_seed"] == _DEFAULT_SEED and self.run_seed is not None:
+            kwargs["random_seed"] = self.run_seed
         return create_dataloader(**kwargs)
 
 

@@ -287,6 +287,89 @@ class ResumableSequentialSampler(ResumableSampler):
 
 
 @SAMPLER_REGISTRY.register
+class ResumableReplacementSampler(ResumableSampler):
+    """Draw ``num_samples`` indices per epoch uniformly, with replacement (minGPT's sampling).
+
+    minGPT trains on ``RandomSampler(dataset, replacement=True, num_samples=int(1e10))``: an
+    endless run of random indices, where each one may come up any number of times. Here the
+    draws come in blocks of :py:attr:`BLOCK` indices, block ``b`` of epoch ``e`` drawn by a
+    generator seeded from ``(seed, e, rank, b)`` (:py:func:`helios.data.seeding.sample_seed`),
+    so a resume at any position draws one block and slices it: its cost does not grow with
+    the position, even ten billion samples in. The global torch RNG is never touched. In a
+    distributed run each rank draws its own indices (from its rank).
+
+    Args:
+        data_source: the dataset to sample from.
+        num_samples: the indices drawn per epoch (defaults to the dataset's length).
+        seed: the base seed of the draws.
+        batch_size: the batch size of the loader.
+        rank: whose draws these are; defaults to the rank in the active process group (0
+            without one).
+
+    Raises:
+        TypeError: if ``data_source`` has no length, or an argument is not an int.
+        ValueError: if ``num_samples`` or ``batch_size`` < 1, or the dataset is empty.
+    """
+
+    BLOCK = 2**16
+    """The indices drawn by one generator."""
+
+    def __init__(
+        self,
+        data_source: Sized,
+        num_samples: int | None = None,
+        seed: int = 0,
+        batch_size: int = 1,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__(batch_size)
+        self._seed = _check_int("seed", seed)
+        self._generator_seed = self._seed
+        self._data_source = _check_sized("data_source", data_source)
+        if rank is None:
+            active = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if active else 0
+        self._rank = _check_non_negative_int("rank", rank)
+        if not len(data_source):
+            raise ValueError("expected data_source to be non-empty, but it has length 0")
+        count = len(data_source) if num_samples is None else num_samples
+        self._num_samples = _check_non_negative_int("num_samples", count)
+        if self._num_samples < 1:
+            raise ValueError(f"expected num_samples to be >= 1, but received {num_samples}")
+
+    @property
+    def num_samples(self) -> int:
+        """The indices drawn per epoch."""
+        return self._num_samples
+
+    def __len__(self) -> int:
+        return self._num_samples
+
+    def _generator_offset(self) -> int:
+        return self._rank * 2**32
+
+    def __iter__(self) -> Iterator[int]:
+        start = self._global_start or self._start_iter * self._batch_size
+        self._start_iter = self._global_start = 0
+        return self._draws(min(start, self._num_samples))
+
+    def _draws(self, start: int) -> Iterator[int]:
+        """Yield the epoch's indices from position ``start`` on, one block at a time."""
+        from .seeding import sample_seed
+
+        size, total = len(self._data_source), self._num_samples
+        block, offset = divmod(start, self.BLOCK)
+        while block * self.BLOCK < total:
+            generator = torch.Generator()
+            where = f"replacement/{self._rank}/{block}"
+            generator.manual_seed(sample_seed(self._seed, self._epoch, where))
+            count = min(self.BLOCK, total - block * self.BLOCK)
+            draws = torch.randint(size, (count,), generator=generator)
+            yield from draws[offset:].tolist()
+            block, offset = block + 1, 0
+
+
+@SAMPLER_REGISTRY.register
 class ResumableDistributedSampler(_ResumableMixin, tud.DistributedSampler):
     """A :py:class:`torch.utils.data.DistributedSampler` that can resume mid-epoch.
 

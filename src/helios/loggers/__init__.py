@@ -5,9 +5,16 @@ run continues the same logged run without duplicated or missing steps. MLflow an
 imported only when their logger opens its run.
 """
 
-from .base import STATE_VERSION, ExperimentLogger
+from .base import STATE_VERSION, ExperimentLogger, LoggerDestinationError
 from .csv_logger import CSVLogger
 from .mlflow_logger import MLflowLogger
 from .wandb_logger import WandbLogger
 
-__all__ = ["STATE_VERSION", "CSVLogger", "ExperimentLogger", "MLflowLogger", "WandbLogger"]
+__all__ = [
+    "STATE_VERSION",
+    "CSVLogger",
+    "ExperimentLogger",
+    "LoggerDestinationError",
+    "MLflowLogger",
+    "WandbLogger",
+]

@@ -18,7 +18,10 @@ returns the state it was given, if any).
 
 Logging never fails training: bad arguments raise, and so does opening the run (a missing
 extra, an unreachable tracking server), but a backend's failure to write (a full disk, a
-lost connection) is reported once on stderr and ignored.
+lost connection) is reported once on stderr and ignored. The trainer checks each logger's
+destination before anything trains (:py:meth:`ExperimentLogger.check_destination`), and a
+logger that fails while a run trains (its run cannot be opened, say) is reported in one
+warning and left out of the rest of the run.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ import abc
 import contextlib
 import numbers
 import operator
+import os
+import pathlib
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -37,6 +43,10 @@ from helios.core import distributed as dist
 
 STATE_VERSION = 1
 """Version of the state dictionaries written by :py:meth:`ExperimentLogger.state_dict`."""
+
+
+class LoggerDestinationError(ValueError):
+    """An experiment logger's destination cannot be written (checked before training)."""
 
 
 def _to_float(name: str, value: Any) -> float:
@@ -183,6 +193,40 @@ class ExperimentLogger(abc.ABC):
         if self._is_active():
             self._ensure_open()
 
+    def check_destination(self) -> None:
+        """Check that the logger can write where it will write, before anything is logged.
+
+        ``fit`` calls this on global rank 0 before training (after a resumed run's state was
+        loaded, so a resumed logger checks where its run is). The local folder the backend
+        writes into (``destination_folder``) is created if needed and a probe file is
+        written and removed in it; a backend with no local folder (a tracking server) is
+        not checked here.
+
+        Raises:
+            LoggerDestinationError: naming the logger, the path and the cause.
+        """
+        folder = self.destination_folder()
+        if folder is None or not self._is_active():
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{folder} is not a folder")
+            fd, name = tempfile.mkstemp(prefix=".helios-logger-probe.", dir=folder)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as error:
+            raise LoggerDestinationError(
+                f"the {type(self).__name__} cannot write into {folder} "
+                f"({type(error).__name__}: {error}); give it a path in a folder that can be "
+                "written"
+            ) from error
+        self._check_target()
+
+    def destination_folder(self) -> pathlib.Path | None:
+        """The local folder the logger writes into (``None``: none, or not known here)."""
+        return None
+
     def flush(self) -> None:
         """Write what is buffered to the backend."""
         if self._opened and not self._closed:
@@ -308,6 +352,9 @@ class ExperimentLogger(abc.ABC):
         When resuming, every point with a step greater than ``resume_step`` (which may be -1:
         drop everything) must be dropped. Must set ``self._run_id``.
         """
+
+    def _check_target(self) -> None:  # noqa: B027 - optional hook
+        """Raise :py:class:`LoggerDestinationError` for a target the backend cannot use."""
 
     def _check_metrics(self, metrics: dict[str, float]) -> None:  # noqa: B027 - optional hook
         """Raise for metrics the backend cannot take (before anything is written)."""

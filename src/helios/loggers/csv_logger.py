@@ -8,9 +8,10 @@ import json
 import os
 import pathlib
 import warnings
+from collections.abc import Mapping
 from typing import IO, Any
 
-from .base import ExperimentLogger
+from .base import ExperimentLogger, LoggerDestinationError
 
 STEP_COLUMN = "step"
 """Name of the first column of the file, which holds the step of each row."""
@@ -80,6 +81,55 @@ class CSVLogger(ExperimentLogger):
     def params_path(self) -> pathlib.Path:
         """The JSON file of the parameters."""
         return self._path.with_name(self._path.stem + ".params.json")
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a saved state; a file outside this logger's folder is not continued.
+
+        The state comes from a checkpoint (a file): its ``path`` is continued (rewritten
+        and appended to) only when it is a file in the folder of this logger's ``path`` (or
+        below it) and not a link; otherwise a warning says so and a new file is started.
+
+        Args:
+            state: the saved state.
+        """
+        super().load_state_dict(state)
+        saved = state.get("path")
+        if state.get("run_id") is None or self._in_own_folder(saved):
+            return
+        warnings.warn(
+            f"the saved CSVLogger state names the file {saved!r}, outside this logger's folder "
+            f"{self._path.parent} (or a link): it is not continued; a new file is started",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        self._loaded = None
+        self._run_id = self._last_step = None
+
+    def _in_own_folder(self, saved: object) -> bool:
+        if not isinstance(saved, str) or not saved:
+            return False
+        path = pathlib.Path(saved)
+        if path.is_symlink():
+            return False
+        folder = self._path.parent.resolve()
+        return folder in path.resolve().parents
+
+    def destination_folder(self) -> pathlib.Path:
+        """The folder of the CSV file (the resumed run's file after a resume)."""
+        return self._target().parent
+
+    def _target(self) -> pathlib.Path:
+        saved = self.saved_state
+        if saved is not None and saved.get("run_id") is not None and "path" in saved:
+            return pathlib.Path(saved["path"])
+        return self._path
+
+    def _check_target(self) -> None:
+        target = self._target()
+        if target.exists() and not target.is_file():
+            raise LoggerDestinationError(
+                f"the CSVLogger writes the regular file {target}, but it is not one"
+            )
 
     # -- hooks -------------------------------------------------------------------------------
 

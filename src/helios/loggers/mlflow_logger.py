@@ -118,6 +118,20 @@ class MLflowLogger(ExperimentLogger):
         assert self._client is not None
         return self._client
 
+    def destination_folder(self) -> pathlib.Path | None:
+        """The folder of a local tracking store (SQLite file, file store), else ``None``."""
+        saved = self.saved_state
+        uri = self.tracking_uri
+        if saved is not None and saved.get("run_id") is not None:
+            uri = str(saved.get("tracking_uri", uri))
+        if uri.startswith("sqlite:///"):
+            return pathlib.Path(uri[len("sqlite:///") :]).parent
+        if uri.startswith("file://"):
+            return pathlib.Path(uri[len("file://") :])
+        if "://" not in uri:
+            return pathlib.Path(uri)
+        return None
+
     # -- hooks -------------------------------------------------------------------------------
 
     def _open(self, resume_step: int | None) -> None:

@@ -98,6 +98,13 @@ class WandbLogger(ExperimentLogger):
         self._ensure_open()
         return self._run
 
+    def destination_folder(self) -> pathlib.Path | None:
+        """The folder W&B writes its local files into, when one is given."""
+        saved = self.saved_state
+        if saved is not None and saved.get("run_id") is not None and saved.get("dir"):
+            return pathlib.Path(saved["dir"])
+        return self._save_dir
+
     # -- hooks -------------------------------------------------------------------------------
 
     def _open(self, resume_step: int | None) -> None:

@@ -465,9 +465,11 @@ class Model(RunPlacement, abc.ABC):
            synchronisation happens here. Format them directly (``f"{v:.3f}"``) or call
            ``.item()`` only when a log line is actually written.
 
-        The trainer counts the batches summed since the last validation in
-        ``state.running_iter``, so ``self._running_losses[key] / state.running_iter`` is the
-        running mean.
+        The trainer counts the iterations since the last validation in
+        ``state.running_iter``; the sums hold one term per batch, so
+        ``self._running_losses[key] / (state.running_iter * self.trainer.accumulation_steps)``
+        is the running mean in the ITERATION unit (without accumulation, and in the EPOCH
+        unit, ``self._running_losses[key] / state.running_iter``).
 
         Args:
             state: the current training state.
@@ -544,7 +546,8 @@ class Model(RunPlacement, abc.ABC):
 
         Compute and log the final validation metrics here. By default it clears the
         running losses ``_running_losses``, which restart with the next batch; call
-        ``super()`` after you have read them.
+        ``super()`` after you have read them. (The trainer clears them after this hook in
+        any case, and also when there is no validation data.)
 
         Args:
             validation_cycle: the number of the validation cycle, counted from 0.

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import dataclasses
 import datetime
 import fcntl
+import hashlib
 import inspect
 import pathlib
 import pickle
@@ -75,8 +77,48 @@ def _trial_identity(trial: optuna.trial.FrozenTrial | optuna.trial.BaseTrial) ->
     return number
 
 
-def _sqlite_path(study_args: dict[str, Any]) -> pathlib.Path:
-    """Check the arguments given to :py:func:`resume_study` and return the database path."""
+_SERVER_DIALECTS = ("postgresql",)
+_URL_EXAMPLES = "'sqlite:///study.db' or 'postgresql+psycopg://user@host:5432/db'"
+
+
+@dataclasses.dataclass(frozen=True)
+class _StudyStorage:
+    """Where a study of :py:func:`resume_study` lives: an SQLite file or a database server.
+
+    Args:
+        url: the SQLAlchemy URL.
+        path: the SQLite file; None for a database server.
+        study_name: the study's name, if given.
+    """
+
+    url: str
+    path: pathlib.Path | None
+    study_name: str | None
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Return the lock that every helios worker of this study holds to change it."""
+        if self.path is not None:
+            return _file_lock(self.path)
+        return _server_lock(self.url, self.study_name)
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Return the SQLAlchemy engine arguments for Optuna's storage."""
+        if self.path is not None:
+            # Wait for the other workers' writes rather than fail at once.
+            return {"connect_args": {"timeout": 60}}
+        # A connection the server dropped (restart, idle timeout) is replaced, not reused.
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 60}}
+
+    def backup(self) -> str | None:
+        """Back the study up; return where (a file path or a study name), or None."""
+        if self.path is not None:
+            backup = _backup_study(self.path)
+            return None if backup is None else str(backup)
+        return _backup_server_study(self.url, self.study_name)
+
+
+def _study_storage(study_args: dict[str, Any]) -> _StudyStorage:
+    """Check the arguments given to :py:func:`resume_study` and return the storage."""
     if not isinstance(study_args, dict):
         raise TypeError(
             f"expected 'study_args' to be a dict of arguments for "
@@ -84,27 +126,58 @@ def _sqlite_path(study_args: dict[str, Any]) -> pathlib.Path:
         )
     if "storage" not in study_args:
         raise StudyArgumentsError(
-            "'study_args' must contain the key 'storage' set to an SQLite URL such as "
-            "'sqlite:///study.db'"
+            "'study_args' must contain the key 'storage' set to a database URL such as "
+            f"{_URL_EXAMPLES}"
         )
     storage = study_args["storage"]
     if not isinstance(storage, str):
         raise TypeError(
-            "expected study_args['storage'] to be an SQLite URL string such as "
-            f"'sqlite:///study.db', got {type(storage).__name__}"
+            f"expected study_args['storage'] to be a database URL string such as "
+            f"{_URL_EXAMPLES}, got {type(storage).__name__}"
         )
-    path_str = storage.removeprefix(_SQLITE_PREFIX).split("?", 1)[0]
-    if not storage.startswith(_SQLITE_PREFIX) or path_str in ("", ":memory:"):
+    path: pathlib.Path | None = None
+    if storage.startswith("sqlite:"):
+        path_str = storage.removeprefix(_SQLITE_PREFIX).split("?", 1)[0]
+        if not storage.startswith(_SQLITE_PREFIX) or path_str in ("", ":memory:"):
+            raise ValueError(
+                f"expected study_args['storage'] to be the URL of an SQLite file, "
+                f"starting with '{_SQLITE_PREFIX}', got {storage!r}"
+            )
+        path = pathlib.Path(path_str).resolve()
+    elif _dialect(storage) not in _SERVER_DIALECTS:
         raise ValueError(
-            f"expected study_args['storage'] to be the URL of an SQLite file, "
-            f"starting with '{_SQLITE_PREFIX}', got {storage!r}"
+            f"expected study_args['storage'] to be the URL of an SQLite file or of a "
+            f"PostgreSQL database, such as {_URL_EXAMPLES}, got {_hide_password(storage)!r}"
         )
     if study_args.get("load_if_exists") is not True:
         raise LoadIfExistsError(
             "study_args['load_if_exists'] must be True so the existing study is "
             f"loaded, got {study_args.get('load_if_exists')!r}"
         )
-    return pathlib.Path(path_str).resolve()
+    name = study_args.get("study_name")
+    return _StudyStorage(storage, path, name if isinstance(name, str) else None)
+
+
+def _dialect(url: str) -> str | None:
+    """Return the database of a SQLAlchemy URL (``"postgresql"``), or None if unreadable."""
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    try:
+        return str(sqlalchemy.engine.make_url(url).get_backend_name())
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return None
+
+
+def _hide_password(url: str) -> str:
+    """Return the URL with its password masked, for error messages."""
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    try:
+        return str(sqlalchemy.engine.make_url(url).render_as_string(hide_password=True))
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return url
 
 
 def _check_failed_states(failed_states: Sequence[TrialState]) -> frozenset[TrialState]:
@@ -174,7 +247,7 @@ _OPEN_BACKOFF_MAX_S = 1.0
 
 
 @contextlib.contextmanager
-def _study_lock(storage_path: pathlib.Path) -> Iterator[None]:
+def _file_lock(storage_path: pathlib.Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``<database>.lock`` (waits for other holders).
 
     Every helios process that opens the study or re-queues its trials takes this lock, so
@@ -189,6 +262,72 @@ def _study_lock(storage_path: pathlib.Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+
+def _server_lock_key(study_name: str | None) -> int:
+    """Return the 64-bit advisory-lock key of a study (the same in every process)."""
+    digest = hashlib.sha256(f"helios.plugins.optuna:{study_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _server_lock(url: str, study_name: str | None) -> Iterator[None]:
+    """Hold PostgreSQL's advisory lock of the study (waits for other holders).
+
+    The lock plays the part of the SQLite file lock for workers on several machines: it
+    lives in the database server, on a connection of its own, and the server releases it
+    when that connection ends, so a killed worker (or one cut off from the server) never
+    holds it for long.
+    """
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            key = _server_lock_key(study_name)
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+    finally:
+        engine.dispose()
+
+
+def _backup_server_study(url: str, study_name: str | None) -> str | None:
+    """Copy a study on a database server to ``<name>_bkp-<n>`` in the same database.
+
+    ``n`` is one more than the highest existing backup number of that study, starting at 0.
+
+    Args:
+        url: the database URL.
+        study_name: the study; without a name there is nothing to back up.
+
+    Returns:
+        The name of the backup study, or None if the study does not exist (yet).
+    """
+    if study_name is None:
+        return None
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    try:
+        names = {study.study_name for study in storage.get_all_studies()}
+        if study_name not in names:
+            return None
+        pattern = re.compile(rf"^{re.escape(study_name)}_bkp-(\d+)$")
+        numbers = [int(match.group(1)) for name in names if (match := pattern.match(name))]
+        backup_name = f"{study_name}_bkp-{max(numbers) + 1 if numbers else 0}"
+        optuna.copy_study(
+            from_study_name=study_name,
+            from_storage=storage,
+            to_storage=storage,
+            to_study_name=backup_name,
+        )
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+    return backup_name
 
 
 def _retry_on_schema_race(action: Callable[[], Any], what: str) -> Any:
@@ -357,7 +496,7 @@ _STALE_TRIAL_CALLBACK = (
 
 def _open_study(
     study_args: dict[str, Any],
-    storage_path: pathlib.Path,
+    storage: _StudyStorage,
     states: frozenset[TrialState],
     heartbeat_interval: int | None,
     grace_period: int | None,
@@ -373,7 +512,7 @@ def _open_study(
         def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             # Optuna failed a trial whose heartbeat stopped, at the start of a new trial of
             # this worker: queue it again the way resume_study does.
-            with _study_lock(storage_path):
+            with storage.lock():
                 _requeue_failed_trials(study, states, grace, frozenset({trial._trial_id}))
 
         callback = requeue_stale
@@ -385,16 +524,16 @@ def _open_study(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url,
-                # Wait for the other workers' writes rather than fail at once.
-                engine_kwargs={"connect_args": {"timeout": 60}},
+                engine_kwargs=storage.engine_kwargs(),
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace,
                 **callback_argument,
             )
 
-    args["storage"] = _retry_on_schema_race(make_storage, f"open the study storage {url}")
+    shown = _hide_password(url)
+    args["storage"] = _retry_on_schema_race(make_storage, f"open the study storage {shown}")
     study: optuna.Study = _retry_on_schema_race(
-        lambda: optuna.create_study(**args), f"create or load the study in {url}"
+        lambda: optuna.create_study(**args), f"create or load the study in {shown}"
     )
     return study
 
@@ -430,12 +569,13 @@ def resume_study(
     heartbeat_interval: int | None = DEFAULT_HEARTBEAT_INTERVAL,
     grace_period: int | None = None,
 ) -> optuna.Study:
-    """Load a study stored in SQLite and queue its failed trials to run again.
+    """Load a study stored in SQLite or PostgreSQL and queue its failed trials to run again.
 
     The steps are:
 
-    1. Back up the database to ``<stem>_bkp-<n><suffix>`` (``n`` counts up from 0), unless
-       ``backup_study`` is false.
+    1. Back up the study, unless ``backup_study`` is false: an SQLite database is copied to
+       ``<stem>_bkp-<n><suffix>`` (``n`` counts up from 0); a study on a PostgreSQL server
+       is copied to the study ``<study_name>_bkp-<n>`` in the same database.
     2. Load (or create) the study with ``optuna.create_study(**study_args)``, through an
        :py:class:`optuna.storages.RDBStorage` that records a heartbeat of every running
        trial every ``heartbeat_interval`` seconds. A study without trials is returned as it
@@ -460,12 +600,15 @@ def resume_study(
     the number (and the checkpoint folder) of an earlier one, and the failed trials stay in
     the history as failures.
 
-    Several workers may run the study at once, each calling this function: the steps run
-    under an exclusive lock on ``<database>.lock``, opening a database that other workers
-    are creating at the same moment is retried, and while the study optimizes, a trial
-    whose heartbeat stops is failed by Optuna and queued again by the worker that noticed
-    it. Every worker must use heartbeats (all going through this function does that):
-    without them a live trial cannot be told from a dead one.
+    Several workers may run the study at once, each calling this function, on one machine
+    (SQLite) or on many (PostgreSQL): the steps run under an exclusive lock (for SQLite a
+    ``flock`` on ``<database>.lock``, for PostgreSQL an advisory lock of the study held in
+    the server), opening a database that other workers are creating at the same moment is
+    retried, and while the study optimizes, a trial whose heartbeat stops is failed by
+    Optuna and queued again by the worker that noticed it. Every worker must use heartbeats
+    (all going through this function does that): without them a live trial cannot be told
+    from a dead one. The workers' clocks must agree (heartbeats are compared with the
+    time of the worker that reads them).
 
     Example:
         .. code-block:: python
@@ -482,7 +625,9 @@ def resume_study(
 
     Args:
         study_args: keyword arguments for :py:func:`optuna.create_study`. ``storage`` must be
-            an SQLite URL (``"sqlite:///<path>"``) and ``load_if_exists`` must be true.
+            an SQLite URL (``"sqlite:///<path>"``) or a PostgreSQL URL
+            (``"postgresql+psycopg://<user>@<host>:<port>/<database>"``, with the driver
+            installed) and ``load_if_exists`` must be true.
         failed_states: the trial states that count as failures. Add
             ``TrialState.RUNNING`` when the study was killed by workers that ran without
             heartbeats, which leaves their last trial running forever.
@@ -504,23 +649,23 @@ def resume_study(
             ``storage`` is missing.
         LoadIfExistsError: (a :py:class:`KeyError` and :py:class:`ValueError`) if
             ``load_if_exists`` is missing or not True.
-        ValueError: if ``storage`` is not an SQLite file URL, ``failed_states`` holds a
-            state other than ``FAIL`` and ``RUNNING``, or ``heartbeat_interval`` or
-            ``grace_period`` is not a positive integer (or the grace period is not longer
-            than the interval).
+        ValueError: if ``storage`` is neither an SQLite file URL nor a PostgreSQL URL,
+            ``failed_states`` holds a state other than ``FAIL`` and ``RUNNING``, or
+            ``heartbeat_interval`` or ``grace_period`` is not a positive integer (or the
+            grace period is not longer than the interval).
         RuntimeError: if the database still cannot be opened after several tries.
     """
-    storage_path = _sqlite_path(study_args)
+    storage = _study_storage(study_args)
     states = _check_failed_states(failed_states)
     _check_heartbeat(heartbeat_interval, grace_period)
     grace = None
     if heartbeat_interval is not None:
         grace = grace_period if grace_period is not None else 2 * heartbeat_interval
 
-    with _study_lock(storage_path):
+    with storage.lock():
         if backup_study:
-            _backup_study(storage_path)
-        study = _open_study(study_args, storage_path, states, heartbeat_interval, grace_period)
+            storage.backup()
+        study = _open_study(study_args, storage, states, heartbeat_interval, grace_period)
         if study.get_trials(deepcopy=False):
             _requeue_failed_trials(study, states, grace)
     return study

@@ -25,6 +25,9 @@ The rest, in the order a run uses it:
 * ``loops.py``: the training loop core and the validation/testing loop.
 * ``checkpoint/``: parts, saving and resuming, IO, sharded checkpoints, retention,
   asynchronous saves (its ``__init__`` gives the reading order).
+* ``loader_seed.py``: the run's ``random_seed`` as the seed the loaders shuffle by.
+* ``logger_runs.py``: the experiment loggers' checkpoint part, the record of the logged
+  runs the newest checkpoint lacks, and logger failures that never fail training.
 * ``nonfinite.py``: the guard that stops training on a NaN/inf loss or model state.
 * ``preemption.py``: stopping at the next batch boundary on SIGTERM, SIGUSR1 or SIGINT.
 * ``run_end.py``: how a run ended (a stop is kept in the checkpoint); finished runs stay

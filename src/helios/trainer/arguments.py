@@ -6,6 +6,7 @@ and what is allowed, so a typo never costs a run.
 
 from __future__ import annotations
 
+import datetime
 import math
 import pathlib
 from typing import Any
@@ -368,3 +369,35 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, but received {_describe(value)}")
     return value
+
+
+def check_dist_timeout(value: Any) -> datetime.timedelta | None:
+    """Check the process-group timeout: ``None``, seconds (> 0, finite) or a timedelta.
+
+    Args:
+        value: the value given to the Trainer.
+
+    Returns:
+        The timeout, or ``None`` (``HELIOS_DIST_TIMEOUT`` or torch's default applies).
+
+    Raises:
+        TypeError: for a value that is neither a number of seconds nor a timedelta.
+        ValueError: for a timeout that is not positive and finite.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(
+            "dist_timeout must be None, a number of seconds or a datetime.timedelta, but "
+            f"received {_describe(value)}"
+        )
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(
+            "dist_timeout must be a positive, finite duration (seconds or a timedelta), but "
+            f"received {value!r}"
+        )
+    return datetime.timedelta(seconds=seconds)

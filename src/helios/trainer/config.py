@@ -10,6 +10,7 @@ changes: what a run finds out as it starts (its ranks, its device) is its run co
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import pathlib
 from collections.abc import Sequence
@@ -68,6 +69,7 @@ class RunConfig:
     chkpt_async: bool
     nonfinite_guard: bool
     print_summaries: bool
+    dist_timeout: datetime.timedelta | None
     use_cpu: bool
     gpu_ids: tuple[int, ...]
     is_torchrun: bool
@@ -158,8 +160,14 @@ def build_config(arguments: dict[str, Any]) -> RunConfig:
     c["retention"] = check.check_retention(
         a["chkpt_keep_last"], a["chkpt_keep_best"], a["chkpt_best_metric"], a["chkpt_best_mode"]
     )
+    if c["retention"].keep_best is not None and c["valid_frequency"] is None:
+        raise ValueError(
+            f"chkpt_keep_best={c['retention'].keep_best} ranks the checkpoints saved after "
+            "a validation, but valid_frequency=None never validates: set valid_frequency"
+        )
     for name in ("chkpt_async", "nonfinite_guard", "print_summaries"):
         c[name] = check.check_bool(name, a[name])
+    c["dist_timeout"] = check.check_dist_timeout(a["dist_timeout"])
     c.update(_place_devices(a["use_cpu"], a["gpus"]))
     c["precision"] = check.check_precision(a["precision"], not c["use_cpu"])
     c["enable_compile"] = check.check_bool("enable_compile", a["enable_compile"])

@@ -58,29 +58,47 @@ def format_validation_summary(
     cycle: int | None = None,
     epoch: int | None = None,
     iteration: int | None = None,
+    batches: int | None = None,
+    validated: bool = True,
 ) -> str:
     """Return the one line printed after a validation.
 
-    Example: ``Validation 3 (epoch 3, iteration 270): accuracy 97.22, f1 0.9711 | loss
-    0.08312``. The model's ``metrics`` table comes first, then the loss items after a bar.
+    Example: ``Validation 2 (epoch 3, iteration 270): metrics accuracy 97.22, f1 0.9711 |
+    train loss 0.08312 (mean of 90 batches)``. The model's ``metrics`` table comes first,
+    labelled ``metrics`` (whatever the model keeps there, validation results or not), then
+    the running means of the training losses after a bar, with the number of batches they
+    are over. ``cycle`` is the number the validation hooks get (counted from 0). Without
+    validation data the line starts ``No validation data (epoch ...)``.
 
     Args:
         metrics: the model's ``metrics`` table.
         loss_items: the loss items (running means of ``_loss_items``), if any.
-        cycle: the validation cycle, if known.
+        cycle: the validation cycle (as the hooks number it), if known.
         epoch: the epoch, if known.
         iteration: the global iteration, if known.
+        batches: the number of batches the loss means are over, if known.
+        validated: whether a validation cycle ran.
 
     Returns:
         The line, without a newline.
     """
-    head = "Validation" if cycle is None else f"Validation {cycle}"
+    if not validated:
+        head = "No validation data"
+    else:
+        head = "Validation" if cycle is None else f"Validation {cycle}"
     where = [f"epoch {epoch}"] if epoch is not None else []
     if iteration is not None:
         where.append(f"iteration {iteration}")
     if where:
         head += f" ({', '.join(where)})"
-    parts = [part for part in (format_items(metrics), format_items(loss_items or {})) if part]
+    parts = []
+    if metrics:
+        parts.append(f"metrics {format_items(metrics)}")
+    if loss_items:
+        losses = format_items(loss_items)
+        if batches is not None:
+            losses += f" (mean of {batches} batch{'es' if batches != 1 else ''})"
+        parts.append(losses)
     body = " | ".join(parts) if parts else "no metrics"
     return f"{head}: {body}"
 

@@ -9,11 +9,13 @@ device and, when spawned, the channels back to the calling process.
   ``torchrun`` with several processes, :py:func:`join` first joins the process group that
   ``torchrun`` prepared (gloo on the CPU, NCCL on GPUs), once per process: later runs in the
   same process reuse it, because a group cannot be initialised again from ``torchrun``'s
-  environment once destroyed. If the body fails, the group is torn down
-  (:py:func:`leave`). The other ranks' pending collectives then fail as soon as the failed
-  process exits (which also makes ``torchrun`` stop the job); a script that carries on
-  after a failed ``fit`` keeps them waiting, since a ``DistributedDataParallel`` model
-  still holds the group's connections open.
+  environment once destroyed. A group the script initialised itself is used as it is; either
+  way the process ends when its ``torchrun`` agent dies (:py:func:`end_with_parent`) and the
+  group is released at exit (:py:func:`release_group_at_exit`). If the body fails, the
+  group is torn down (:py:func:`leave`). The other ranks' pending collectives then fail as
+  soon as the failed process exits (which also makes ``torchrun`` stop the job); a script
+  that carries on after a failed ``fit`` keeps them waiting, since a
+  ``DistributedDataParallel`` model still holds the group's connections open.
 * **Spawned.** :py:func:`launch` starts one process per GPU running ``run.main`` and waits
   for them. A rank that fails sends its exception and traceback to the calling process
   (see :py:class:`ErrorReporter`), which shows the traceback, re-raises the exception when
@@ -125,6 +127,10 @@ def _release_group() -> None:
 def _join_torchrun_group(config: RunConfig, device: torch.device) -> None:
     global _joined_torchrun_group
     if dist.is_dist_active():
+        # A group the script (or a library) initialised itself: helios uses it as it is,
+        # but its workers still end with their agent and release the group at exit.
+        end_with_parent()
+        release_group_at_exit()
         return
     if _joined_torchrun_group:
         raise RuntimeError(
@@ -136,6 +142,7 @@ def _join_torchrun_group(config: RunConfig, device: torch.device) -> None:
     dist.init_dist(
         backend="gloo" if config.use_cpu else "nccl",
         device=None if config.use_cpu else device,
+        timeout=config.dist_timeout,
     )
     _joined_torchrun_group = True
     release_group_at_exit()
@@ -445,6 +452,7 @@ def _join_spawned(config: RunConfig, index: int, spawn: Spawn) -> RunContext:
             world_size=spawn.world_size,
             master_port=spawn.port,
             device=None if config.use_cpu else device,
+            timeout=config.dist_timeout,
         )
         release_group_at_exit()
     except BaseException as error:

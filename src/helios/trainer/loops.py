@@ -70,6 +70,9 @@ validate(cycle)::
         M.on_validation_batch_start(step); M.valid_step(batch, step)
         M.on_validation_batch_end(step)
     M.train(); P.on_validation_end(cycle); M.on_validation_end(cycle)
+    the loop clears the running losses (also without validation data: no hook runs then,
+    and the console line says there was none; ``cycle`` counts from 0 in hooks and on the
+    console alike)
 
 test::
 
@@ -127,6 +130,7 @@ if TYPE_CHECKING:
     from helios.model import Model
     from helios.plugins import Plugin
 
+    from .checkpoint.loader_state import LoaderState
     from .checkpoint.rank_state import RankState
     from .nonfinite import NonFiniteGuard
 
@@ -297,6 +301,10 @@ class TrainingLoop:
             checkpoint that the loop then writes at the stop.
         guard: checks losses and the model state for NaN/inf (see
             :py:mod:`helios.trainer.nonfinite`); ``None``: no checks.
+        loader_state: this rank's position in a training stream; when it holds a loaded
+            position, that is applied when the run resumes inside an epoch.
+        after_validation: called with the training state after each validation cycle
+            that ran (the retention record notes where the metrics were produced).
 
     Attributes:
         ended_by: why the loop ended (``run_end.EARLY_STOPPING``, ``STOP_REQUESTED`` or
@@ -314,8 +322,11 @@ class TrainingLoop:
         report: RunReport | None = None,
         run_end: RunEnd | None = None,
         guard: NonFiniteGuard | None = None,
+        loader_state: LoaderState | None = None,
+        after_validation: Callable[[TrainingState], None] | None = None,
     ) -> None:
         self.options = options
+        self._after_validation = after_validation
         self.ended_by: str | None = None
         self._run_end = run_end
         self._report = report or RunReport(hooks.model, [], show=False)
@@ -324,6 +335,7 @@ class TrainingLoop:
         self._datamodule = datamodule
         self._save = save
         self._rank_state = rank_state
+        self._loader_state = loader_state
         self._resume = rank_state if rank_state is not None and rank_state.is_pending else None
         self._preemption = preemption or Preemption()
         self._unit_end_pending = self._preemption.unit_end_pending
@@ -350,6 +362,8 @@ class TrainingLoop:
         loader, sampler = train
         if self._rank_state is not None:
             self._rank_state.track_sampler(sampler)
+        if self._loader_state is not None:
+            self._loader_state.track(loader)
         self.model.train()
         accumulators = gradient_accumulators(self.model)  # noqa: F841 - held until the end
         total = self.options.total_steps
@@ -411,7 +425,7 @@ class TrainingLoop:
         print_frequency = self.options.print_frequency
         units_end_in_epoch = not self._epoch_unit
         resumed_inside_epoch, batches_at_start = state.dataset_iter > 0, state.global_iteration
-        bar, preemption, stop = self._epoch_bar(state, len(loader)), self._preemption, False
+        bar, preemption, stop = self._epoch_bar(state, _safe_len(loader)), self._preemption, False
         solo = hooks.collective_device is None
         if self._unit_end_pending:  # a signal interrupted this unit's validation
             self._unit_end_pending = False
@@ -482,7 +496,7 @@ class TrainingLoop:
         self._end_epoch(state)
         return stop
 
-    def _epoch_bar(self, state: TrainingState, batches: int) -> Any:
+    def _epoch_bar(self, state: TrainingState, batches: int | None) -> Any:
         """The transient bar of an epoch's batches (EPOCH unit, on a terminal)."""
         return make_bar(
             self.options.show_progress and self._epoch_unit, batches,
@@ -573,6 +587,8 @@ class TrainingLoop:
             resume.restore_rng()
             position = resume.resume_position(position)
         place_sampler(sampler, **position)
+        if resuming_inside_epoch and self._loader_state is not None:
+            self._loader_state.restore()  # a stream continues where it was
 
     def _end_epoch(self, state: TrainingState) -> None:
         self.model.on_training_epoch_end(state.global_epoch)
@@ -585,13 +601,22 @@ class TrainingLoop:
         return cycles is not None and state.early_stop_count >= cycles
 
     def _validate_and_track(self, state: TrainingState) -> None:
-        """Run a validation cycle and update the cycle and early-stop counters."""
+        """Run a validation cycle and update the cycle and early-stop counters.
+
+        The running losses are read before the cycle and cleared after it by the loop
+        itself: a model whose ``on_validation_end`` skips ``super()``, or a run without
+        validation data (no cycle runs), still starts the next sums from zero.
+        """
         if self._validation.loader is None:
             valid = self._datamodule.valid_dataloader()
             self._validation.loader = valid[0] if valid is not None else None
-        loss_means = self._report.loss_means(state)  # on_validation_end clears the sums
-        self._validation.validate(state.validation_cycles)
-        self._report.validated(state, loss_means)
+        loss_means = self._report.loss_means(state)
+        batches = self._report.batches_summed(state)
+        validated = self._validation.validate(state.validation_cycles)
+        self._report.validated(state, loss_means, batches, validated)
+        self.model.running_losses.clear()
+        if validated and self._after_validation is not None:
+            self._after_validation(state)
         state.validation_cycles += 1
         state.running_iter = 0
         improved = self.model.have_metrics_improved()
@@ -622,10 +647,10 @@ class EvaluationLoop:
         self._show_progress = show_progress
         self._stop_requested = stop_requested
 
-    def validate(self, cycle: int) -> None:
-        """Run one validation cycle (nothing happens without a validation loader)."""
+    def validate(self, cycle: int) -> bool:
+        """Run one validation cycle; return whether it ran (not without a loader)."""
         if self.loader is None:
-            return
+            return False
         hooks, model = self.hooks, self.model
         with core_cuda.DisableCuDNNBenchmarkContext():
             model.eval()
@@ -643,6 +668,7 @@ class EvaluationLoop:
             model.train()
             hooks.call_plugins("on_validation_end", validation_cycle=cycle)
             model.on_validation_end(cycle)
+        return True
 
     def test(self, loader: Iterable[Any]) -> None:
         """Run the testing loop over a loader."""

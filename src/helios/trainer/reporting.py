@@ -1,8 +1,10 @@
 """What a training run reports: console lines, the bar's running losses, and logger metrics.
 
 The running losses are the model's own sums (``Model.running_losses``, kept on the device
-of the losses) divided by ``state.running_iter``; they are read, which synchronises with the
-device, only when something shows or logs them: at most once per
+of the losses: one term per batch) divided by the number of batches summed since the last
+validation (``state.running_iter`` iterations of ``accumulation_steps`` batches, plus the
+batches of an iteration under way); they are read, which synchronises with the device,
+only when something shows or logs them: at most once per
 :py:data:`BAR_REFRESH_SECONDS` for the progress bar, on the batches whose ``should_log`` is
 set (``print_frequency``), and at each validation. Every metric goes to every experiment
 logger (:py:mod:`helios.loggers`) at the step ``state.current_iteration``:
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from helios.loggers import ExperimentLogger
     from helios.model import Model
 
+    from .logger_runs import LoggerStates
     from .state import TrainingState
 
 BAR_REFRESH_SECONDS = 1.0
@@ -85,6 +88,10 @@ class RunReport:
         loggers: the experiment loggers this process writes to (rank 0's; none elsewhere).
         show: whether this process prints the console lines.
         defer_epoch_times: log epoch times with the next iteration (ITERATION unit).
+        accumulation_steps: batches per iteration (1 in the EPOCH unit, where every batch
+            counts as an iteration).
+        logger_states: the loggers' part: told when the loggers first logged and when one
+            fails (``None``: a failing logger is only warned about and left out).
     """
 
     def __init__(
@@ -93,8 +100,12 @@ class RunReport:
         loggers: Sequence[ExperimentLogger],
         show: bool,
         defer_epoch_times: bool = False,
+        accumulation_steps: int = 1,
+        logger_states: LoggerStates | None = None,
     ) -> None:
         self._model = model
+        self._logger_states = logger_states
+        self._accumulation = accumulation_steps
         self._loggers = list(loggers)
         self._show = show
         self._defer_epoch_times = defer_epoch_times
@@ -103,12 +114,18 @@ class RunReport:
         self._last_bar_refresh = 0.0
         self._optimizers = find_optimizers(model)
 
+    def batches_summed(self, state: TrainingState) -> int:
+        """The number of batches in the running sums (since the last validation)."""
+        partial = state.global_iteration % self._accumulation  # an iteration under way
+        return state.running_iter * self._accumulation + partial
+
     def loss_means(self, state: TrainingState) -> dict[str, float]:
-        """Read the running mean of every loss item since the last validation."""
-        if not state.running_iter:
+        """Read the running mean of every loss item (per batch) since the last validation."""
+        batches = self.batches_summed(state)
+        if not batches:
             return {}
         sums = self._model.running_losses
-        return {key: float(value) / state.running_iter for key, value in sums.items()}
+        return {key: float(value) / batches for key, value in sums.items()}
 
     def refresh_bar(self, bar: Any, state: TrainingState, now: float) -> None:
         """Show the running losses on a progress bar, at most once a second."""
@@ -123,20 +140,30 @@ class RunReport:
             self._log(self._train_metrics(self.loss_means(state)), state)
             self._losses_logged_at = state.current_iteration
 
-    def validated(self, state: TrainingState, loss_means: Mapping[str, float]) -> None:
+    def validated(
+        self,
+        state: TrainingState,
+        loss_means: Mapping[str, float],
+        batches: int | None = None,
+        ran: bool = True,
+    ) -> None:
         """Print the line of a validation that just ended and log its metrics.
 
         Args:
             state: the training state (the validation is not yet counted in it).
             loss_means: the running losses read before the validation began.
+            batches: the number of batches the means are over.
+            ran: whether a validation cycle ran (not without validation data).
         """
         metrics = self._model.metrics
         line = format_validation_summary(
             metrics,
             {f"train {name}": value for name, value in loss_means.items()},
-            cycle=state.validation_cycles + 1,
+            cycle=state.validation_cycles if ran else None,
             epoch=state.global_epoch,
             iteration=state.current_iteration,
+            batches=batches,
+            validated=ran,
         )
         logging.get_root_logger().info(line)
         if self._show:
@@ -180,10 +207,21 @@ class RunReport:
         return metrics
 
     def _log(self, metrics: Mapping[str, float], state: TrainingState) -> None:
+        """Send metrics to every logger; one that raises is warned about and left out."""
         if not metrics:
             return
-        for logger in self._loggers:
-            logger.log_metrics(metrics, step=state.current_iteration)
+        for logger in list(self._loggers):
+            try:
+                logger.log_metrics(metrics, step=state.current_iteration)
+            except Exception as error:
+                self._loggers.remove(logger)
+                if self._logger_states is not None:
+                    self._logger_states.failed(logger, error)
+                else:
+                    message = f"the {type(logger).__name__} failed ({error}); left out"
+                    logging.get_root_logger().warning(message)
+        if self._logger_states is not None:
+            self._logger_states.logged()
 
 
 def _is_number(value: Any) -> bool:
@@ -192,46 +230,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-class LoggerStates:
-    """The experiment loggers' part of a checkpoint: one state per logger, in order.
-
-    On resume each logger is told to drop what it logged after the checkpoint's step.
-
-    Args:
-        loggers: the run's loggers.
-        state: the training state (its ``current_iteration`` is the step of a checkpoint).
-    """
-
-    def __init__(self, loggers: Sequence[ExperimentLogger], state: TrainingState) -> None:
-        self._loggers = list(loggers)
-        self._state = state
-
-    def state_dict(self) -> list[dict[str, Any]] | None:
-        """Return every logger's state (``None`` without loggers)."""
-        if not self._loggers:
-            return None
-        return [logger.state_dict() for logger in self._loggers]
-
-    def load_state_dict(self, state_dict: list[dict[str, Any]]) -> None:
-        """Continue each logger's run from the checkpoint's step."""
-        for logger, saved in zip(self._loggers, state_dict, strict=False):
-            logger.load_state_dict(saved)
-
-    def resume_from_checkpoint_step(self) -> None:
-        """Drop the points logged after the checkpoint the run resumed from."""
-        for logger in self._loggers:
-            if logger.saved_state is not None:
-                logger.resume_from(self._state.current_iteration)
-
-    def flush_and_close(self) -> None:
-        """Flush and close every logger."""
-        for logger in self._loggers:
-            logger.close()
-
-
 __all__ = [
     "BAR_REFRESH_SECONDS",
-    "LoggerStates",
     "RunReport",
     "find_optimizers",
     "run_summary",

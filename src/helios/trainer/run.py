@@ -42,18 +42,22 @@ from helios.core.training_state import TrainingState, TrainingUnit
 from helios.core.utils import get_env_info_str, update_all_registries
 from helios.model.model import register_model_types_for_safe_load
 
+from .checkpoint.environment import EnvironmentPart
 from .checkpoint.io import register_trainer_types_for_safe_load
 from .checkpoint.layout import checkpoint_name
+from .checkpoint.loader_state import LoaderState
 from .checkpoint.model_part import ModelPart, RunningLossesPart
 from .checkpoint.parts import CheckpointPart, OwnedPart, PartTable, StateOwner, add_extra_parts
 from .checkpoint.rank_state import RankState
 from .checkpoint.retention import CheckpointRetention
 from .checkpoint.run_checkpoint import RunCheckpoint
 from .failures import log_uncaught
+from .loader_seed import LoaderSeed
+from .logger_runs import LoggerStates
 from .loops import EvaluationLoop, Hooks, TrainingLoop
 from .nonfinite import NonFiniteGuard
 from .preemption import Preemption
-from .reporting import LoggerStates, RunReport, run_summary
+from .reporting import RunReport, run_summary
 from .run_end import RunEnd, finished_message
 from .run_folder import CheckpointFolderError, RunFolderLock
 from .run_logs import RunLogs
@@ -236,14 +240,17 @@ class Run:
         self._preemption = Preemption(context.collective_device)
         self._run_end = RunEnd()
         loggers = [] if fast_init else config.loggers
-        self._logger_states = LoggerStates(loggers, state)
+        record = folder if context.global_rank == 0 and not fast_init else None
+        self._logger_states = LoggerStates(loggers, state, record)
         self._rank_state = RankState(
             state, context.global_rank, context.world_size, config.random_seed
         )
+        self._loader_state = LoaderState(state, context.global_rank)
+        self._retention = CheckpointRetention(
+            config.retention, folder, lambda: model.metrics, model.save_name
+        )
         self.parts = self._part_table(
-            ModelPart(model, fast_init),
-            OwnedPart("training_state", state),
-            CheckpointRetention(config.retention, folder, lambda: model.metrics),
+            ModelPart(model, fast_init), OwnedPart("training_state", state), self._retention
         )
         return RunCheckpoint(
             folder,
@@ -267,15 +274,18 @@ class Run:
             model,
             RunningLossesPart(self.job.model),
             OwnedPart("precision", self.precision),
+            LoaderSeed(self.job.datamodule, self.config.random_seed),
         )
         add_extra_parts(table, self.job.plugins, self.job.extra_parts)
         table.add(
             state,
             OwnedPart("preemption", self._preemption),
-            OwnedPart("loggers", self._logger_states),
+            self._logger_states,
             OwnedPart("run_end", self._run_end),
+            EnvironmentPart(self._context.device),
             retention,
             self._rank_state,
+            self._loader_state,
         )
         return table
 
@@ -365,12 +375,35 @@ class FitRun(Run):
             logging.flush_default_loggers()
             dist.safe_barrier()
             return True
-        self._logger_states.resume_from_checkpoint_step()
+        self._prepare_loggers()
         context = self._context
         logging.get_root_logger().info(
             run_summary(self.job.model, context.device, self.precision.name, context.world_size)
         )
         return False
+
+    def _prepare_loggers(self) -> None:
+        """Continue the logged runs a killed run left, check where loggers write, resume.
+
+        Raises:
+            helios.loggers.LoggerDestinationError: on every rank, if one of rank 0's
+                loggers cannot write where it would (before anything trains).
+        """
+        from helios.loggers import LoggerDestinationError
+
+        states, context = self._logger_states, self._context
+        error: LoggerDestinationError | None = None
+        if context.global_rank == 0:
+            states.continue_recorded_runs()
+            try:
+                states.check_destinations()
+            except LoggerDestinationError as refused:
+                error = refused
+        if agree_any(error is not None, context.collective_device):
+            raise error or LoggerDestinationError(
+                "an experiment logger of rank 0 cannot write where it would (its log names it)"
+            )
+        states.resume_from_checkpoint_step()
 
     def _training_loop(self, state: TrainingState, checkpoint: RunCheckpoint) -> TrainingLoop:
         """Build the training loop of the run, with what it reports and what it guards."""
@@ -378,9 +411,13 @@ class FitRun(Run):
         on_rank_zero = context.global_rank == 0
         report = RunReport(
             model,
-            config.loggers if on_rank_zero else [],
+            self._logger_states.loggers if on_rank_zero else [],
             show=on_rank_zero and config.print_summaries,
             defer_epoch_times=config.train_unit == TrainingUnit.ITERATION,
+            accumulation_steps=(
+                config.accumulation_steps if config.train_unit == TrainingUnit.ITERATION else 1
+            ),
+            logger_states=self._logger_states if on_rank_zero else None,
         )
         guard = None
         if config.nonfinite_guard:
@@ -391,6 +428,7 @@ class FitRun(Run):
         return TrainingLoop(
             config.loop_options(self.shows_progress), self._loop_hooks, self.job.datamodule,
             checkpoint.save, self._rank_state, self._preemption, report, self._run_end, guard,
+            self._loader_state, after_validation=self._retention.validated,
         )  # fmt: skip
 
     @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import pathlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,10 @@ class Trainer:
         early_stop_cycles: stop after this many validation cycles without improvement.
         use_cpu: train on the CPU; ``None`` picks the CPU when CUDA is unavailable.
         gpus: ids of the GPUs to use; several start one process per GPU.
-        random_seed: seed for every RNG (defaults to :py:func:`helios.core.rng.get_default_seed`).
+        random_seed: seed for every RNG (defaults to :py:func:`helios.core.rng.get_default_seed`),
+            the loaders' shuffling included: a split whose ``DataLoaderParams`` keep the
+            default ``random_seed`` is shuffled by this seed
+            (:py:attr:`helios.data.DataModule.run_seed`).
         enable_tensorboard: write a TensorBoard run into ``run_path``.
         enable_file_logging: write a log file into ``log_path``.
         enable_progress_bar: show progress bars.
@@ -110,6 +114,14 @@ class Trainer:
         print_summaries: print one line after each validation (the model's ``metrics`` and
             the running losses) and one when training ends, on rank 0; the log file gets
             them either way.
+        dist_timeout: how long a rank waits for the others in any collective (the gradient
+            sync, a checkpoint's agreement) and in the process group's store before it
+            fails with an error: seconds or a ``datetime.timedelta``. ``None`` takes the
+            ``HELIOS_DIST_TIMEOUT`` environment variable (seconds), else torch's default
+            (30 minutes on gloo, 10 on NCCL). It bounds how long the survivors of a dead or
+            cut-off node wait; it applies to the process group helios creates (under
+            ``torchrun`` or spawned), not to one the script initialised itself. Added in
+            Helios 1.3.0.
 
     Raises:
         ValueError: for an invalid value or combination of arguments.
@@ -152,6 +164,7 @@ class Trainer:
         chkpt_async: bool = False,
         nonfinite_guard: bool = True,
         print_summaries: bool = True,
+        dist_timeout: float | datetime.timedelta | None = None,
     ) -> None:
         arguments = dict(locals())
         del arguments["self"]

@@ -65,7 +65,8 @@ def parallel_devices(gpu: Any, parallel: bool) -> list[torch.device] | None:
     return None
 
 
-def _batch_count(data: Iterable[Any], iterations: int | None) -> int:
+def _batch_count(data: Iterable[Any], iterations: int | None) -> int | None:
+    """The batches to predict: ``iterations``, else the data's length, else ``None``."""
     if iterations is not None:
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"iterations must be a positive int, got {iterations!r}")
@@ -73,9 +74,7 @@ def _batch_count(data: Iterable[Any], iterations: int | None) -> int:
     try:
         return len(data)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(
-            "data has no length; pass iterations= to predict from an iterable"
-        ) from None
+        return None  # a stream: predicted to its end
 
 
 def _init_worker(rank: int, devices: list[torch.device], engine: Any, threads: int) -> Any:
@@ -124,8 +123,9 @@ def predict_batches(
     Returns:
         One output per batch, on the CPU, in the order of the batches.
 
+    Data without a length (a stream) and no ``iterations`` is predicted to its end.
+
     Raises:
-        TypeError: if ``data`` has no length and no ``iterations`` is given.
         ValueError: for an invalid ``iterations`` or GPU list.
         pyblaze.multiprocessing.WorkerError: if ``predict_batch`` raised in a worker.
     """
@@ -133,7 +133,7 @@ def predict_batches(
     if devices is None:
         return sequential()
     num_batches = _batch_count(data, iterations)
-    if devices[0].type == "cpu":
+    if devices[0].type == "cpu" and num_batches is not None:
         devices = devices[: max(1, min(len(devices), num_batches))]
     threads = max(1, available_cores() // len(devices))
     model = engine.model.module if isinstance(engine.model, nn.DataParallel) else engine.model
@@ -158,7 +158,7 @@ def predict_batches(
     )
 
     def batches() -> Iterable[Any]:
-        yield from itertools.islice(data, num_batches)
+        yield from data if num_batches is None else itertools.islice(data, num_batches)
 
     try:
         outputs = vectorizer.process(batches(), kwargs)

@@ -143,7 +143,7 @@ def check_loader(name: str, loader: Any, optional: bool = False) -> Any:
     raise TypeError(f"{name} must be {expected}, but received {type(loader).__name__}")
 
 
-def num_batches(data: Iterable[Any], iterations: int | None, name: str) -> int:
+def num_batches(data: Iterable[Any], iterations: int | None, name: str) -> int | None:
     """Return how many batches of ``data`` to use.
 
     Args:
@@ -152,18 +152,13 @@ def num_batches(data: Iterable[Any], iterations: int | None, name: str) -> int:
         name: the argument's name.
 
     Returns:
-        ``len(data)``, capped at ``iterations``; ``iterations`` for data without a length.
-
-    Raises:
-        TypeError: if the data has no length and ``iterations`` is ``None``.
+        ``len(data)``, capped at ``iterations``; ``iterations`` for data without a length;
+        ``None`` for data without a length and no ``iterations`` (a stream, used to its
+        end).
     """
     try:
         length = len(data)  # type: ignore[arg-type]
     except TypeError:
-        if iterations is None:
-            raise TypeError(
-                f"{name} has no length; pass iterations= to say how many batches to use"
-            ) from None
         return iterations
     return length if iterations is None else min(length, iterations)
 

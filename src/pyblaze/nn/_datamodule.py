@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler, Subset
@@ -27,21 +28,18 @@ def loader_params(
         The dataset and the loader settings.
 
     Raises:
-        ValueError: if the loader cannot be rebuilt by helios (iterable dataset, custom
-            sampler or batch sampler, sampling with replacement, ``worker_init_fn``).
+        ValueError: if the loader cannot be rebuilt by helios (custom sampler or batch
+            sampler, sampling with replacement, ``worker_init_fn``).
     """
-    if isinstance(loader.dataset, IterableDataset):
-        raise ValueError(
-            f"{name} iterates an IterableDataset; training needs a map-style dataset "
-            "(with __len__ and __getitem__)"
-        )
     if loader.batch_size is None:
         raise ValueError(
             f"{name} uses a custom batch_sampler; pass batch_size (and shuffle) to the "
             "DataLoader instead"
         )
     sampler = loader.sampler
-    if type(sampler) is RandomSampler:
+    if isinstance(loader.dataset, IterableDataset):
+        shuffle = False  # a stream: helios splits it among ranks and workers, no sampler
+    elif type(sampler) is RandomSampler:
         if sampler.replacement or sampler._num_samples is not None:
             raise ValueError(
                 f"{name} samples with replacement or a custom num_samples; only plain "
@@ -73,6 +71,20 @@ def loader_params(
     return loader.dataset, params
 
 
+class _Prefix(IterableDataset):
+    """The first ``count`` samples of a stream (``val_iterations`` batches of it).
+
+    It has no ``select_part``: every reader reads the prefix and keeps its own share, so the
+    readers together see each of the ``count`` samples once.
+    """
+
+    def __init__(self, stream: IterableDataset, count: int) -> None:
+        self.stream, self.count = stream, count
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.stream), self.count)
+
+
 class LoaderDataModule(DataModule):
     """A helios data module made from PyTorch data loaders.
 
@@ -101,7 +113,9 @@ class LoaderDataModule(DataModule):
         self._valid_spec = None
         if val_loader is not None:
             dataset, params = loader_params(val_loader, "val_data", seed, is_distributed=False)
-            if val_iterations is not None:
+            if val_iterations is not None and isinstance(dataset, IterableDataset):
+                dataset = _Prefix(dataset, val_iterations * params.batch_size)
+            elif val_iterations is not None:
                 size = min(len(dataset), val_iterations * params.batch_size)  # type: ignore[arg-type]
                 dataset = Subset(dataset, range(size))
             self._valid_spec = self._create_dataset(dataset, params)

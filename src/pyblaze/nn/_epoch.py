@@ -139,7 +139,7 @@ class EpochRun(Epoch):
         device: torch.device,
         callbacks: RunCallbacks,
         recorder: HistoryRecorder,
-        num_val_batches: int,
+        num_val_batches: int | None,
     ) -> None:
         self._engine = engine
         self._spec = spec

@@ -100,9 +100,10 @@ def plan_fit(
     val_iterations = check_count("val_iterations", val_iterations, optional=True)
     if eval_every is not None:
         raise ValueError(
-            f"eval_every={eval_every!r} is not supported: in PyBlaze 1.1.6 it splits "
-            "infinite iterable training data into epochs, and training here needs "
-            "map-style data; use eval_every=None (validation runs after every epoch)"
+            f"eval_every={eval_every!r} is not supported: in PyBlaze 1.1.6 it cuts endless "
+            "iterable training data into epochs of eval_every batches. Here an epoch is one "
+            "pass over the training data, a stream (IterableDataset) included, which must "
+            "then end; use eval_every=None (validation runs after every epoch)"
         )
     user_callbacks = check_callbacks(callbacks)
     metric_fns = check_metrics(metrics)

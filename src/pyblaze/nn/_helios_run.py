@@ -61,6 +61,14 @@ if TYPE_CHECKING:
 _SKIPPED = Epoch()
 
 
+def _length(loader: Any) -> int | None:
+    """The batches of a loader, or ``None`` for a stream (no length)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 class EngineRun(Model):
     """The helios model that runs an engine and its callbacks (see the module docstring).
 
@@ -93,7 +101,8 @@ class EngineRun(Model):
         self._callbacks = RunCallbacks(CallbackList([]), CallbackList([]))
         self._stop: CallbackException | None = None
         self._average_losses = False
-        self._num_batches = self._num_val_batches = 0
+        self._num_batches: int | None = 0
+        self._num_val_batches: int | None = 0
         self._epoch_open = False
         self._resumed_callbacks: dict[str, Any] | None = None
         self._resumed_epoch: dict[str, Any] | None = None
@@ -253,9 +262,9 @@ class EngineRun(Model):
         self._stop = None
         self._epoch = _SKIPPED
         datamodule = self.trainer.datamodule
-        self._num_batches = len(datamodule.train_dataloader()[0])
+        self._num_batches = _length(datamodule.train_dataloader()[0])
         valid = datamodule.valid_dataloader()
-        self._num_val_batches = len(valid[0]) if valid is not None else 0
+        self._num_val_batches = _length(valid[0]) if valid is not None else 0
         if self._spec.val_data is not None:
             sanity_check(self._engine, self.placement.module, self._spec, self.device)
         self._callbacks.training.call("before_training", self.placement.module, self._spec.epochs)
@@ -296,10 +305,21 @@ class EngineRun(Model):
         return epoch
 
     def train_step(self, batch: Any, state: TrainingState) -> None:
-        """Train on the batch with the engine."""
+        """Train on the batch with the engine; its loss goes to helios's loss table.
+
+        There helios's non-finite guard reads it (``Trainer(nonfinite_guard=True)``, the
+        default: a NaN or infinite loss stops ``fit`` with
+        :py:class:`~helios.trainer.NonFiniteError` before any checkpoint or callback
+        saves it), and in a distributed run it is averaged over the ranks.
+        """
         loss = self._epoch.train(batch)
-        if self._average_losses and isinstance(loss, float | int) and not isinstance(loss, bool):
-            self._loss_items["loss"] = torch.tensor(float(loss), device=self.device)
+        if isinstance(loss, float | int) and not isinstance(loss, bool):
+            if self._average_losses:
+                self._loss_items["loss"] = torch.tensor(float(loss), device=self.device)
+            else:  # a number: the guard reads it as it is, at no cost
+                self._loss_items["loss"] = loss  # type: ignore[assignment]
+        elif isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self._loss_items["loss"] = loss.detach()
 
     def on_training_batch_end(self, state: TrainingState, should_log: bool = False) -> None:
         """Record the batch and call ``after_batch`` (the loss averaged over ranks)."""

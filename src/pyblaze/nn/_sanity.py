@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import random
 import types
 from collections.abc import Iterator, Mapping
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from pyblaze.nn._checks import check_loss_shapes
 from pyblaze.nn._metrics import Metric, score_outputs
@@ -59,11 +60,15 @@ def first_batch(loader: DataLoader) -> Any:
     """Make the first batch of a loader in this process (no worker processes).
 
     Args:
-        loader: a map-style loader with a batch sampler.
+        loader: a map-style loader with a batch sampler, or a loader over a stream
+            (``IterableDataset``: its first ``batch_size`` samples).
 
     Returns:
         The collated batch.
     """
+    if isinstance(loader.dataset, IterableDataset):
+        samples = itertools.islice(iter(loader.dataset), loader.batch_size or 1)
+        return loader.collate_fn(list(samples))
     indices = next(iter(loader.batch_sampler))  # type: ignore[arg-type]
     return loader.collate_fn([loader.dataset[index] for index in indices])
 

@@ -257,8 +257,10 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
             val_data: the validation data, evaluated after every epoch.
             epochs: the number of epochs.
             val_iterations: use only this many batches of ``val_data``.
-            eval_every: not supported (PyBlaze 1.1.6 uses it for infinite iterable data,
-                which helios's resumable loaders cannot drive); must be ``None``.
+            eval_every: not supported (PyBlaze 1.1.6 cuts endless iterable data into epochs
+                of ``eval_every`` batches); must be ``None``. A stream
+                (``IterableDataset``) trains one pass per epoch, resumes exactly, and must
+                end.
             eval_train: also compute ``metrics`` on the whole training set after every
                 epoch (``train_<metric>``).
             eval_val: compute the ``loss`` on the validation data (``val_loss``).
@@ -347,7 +349,8 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
 
         Args:
             data: the batches (usually a data loader).
-            iterations: use only this many batches (needed for data without a length).
+            iterations: use only this many batches (data without a length, a stream, is
+                used to its end without it).
             metrics: ``{name: metric(y_pred, y_true)}``.
             callbacks: prediction callbacks (training callbacks in the list are ignored).
             gpu: the device (the first GPU of a list is used). ``None`` keeps the model
@@ -384,7 +387,8 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
 
         Args:
             data: the batches (usually a data loader).
-            iterations: use only this many batches (needed for data without a length).
+            iterations: use only this many batches (data without a length, a stream, is
+                used to its end without it).
             callbacks: prediction callbacks (training callbacks in the list are ignored).
             gpu: the device (the first GPU of a list is used).
             parallel: on the CPU (``gpu=False``, or ``"auto"`` without CUDA) or several
@@ -437,7 +441,7 @@ class BaseEngine(TrainingCallback, PredictionCallback, abc.ABC):
         try:
             with torch.no_grad():
                 for index, batch in enumerate(data):
-                    if index >= count:
+                    if count is not None and index >= count:
                         break
                     outputs.append(to_device(step(to_device(batch, device)), "cpu"))
                     listed.batch_hook(None)
@@ -582,7 +586,7 @@ class SupervisedEngine(BaseEngine):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self._iteration: int | None = None
-        self._num_iterations = 0
+        self._num_iterations: int | None = 0
         # The loss of the last batch, kept until the next batch's forward pass as the
         # variables of a plain PyTorch loop keep it: while its autograd graph is alive,
         # autograd reuses the parameters' gradient accumulators instead of building new
@@ -592,7 +596,7 @@ class SupervisedEngine(BaseEngine):
         self._chosen_step: Callable[..., float] = self._plain_step
         self._step: Callable[..., float] = self._plain_step
 
-    def before_epoch(self, current: int, num_iterations: int) -> None:
+    def before_epoch(self, current: int, num_iterations: int | None) -> None:
         """Reset the batch counter of the epoch."""
         self._iteration = 0
         self._num_iterations = num_iterations
@@ -625,7 +629,8 @@ class SupervisedEngine(BaseEngine):
             state_dict: the state.
         """
         self._iteration = state_dict["iteration"]
-        self._num_iterations = int(state_dict["num_iterations"])
+        count = state_dict["num_iterations"]
+        self._num_iterations = None if count is None else int(count)
 
     def __getstate__(self) -> dict[str, Any]:
         # A tensor with an autograd graph cannot be pickled (e.g. for spawned processes);

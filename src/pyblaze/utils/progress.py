@@ -68,7 +68,9 @@ class ProgressBar:
 
     Args:
         total: the number of steps, or an iterable whose length is the number of steps
-            (iterating the bar then iterates it).
+            (iterating the bar then iterates it); ``None``, or an iterable without a
+            length (a stream), when the number is not known: the bar then shows the
+            steps done and the time, without a fraction or an ETA.
         file: the stream to write to; ``None`` means the current ``sys.stdout``.
         verbose: if false, nothing is printed.
         indent: the number of spaces in front of every line.
@@ -76,18 +78,22 @@ class ProgressBar:
 
     def __init__(
         self,
-        total: int | Iterable[Any],
+        total: int | Iterable[Any] | None,
         file: TextIO | None = None,
         verbose: bool = True,
         indent: int = 0,
     ) -> None:
-        if isinstance(total, int):
+        self.total: int | None
+        if total is None or isinstance(total, int):
             self._iterable: Iterable[Any] | None = None
             self.total = total
         else:
             self._iterable = total
-            self.total = len(total)  # type: ignore[arg-type]
-        if self.total < 0:
+            try:
+                self.total = len(total)  # type: ignore[arg-type]
+            except TypeError:  # a stream: no total
+                self.total = None
+        if self.total is not None and self.total < 0:
             raise ValueError(f"total must be >= 0, but received {self.total}")
         self._file = file
         self.verbose = verbose
@@ -145,7 +151,7 @@ class ProgressBar:
         if self._start is None:
             self.start()
         self.count += num
-        self._draw(force=self.count >= self.total)
+        self._draw(force=self.total is not None and self.count >= self.total)
 
     def finish(self, metrics: Mapping[str, Any] | None = None) -> None:
         """Replace the bar with the summary line: elapsed time and the metrics.
@@ -171,6 +177,12 @@ class ProgressBar:
         if not force and now - self._last_draw < _REDRAW_INTERVAL_S:
             return
         self._last_draw = now
+        if self.total is None:  # no total known (a stream): the count and the time
+            line = f"{self._indent}[{self.count} done] [Elapsed {_format_duration(self.elapsed)}]"
+            self.stream.write("\r\x1b[2K" + line)
+            self.stream.flush()
+            self._drawn = True
+            return
         frac = 1.0 if self.total == 0 else min(self.count / self.total, 1.0)
         filled = round(frac * _BAR_WIDTH)
         bar = "=" * filled

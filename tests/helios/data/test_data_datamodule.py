@@ -243,6 +243,7 @@ def test_dataloader_params_round_trip_and_errors() -> None:
         "is_distributed": None,
         "sampler": None,
         "collate_fn": None,
+        "stream_resume": "restart",
     }
     sampler = ResumableSequentialSampler(range(3))
     table = {"batch_size": 4, "shuffle": True, "sampler": sampler}

@@ -37,10 +37,11 @@ def epoch_indices(sampler: ResumableSamplerType, epoch: int) -> list[int]:
     return list(sampler)
 
 
-def test_registry_holds_the_three_samplers() -> None:
+def test_registry_holds_the_four_samplers() -> None:
     assert sorted(SAMPLER_REGISTRY.keys()) == [
         "ResumableDistributedSampler",
         "ResumableRandomSampler",
+        "ResumableReplacementSampler",
         "ResumableSequentialSampler",
     ]
     sampler = create_sampler("ResumableRandomSampler", range(4), seed=2, batch_size=2)

@@ -16,6 +16,9 @@ runs one scenario on gloo (``use_cpu=True``):
   tests SIGKILL it and start it again).
 * ``crash``: the reference run, where rank 1 raises an unlisted exception at iteration 3;
   a rank whose fit failed then calls ``fit`` once more.
+* ``sparse``: a longer run (``SPARSE_ITERATIONS`` iterations) that saves only every
+  ``SPARSE_CHKPT_EVERY`` iterations and never validates, so the ranks agree on a signal
+  only at their periodic agreements (the preemption tests count the batches it takes).
 
 Each rank writes, per fit ``<fit>`` (``main``, ``early``, ``stop``), ``result<r>_<fit>.json``
 (what the model, the plug-in and the trainer reported, and where training stopped) and
@@ -60,6 +63,8 @@ from helios.core import rng
 
 NUM_SAMPLES = 20
 BATCH_SIZE = 4
+SPARSE_ITERATIONS = 60
+SPARSE_CHKPT_EVERY = 25
 SAVE_NAME = "dist"
 # ITERATION unit, 2 batches per iteration: each rank has 10 samples, 3 batches per epoch
 # (4, 4, 2), so iterations straddle epochs and the run covers 6 epochs.
@@ -220,6 +225,7 @@ class DistModel(hlm.Model):
             "epoch": state.global_epoch,
             "ids": ids.tolist(),
             "local_loss": float(loss.item()),
+            "py_draw": py_draw,
         }
 
     def on_training_batch_end(self, state: hlt.TrainingState, should_log: bool = False) -> None:
@@ -295,9 +301,16 @@ def _fit(trainer: hlt.Trainer, model: DistModel, slow_prepare: bool = False) -> 
     return trainer.fit(model, DistDataModule(model.workdir, slow_prepare))
 
 
-def run_torchrun(workdir: pathlib.Path, scenario: str, step_sleep: float) -> int:
-    """Run a scenario in one torchrun worker; return the exit code."""
+def run_torchrun(
+    workdir: pathlib.Path, scenario: str, step_sleep: float, own_group: bool = False
+) -> int:
+    """Run a scenario in one torchrun worker; return the exit code.
+
+    ``own_group``: the script initialises the process group itself before the Trainer runs.
+    """
     _record_saves(workdir)
+    if own_group:
+        torch.distributed.init_process_group("gloo")
     if scenario == "reference":
         trainer = make_trainer(
             workdir,
@@ -306,6 +319,10 @@ def run_torchrun(workdir: pathlib.Path, scenario: str, step_sleep: float) -> int
             enable_tensorboard=True,
             run_path=workdir / "runs",
             print_frequency=1,
+        )
+    elif scenario == "sparse":
+        trainer = make_trainer(
+            workdir, total_steps=SPARSE_ITERATIONS, chkpt_frequency=SPARSE_CHKPT_EVERY
         )
     else:
         trainer = make_trainer(workdir)
@@ -385,14 +402,15 @@ def main(argv: list[str]) -> int:
     """Parse the arguments and run the scenario; return the exit code."""
     parser = argparse.ArgumentParser()
     parser.add_argument("workdir", type=pathlib.Path)
-    parser.add_argument("scenario", choices=["reference", "resume", "crash", "spawn"])
+    parser.add_argument("scenario", choices=["reference", "resume", "crash", "sparse", "spawn"])
     parser.add_argument("--step-sleep", type=float, default=0.0)
+    parser.add_argument("--own-group", action="store_true")
     args = parser.parse_args(argv)
     if args.scenario == "spawn":
         for case in ("ok", "unlisted", "listed"):
             print(f"SPAWN {case} {run_spawned(args.workdir, case)}", flush=True)
         return 0
-    return run_torchrun(args.workdir, args.scenario, args.step_sleep)
+    return run_torchrun(args.workdir, args.scenario, args.step_sleep, args.own_group)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ runs on 1, 2 and 3 processes take the same steps up to float rounding.
 * ``--kill-at N``: rank 1 (rank 0 alone) sends itself SIGKILL when iteration N starts.
 * ``--kill-in-commit N``: rank 0 sends itself SIGKILL at the N-th save of this process,
   after every rank wrote its shards and before the checkpoint folder is committed.
+* ``--kill-writing-contents N``: rank 0 sends itself SIGKILL in the middle of writing the
+  N-th save's ``helios.pth`` (half of it written and flushed), inside the commit.
 * ``--explicit-state``: the model writes ``state_dict``/``load_state_dict`` itself, as the
   seeds show, instead of the default state.
 * ``--meta-init``: the network is built on the meta device, sharded, then materialised
@@ -37,6 +39,7 @@ block's weight in the forward pass, the world size).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import pathlib
@@ -252,11 +255,41 @@ def _kill_in_commit(after_saves: int) -> None:
     run_checkpoint.commit_sharded = dying_commit  # type: ignore[assignment]
 
 
+def _kill_writing_contents(at_save: int) -> None:
+    """Make rank 0 die (SIGKILL) halfway through writing the N-th save's ``helios.pth``.
+
+    helios writes its checkpoint files through a wrapper that records write errors
+    (``checkpoint.io._RecordingFile``); Distributed Checkpoint writes its objects into the
+    shard files directly. Only a sharded save writes a file in this job.
+    """
+    real_save = torch.save
+    count = 0
+
+    def dying_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal count
+        if type(f).__name__ != "_RecordingFile":
+            real_save(obj, f, *args, **kwargs)
+            return
+        count += 1
+        if count != at_save:
+            real_save(obj, f, *args, **kwargs)
+            return
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        data = buffer.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.save = dying_save
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("workdir", type=pathlib.Path)
     parser.add_argument("--kill-at", type=int, default=None)
     parser.add_argument("--kill-in-commit", type=int, default=None)
+    parser.add_argument("--kill-writing-contents", type=int, default=None)
     parser.add_argument("--explicit-state", action="store_true")
     parser.add_argument("--replicate", action="store_true")
     parser.add_argument("--meta-init", action="store_true")
@@ -271,6 +304,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.kill_in_commit is not None and os.environ.get("RANK", "0") == "0":
         _kill_in_commit(args.kill_in_commit)
+    if args.kill_writing_contents is not None and os.environ.get("RANK", "0") == "0":
+        _kill_writing_contents(args.kill_writing_contents)
     model_type = ExplicitStateModel if args.explicit_state else ShardedModel
     model = (HiddenNetworkModel if args.hidden_network else model_type)(args)
     trainer = hlt.Trainer(

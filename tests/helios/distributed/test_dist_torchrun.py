@@ -268,12 +268,12 @@ def test_test_after_fit_shards_the_test_data_and_uses_the_checkpoint(
             assert record["output"] == pytest.approx(expected, rel=1e-6)
 
 
-def _launch(workdir: pathlib.Path, launches: list[subprocess.Popen[bytes]]) -> None:
+def _launch(workdir: pathlib.Path, launches: list[subprocess.Popen[bytes]], *options: str) -> None:
     output = open(workdir / f"launch_{len(launches)}.out", "wb")  # noqa: SIM115
     with output:
         launches.append(
             subprocess.Popen(
-                _torchrun(workdir, "resume", "--step-sleep", "0.04"),
+                _torchrun(workdir, "resume", "--step-sleep", "0.04", *options),
                 cwd=REPO_ROOT,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -405,12 +405,49 @@ def test_sigterm_to_torchrun_saves_where_the_workers_are_and_the_rerun_is_exact(
     _assert_finished_like(reference, tmp_path)
 
 
-@SHARES_REFERENCE
-def test_workers_of_a_killed_torchrun_agent_save_and_exit(
-    reference: pathlib.Path, tmp_path: pathlib.Path
+def test_a_signal_stops_a_run_that_saves_rarely_within_two_agreements(
+    tmp_path: pathlib.Path,
 ) -> None:
+    # No save or validation makes the ranks agree early: only the periodic agreement (every
+    # AGREE_EVERY iterations, read at the next one) tells them. The signal comes after the
+    # save at iteration 25 and long before the next one (50).
+    import importlib.util
+
+    from helios.trainer.preemption import AGREE_EVERY
+
+    spec = importlib.util.spec_from_file_location("dist_job", JOB_PATH)
+    assert spec is not None and spec.loader is not None
+    dist_job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dist_job)
+
+    command = _torchrun(tmp_path, "sparse", "--step-sleep", "0.03")
+    with open(tmp_path / "sparse.out", "wb") as output:
+        job = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)
+    signalled_at = (dist_job.SPARSE_CHKPT_EVERY + 3) * dist_job.ACCUMULATION
+    _wait_for_batches(tmp_path, signalled_at, job)
+    sent_after = _batches_done(tmp_path)  # batches rank 0 had finished when it was sent
+    job.send_signal(signal.SIGTERM)
+    job.wait(timeout=120)
+    output = (tmp_path / "sparse.out").read_text()
+    assert output.count("Training stopped by SIGTERM") == 1, output
+    stopped = _newest_checkpoint_iteration(tmp_path)  # the batch count of the stop's save
+    assert [len(_records(tmp_path, rank, "main")) for rank in RANKS] == [stopped, stopped]
+    # At most two agreements after the signal (plus the iteration it lands in).
+    bound = (2 * AGREE_EVERY + 1) * dist_job.ACCUMULATION
+    assert sent_after < stopped <= sent_after + bound, (sent_after, stopped)
+    assert stopped < 2 * dist_job.SPARSE_CHKPT_EVERY * dist_job.ACCUMULATION
+
+
+@SHARES_REFERENCE
+@pytest.mark.parametrize("own_group", [False, True], ids=["helios_group", "script_group"])
+def test_workers_of_a_killed_torchrun_agent_save_and_exit(
+    reference: pathlib.Path, tmp_path: pathlib.Path, own_group: bool
+) -> None:
+    # script_group: the script initialised the process group itself before fit; helios
+    # still makes its workers end with their agent.
+    options = ["--own-group"] if own_group else []
     launches: list[subprocess.Popen[bytes]] = []
-    _launch(tmp_path, launches)
+    _launch(tmp_path, launches, *options)
     _wait_for_batches(tmp_path, 5, launches[0])
     workers = _descendants(launches[0].pid)
     assert len(workers) == 2
@@ -420,8 +457,12 @@ def test_workers_of_a_killed_torchrun_agent_save_and_exit(
     while any(_alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "orphaned workers are still running"
         time.sleep(0.05)
+    # They stopped because their agent died (SIGTERM from the kernel), not at the end.
+    output = (tmp_path / "launch_0.out").read_text()
+    assert output.count("Training stopped by SIGTERM") == 1, output
+    assert _batches_done(tmp_path) < BATCHES
     assert _newest_checkpoint_iteration(tmp_path) == _batches_done(tmp_path)
-    _launch(tmp_path, launches)
+    _launch(tmp_path, launches, *options)
     assert launches[1].wait(timeout=240) == 0, (tmp_path / "launch_1.out").read_text()
     _assert_finished_like(reference, tmp_path)
 
@@ -512,6 +553,24 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
     assert f"written by 2 process(es) and this run has {new_world_size}" in output
     if new_world_size == 3:
         assert "ranks [2] have no saved RNG states" in output
+        # Rank 2 has no saved streams: its first draws come from (seed, iteration, rank),
+        # never from another rank's streams; ranks 0 and 1 continue their own.
+        import random as python_random
+
+        from helios.core import rng
+        from helios.data.datamodule import sample_seed
+
+        first = {}
+        for rank in range(3):
+            resumed_records = [
+                r for r in _records(tmp_path, rank, "main", keep_pid=True)
+                if r["pid"] not in first_launch and r["gi"] == done + 1
+            ]  # fmt: skip
+            first[rank] = resumed_records[-1]["py_draw"]
+        seed = sample_seed(rng.get_default_seed(), done, "rank2")
+        assert first[2] == python_random.Random(seed).random()
+        # (Ranks 0 and 1 share Python's stream in this job: only their torch draws differ.)
+        assert first[2] != first[0], first
     after = [
         i
         for pid, ids in _ids_by_launch(workdir, epoch, new_world_size).items()

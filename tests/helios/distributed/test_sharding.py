@@ -222,6 +222,29 @@ def test_crash_between_shards_and_commit_keeps_the_previous_checkpoint(
     _assert_identical(_weights(workdir), _weights(dropout_reference))
 
 
+@SHARES_DROPOUT_REFERENCE
+def test_crash_while_writing_helios_pth_leaves_no_committed_folder_without_it(
+    dropout_reference: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    # The commit's order: helios.pth complete in the hidden folder first, then the rename.
+    # Killed halfway through helios.pth, no folder under a checkpoint's name lacks it.
+    workdir = tmp_path / "run"
+    done = _run(workdir, "--dropout", "0.2", "--kill-writing-contents", "4", expect_ok=False)
+    assert done.returncode != 0
+    folder = _folder(workdir)
+    assert hlt.find_last_checkpoint(folder) == folder / "sharded_epoch_1_iter_3.dcp"
+    for committed in folder.glob("*.dcp"):
+        assert (committed / layout.CONTENTS_NAME).is_file(), committed
+        io.read_checkpoint(committed)  # complete and readable
+    unfinished = folder / ".sharded_epoch_1_iter_4.dcp.tmp"
+    assert (unfinished / ".metadata").is_file()  # every rank's shards were written
+
+    _run(workdir, "--dropout", "0.2")
+
+    assert not unfinished.exists()
+    _assert_identical(_weights(workdir), _weights(dropout_reference))
+
+
 @SHARES_PLAIN_REFERENCE
 def test_truncated_newest_shard_falls_back_to_the_previous_checkpoint(
     plain_reference: pathlib.Path, plain_killed: pathlib.Path, tmp_path: pathlib.Path

@@ -6,8 +6,9 @@ itself with SIGKILL; for W&B, fail with an uncaught exception instead: W&B's ser
 an offline run's transaction log in 32 KiB blocks and only flushes it when the run finishes
 (which its exit hook does on an exception), so a SIGKILL loses what it had not written.
 
-``python log_job.py BACKEND WORKDIR resume K M``: a new logger loads ``state.json``,
-resumes from step K and logs steps K+1..M-1, then closes.
+``python log_job.py BACKEND WORKDIR resume K M [R]``: a new logger loads ``state.json``,
+resumes from step K (or rewinds to step R < K, earlier than the state's last step) and logs
+the steps after it up to M-1, then closes.
 
 ``loss`` is ``step`` in the first process and ``1000 + step`` after the resume; ``acc``
 appears from step 3 on, every third step (a metric that the logger first sees late).
@@ -58,8 +59,9 @@ def main() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     state = json.loads((workdir / "state.json").read_text())
     logger.load_state_dict(state)
-    logger.resume_from(k)
-    for step in range(k + 1, end):
+    start = int(sys.argv[6]) if len(sys.argv) > 6 else k
+    logger.resume_from(start)
+    for step in range(start + 1, end):
         log_step(logger, step, 1000.0)
     logger.close()
 

@@ -152,11 +152,12 @@ def expected_history(k: int, end: int) -> dict[str, list[tuple[int, float]]]:
     return history
 
 
-def run_job(backend: str, workdir: pathlib.Path, phase: str, end: int) -> None:
+def run_job(backend: str, workdir: pathlib.Path, phase: str, end: int, *rewind_to: int) -> None:
     env = dict(os.environ, PYTHONPATH=str(SRC), WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_API_KEY", None)
+    extra = [str(step) for step in rewind_to]
     result = subprocess.run(
-        [sys.executable, str(JOB), backend, str(workdir), phase, str(K), str(end)],
+        [sys.executable, str(JOB), backend, str(workdir), phase, str(K), str(end), *extra],
         capture_output=True,
         text=True,
         timeout=240,
@@ -193,6 +194,25 @@ def test_kill_and_resume_leaves_every_step_once(backend: str, tmp_path: pathlib.
     run_job(backend, tmp_path, "resume", END)
     history = read_back(backend, tmp_path)
     expected = expected_history(K, END)
+    for key in ("loss", "acc"):
+        steps = [step for step, _ in history[key]]
+        assert len(steps) == len(set(steps)), f"{key}: duplicated steps {steps}"
+        assert sorted(history[key]) == expected[key], key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["csv", "mlflow", "wandb"])
+def test_resume_from_an_earlier_step_than_the_saved_one_rewinds(
+    backend: str, tmp_path: pathlib.Path
+) -> None:
+    # The documented rewind: resume_from(step) earlier than the state's last step drops the
+    # points after step, not only those after the saved last step.
+    rewind = K - 3
+    run_job(backend, tmp_path, "first", END_FIRST)
+    assert json.loads((tmp_path / "state.json").read_text())["last_step"] == K
+    run_job(backend, tmp_path, "resume", END, rewind)
+    history = read_back(backend, tmp_path)
+    expected = expected_history(rewind, END)
     for key in ("loss", "acc"):
         steps = [step for step, _ in history[key]]
         assert len(steps) == len(set(steps)), f"{key}: duplicated steps {steps}"

@@ -166,12 +166,17 @@ def test_optuna_backup_study_numbers_backups(tmp_path: pathlib.Path) -> None:
         (
             {"storage": optuna.storages.InMemoryStorage(), "load_if_exists": True},
             TypeError,
-            r"study_args\['storage'\] to be an SQLite URL string .* got InMemoryStorage",
+            r"study_args\['storage'\] to be a database URL string .* got InMemoryStorage",
         ),
         (
-            {"storage": "postgresql://host/db", "load_if_exists": True},
+            {"storage": "mysql://user:secret@host/db", "load_if_exists": True},
             ValueError,
-            "starting with 'sqlite:///', got 'postgresql://host/db'",
+            r"SQLite file or of a PostgreSQL database.* got 'mysql://user:\*\*\*@host/db'",
+        ),
+        (
+            {"storage": "sqlite://", "load_if_exists": True},
+            ValueError,
+            "starting with 'sqlite:///', got 'sqlite://'",
         ),
         (
             {"storage": "sqlite:///:memory:", "load_if_exists": True},

@@ -225,6 +225,7 @@ def test_checkpoint_names_and_contents_with_logging_and_plugins(tmp_path: pathli
         "tensorboard_events",
         "counter",
         "ranks",
+        "environment",
     }
     assert contents["precision"] == {"name": "32", "scaler": {}}
     assert contents["version"] == helios.__version__
@@ -286,7 +287,9 @@ def test_checkpoint_names_and_contents_without_logging(
     for name, epoch_index in expected.items():
         contents = _load(folder / name)
         # The running loss sums are saved when there are some (none right after a validation).
-        expected_keys = {"version", "training_state", "model", "precision", "rng", "ranks"}
+        expected_keys = {
+            "version", "training_state", "model", "precision", "rng", "ranks", "environment"
+        }  # fmt: skip
         assert set(contents) - {"running_losses"} == expected_keys
         assert set(contents.get("running_losses", {})) <= {"loss"}
         state = contents["training_state"]

@@ -33,17 +33,26 @@ def test_validation_summary_line() -> None:
     line = console.format_validation_summary(
         {"accuracy": 97.2222, "f1": torch.tensor(0.97111)},
         {"loss": 0.083123},
-        cycle=3,
+        cycle=2,
         epoch=3,
         iteration=270,
+        batches=90,
     )
-    assert line == "Validation 3 (epoch 3, iteration 270): accuracy 97.22, f1 0.9711 | loss 0.08312"
+    assert line == (
+        "Validation 2 (epoch 3, iteration 270): metrics accuracy 97.22, f1 0.9711 | "
+        "loss 0.08312 (mean of 90 batches)"
+    )
+    # Without validation data the line says so; the training means are still labelled.
+    line = console.format_validation_summary(
+        {}, {"train loss": 0.84}, epoch=2, iteration=44, batches=1, validated=False
+    )
+    assert line == "No validation data (epoch 2, iteration 44): train loss 0.84 (mean of 1 batch)"
 
 
 @pytest.mark.parametrize(
     ("metrics", "losses", "kwargs", "line"),
     [
-        ({"acc": 0.5}, None, {}, "Validation: acc 0.5"),
+        ({"acc": 0.5}, None, {}, "Validation: metrics acc 0.5"),
         ({}, {"loss": 1.0}, {"iteration": 9}, "Validation (iteration 9): loss 1"),
         ({}, {}, {"cycle": 1}, "Validation 1: no metrics"),
     ],

@@ -12,6 +12,12 @@ a retention record and index (keep the last 2, rank by ``score``), a log file an
 logger (its file, with a path relative to the run's working directory, is in the fixture
 too). Every later helios must resume it to the same weights, bit for bit, as a run that was
 never interrupted, and continue the retention record and the CSV file the same way.
+
+The run has ``random_seed=7``; when it was written the loaders shuffled by their
+``DataLoaderParams`` seed only (the default, 6691). Today the run's seed shuffles a split
+left at the default seed, but a checkpoint without the ``loader_seed`` entry resumes with
+the order it was written with (:py:mod:`helios.trainer.loader_seed`): the uninterrupted
+run it is compared with shuffles that way too (:py:class:`WrittenOrderData`).
 """
 
 from __future__ import annotations
@@ -62,6 +68,18 @@ class FixtureData(hld.DataModule):
         self._train_dataset = self._create_dataset(_Samples(10, 1234), params)
         valid = hld.DataLoaderParams(batch_size=2)
         self._valid_dataset = self._create_dataset(_Samples(4, 99), valid)
+
+
+class WrittenOrderData(FixtureData):
+    """``FixtureData`` shuffled as when the fixture was written: by the loaders' own seed."""
+
+    @property
+    def run_seed(self) -> int | None:
+        return None
+
+    @run_seed.setter
+    def run_seed(self, seed: int | None) -> None:
+        pass
 
 
 class FixtureModel(hlm.Model):
@@ -128,11 +146,11 @@ def make_trainer(root: pathlib.Path, total_steps: int) -> hlt.Trainer:
     )
 
 
-def _fit(root: pathlib.Path, total_steps: int) -> FixtureModel:
+def _fit(root: pathlib.Path, total_steps: int, data: FixtureData | None = None) -> FixtureModel:
     model = FixtureModel()
     trainer = make_trainer(root, total_steps)
     trainer.train_exceptions.append(Exception)
-    assert trainer.fit(model, FixtureData())
+    assert trainer.fit(model, data or FixtureData())
     return model
 
 
@@ -181,7 +199,7 @@ def test_a_checkpoint_of_an_earlier_helios_resumes_bit_identically(
     monkeypatch.chdir(resumed)
     resumed_model = _fit(resumed, TOTAL_STEPS)
     monkeypatch.chdir(straight)
-    straight_model = _fit(straight, TOTAL_STEPS)
+    straight_model = _fit(straight, TOTAL_STEPS, WrittenOrderData())
 
     assert resumed_model.trained == list(range(STOPPED_AT, TOTAL_STEPS + 1))
     assert straight_model.trained == list(range(1, TOTAL_STEPS + 1))

@@ -29,22 +29,35 @@ class AugmentedDataset(toys.IndexedSamples):
 
 
 class WorkerDataModule(hld.DataModule):
-    def __init__(self, num_workers: int) -> None:
+    def __init__(self, num_workers: int, replacement: bool = False) -> None:
         super().__init__()
         self.num_workers = num_workers
+        self.replacement = replacement
 
     def setup(self) -> None:
+        dataset = AugmentedDataset()
+        sampler = None
+        if self.replacement:  # minGPT's sampling: many more draws than samples
+            sampler = hld.create_sampler(
+                "ResumableReplacementSampler", dataset, num_samples=10**9, seed=5,
+                batch_size=job.BATCH_SIZE,
+            )  # fmt: skip
         params = hld.DataLoaderParams(
-            batch_size=job.BATCH_SIZE, shuffle=True, num_workers=self.num_workers
+            batch_size=job.BATCH_SIZE,
+            shuffle=not self.replacement,
+            num_workers=self.num_workers,
+            sampler=sampler,
         )
-        self._train_dataset = self._create_dataset(AugmentedDataset(), params)
+        self._train_dataset = self._create_dataset(dataset, params)
 
 
-def _fit(workdir: pathlib.Path, num_workers: int, crash_at: int | None = None) -> tuple[bool, Any]:
+def _fit(
+    workdir: pathlib.Path, num_workers: int, crash_at: int | None = None, replacement: bool = False
+) -> tuple[bool, Any]:
     model = job.ResumeModel(accumulation=1, crash_at=crash_at)
     # A checkpoint every iteration (= batch): a crash resumes inside its epoch.
     trainer = job.make_trainer(workdir, "iteration", 12, 1, valid_frequency=None)
-    return trainer.fit(model, WorkerDataModule(num_workers)), model
+    return trainer.fit(model, WorkerDataModule(num_workers, replacement)), model
 
 
 def _inputs(model: Any) -> dict[int, list[float]]:
@@ -69,6 +82,24 @@ def test_worker_augmentations_survive_a_mid_epoch_resume(
     expected = _inputs(uninterrupted)
     for gi, draws in _inputs(resumed).items():
         assert draws[3] == expected[gi][3], f"batch {gi} differs"
+
+
+@pytest.mark.slow
+def test_sampling_with_replacement_resumes_inside_its_endless_epoch(tmp_path: pathlib.Path) -> None:
+    ok, uninterrupted = _fit(tmp_path / "reference", num_workers=2, replacement=True)
+    assert ok
+    drawn = [i for record in uninterrupted.records for i in record["ids"]]
+    assert len(set(drawn)) < len(drawn), "some samples drawn more than once"
+    crash_at = random.randint(2, 11)
+    crashed, _ = _fit(tmp_path / "run", num_workers=2, crash_at=crash_at, replacement=True)
+    assert crashed is False
+    ok, resumed = _fit(tmp_path / "run", num_workers=2, replacement=True)
+    assert ok
+    assert resumed.records[0]["gi"] == crash_at, "the run resumed where it crashed"
+    assert [r["epoch"] for r in resumed.records] == [1] * len(resumed.records), "one epoch"
+    assert resumed.records == uninterrupted.records[crash_at - 1 :], "same ids and draws"
+    for key, value in uninterrupted.net.state_dict().items():
+        assert torch.equal(resumed.net.state_dict()[key], value), f"weights differ in {key}"
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import pathlib
 
@@ -43,6 +44,20 @@ import helios.trainer as hlt
         ({"gpus": "0"}, TypeError, r"gpus must be None or a list of ints"),
         ({"use_cpu": "yes"}, TypeError, r"use_cpu must be None or a bool"),
         ({"run_name": 3}, TypeError, r"run_name must be a str"),
+        ({"dist_timeout": 0}, ValueError, r"dist_timeout must be a positive, finite.*0"),
+        ({"dist_timeout": -5.0}, ValueError, r"dist_timeout.*-5.0"),
+        ({"dist_timeout": math.inf}, ValueError, r"dist_timeout.*inf"),
+        (
+            {"dist_timeout": datetime.timedelta(0)},
+            ValueError,
+            r"dist_timeout must be a positive.*timedelta\(0\)",
+        ),
+        (
+            {"dist_timeout": "30"},
+            TypeError,
+            r"dist_timeout must be None, a number of seconds.*'30'",
+        ),
+        ({"dist_timeout": True}, TypeError, r"dist_timeout.*True \(type bool\)"),
     ],
 )
 def test_invalid_arguments_are_rejected(kwargs, error, match) -> None:
@@ -113,3 +128,13 @@ def test_training_state_dict() -> None:
     state = hlt.TrainingState(current_iteration=3, global_epoch=1)
     assert state.dict()["current_iteration"] == 3
     assert state == hlt.TrainingState(current_iteration=3, global_epoch=1)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), (30, 30.0), (2.5, 2.5), (datetime.timedelta(minutes=2), 120.0)],
+)
+def test_dist_timeout_is_kept_as_a_timedelta(value: object, seconds: float | None) -> None:
+    config = hlt.Trainer(dist_timeout=value)._config
+    expected = None if seconds is None else datetime.timedelta(seconds=seconds)
+    assert config.dist_timeout == expected

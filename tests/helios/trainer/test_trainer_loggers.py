@@ -106,8 +106,14 @@ def test_validation_prints_one_line_with_metrics_and_losses(
     assert trainer.fit(Scored(), job.ResumeDataModule())
     lines = capsys.readouterr().out.splitlines()
     validations = [line for line in lines if line.startswith("Validation")]
-    assert validations[0].startswith("Validation 1 (epoch 1, iteration 3): score 0.5 | train loss ")
-    assert validations[1].startswith("Validation 2 (epoch 2, iteration 6): score 1.5 | train loss ")
+    # Numbered as the hooks number the cycles (from 0); each number says what it is.
+    assert validations[0].startswith(
+        "Validation 0 (epoch 1, iteration 3): metrics score 0.5 | train loss "
+    )
+    assert validations[0].endswith(" (mean of 3 batches)")
+    assert validations[1].startswith(
+        "Validation 1 (epoch 2, iteration 6): metrics score 1.5 | train loss "
+    )
     assert lines[-1] == "Training finished at epoch 2, iteration 6"
 
 

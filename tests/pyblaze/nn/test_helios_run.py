@@ -240,4 +240,4 @@ def test_trainer_summaries_are_off_unless_asked_for(make_model, dataset, capsys,
     out = capsys.readouterr()
     printed = out.out + out.err
     # pyblaze's console keeps its 1.1.6 format: helios's per-validation lines only on request.
-    assert ("Validation 1 (epoch 1" in printed) == (override is True)
+    assert ("Validation 0 (epoch 1" in printed) == (override is True)

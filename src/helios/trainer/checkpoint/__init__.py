@@ -6,11 +6,13 @@ writes and commits, validated safe loads; nothing else touches checkpoint files)
 :py:mod:`.layout` (names, keys and discovery). Around them:
 
 * :py:mod:`.rank_state`: each rank's RNG states and sampler position (the per-rank part).
+* :py:mod:`.loader_state`: each rank's position in a training stream (per rank too).
 * :py:mod:`.model_part`: the model's part, the one that may be sharded.
 * :py:mod:`.sharded`: the shards of a sharded model (Distributed Checkpoint folders), and
   :py:func:`export_full_checkpoint`.
 * :py:mod:`.retention`: which checkpoints to keep and the index of the best.
 * :py:mod:`.async_save`: snapshots and the background writer of asynchronous saves.
+* :py:mod:`.environment`: the versions and the device that wrote each checkpoint.
 
 For front ends and tools: :py:meth:`helios.trainer.Trainer.add_checkpoint_part` adds a
 named part to every checkpoint of a trainer's runs; :py:func:`read_checkpoint` reads the
@@ -26,12 +28,13 @@ from .io import (
 from .layout import checkpoint_name, find_last_checkpoint, list_checkpoints
 from .parts import RESERVED_NAMES, CheckpointPart, OwnedPart, PartTable, StateOwner
 from .retention import find_best_checkpoint
-from .run_checkpoint import CheckpointMismatchError, RunCheckpoint
+from .run_checkpoint import CheckpointMismatchError, CheckpointNotSharedError, RunCheckpoint
 from .sharded import export_full_checkpoint, load_full_state
 
 __all__ = [
     "RESERVED_NAMES",
     "CheckpointMismatchError",
+    "CheckpointNotSharedError",
     "CheckpointPart",
     "CheckpointWriteError",
     "OwnedPart",

@@ -46,6 +46,7 @@ from .layout import (
     list_checkpoints,
     temporary_folder,
 )
+from .shard_index import ShardIndexError, read_shard_index
 
 
 class CheckpointWriteError(RuntimeError):
@@ -213,10 +214,16 @@ def commit_sharded(contents: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def read_metadata(path: pathlib.Path) -> Any:
-    """Read the shard index (Distributed Checkpoint metadata) of a sharded checkpoint."""
-    import torch.distributed.checkpoint as dcp
+    """Read the shard index (Distributed Checkpoint metadata) of a sharded checkpoint.
 
-    return dcp.FileSystemReader(path).read_metadata()
+    The index is unpickled by :py:func:`~helios.trainer.checkpoint.shard_index.load_shard_index`,
+    which resolves only the index's own types: a planted ``.metadata`` runs nothing.
+
+    Raises:
+        helios.trainer.checkpoint.shard_index.ShardIndexError: if the index names any
+            other global.
+    """
+    return read_shard_index(path)
 
 
 def read_sharded_contents(path: pathlib.Path, map_location: Any = None) -> dict[str, Any]:
@@ -240,6 +247,8 @@ def read_sharded_contents(path: pathlib.Path, map_location: Any = None) -> dict[
         raise ValueError(f"{contents_file} is missing")
     try:
         metadata = read_metadata(path)
+    except ShardIndexError:
+        raise  # not corruption: a file that names code; it is refused, not skipped
     except Exception as error:
         raise ValueError(f"the shard index {path / '.metadata'} is unreadable: {error}") from error
     needed: dict[str, int] = {}

@@ -78,6 +78,36 @@ def checkpoint_position(path: pathlib.Path) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
+def is_checkpoint_name(name: object, save_name: str | None = None) -> bool:
+    """Whether ``name`` is the bare name of a checkpoint in a run's folder.
+
+    Names read from files (the retention record inside a checkpoint, the index
+    ``checkpoints.json``) pass through here before helios deletes, opens or returns
+    anything by them, so a hostile file cannot name a path outside the folder. A
+    checkpoint name is a plain file name (no folder part, not hidden, not ``.`` or
+    ``..``) ending in ``.pth`` or ``.dcp`` that holds ``epoch_<e>_iter_<i>``; with
+    ``save_name``, it starts with ``<save_name>_epoch_<e>_iter_<i>``, as every name of that
+    run does (:py:func:`checkpoint_name`, then the model's metadata).
+
+    Args:
+        name: the name read from a file (any object: only a ``str`` can pass).
+        save_name: the save name of the run whose checkpoints the name must be.
+
+    Returns:
+        True if the name is such a name.
+    """
+    if not isinstance(name, str) or not name or name.startswith("."):
+        return False
+    if any(c in name for c in ("/", "\\", "\0")) or not name.isprintable():
+        return False
+    path = pathlib.PurePosixPath(name)
+    if path.name != name or path.suffix not in (CHECKPOINT_SUFFIX, SHARDED_SUFFIX):
+        return False
+    if save_name is None:
+        return _NAME_PATTERN.search(path.stem) is not None
+    return re.match(rf"{re.escape(save_name)}_epoch_\d+_iter_\d+", name) is not None
+
+
 def list_checkpoints(root: pathlib.Path | None) -> list[pathlib.Path]:
     """List the checkpoints in a folder, newest (highest epoch, then iteration) first.
 
@@ -136,6 +166,7 @@ __all__ = [
     "checkpoint_name",
     "checkpoint_position",
     "find_last_checkpoint",
+    "is_checkpoint_name",
     "is_sharded_checkpoint",
     "list_checkpoints",
     "temporary_folder",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from helios.model import default_state, sharding
+from helios.model.wrapper_keys import accept_wrapper_prefix
 
 from .parts import CheckpointPart
 
@@ -39,7 +40,13 @@ class ModelPart(CheckpointPart):
         return self._model.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Hand the model its entry (with the run's ``fast_init``)."""
+        """Hand the model its entry (with the run's ``fast_init``).
+
+        The networks on the model's attributes first accept keys with or without the
+        ``module.`` prefix of a DDP wrapper (:py:mod:`helios.model.wrapper_keys`), so a
+        checkpoint of a distributed run loads into one process and the other way round.
+        """
+        accept_wrapper_prefix(self._model)
         self._model.load_state_dict(state_dict, fast_init=self._fast_init)
 
     @property

@@ -18,8 +18,9 @@ Any object with ``state_dict()`` and ``load_state_dict()`` (a :py:class:`StateOw
 plug-in, a pyblaze run's records, a front end's resolved configuration) becomes a part with
 :py:class:`OwnedPart`. :py:class:`PartTable` holds the parts of one run, in restore order:
 
-    logs, model, running_losses, precision, <plug-ins>, <extra parts>, training_state,
-    preemption, loggers, run_end, checkpoint_retention;  per rank: rng, sampler
+    logs, model, running_losses, precision, loader_seed, <plug-ins>, <extra parts>,
+    training_state, preemption, loggers, run_end, environment, checkpoint_retention;
+    per rank: rng, sampler, loader
 
 The names helios uses are reserved (:py:data:`RESERVED_NAMES`): a plug-in id or an extra
 part taking one is refused before anything trains, with a message naming both the part and
@@ -38,7 +39,8 @@ from helios.core.training_state import TrainingState
 RESERVED_NAMES: Mapping[str, str] = {
     "version": "the version of helios that wrote the checkpoint",
     "rng": "rank 0's RNG states",
-    "ranks": "every rank's RNG states and sampler position",
+    "ranks": "every rank's RNG states, sampler position and stream position",
+    "loader": "a rank's position in its training stream (in its entry of ranks)",
     "sharded_parts": "the list of the parts written as shards",
     "logs": "the run's log file and TensorBoard run",
     "log_path": "the run's log file",
@@ -47,10 +49,12 @@ RESERVED_NAMES: Mapping[str, str] = {
     "model": "the model's state_dict()",
     "running_losses": "the model's running losses",
     "precision": "the run's precision and gradient scaler",
+    "loader_seed": "the seed the loaders shuffle by (the run's random_seed)",
     "training_state": "the TrainingState",
     "preemption": "the signal that stopped the run",
     "loggers": "the experiment loggers' states",
     "run_end": "the reason the run ended",
+    "environment": "the versions and the device that wrote the checkpoint",
     "checkpoint_retention": "the record of the checkpoints kept",
 }
 """The checkpoint keys helios keeps its own state under, with what each holds."""

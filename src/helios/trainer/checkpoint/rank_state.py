@@ -98,7 +98,8 @@ class RankState(CheckpointPart):
             "world_size": self._world_size,
         }
         batch_size = getattr(self._sampler, "batch_size", None)
-        if isinstance(batch_size, int):
+        # A position in the global order: samplers only (a stream's is its loader's).
+        if isinstance(batch_size, int) and hasattr(self._sampler, "global_start"):
             consumed, first_iter = self._pass_base
             batches = state.dataset_iter - first_iter
             position["consumed"] = consumed + batches * batch_size * self._world_size
@@ -143,8 +144,8 @@ class RankState(CheckpointPart):
                 position.
         """
         saved = self._saved_sampler
-        if not saved:
-            return default
+        if not saved or not hasattr(self._sampler, "global_start"):
+            return default  # a stream's position is its loader's (LoaderState)
         if saved.get("world_size", self._world_size) == self._world_size:
             return {"epoch": saved["epoch"], "start_iter": saved["start_iter"]}
         if "consumed" not in saved:
@@ -174,10 +175,15 @@ def rank_entry(saved: Mapping[str, Any], global_rank: int, world_size: int) -> M
         entries = [{"rng": saved["rng"]}]
     if len(entries) != world_size and global_rank == 0:
         rederived = list(range(len(entries), world_size))
+        continues = (
+            "a position in a training stream continues only on the same split, so a resume "
+            "inside an epoch of a stream stops with an error"
+            if "loader" in entries[0]
+            else "every rank continues the epoch from the global position saved in it"
+        )
         message = (
             f"the checkpoint was written by {len(entries)} process(es) and this run has "
-            f"{world_size}: every rank continues the epoch from the global position saved "
-            "in it; "
+            f"{world_size}: {continues}; "
             + (
                 f"ranks {rederived} have no saved RNG states and are seeded from (seed, "
                 "iteration, rank)"

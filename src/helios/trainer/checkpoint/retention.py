@@ -9,13 +9,33 @@ The rule, for the checkpoints a run wrote, oldest first:
 * without ``keep_last`` and ``keep_best`` every checkpoint is kept (as before retention);
 * otherwise the newest checkpoint (the resume point) is always kept, plus the newest
   ``keep_last`` ones, plus the ``keep_best`` ones with the best ``best_metric`` (ties: the
-  older one wins). A checkpoint saved while the metric was missing from the model's
-  ``metrics`` table (or not a finite number) only counts as one of the last.
+  older one wins).
+
+Which checkpoints are ranked (carry a metric), pinned by ``tests/helios/trainer/
+test_retention_ranking.py``:
+
+* Only a checkpoint written at the position of a validation that ran in this process
+  (same batch count: the save that follows the validation at the end of its unit) carries
+  ``best_metric``: the value in the model's ``metrics`` table when it is saved. Any other
+  checkpoint (one saved between validations, a preemption checkpoint mid-epoch or during
+  a validation cycle that a signal cut short) is unranked: it only counts as one of the
+  last, whatever stale value the table still holds.
+* A typo: when the first validation cycle of a process ends and its ``metrics`` table has
+  no ``best_metric`` entry, :py:meth:`CheckpointRetention.validated` raises ``ValueError``
+  naming the metrics there are, before that unit's checkpoint is written and before
+  anything is deleted.
+* A metric missing at a later validation, or not a finite number (NaN, inf, a tensor
+  with several elements, a string), leaves that checkpoint unranked, with one warning per
+  run.
 
 Durability: the record inside checkpoint ``N`` already lists what ``N`` makes obsolete
 (``pending_deletion``); those files are deleted only once ``N`` is on disk (fsynced and
 renamed), and a run resumed from ``N`` deletes any of them a crash left behind. Checkpoints
-the run never recorded (written without retention, or by hand) are never deleted.
+the run never recorded (written without retention, or by hand) are never deleted, and the
+names in a record or the index are trusted only when they are bare checkpoint names of
+this run (:py:func:`~helios.trainer.checkpoint.layout.is_checkpoint_name`): a record that
+names ``../..``, an absolute path, a hidden file or another run's checkpoint deletes
+nothing, and the index never sends :py:func:`find_best_checkpoint` outside the folder.
 
 The index ``checkpoints.json`` in the checkpoint folder (written atomically after every save)
 names the kept checkpoints with their metric, the best one and the newest one, so the best
@@ -37,7 +57,7 @@ from helios.core import logging
 from helios.core.files import write_atomically
 from helios.core.training_state import TrainingState
 
-from .layout import INDEX_NAME
+from .layout import INDEX_NAME, is_checkpoint_name, is_sharded_checkpoint
 from .parts import CheckpointPart
 
 _INDEX_VERSION = 1
@@ -179,12 +199,19 @@ class RetentionUpdate:
     folder: pathlib.Path
     delete: tuple[str, ...]
     index: dict[str, Any]
+    save_name: str | None = None
 
     def apply(self) -> None:
-        """Write the index, then delete the obsolete checkpoints (call once durable)."""
+        """Write the index, then delete the obsolete checkpoints (call once durable).
+
+        Only bare checkpoint names of the run are deleted, and never through a link.
+        """
         write_json_atomically(self.index, self.folder / INDEX_NAME)
         for name in self.delete:
             path = self.folder / name
+            if not is_checkpoint_name(name, self.save_name) or path.is_symlink():
+                _refuse_name(name, self.folder)
+                continue
             try:
                 if path.is_dir():  # a sharded checkpoint
                     shutil.rmtree(path)
@@ -209,6 +236,8 @@ class CheckpointRetention(CheckpointPart):
         policy: what to keep.
         folder: the checkpoint folder of the run.
         metrics: returns the model's ``metrics`` table.
+        save_name: the model's save name: a name in a resumed record that is not a
+            checkpoint name of this run (:py:func:`~.layout.is_checkpoint_name`) is dropped.
     """
 
     name = "checkpoint_retention"
@@ -218,9 +247,11 @@ class CheckpointRetention(CheckpointPart):
         policy: RetentionPolicy,
         folder: pathlib.Path | None,
         metrics: Callable[[], Mapping[str, Any]],
+        save_name: str | None = None,
     ) -> None:
         self.policy = policy
         self.folder = folder
+        self.save_name = save_name
         self._metrics = metrics
         self._entries: list[RetainedCheckpoint] = []
         # Deletions the newest saved checkpoint made due (saved with it), and those a
@@ -228,6 +259,8 @@ class CheckpointRetention(CheckpointPart):
         self._pending: list[str] = []
         self._leftover: list[str] = []
         self._warned_missing = False
+        # The batch count of the last validation that ran in this process (None: none yet).
+        self._validated_at: int | None = None
 
     @property
     def entries(self) -> list[RetainedCheckpoint]:
@@ -248,11 +281,17 @@ class CheckpointRetention(CheckpointPart):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore the record of a resumed run.
 
-        Entries ranked by another metric or direction than this run's lose their rank.
+        Entries ranked by another metric or direction than this run's lose their rank. A
+        name that is not a checkpoint name of this run is dropped with a warning: the record
+        comes from a file, and nothing it names outside the run's checkpoints is deleted.
         """
         if not isinstance(state_dict, Mapping):
             return
-        entries = [RetainedCheckpoint.from_dict(e) for e in state_dict.get("entries", [])]
+        entries = []
+        for data in _list(state_dict.get("entries")):
+            name = data.get("name") if isinstance(data, Mapping) else data
+            if self._trusted(name):
+                entries.append(RetainedCheckpoint.from_dict(data))
         same_ranking = (
             state_dict.get("best_metric") == self.policy.best_metric
             and state_dict.get("best_mode") == self.policy.best_mode
@@ -260,21 +299,51 @@ class CheckpointRetention(CheckpointPart):
         if not same_ranking:
             entries = [dataclasses.replace(e, metric=None) for e in entries]
         self._entries = entries
-        self._pending = [str(name) for name in state_dict.get("pending_deletion", [])]
+        self._pending = [n for n in _list(state_dict.get("pending_deletion")) if self._trusted(n)]
         self._leftover = list(self._pending)
 
-    def _current_metric(self) -> float | None:
+    def _trusted(self, name: Any) -> bool:
+        if is_checkpoint_name(name, self.save_name):
+            return True
+        _refuse_name(name, self.folder)
+        return False
+
+    def validated(self, state: TrainingState) -> None:
+        """Note that a validation cycle ended at ``state``; check the metric's name once.
+
+        The checkpoint saved at this position (same batch count) carries the metric.
+
+        Args:
+            state: the training state at the end of the cycle.
+
+        Raises:
+            ValueError: at the first validation of the process, if the model's ``metrics``
+                table has no ``best_metric`` entry (a typo, before anything is deleted).
+        """
         name = self.policy.best_metric
-        if name is None:
-            return None
+        if name is not None and self._validated_at is None:
+            metrics = self._metrics()
+            if name not in metrics:
+                raise ValueError(
+                    f"chkpt_best_metric={name!r} is not in the model's metrics table after "
+                    f"the first validation cycle; the metrics there are {sorted(metrics)}. "
+                    "Pass the name of one of them (nothing was deleted)"
+                )
+        self._validated_at = state.global_iteration
+
+    def _current_metric(self, state: TrainingState) -> float | None:
+        """The metric a checkpoint at ``state`` carries (``None``: it is unranked)."""
+        name = self.policy.best_metric
+        if name is None or self._validated_at != state.global_iteration:
+            return None  # not written right after a validation: any value would be stale
         metrics = self._metrics()
         value = metric_value(metrics, name)
         if value is None and not self._warned_missing:
             self._warned_missing = True
             message = (
                 f"chkpt_best_metric={name!r} is not a finite number in the model's metrics "
-                f"table (keys: {sorted(metrics)}) when a checkpoint is saved; such "
-                "checkpoints are not ranked as best"
+                f"table after a validation cycle ({metrics.get(name, 'missing')!r}; keys: "
+                f"{sorted(metrics)}); the checkpoints saved then are not ranked as best"
             )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             logging.get_root_logger().warning(message)
@@ -291,23 +360,29 @@ class CheckpointRetention(CheckpointPart):
             Applies the retention update (index, deletions) once the checkpoint is durable;
             ``None`` without retention.
         """
-        update = self.register(path, state.global_epoch, state.current_iteration)
+        if not self.policy.is_active:
+            return None
+        metric = self._current_metric(state)
+        update = self.register(path, state.global_epoch, state.current_iteration, metric)
         return update.apply if update is not None else None
 
-    def register(self, path: pathlib.Path, epoch: int, iteration: int) -> RetentionUpdate | None:
+    def register(
+        self, path: pathlib.Path, epoch: int, iteration: int, metric: float | None = None
+    ) -> RetentionUpdate | None:
         """Record a checkpoint about to be written and decide what it makes obsolete.
 
         Args:
             path: the path of the new checkpoint.
             epoch: its global epoch.
             iteration: its iteration.
+            metric: the value of ``best_metric`` it carries (``None``: unranked).
 
         Returns:
             What to do once the new file is durable (``None`` without retention).
         """
         if not self.policy.is_active:
             return None
-        entry = RetainedCheckpoint(path.name, epoch, iteration, self._current_metric())
+        entry = RetainedCheckpoint(path.name, epoch, iteration, metric)
         candidates = [e for e in self._entries if e.name != entry.name] + [entry]
         kept = select_kept(candidates, self.policy)
         kept_names = {e.name for e in kept}
@@ -316,7 +391,7 @@ class CheckpointRetention(CheckpointPart):
         delete = tuple(dict.fromkeys(n for n in [*self._leftover, *dropped] if n not in kept_names))
         self._entries = kept
         self._pending, self._leftover = list(delete), []
-        return RetentionUpdate(path.parent, delete, self._index())
+        return RetentionUpdate(path.parent, delete, self._index(), self.save_name)
 
     def _index(self) -> dict[str, Any]:
         return {
@@ -327,6 +402,20 @@ class CheckpointRetention(CheckpointPart):
             "newest": self._entries[-1].name if self._entries else None,
             "checkpoints": [e.to_dict() for e in self._entries],
         }
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _refuse_name(name: Any, folder: pathlib.Path | None) -> None:
+    message = (
+        f"the retention record names {name!r}, which is not a checkpoint name of this run "
+        f"in {folder}; it is left alone (a retention record deletes only the run's own "
+        "checkpoints, by their bare names)"
+    )
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    logging.get_root_logger().warning(message)
 
 
 def read_index(root: pathlib.Path) -> dict[str, Any] | None:
@@ -356,15 +445,20 @@ def find_best_checkpoint(root: pathlib.Path | None) -> pathlib.Path | None:
         root: the checkpoint folder (``<chkpt_root>/<save_name>``).
 
     Returns:
-        The path of the best checkpoint, or ``None`` if no index names one that exists.
+        The path of the best checkpoint (a file, or a sharded checkpoint's folder), or
+        ``None`` if no index names one that exists. A name that is not a bare checkpoint
+        name, or a link, is never followed.
     """
     if root is None:
         return None
     index = read_index(root)
-    if index is None or not isinstance(index.get("best"), str):
+    best = None if index is None else index.get("best")
+    if not is_checkpoint_name(best):
         return None
-    path = root / index["best"]
-    return path if path.is_file() else None
+    path = root / str(best)
+    if path.is_symlink() or not (path.is_file() or is_sharded_checkpoint(path)):
+        return None
+    return path
 
 
 __all__ = [

@@ -4,19 +4,29 @@
 from rank 0, the per-rank part from every rank; :py:meth:`RunCheckpoint.resume` loads the
 newest readable checkpoint and hands each part its entry. Files are written and read by
 :py:mod:`.io` only; a part whose state is sharded goes through :py:mod:`.sharded`.
+
+In a run of several processes rank 0 decides which checkpoint every rank resumes from, and
+every rank checks that it sees that checkpoint (a ``chkpt_root`` on per-node local disks
+fails with :py:class:`CheckpointNotSharedError`, never a resume that differs between
+nodes); a run whose model is sharded also checks, before anything trains, that every rank
+sees the folder its shards will be written to.
 """
 
 from __future__ import annotations
 
 import contextlib
 import pathlib
+import secrets
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 
 from helios.core import logging
+from helios.core.distributed import broadcast_object
 from helios.core.training_state import TrainingState
+from helios.model.wrapper_keys import WRAPPER_PREFIX, differs_only_by_wrapper_prefix
 
 from .async_save import BackgroundWriter, SnapshotBuffers, snapshot
 from .io import (
@@ -25,6 +35,7 @@ from .io import (
     load_newest_valid_checkpoint,
     prepare_folder,
     prepare_temporary_folder,
+    read_checkpoint,
     save_atomically,
 )
 from .layout import CHECKPOINT_SUFFIX, SHARDED_PARTS_KEY, SHARDED_SUFFIX
@@ -38,6 +49,15 @@ Check = Callable[[dict[str, Any], TrainingState], BaseException | None]
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint that does not fit the run (a part's ``load_state_dict`` failed)."""
+
+
+class CheckpointNotSharedError(RuntimeError):
+    """Some ranks of a run cannot see the checkpoint folder that rank 0 uses.
+
+    Raised on every rank before anything trains: when a rank cannot read the checkpoint
+    rank 0 resumes from, or, for a sharded model, cannot see the folder the shards go to.
+    The message names each such rank's host and the path. Added in Helios 1.3.0.
+    """
 
 
 class RunCheckpoint:
@@ -238,8 +258,11 @@ class RunCheckpoint:
         Raises:
             CheckpointMismatchError: if a part refuses its entry (a changed architecture,
                 say), naming the file and the part and saying how to start fresh.
+            CheckpointNotSharedError: on every rank, if a rank cannot read the checkpoint
+                rank 0 resumes from, or cannot see the folder of a sharded model's shards.
         """
-        found = load_newest_valid_checkpoint(self.folder, self._map_location)
+        self._check_shared_folder()
+        found = self._load_agreed_checkpoint()
         if found is None:
             return None
         path, saved = found
@@ -256,6 +279,99 @@ class RunCheckpoint:
         for part in self.parts.per_rank:
             part.read(entry)
         return path
+
+    def _load_agreed_checkpoint(self) -> tuple[pathlib.Path, dict[str, Any]] | None:
+        """Load the checkpoint rank 0 resumes from, on every rank; all fail if one cannot.
+
+        Rank 0 finds the newest readable checkpoint and sends its path; the other ranks read
+        that file, not the newest one they see themselves, so that no rank resumes from
+        another checkpoint (or none) when the folder is not the same everywhere.
+        """
+        if self._world_size == 1 or self.folder is None:
+            return load_newest_valid_checkpoint(self.folder, self._map_location)
+        found: tuple[pathlib.Path, dict[str, Any]] | None = None
+        failure: BaseException | None = None
+        if self._global_rank == 0:
+            try:
+                found = load_newest_valid_checkpoint(self.folder, self._map_location)
+            except Exception as error:  # the other ranks must not wait for a path
+                failure = error
+        sent = broadcast_object((None if found is None else str(found[0]), failure is not None))
+        if failure is not None:
+            raise failure
+        if sent[1]:
+            raise RuntimeError(
+                f"rank 0 could not read the newest checkpoint of {self.folder} (its error "
+                "is in its output); this rank stops with it"
+            )
+        if sent[0] is None:
+            return None
+        path = pathlib.Path(sent[0])
+        problem: str | None = None
+        if self._global_rank != 0:
+            if not path.exists():
+                problem = "does not see it"
+            else:
+                try:
+                    found = (path, read_checkpoint(path, self._map_location))
+                except Exception as error:
+                    problem = f"cannot read it ({type(error).__name__}: {error})"
+        self._raise_unshared(
+            problem,
+            f"rank 0 resumes from the checkpoint {path}, but",
+            "every rank must read the checkpoint rank 0 resumes from",
+        )
+        return found
+
+    def _check_shared_folder(self) -> None:
+        """For a sharded model: check that every rank sees the folder its shards go to.
+
+        Rank 0 writes a token file into the folder, every rank reads it back; the file is
+        removed after. A folder on per-node local disks fails here, before anything
+        trains, rather than as a checkpoint with missing shards.
+        """
+        folder = self.folder
+        if self._world_size == 1 or folder is None:
+            return
+        if not any(part.is_sharded for part in self.parts):
+            return
+        token = secrets.token_hex(16)
+        marker = folder / f".helios-shared-{token}"
+        problem: str | None = None
+        if self._global_rank == 0:
+            try:
+                marker.write_text(token)
+            except OSError as error:
+                problem = f"cannot write into it ({error})"
+        token = broadcast_object(token)
+        marker = folder / f".helios-shared-{token}"
+        if self._global_rank != 0:
+            try:
+                seen = marker.read_text()
+            except OSError:
+                seen = None
+            if seen != token:
+                problem = "does not see what rank 0 wrote into it"
+        try:
+            self._raise_unshared(
+                problem,
+                f"the model is sharded, so every rank writes its shards into {folder}, but",
+                "sharded checkpoints need a chkpt_root that every rank writes to",
+            )
+        finally:
+            if self._global_rank == 0:
+                marker.unlink(missing_ok=True)
+
+    def _raise_unshared(self, problem: str | None, what: str, need: str) -> None:
+        """Raise :py:class:`CheckpointNotSharedError` on every rank if any rank had a problem."""
+        where = f"{socket.gethostname()} (rank {self._global_rank})"
+        reports = self._gather_from_ranks(None if problem is None else f"{where} {problem}")
+        failed = [report for report in reports if report is not None]
+        if failed:
+            raise CheckpointNotSharedError(
+                f"{what} {'; '.join(failed)}. {need.capitalize()}: put chkpt_root on a "
+                "file system every node mounts (a shared folder), not on a disk of each node"
+            )
 
 
 def _write_then(
@@ -300,12 +416,22 @@ def _fitting(path: pathlib.Path, key: str) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        raise CheckpointMismatchError(
+        head = (
             f"the checkpoint {path} does not fit this run: restoring its '{key}' "
-            f"entry failed ({type(error).__name__}: {error}). If the {key} changed on "
-            f"purpose (a new architecture, say), start fresh: move or delete "
-            f"{path.parent}, or give the model a new save_name"
+            f"entry failed ({type(error).__name__}: {error})."
+        )
+        if differs_only_by_wrapper_prefix(error):
+            # The run is fine: nothing to start afresh, the keys only need the same wrapper.
+            raise CheckpointMismatchError(
+                f"{head} The keys differ only by the '{WRAPPER_PREFIX}' prefix of "
+                "DistributedDataParallel: load the network's state through the same wrapper "
+                "as it was saved (or through the wrapped module on both sides, as the default "
+                "state_dict does); the checkpoint itself is intact"
+            ) from error
+        raise CheckpointMismatchError(
+            f"{head} If the {key} changed on purpose (a new architecture, say), start "
+            f"fresh: move or delete {path.parent}, or give the model a new save_name"
         ) from error
 
 
-__all__ = ["CheckpointMismatchError", "RunCheckpoint"]
+__all__ = ["CheckpointMismatchError", "CheckpointNotSharedError", "RunCheckpoint"]

@@ -49,6 +49,7 @@ from .io import (
 from .layout import CHECKPOINT_SUFFIX, SHARDED_PARTS_KEY, SHARDED_SUFFIX, is_sharded_checkpoint
 from .layout import temporary_folder as _temporary_folder
 from .parts import CheckpointPart
+from .shard_index import shard_reader
 
 
 def write_shards(states: Mapping[str, Any], path: pathlib.Path) -> None:
@@ -113,7 +114,7 @@ def _load(state_dict: dict[str, Any], path: pathlib.Path, single_process: bool) 
         with _first_failure():
             dcp.load(
                 state_dict,
-                storage_reader=dcp.FileSystemReader(path),
+                storage_reader=shard_reader(path),
                 planner=_safe_load_planner(),
                 no_dist=single_process,
             )

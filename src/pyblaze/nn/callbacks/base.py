@@ -73,12 +73,13 @@ class TrainingCallback:
             num_epochs: the number of epochs requested.
         """
 
-    def before_epoch(self, current: int, num_iterations: int) -> None:
+    def before_epoch(self, current: int, num_iterations: int | None) -> None:
         """Run before each epoch; may raise :py:class:`CallbackException` to stop.
 
         Args:
             current: the index of the epoch, from 0.
-            num_iterations: the number of training batches of the epoch.
+            num_iterations: the number of training batches of the epoch (``None`` for
+                training data without a length: a stream).
         """
 
     def after_batch(self, *args: Any) -> None:
@@ -111,12 +112,13 @@ class PredictionCallback:
 
     rank_zero_only: ClassVar[bool] = False
 
-    def before_predictions(self, model: nn.Module, num_iterations: int) -> None:
+    def before_predictions(self, model: nn.Module, num_iterations: int | None) -> None:
         """Run before the first batch.
 
         Args:
             model: the model making the predictions.
-            num_iterations: the number of batches.
+            num_iterations: the number of batches (``None`` for data without a length and
+                no ``iterations``: a stream, read to its end).
         """
 
     def after_batch(self, *args: Any) -> None:

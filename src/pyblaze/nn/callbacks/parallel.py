@@ -39,7 +39,7 @@ class SynchronizationCallback(TrainingCallback):
         self.push_queue = push_queue
         self.pull_queue = pull_queue
 
-    def before_epoch(self, current: int, num_iterations: int) -> None:
+    def before_epoch(self, current: int, num_iterations: int | None) -> None:
         """Wait for permission to run the epoch.
 
         Raises:
@@ -75,7 +75,7 @@ class ModelSharingCallback(TrainingCallback):
         """Remember the trained model."""
         self._model = model
 
-    def before_epoch(self, current: int, num_iterations: int) -> None:
+    def before_epoch(self, current: int, num_iterations: int | None) -> None:
         """Copy the shared model's weights into the trained model."""
         if self._model is not None:
             self._model.load_state_dict(self.shared_model.state_dict())

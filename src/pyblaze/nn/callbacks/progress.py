@@ -77,7 +77,7 @@ class _BarLogger:
         self._output = _Output(file)
         self._bar: ProgressBar | None = None
 
-    def _begin(self, total: int) -> None:
+    def _begin(self, total: int | None) -> None:
         self._bar = ProgressBar(total, file=self._output.open())
         self._bar.start()
 
@@ -129,8 +129,8 @@ class BatchProgressLogger(TrainingCallback):
         self._num_epochs = num_epochs
         self._stream = self._output.open()
 
-    def before_epoch(self, current: int, num_iterations: int) -> None:
-        """Print the epoch header and start the batch bar."""
+    def before_epoch(self, current: int, num_iterations: int | None) -> None:
+        """Print the epoch header and start the batch bar (no total for a stream)."""
         self._bar = ProgressBar(num_iterations, file=self._stream, indent=2)
         self._bar.stream.write(f"Epoch {current + 1}/{self._num_epochs}:\n")
         self._bar.start()
@@ -160,8 +160,8 @@ class PredictionProgressLogger(_BarLogger, PredictionCallback):
     (appended to; folders are created) or a writable stream.
     """
 
-    def before_predictions(self, model: nn.Module, num_iterations: int) -> None:
-        """Start the bar over ``num_iterations`` batches."""
+    def before_predictions(self, model: nn.Module, num_iterations: int | None) -> None:
+        """Start the bar over ``num_iterations`` batches (``None``: a stream)."""
         self._begin(num_iterations)
 
     def after_batch(self, *args: Any) -> None:

@@ -84,7 +84,7 @@ class ModelSaverCallback(TrainingCallback):
         self._model = model
         self._saved = []
 
-    def before_epoch(self, current: int, num_iterations: int) -> None:
+    def before_epoch(self, current: int, num_iterations: int | None) -> None:
         """Remember the index of the epoch."""
         self._epoch = current
 

@@ -139,7 +139,7 @@ class ParameterScheduler(TrainingCallback):
         self._epoch = 0
         self._batches = 0
 
-    def before_epoch(self, current: int, num_iterations: int) -> None:
+    def before_epoch(self, current: int, num_iterations: int | None) -> None:
         """Remember the index of the epoch."""
         self._epoch = current
 
