@@ -563,7 +563,7 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
         first = {}
         for rank in range(3):
             resumed_records = [
-                r for r in _records(tmp_path, rank, "main", keep_pid=True)
+                r for r in _records(workdir, rank, "main", keep_pid=True)
                 if r["pid"] not in first_launch and r["gi"] == done + 1
             ]  # fmt: skip
             first[rank] = resumed_records[-1]["py_draw"]
