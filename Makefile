@@ -87,13 +87,17 @@ $(TOOLS_VENV)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS_VENV)
 	$(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check "$(UV)"
 
+# Two pytest-xdist workers (CI has 2 cores). --dist loadgroup hands each test to whichever
+# worker is free, except that tests marked @pytest.mark.xdist_group(name) all run on one
+# worker, one after another (for tests that must not run against each other).
+TEST_WORKERS ?= 2
 test: $(VENV)/.dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The fast part of the suite, for iterating: leaves out the tests marked slow (subprocess
 # jobs, torchrun, examples, ONNX export).
 test-fast: $(VENV)/.dev
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check src tests examples benchmarks docs

@@ -13,6 +13,30 @@ import pytest
 import torch
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Make ``--dist loadgroup`` keep each ``xdist_group`` on one worker under pytest 9.2.
+
+    pytest-xdist (3.8) tells the scheduler a test's group by appending ``@<group>`` to its
+    node id, through the attribute that held the id before pytest 9.2; pytest 9.2 keeps the
+    id elsewhere, so the groups are silently ignored (pytest-xdist issue #1386). Here, after
+    xdist's own hook, a grouped test whose id still lacks the suffix gets it the same way.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        names = sorted(
+            {
+                str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                for m in item.iter_markers("xdist_group")
+            }
+        )
+        if names and "@" not in item.nodeid.rsplit("]", 1)[-1]:
+            from _pytest.nodeid import NodeId  # only reached on pytest >= 9.2
+
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
+
+
 @pytest.fixture
 def keep_deterministic_mode() -> Iterator[None]:
     """Restore torch's deterministic mode after the test (the Trainer switches it on)."""

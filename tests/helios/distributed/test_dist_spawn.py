@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
 
 JOB_PATH = pathlib.Path(__file__).with_name("dist_job.py")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+# The tests that read the module's spawned job run on one xdist worker, so it runs once.
+SHARES_SPAWNED_RUN = pytest.mark.xdist_group("dist_spawn_spawned")
 TORCHRUN_ENV = {
     "LOCAL_RANK": "1",
     "RANK": "3",
@@ -130,6 +132,7 @@ def _children_exited(folder: pathlib.Path) -> bool:
     return not any(pathlib.Path(f"/proc/{pid}").exists() for pid in pids)
 
 
+@SHARES_SPAWNED_RUN
 def test_spawned_ranks_train_together_and_send_results_through_the_queue(
     spawned: tuple[pathlib.Path, str],
 ) -> None:
@@ -153,13 +156,14 @@ def test_spawned_ranks_train_together_and_send_results_through_the_queue(
     assert _children_exited(folder)
 
 
+@SHARES_SPAWNED_RUN
 def test_unlisted_exception_on_a_rank_is_shown_by_the_caller(
     spawned: tuple[pathlib.Path, str],
 ) -> None:
     workdir, output = spawned
     summary = _summary(output, "unlisted")
     assert summary["returned"] is False and summary["queue"] is None
-    assert summary["seconds"] < 60
+    assert summary["seconds_after_failure"] < 60  # a hung collective waits 30 min
     # The calling process shows the rank's traceback and summary once on stderr (the rank
     # itself does not print it).
     traceback_line = "KeyError: 'planted failure on rank 1 at iteration 3'"
@@ -174,6 +178,7 @@ def test_unlisted_exception_on_a_rank_is_shown_by_the_caller(
     assert _children_exited(workdir / "unlisted")
 
 
+@SHARES_SPAWNED_RUN
 def test_listed_exception_on_a_rank_is_raised_by_the_caller(
     spawned: tuple[pathlib.Path, str],
 ) -> None:
@@ -181,7 +186,7 @@ def test_listed_exception_on_a_rank_is_raised_by_the_caller(
     summary = _summary(output, "listed")
     assert summary["raised"] == "KeyError"
     assert summary["message"] == "'planted failure on rank 1 at iteration 3'"
-    assert summary["seconds"] < 60
+    assert summary["seconds_after_failure"] < 60  # a hung collective waits 30 min
     (note,) = summary["notes"]
     assert note.startswith("Raised on rank 1:\nTraceback (most recent call last):")
     assert "in train_step" in note

@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,8 @@ JOB_PATH = pathlib.Path(__file__).with_name("dist_job.py")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 RANKS = (0, 1)
 BATCHES = 18  # per rank: 9 iterations of 2 batches
+# The tests that read the module's reference job run on one xdist worker, so it runs once.
+SHARES_REFERENCE = pytest.mark.xdist_group("dist_torchrun_reference")
 
 
 def _free_port() -> int:
@@ -123,6 +126,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return workdir
 
 
+@SHARES_REFERENCE
 def test_both_ranks_finish_with_identical_weights(reference: pathlib.Path) -> None:
     for fit in ("main", "early", "stop"):
         _assert_same_weights(_weights(reference, 0, fit), _weights(reference, 1, fit))
@@ -133,6 +137,7 @@ def test_both_ranks_finish_with_identical_weights(reference: pathlib.Path) -> No
     assert not torch.equal(_weights(reference, 0, "main")["0.weight"], initial)
 
 
+@SHARES_REFERENCE
 def test_model_plugin_and_trainer_see_the_distributed_run(reference: pathlib.Path) -> None:
     for rank in RANKS:
         result = _result(reference, rank, "main")
@@ -152,6 +157,7 @@ def test_model_plugin_and_trainer_see_the_distributed_run(reference: pathlib.Pat
         }
 
 
+@SHARES_REFERENCE
 def test_ranks_get_disjoint_shards_reshuffled_every_epoch(reference: pathlib.Path) -> None:
     per_rank = {rank: _records(reference, rank, "main") for rank in RANKS}
     orders = set()
@@ -165,6 +171,7 @@ def test_ranks_get_disjoint_shards_reshuffled_every_epoch(reference: pathlib.Pat
     assert len(orders) == 6
 
 
+@SHARES_REFERENCE
 def test_prepare_data_runs_on_local_rank_0_while_the_others_wait(reference: pathlib.Path) -> None:
     # Once per fit or test, on rank 0; the data module's setup raises if it ran before
     # prepare_data had finished.
@@ -172,6 +179,7 @@ def test_prepare_data_runs_on_local_rank_0_while_the_others_wait(reference: path
     assert [json.loads(line)["rank"] for line in lines] == ["0"] * 4
 
 
+@SHARES_REFERENCE
 def test_losses_are_averaged_across_ranks(reference: pathlib.Path) -> None:
     rank0, rank1 = (_records(reference, rank, "main") for rank in RANKS)
     for a, b in zip(rank0, rank1, strict=True):
@@ -181,6 +189,7 @@ def test_losses_are_averaged_across_ranks(reference: pathlib.Path) -> None:
         assert a["mean_loss"] == pytest.approx((a["local_loss"] + b["local_loss"]) / 2)
 
 
+@SHARES_REFERENCE
 def test_only_rank0_writes_logs_tensorboard_and_checkpoints(reference: pathlib.Path) -> None:
     logs = list((reference / "logs").iterdir())
     assert len(logs) == 1
@@ -201,6 +210,7 @@ def test_only_rank0_writes_logs_tensorboard_and_checkpoints(reference: pathlib.P
     assert len(checkpoints) == 9
 
 
+@SHARES_REFERENCE
 def test_checkpoints_hold_each_ranks_rng_and_sampler_position(reference: pathlib.Path) -> None:
     import helios.trainer as hlt
 
@@ -217,6 +227,7 @@ def test_checkpoints_hold_each_ranks_rng_and_sampler_position(reference: pathlib
     assert torch.equal(saved["rng"]["torch"], ranks[0]["rng"]["torch"])
 
 
+@SHARES_REFERENCE
 def test_early_stop_on_one_ranks_metric_stops_both(reference: pathlib.Path) -> None:
     # Rank 1's metric never improves: 2 cycles without improvement, i.e. after epoch 2.
     for rank in RANKS:
@@ -224,6 +235,7 @@ def test_early_stop_on_one_ranks_metric_stops_both(reference: pathlib.Path) -> N
         assert [r["epoch"] for r in _records(reference, rank, "early")] == [1] * 3 + [2] * 3
 
 
+@SHARES_REFERENCE
 def test_should_training_stop_on_one_rank_stops_both_at_the_same_step(
     reference: pathlib.Path,
 ) -> None:
@@ -232,6 +244,7 @@ def test_should_training_stop_on_one_rank_stops_both_at_the_same_step(
         assert [r["gi"] for r in _records(reference, rank, "stop")] == [1, 2, 3, 4, 5]
 
 
+@SHARES_REFERENCE
 def test_test_after_fit_shards_the_test_data_and_uses_the_checkpoint(
     reference: pathlib.Path,
 ) -> None:
@@ -291,6 +304,7 @@ def _batches_done(workdir: pathlib.Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@SHARES_REFERENCE
 def test_sigkill_of_the_whole_job_then_rerun_is_bit_identical(
     reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -402,12 +416,13 @@ def _store_objects(url: str) -> list[str]:
 def test_exception_on_rank1_ends_the_job_quickly_with_its_traceback(
     tmp_path: pathlib.Path,
 ) -> None:
-    start = time.monotonic()
     proc = _run(tmp_path, "crash")
-    elapsed = time.monotonic() - start
+    ended = time.time()
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
-    assert elapsed < 45, output
+    # Timed from the failure, not from the start (slow on a loaded machine); a rank left
+    # waiting in a collective would hang for gloo's 30 minutes.
+    assert ended - float((tmp_path / "failed_main").read_text()) < 45, output
     assert "fit failed on rank 1 in " in output
     assert "RuntimeError: planted failure on rank 1 at iteration 3" in output
     assert 'dist_job.py", line' in output
@@ -448,6 +463,7 @@ def _assert_finished_like(reference: pathlib.Path, workdir: pathlib.Path) -> Non
         _assert_same_weights(_weights(workdir, rank, "main"), _weights(reference, rank, "main"))
 
 
+@SHARES_REFERENCE
 def test_sigterm_to_torchrun_saves_where_the_workers_are_and_the_rerun_is_exact(
     reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -499,6 +515,7 @@ def test_a_signal_stops_a_run_that_saves_rarely_within_two_agreements(
     assert stopped < 2 * dist_job.SPARSE_CHKPT_EVERY * dist_job.ACCUMULATION
 
 
+@SHARES_REFERENCE
 @pytest.mark.parametrize("own_group", [False, True], ids=["helios_group", "script_group"])
 def test_workers_of_a_killed_torchrun_agent_save_and_exit(
     reference: pathlib.Path, tmp_path: pathlib.Path, own_group: bool
@@ -527,6 +544,7 @@ def test_workers_of_a_killed_torchrun_agent_save_and_exit(
     _assert_finished_like(reference, tmp_path)
 
 
+@SHARES_REFERENCE
 def test_max_restarts_brings_back_a_killed_rank_and_ends_bit_identical(
     reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -560,21 +578,30 @@ def _ids_by_launch(workdir: pathlib.Path, epoch: int, ranks: int) -> dict[int, l
     return found
 
 
-@pytest.mark.parametrize("new_world_size", [1, 3])
-def test_a_checkpoint_resumes_on_another_number_of_processes(
-    new_world_size: int, tmp_path: pathlib.Path
-) -> None:
+@pytest.fixture(scope="module")
+def preempted(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A 2-process job stopped by SIGTERM after 4 batches of rank 0 (copied by each user)."""
+    workdir = tmp_path_factory.mktemp("preempted")
     launches: list[subprocess.Popen[bytes]] = []
-    _launch(tmp_path, launches)
-    _wait_for_batches(tmp_path, 4, launches[0])
+    _launch(workdir, launches)
+    _wait_for_batches(workdir, 4, launches[0])
     launches[0].send_signal(signal.SIGTERM)
     launches[0].wait(timeout=120)
+    return workdir
+
+
+@pytest.mark.xdist_group("dist_torchrun_preempted")
+@pytest.mark.parametrize("new_world_size", [1, 3])
+def test_a_checkpoint_resumes_on_another_number_of_processes(
+    new_world_size: int, preempted: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    workdir = shutil.copytree(preempted, tmp_path / "run")
     import helios.trainer as hlt
 
     hlt.register_trainer_types_for_safe_load()
     # Resume from a checkpoint inside an epoch (one is written every iteration): drop the
     # newer ones, wherever the signal happened to stop the job.
-    folder = tmp_path / "chkpt" / "dist"
+    folder = workdir / "chkpt" / "dist"
     inside = []
     for path in hlt.checkpoint.list_checkpoints(folder):
         saved = torch.load(path, weights_only=True)
@@ -590,12 +617,12 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
     done = saved["training_state"].global_iteration
     first_launch: dict[int, list[int]] = {}
     for rank in range(2):
-        for record in _records(tmp_path, rank, "main", keep_pid=True):
+        for record in _records(workdir, rank, "main", keep_pid=True):
             if record["epoch"] == epoch and record["gi"] <= done:
                 first_launch.setdefault(record["pid"], []).extend(record["ids"])
     before = [i for ids in first_launch.values() for i in ids]
 
-    command = _torchrun(tmp_path, "resume")
+    command = _torchrun(workdir, "resume")
     command[3] = f"--nproc_per_node={new_world_size}"
     resumed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
     output = resumed.stdout + resumed.stderr
@@ -613,7 +640,7 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
         first = {}
         for rank in range(3):
             resumed_records = [
-                r for r in _records(tmp_path, rank, "main", keep_pid=True)
+                r for r in _records(workdir, rank, "main", keep_pid=True)
                 if r["pid"] not in first_launch and r["gi"] == done + 1
             ]  # fmt: skip
             first[rank] = resumed_records[-1]["py_draw"]
@@ -623,7 +650,7 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(
         assert first[2] != first[0], first
     after = [
         i
-        for pid, ids in _ids_by_launch(tmp_path, epoch, new_world_size).items()
+        for pid, ids in _ids_by_launch(workdir, epoch, new_world_size).items()
         if pid not in first_launch
         for i in ids
     ]

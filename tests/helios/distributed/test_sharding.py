@@ -29,6 +29,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(JOB_PATH.parent))
 import shard_job  # noqa: E402
 
+# The tests that read one of the module's reference jobs run on one xdist worker, so each
+# reference runs once.
+SHARES_DROPOUT_REFERENCE = pytest.mark.xdist_group("sharding_dropout_reference")
+SHARES_PLAIN_REFERENCE = pytest.mark.xdist_group("sharding_plain_reference")
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -135,6 +140,7 @@ def plain_killed(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return workdir
 
 
+@SHARES_DROPOUT_REFERENCE
 def test_sharded_checkpoints_are_folders_of_every_ranks_shards(
     dropout_reference: pathlib.Path,
 ) -> None:
@@ -158,6 +164,7 @@ def test_sharded_checkpoints_are_folders_of_every_ranks_shards(
     _assert_identical(own, full)
 
 
+@SHARES_DROPOUT_REFERENCE
 def test_killed_sharded_run_resumes_bit_identical(
     dropout_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -180,6 +187,7 @@ def test_killed_sharded_run_resumes_bit_identical(
     assert kept == ["sharded_epoch_3_iter_10.dcp", "sharded_epoch_3_iter_9.dcp"]
 
 
+@SHARES_DROPOUT_REFERENCE
 def test_preempted_sharded_run_saves_where_it_stopped_and_resumes_bit_identical(
     dropout_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -201,6 +209,7 @@ def test_preempted_sharded_run_saves_where_it_stopped_and_resumes_bit_identical(
     _assert_identical(_weights(workdir), _weights(dropout_reference))
 
 
+@SHARES_DROPOUT_REFERENCE
 def test_crash_between_shards_and_commit_keeps_the_previous_checkpoint(
     dropout_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -220,6 +229,7 @@ def test_crash_between_shards_and_commit_keeps_the_previous_checkpoint(
     _assert_identical(_weights(workdir), _weights(dropout_reference))
 
 
+@SHARES_DROPOUT_REFERENCE
 def test_crash_while_writing_helios_pth_leaves_no_committed_folder_without_it(
     dropout_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -242,6 +252,7 @@ def test_crash_while_writing_helios_pth_leaves_no_committed_folder_without_it(
     _assert_identical(_weights(workdir), _weights(dropout_reference))
 
 
+@SHARES_PLAIN_REFERENCE
 def test_truncated_newest_shard_falls_back_to_the_previous_checkpoint(
     plain_reference: pathlib.Path, plain_killed: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -259,6 +270,7 @@ def test_truncated_newest_shard_falls_back_to_the_previous_checkpoint(
     assert [r["iteration"] for r in resumed[-5:]] == [6, 7, 8, 9, 10]
 
 
+@SHARES_PLAIN_REFERENCE
 @pytest.mark.parametrize("processes", [1, 3])
 def test_checkpoint_of_two_processes_resumes_on_another_number(
     processes: int,
@@ -284,6 +296,7 @@ def test_checkpoint_of_two_processes_resumes_on_another_number(
     _assert_close(_weights(workdir), _weights(plain_reference))
 
 
+@SHARES_PLAIN_REFERENCE
 def test_testing_loads_the_newest_sharded_checkpoint(plain_reference: pathlib.Path) -> None:
     net = shard_job.Net()
     net.load_state_dict(_weights(plain_reference))
@@ -299,6 +312,7 @@ def test_testing_loads_the_newest_sharded_checkpoint(plain_reference: pathlib.Pa
     torch.testing.assert_close(torch.tensor([tested[i] for i in range(8)]), expected)
 
 
+@SHARES_PLAIN_REFERENCE
 def test_full_state_export_loads_into_the_unsharded_network(
     plain_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -327,6 +341,7 @@ def test_full_state_export_loads_into_the_unsharded_network(
     onnx.checker.check_model(str(tmp_path / "net.onnx"))
 
 
+@SHARES_PLAIN_REFERENCE
 @pytest.mark.parametrize("processes", [1, 2])
 def test_exported_checkpoint_resumes_sharded_or_not(
     processes: int,
@@ -350,6 +365,7 @@ def test_exported_checkpoint_resumes_sharded_or_not(
         _assert_close(_weights(workdir), _weights(plain_reference))
 
 
+@SHARES_PLAIN_REFERENCE
 def test_replicated_checkpoint_resumes_sharded(
     plain_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -367,18 +383,29 @@ def test_replicated_checkpoint_resumes_sharded(
     _assert_close(_weights(workdir), _weights(plain_reference))
 
 
-def test_network_built_on_the_meta_device_is_sharded_then_materialised(
+def test_meta_device_network_and_fp16_scaler_resume_bit_identical(
     tmp_path: pathlib.Path,
 ) -> None:
+    # One job (3 launches) for two things that must resume exactly: a network built on the
+    # meta device, sharded, then materialised; and fp16-mixed's gradient scaler (a checkpoint
+    # part of its own), which checks the sharded gradients for inf/NaN across the ranks and
+    # whose scale resumes with the shards.
+    options = ["--meta-init", "--precision", "fp16-mixed"]
     reference = tmp_path / "reference"
-    _run(reference, "--meta-init")
+    _run(reference, *options)
     workdir = tmp_path / "run"
-    _run(workdir, "--meta-init", "--kill-at", "7", expect_ok=False)
+    _run(workdir, *options, "--kill-at", "7", expect_ok=False)
+    newest = hlt.find_last_checkpoint(_folder(workdir))
+    assert newest is not None
+    hlt.register_trainer_types_for_safe_load()
+    scaler = io.read_sharded_contents(newest)["precision"]["scaler"]
+    assert scaler["scale"] < 2.0**16  # steps were skipped: the resume depends on the scale
 
-    _run(workdir, "--meta-init")
+    _run(workdir, *options)
 
     result = json.loads((workdir / "result.json").read_text())
     assert result["sharded"] == ["<root>", "blocks.0", "blocks.1", "blocks.2"]
+    assert result["forward_dtype"] == "torch.float16"
     _assert_identical(_weights(workdir), _weights(reference))
 
 
@@ -407,25 +434,7 @@ def test_bf16_mixed_computes_in_bf16_and_keeps_float32_weights(tmp_path: pathlib
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_fp16_mixed_sharded_run_resumes_bit_identical(tmp_path: pathlib.Path) -> None:
-    # The gradient scaler (a checkpoint part of its own) checks the sharded gradients for
-    # inf/NaN across the ranks, and its scale resumes with the shards.
-    reference = tmp_path / "reference"
-    _run(reference, "--precision", "fp16-mixed")
-    workdir = tmp_path / "run"
-    _run(workdir, "--precision", "fp16-mixed", "--kill-at", "7", expect_ok=False)
-    newest = hlt.find_last_checkpoint(_folder(workdir))
-    assert newest is not None
-    hlt.register_trainer_types_for_safe_load()
-    scaler = io.read_sharded_contents(newest)["precision"]["scaler"]
-    assert scaler["scale"] < 2.0**16  # steps were skipped: the resume depends on the scale
-
-    _run(workdir, "--precision", "fp16-mixed")
-
-    assert json.loads((workdir / "result.json").read_text())["forward_dtype"] == "torch.float16"
-    _assert_identical(_weights(workdir), _weights(reference))
-
-
+@SHARES_DROPOUT_REFERENCE
 def test_async_sharded_saves_run_in_the_background_and_resume_bit_identical(
     dropout_reference: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -450,6 +459,7 @@ def test_async_sharded_saves_run_in_the_background_and_resume_bit_identical(
     assert not list(folder.glob(".*.tmp"))
 
 
+@SHARES_DROPOUT_REFERENCE
 def test_sharded_run_in_an_object_store_resumes_bit_identical_on_an_empty_disk(
     dropout_reference: pathlib.Path, tmp_path: pathlib.Path, s3_bucket: str, s3_env: Any
 ) -> None:

@@ -10,7 +10,10 @@ opens (or resumes) the study ``ROOT/study.db`` with
 :py:func:`helios.plugins.optuna.resume_study` (heartbeats every second, dead after 3 s) and
 runs ``N_TRIALS`` trials of a small regression trained by the Trainer, each epoch paced to
 take ``$OPTUNA_WORKER_EPOCH_SECONDS`` (default half a second). The trial with identity
-``KILL_TRIAL`` sends itself SIGKILL at the start of epoch ``KILL_EPOCH``. Each trial reports
+``KILL_TRIAL`` sends itself SIGKILL at the start of epoch ``KILL_EPOCH``. With
+``$OPTUNA_WORKER_HOLD_LAST_EPOCH`` set, a trial waits at the start of its last epoch until
+another worker has joined the study (written its ``joined-<pid>.json``), so that worker surely
+joins while the trial runs, however loaded the machine. Each trial reports
 the value of a fixed curve per trial identity (``CURVES``), so the pruning decisions of a
 study do not depend on floating point noise; the training itself and its checkpoints are
 real. After opening the study it writes the states of the trials it found to
@@ -45,6 +48,7 @@ from helios.plugins import optuna as hlpo
 
 TOTAL_EPOCHS = 4
 EPOCH_SECONDS = float(os.environ.get("OPTUNA_WORKER_EPOCH_SECONDS", "0.5"))
+HOLD_LAST_EPOCH = bool(os.environ.get("OPTUNA_WORKER_HOLD_LAST_EPOCH"))
 # The value each trial reports at each validation cycle, by trial identity. With the median
 # pruner below, trial 1 survives only because its first value was good: a re-run that lost
 # that value would be pruned at cycle 2.
@@ -53,14 +57,17 @@ DEFAULT_CURVE = [4.0, 3.5, 3.0, 2.5]
 
 
 class PacedModel(toys.TunedRegressor):
-    def __init__(self, identity: int, kill: tuple[int, int] | None) -> None:
+    def __init__(self, identity: int, kill: tuple[int, int] | None, root: pathlib.Path) -> None:
         super().__init__("worker")
         self.identity = identity
         self.kill = kill
+        self.root = root
 
     def on_training_epoch_start(self, current_epoch: int) -> None:
         if self.kill == (self.identity, current_epoch):
             os.kill(os.getpid(), signal.SIGKILL)
+        if HOLD_LAST_EPOCH and current_epoch == TOTAL_EPOCHS:
+            _wait_for_another_worker(self.root)
         time.sleep(EPOCH_SECONDS)
 
     def valid_step(self, batch: Any, step: int) -> None:
@@ -71,6 +78,15 @@ class PacedModel(toys.TunedRegressor):
         self.metrics["loss"] = curve[validation_cycle]
         self.plugin.report_metrics(validation_cycle)
         super().on_validation_end(validation_cycle)
+
+
+def _wait_for_another_worker(root: pathlib.Path) -> None:
+    mine = f"joined-{os.getpid()}.json"
+    deadline = time.monotonic() + 120
+    while not any(p.name != mine for p in root.glob("joined-*.json")):
+        if time.monotonic() > deadline:
+            raise RuntimeError("no other worker joined the study")
+        time.sleep(0.02)
 
 
 def study_args(root: pathlib.Path, name: str = "study") -> dict[str, Any]:
@@ -100,7 +116,7 @@ def train(root: pathlib.Path, n_trials: int, kill: tuple[int, int] | None) -> No
 
     def objective(trial: optuna.Trial) -> float:
         plugin = hlpo.OptunaPlugin(trial, "loss")
-        model = PacedModel(hlpo._trial_identity(trial), kill)
+        model = PacedModel(hlpo._trial_identity(trial), kill, root)
         trainer = hlt.Trainer(
             run_name="worker",
             train_unit="epoch",

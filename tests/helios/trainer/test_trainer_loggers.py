@@ -2,7 +2,8 @@
 
 A job logging to a CSV file and an MLflow SQLite store is killed with SIGKILL at a random
 moment and run again; what each logger holds must equal what an uninterrupted run logged:
-every step once, with the same values.
+every step once, with the same values. Only the killed run needs a process of its own: the
+uninterrupted run and the resumed one run ``resume_job.main`` in the test process.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ def _mlflow_history(workdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]
     }
 
 
+ARGS = ["iteration", "9", "2", "--loggers", "csv,mlflow"]
+
+
 def _job(workdir: pathlib.Path, *extra: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, str(JOB_PATH), str(workdir), "iteration", "9", "2"]
-    return subprocess.Popen([*command, "--loggers", "csv,mlflow", *extra])
+    return subprocess.Popen([sys.executable, str(JOB_PATH), str(workdir), *ARGS, *extra])
 
 
 @pytest.mark.slow
@@ -55,7 +58,7 @@ def test_csv_and_mlflow_hold_every_step_once_after_a_kill_and_resume(
 ) -> None:
     reference = tmp_path / "reference"
     reference.mkdir()
-    assert _job(reference).wait(timeout=300) == 0
+    assert job.main([str(reference), *ARGS]) == 0
 
     workdir = tmp_path / "killed"
     workdir.mkdir()
@@ -68,7 +71,7 @@ def test_csv_and_mlflow_hold_every_step_once_after_a_kill_and_resume(
         time.sleep(0.01)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
-    assert _job(workdir).wait(timeout=300) == 0
+    assert job.main([str(workdir), *ARGS]) == 0
 
     expected_rows = _csv_rows(reference / "metrics.csv")
     steps = [int(row["step"]) for row in expected_rows]

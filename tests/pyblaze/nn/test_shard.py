@@ -23,6 +23,8 @@ from pyblaze_toys import Crash, three_classes
 
 JOB = pathlib.Path(__file__).with_name("shard_fit_job.py")
 SRC = pathlib.Path(__file__).resolve().parents[3] / "src"
+# The tests that read the module's reference jobs run on one xdist worker, so they run once.
+SHARES_REFERENCE = pytest.mark.xdist_group("pyblaze_shard_reference")
 
 
 class Net(xnn.Estimator, nn.Module):
@@ -161,6 +163,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[s
     return found
 
 
+@SHARES_REFERENCE
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sharded_fit_matches_the_replicated_one(reference: dict[str, Any]) -> None:
@@ -202,6 +205,7 @@ def test_sharded_fit_matches_the_replicated_one(reference: dict[str, Any]) -> No
             _assert_same(result[key], sharded[0][key], exact=True)
 
 
+@SHARES_REFERENCE
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_killed_sharded_fit_resumes_bit_identical(
