@@ -78,13 +78,18 @@ def make_plan(total: int, kills: int, rng: random.Random) -> Plan:
         rng: the random source.
 
     Returns:
-        The plan, in step order (fewer signals when the run has fewer steps).
+        The plan, in step order (fewer signals when the run has fewer steps). A SIGTERM
+        after the second-to-last step would land in the last one, which the run then ends
+        as usual: where another signal is planned, the SIGTERM takes an earlier place.
     """
     count = min(kills + 1, max(total - 1, 0))
     targets = sorted(rng.sample(range(1, total), count)) if count else []
     signals = [signal.SIGKILL] * kills + [signal.SIGTERM]
     rng.shuffle(signals)
-    return Plan(targets, signals[:count])
+    signals = signals[:count]
+    if count > 1 and targets[-1] == total - 1 and signals[-1] == signal.SIGTERM:
+        signals[-2], signals[-1] = signals[-1], signals[-2]
+    return Plan(targets, signals)
 
 
 @dataclasses.dataclass

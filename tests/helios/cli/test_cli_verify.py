@@ -25,6 +25,10 @@ def test_the_plan_sends_kills_and_one_sigterm_at_distinct_steps() -> None:
     assert plan.targets == sorted(plan.targets) and plan.targets[0] >= 1 and plan.targets[-1] < 50
     assert sorted(plan.signals) == sorted([signal.SIGKILL] * 3 + [signal.SIGTERM])
     assert make_plan(3, 5, random.Random(0)).targets == [1, 2]
+    # A SIGTERM in the last step would not interrupt the run: it goes before another signal.
+    for seed in range(40):
+        plan = make_plan(4, 2, random.Random(seed))
+        assert plan.targets == [1, 2, 3] and plan.signals[-1] == signal.SIGKILL
 
 
 def test_an_interruption_reads_and_writes_its_command_line_form() -> None:
