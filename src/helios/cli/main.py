@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         "in the checkpoint the run resumes from; repeatable",
     )
     fit.add_argument("--fingerprint", type=pathlib.Path, help=argparse.SUPPRESS)
+    fit.add_argument("--interrupt", help=argparse.SUPPRESS)  # SIGNAL:STEP:FRACTION
     config_command("test", "test the model of a run (from its newest checkpoint)")
     verify = config_command(
         "verify-resume",
@@ -130,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     takes_overrides = args.command in ("fit", "test", "verify-resume")
     if extra and not takes_overrides:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "interrupt", None) is not None and args.fingerprint is None:
+        parser.error("--interrupt needs --fingerprint")
     try:
         if takes_overrides:
             return _config_command(args, extra)
@@ -144,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _config_command(args: argparse.Namespace, extra: list[str]) -> int:
-    from .config import dump_config, parse_overrides, resolve_config
+    from .config import ConfigError, dump_config, parse_overrides, resolve_config
 
     config = resolve_config(args.config, parse_overrides(extra))
     if args.print_config:
@@ -155,9 +158,13 @@ def _config_command(args: argparse.Namespace, extra: list[str]) -> int:
 
         plugins = []
         if args.fingerprint is not None:
-            from .fingerprint import FingerprintPlugin
+            from .fingerprint import FingerprintPlugin, Interruption
 
-            plugins.append(FingerprintPlugin(args.fingerprint))
+            try:
+                plan = None if args.interrupt is None else Interruption.parse(args.interrupt)
+            except ValueError as error:
+                raise ConfigError("--interrupt", str(error)) from None
+            plugins.append(FingerprintPlugin(args.fingerprint, plan))
         return fit(config, args.allow_change, plugins)
     if args.command == "test":
         from .run import test

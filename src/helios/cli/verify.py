@@ -9,7 +9,12 @@ The config is trained twice, each run a ``helios fit`` process of its own in a w
 
 Both runs write a per-step fingerprint (:py:mod:`helios.cli.fingerprint`). The moments are
 random steps of the uninterrupted run (seeded by ``--seed``) plus a random fraction of a
-step, so signals land inside steps, validations and saves alike. Then the runs are compared
+step, so signals land inside steps, validations and saves alike. Each process of the
+interrupted run is told its moment (``helios fit --interrupt SIGNAL:STEP:FRACTION``) and its
+fingerprint plug-in sends the signal to the process itself (SIGKILL to its process group),
+so the signal lands at the planned step however busy the machine is; this process only
+waits for each to end (or kills it at the timeout) and reports the last step it
+fingerprinted. Then the runs are compared
 bit for bit: every step's losses and tensor checksums, and the final checkpoints (weights,
 optimizer state, RNG states, sampler positions, plug-ins). On a difference the report names
 the step where the runs diverge and the first tensor or loss that differs there, and the
@@ -39,7 +44,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, ResolvedConfig
-from .fingerprint import checksum
+from .fingerprint import Interruption, checksum
 from .inspection import read_checkpoint
 
 # Checkpoint entries that differ between two identical runs by design.
@@ -73,13 +78,18 @@ def make_plan(total: int, kills: int, rng: random.Random) -> Plan:
         rng: the random source.
 
     Returns:
-        The plan, in step order (fewer signals when the run has fewer steps).
+        The plan, in step order (fewer signals when the run has fewer steps). A SIGTERM
+        after the second-to-last step would land in the last one, which the run then ends
+        as usual: where another signal is planned, the SIGTERM takes an earlier place.
     """
     count = min(kills + 1, max(total - 1, 0))
     targets = sorted(rng.sample(range(1, total), count)) if count else []
     signals = [signal.SIGKILL] * kills + [signal.SIGTERM]
     rng.shuffle(signals)
-    return Plan(targets, signals[:count])
+    signals = signals[:count]
+    if count > 1 and targets[-1] == total - 1 and signals[-1] == signal.SIGTERM:
+        signals[-2], signals[-1] = signals[-1], signals[-2]
+    return Plan(targets, signals)
 
 
 @dataclasses.dataclass
@@ -101,7 +111,7 @@ def _json(value: Any) -> str:
 
 
 class Runner:
-    """Starts the ``helios fit`` processes of one run and follows their fingerprints.
+    """Starts the ``helios fit`` processes of one run and reads how each ended.
 
     Args:
         command: the command line of one attempt.
@@ -119,61 +129,61 @@ class Runner:
         self.timeout = timeout
         self.attempts: list[Attempt] = []
 
-    def run(
-        self, target: int | None = None, sig: signal.Signals | None = None, delay: float = 0.0
-    ) -> Attempt:
-        """Start an attempt; send ``sig`` once it has fingerprinted step ``target``."""
+    def run(self, interruption: Interruption | None = None) -> Attempt:
+        """Run an attempt to its end; the process sends itself ``interruption``'s signal.
+
+        The process, not this one, sends the signal (see :py:mod:`helios.cli.fingerprint`):
+        polling the fingerprint file from here, a busy machine let the run go on many steps
+        past the planned one before the signal went out, or even finish.
+
+        Raises:
+            RunFailedError: if the attempt takes longer than the timeout (it is killed).
+        """
         offset = self.fingerprint.stat().st_size if self.fingerprint.exists() else 0
-        log = (self.folder / "output.log").open("a")
-        log.write(f"\n=== attempt {len(self.attempts) + 1}: {' '.join(self.command)}\n")
-        log.flush()
+        command = self.command if interruption is None else [
+            *self.command, f"--interrupt={interruption}"
+        ]  # fmt: skip
         start = time.monotonic()
-        process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        last_step, sent = 0, None
-        try:
-            while process.poll() is None:
-                last_step = max(last_step, self._last_step(offset))
-                if target is not None and sig is not None and sent is None and last_step >= target:
-                    time.sleep(delay)
-                    if sig == signal.SIGKILL:
-                        os.killpg(process.pid, signal.SIGKILL)
-                    else:
-                        process.send_signal(sig)
-                    sent = sig.name
-                if time.monotonic() - start > self.timeout:
+        with (self.folder / "output.log").open("a") as log:
+            log.write(f"\n=== attempt {len(self.attempts) + 1}: {' '.join(command)}\n")
+            log.flush()
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            try:
+                process.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                raise RunFailedError(
+                    f"an attempt ran longer than {self.timeout:.0f}s; see "
+                    f"{self.folder / 'output.log'}"
+                ) from None
+            finally:
+                if process.poll() is None:
                     os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-                    raise RunFailedError(
-                        f"an attempt ran longer than {self.timeout:.0f}s; see "
-                        f"{self.folder / 'output.log'}"
-                    )
-                time.sleep(0.005)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            log.close()
-        last_step = max(last_step, self._last_step(offset))
+                process.wait()
+        last_step, sent = self._read_attempt(offset)
         attempt = Attempt(process.returncode, last_step, sent, time.monotonic() - start)
         self.attempts.append(attempt)
         return attempt
 
-    def _last_step(self, offset: int) -> int:
+    def _read_attempt(self, offset: int) -> tuple[int, str | None]:
+        """The last step the attempt fingerprinted, and the signal it noted sending."""
+        last_step, sent = 0, None
         if not self.fingerprint.exists():
-            return 0
+            return last_step, sent
         with self.fingerprint.open("rb") as file:
-            file.seek(max(offset, file.seek(0, os.SEEK_END) - 65536))
+            file.seek(offset)
             lines = file.read().splitlines()
-        for line in reversed(lines):
+        for line in lines:
             try:
                 entry = json.loads(line)
             except ValueError:
-                continue
+                continue  # a line cut by SIGKILL
             if "step" in entry:
-                return int(entry["step"])
-        return 0
+                last_step = int(entry["step"])
+            elif entry.get("event") == "signal":
+                sent = str(entry["signal"])
+        return last_step, sent
 
 
 def read_fingerprints(path: pathlib.Path) -> dict[int, dict[str, Any]]:
@@ -402,14 +412,22 @@ def verify_resume(
 
     plan = make_plan(total, kills, rng)
     interrupted = runner("interrupted")
-    step_time = done.seconds / max(total, 1)
     for target, sig in zip(plan.targets, plan.signals, strict=True):
-        attempt = interrupted.run(target, sig, delay=rng.uniform(0.0, min(step_time, 0.05)))
-        expected = {-signal.SIGKILL, 128 + signal.SIGTERM, 0}
-        if attempt.returncode not in expected:
+        attempt = interrupted.run(Interruption(sig, target, rng.random()))
+        # SIGTERM stops the run at the next batch boundary (exit 143), unless it lands in
+        # the last step, which then ends the run as usual (exit 0).
+        expected = {-signal.SIGKILL} if sig == signal.SIGKILL else {128 + signal.SIGTERM, 0}
+        if attempt.signal is None and attempt.returncode == 0:  # it stopped on its own
+            print(
+                f"interrupted: the run ended at step {attempt.last_step}, before the planned "
+                f"{sig.name} (after {target})"
+            )
+            break
+        if attempt.signal is None or attempt.returncode not in expected:
+            after = attempt.signal or "no signal"
             raise RunFailedError(
-                f"the interrupted run failed (exit {attempt.returncode}) after "
-                f"{attempt.signal or 'no signal'}; see {interrupted.folder / 'output.log'}"
+                f"the interrupted run failed (exit {attempt.returncode}) after {after}; see "
+                f"{interrupted.folder / 'output.log'}"
             )
         print(
             f"interrupted: {attempt.signal} at step {attempt.last_step} (planned after "
@@ -421,7 +439,8 @@ def verify_resume(
             f"the resumed run failed (exit {final.returncode}); see "
             f"{interrupted.folder / 'output.log'}"
         )
-    print(f"interrupted: finished after {len(interrupted.attempts) - 1} interruption(s)")
+    signalled = sum(attempt.signal is not None for attempt in interrupted.attempts)
+    print(f"interrupted: finished after {signalled} interruption(s)")
 
     divergence = first_divergence(reference_steps, read_fingerprints(interrupted.fingerprint))
     a = _newest_checkpoint(reference.folder / "chkpt")
