@@ -139,8 +139,10 @@ def test_failing_program_exits_non_zero_with_the_traceback_on_stderr(
 def test_listed_exception_is_reraised_by_fit(tmp_path: pathlib.Path) -> None:
     result = _run_job(tmp_path, "reraise")
     assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stderr.rstrip("\n").splitlines()[-2:] == [
+    *_, error, second, batch_note = result.stderr.rstrip("\n").splitlines()
+    assert [error, second] == [
         "ValueError: the targets do not match the predictions",
         "second line",
     ]
+    assert batch_note.startswith("train_step failed on a batch that is ")
     assert "fit failed" not in result.stderr
