@@ -90,9 +90,13 @@ $(TOOLS_VENV)/bin/uv:
 # Two pytest-xdist workers (CI has 2 cores). --dist loadgroup hands each test to whichever
 # worker is free, except that tests marked @pytest.mark.xdist_group(name) all run on one
 # worker, one after another (for tests that must not run against each other).
+# The docs pages run afterwards in one plain process: pyblaze's predictor forks its workers,
+# and a fork inside an xdist worker (whose I/O thread may hold a lock at that moment) once
+# hung the tutorial page's predict.
 TEST_WORKERS ?= 2
 test: $(VENV)/.dev
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --ignore=tests/docs
+	$(PY) -m pytest -q -p no:xdist tests/docs
 
 # The fast part of the suite, for iterating: leaves out the tests marked slow (subprocess
 # jobs, torchrun, examples, ONNX export).
