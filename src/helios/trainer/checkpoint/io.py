@@ -8,7 +8,7 @@ decided by the parts (:py:mod:`helios.trainer.checkpoint.parts`). Its interface 
   shards in between, :py:func:`helios.trainer.checkpoint.sharded.write_shards`). A crash at
   any moment leaves the previous checkpoint the newest complete one.
 * :py:func:`prepare_folder` creates a run's folder and removes what interrupted saves left.
-* :py:func:`read_checkpoint` reads one checkpoint and checks it;
+* :py:func:`~helios.trainer.checkpoint.storage.read_checkpoint` reads one checkpoint and checks it;
   :py:func:`load_newest_valid_checkpoint` finds the newest readable one of a folder.
 
 Every load uses ``torch.load(weights_only=True)``: a checkpoint is data, never code. The
@@ -339,7 +339,7 @@ def validate_checkpoint(contents: Any, path: Location) -> None:
 
 
 def read_local_checkpoint(path: pathlib.Path, map_location: Any = None) -> dict[str, Any]:
-    """Read a checkpoint on this machine (see :py:func:`read_checkpoint`)."""
+    """Read a checkpoint on this machine (see ``storage.read_checkpoint``)."""
     register_trainer_types_for_safe_load()
     if is_sharded_checkpoint(path):
         contents = read_sharded_contents(path, map_location)
